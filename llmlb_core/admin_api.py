@@ -1,0 +1,119 @@
+"""Admin API under ``/v0`` (``admin`` scope): keys, nodes, models, schemas."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Request, Router, delete, get, post
+
+from llmlb_core.auth import ApiKeyInfo, require_scope
+from llmlb_core.bodies import decode_json
+from llmlb_core.errors import OpenAIError
+from llmlb_core.nodes import NodeView
+from llmlb_core.services import get_services
+
+
+class CreateKeyRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+    scopes: list[str] = msgspec.field(default_factory=lambda: ["api"])
+    # Either an absolute expiry (unix seconds) or a lifetime in seconds.
+    expires_at: float | None = None
+    expires_in_s: Annotated[float, msgspec.Meta(gt=0)] | None = None
+
+
+class CreatedKey(msgspec.Struct, kw_only=True):
+    key: str  # shown once
+    info: ApiKeyInfo
+
+
+class RegisterModelRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    id: Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+    capabilities: list[str]
+    defaults: dict[str, Any] = msgspec.field(default_factory=dict)
+    description: str = ""
+
+
+@post("/keys", status_code=201)
+async def create_key(request: Request[Any, Any, Any]) -> CreatedKey:
+    body = await decode_json(request, CreateKeyRequest)
+    expires_at = body.expires_at
+    if body.expires_in_s is not None:
+        expires_at = time.time() + body.expires_in_s
+    key, info = get_services(request).keys.create(body.name, body.scopes, expires_at=expires_at)
+    return CreatedKey(key=key, info=info)
+
+
+@get("/keys")
+async def list_keys(request: Request[Any, Any, Any]) -> dict[str, Any]:
+    return {"object": "list", "data": get_services(request).keys.list()}
+
+
+@delete("/keys/{key_id:str}", status_code=200)
+async def revoke_key(request: Request[Any, Any, Any], key_id: str) -> dict[str, Any]:
+    if not get_services(request).keys.revoke(key_id):
+        raise OpenAIError(404, f"No active API key with id '{key_id}'", param="key_id")
+    return {"id": key_id, "revoked": True}
+
+
+@get("/nodes")
+async def list_nodes(request: Request[Any, Any, Any]) -> dict[str, Any]:
+    services = get_services(request)
+    views: list[NodeView] = [services.nodes.view(n) for n in services.nodes.all()]
+    return {"object": "list", "data": views, "queue_depth": services.balancer.queue_depth}
+
+
+@get("/models")
+async def list_registered_models(request: Request[Any, Any, Any]) -> dict[str, Any]:
+    return {"object": "list", "data": get_services(request).models.registered()}
+
+
+@post("/models", status_code=201)
+async def register_model(request: Request[Any, Any, Any]) -> dict[str, Any]:
+    services = get_services(request)
+    body = await decode_json(request, RegisterModelRequest)
+    known_flags = {f for c in services.plugins.capabilities.values() for f in c.model_flags}
+    unknown = sorted(set(body.capabilities) - known_flags)
+    if unknown or not body.capabilities:
+        raise OpenAIError(
+            400,
+            f"capabilities must be a non-empty subset of {sorted(known_flags)}; unknown: {unknown}",
+            param="capabilities",
+        )
+    row = services.models.register(body.id, body.capabilities, body.defaults, body.description)
+    return msgspec.to_builtins(row)  # type: ignore[no-any-return]
+
+
+@delete("/models/{model_id:path}", status_code=200)
+async def delete_model(request: Request[Any, Any, Any], model_id: str) -> dict[str, Any]:
+    model_id = model_id.lstrip("/")
+    if not get_services(request).models.delete(model_id):
+        raise OpenAIError(404, f"The model '{model_id}' is not registered", param="model_id")
+    return {"id": model_id, "deleted": True}
+
+
+@get("/schemas")
+async def schemas(request: Request[Any, Any, Any]) -> dict[str, Any]:
+    return get_services(request).plugins.json_schemas()
+
+
+@get("/capabilities")
+async def capabilities(request: Request[Any, Any, Any]) -> dict[str, Any]:
+    plugins = get_services(request).plugins
+    return {
+        "data": [
+            {**msgspec.to_builtins(cap), "enabled": name in plugins.enabled}
+            for name, cap in sorted(plugins.capabilities.items())
+        ]
+    }
+
+
+admin_router = Router(
+    path="/v0",
+    route_handlers=[
+        create_key, list_keys, revoke_key, list_nodes, list_registered_models, register_model,
+        delete_model, schemas, capabilities,
+    ],
+    guards=[require_scope("admin")],
+)

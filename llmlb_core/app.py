@@ -1,0 +1,133 @@
+"""The router's Litestar app factory."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import os
+from collections.abc import AsyncIterator, Iterable
+from typing import Any
+
+import httpx
+from litestar import Litestar, Request, Router, get
+from litestar.openapi import OpenAPIConfig
+
+from llmlb_core.admin_api import admin_router
+from llmlb_core.auth import KeyManager, require_scope
+from llmlb_core.balancer import Balancer
+from llmlb_core.errors import exception_handlers
+from llmlb_core.models import ModelObject, ModelRegistry
+from llmlb_core.node_api import node_router
+from llmlb_core.nodes import NodeRegistry
+from llmlb_core.plugins import load_plugins
+from llmlb_core.services import RouterServices, get_services
+from llmlb_core.settings import RouterSettings
+from llmlb_core.store import Store
+
+log = logging.getLogger("llmlb.router")
+
+DB_FILE = "llmlb.sqlite3"
+SWEEP_INTERVAL_S = 0.5
+
+
+@get("/v1/models")
+async def list_models(request: Request[Any, Any, Any]) -> dict[str, Any]:
+    services = get_services(request)
+    return {"object": "list", "data": services.models.list(services.enabled_flags)}
+
+
+@get("/v1/models/{model_id:path}")
+async def get_model(request: Request[Any, Any, Any], model_id: str) -> ModelObject:
+    services = get_services(request)
+    return services.models.get(model_id.lstrip("/"), services.enabled_flags)
+
+
+@get("/health", exclude_from_auth=True)
+async def health(request: Request[Any, Any, Any]) -> dict[str, Any]:
+    services = get_services(request)
+    return {
+        "status": "ok",
+        "nodes_online": len(services.nodes.online()),
+        "nodes_total": len(services.nodes.all()),
+        "capabilities": services.plugins.enabled,
+    }
+
+
+async def _maybe_await(results: Iterable[Any]) -> None:
+    for result in results:
+        if inspect.isawaitable(result):
+            await result
+
+
+def create_app(
+    settings: RouterSettings,
+    *,
+    extra_plugins: Iterable[object] = (),
+) -> Litestar:
+    """Build the router: stores, registries, plugins, routes. Nothing listens yet."""
+    plugins = load_plugins(
+        settings.capabilities,
+        settings.plugin,
+        extra_plugins=extra_plugins,
+        load_entry_points=settings.load_entry_points,
+    )
+    settings.data_path.mkdir(parents=True, exist_ok=True)
+    store = Store(settings.data_path / DB_FILE)
+    keys = KeyManager(store)
+    generated = keys.ensure_admin_key(os.environ.get("LLMLB_ADMIN_KEY"))
+    if generated:
+        # Printed once, at first start; only its hash is stored.
+        print(f"\n  llmlb: first start - admin API key (shown once, store it now):\n  {generated}\n",
+              flush=True)
+    nodes = NodeRegistry(store, timeout_s=settings.node_timeout_s)
+    models = ModelRegistry(store, nodes)
+    balancer = Balancer(nodes, queue_max=settings.queue_max, queue_timeout_s=settings.queue_timeout_s)
+    http = httpx.AsyncClient(
+        timeout=httpx.Timeout(settings.upstream_timeout_s, connect=settings.upstream_connect_timeout_s),
+        limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200),
+    )
+    services = RouterServices(
+        settings=settings, store=store, keys=keys, nodes=nodes, models=models,
+        balancer=balancer, plugins=plugins, http=http,
+    )
+
+    capability_routers = [
+        Router(path="/", route_handlers=handlers, guards=[require_scope("api")])
+        for name, handlers in plugins.routes.items()
+        if name in plugins.enabled and handlers
+    ]
+    api_router = Router(path="/", route_handlers=[list_models, get_model],
+                        guards=[require_scope("api")])
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        async def sweep() -> None:
+            while True:
+                await asyncio.sleep(SWEEP_INTERVAL_S)
+                nodes.sweep()
+
+        sweeper = asyncio.create_task(sweep(), name="llmlb-node-sweep")
+        await _maybe_await(plugins.manager.hook.llmlb_startup(services=services))
+        log.info("router ready on %s (capabilities: %s)", settings.base_url, plugins.enabled)
+        try:
+            yield
+        finally:
+            sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeper
+            await _maybe_await(plugins.manager.hook.llmlb_shutdown(services=services))
+            await http.aclose()
+            store.close()
+
+    app = Litestar(
+        route_handlers=[health, api_router, admin_router, node_router, *capability_routers],
+        exception_handlers=exception_handlers(),
+        lifespan=[lifespan],
+        request_max_body_size=settings.max_body_bytes,
+        openapi_config=OpenAPIConfig(title="llmlb router", version="0.2.0", path="/docs"),
+        logging_config=None,
+    )
+    app.state.llmlb = services
+    return app

@@ -1,0 +1,170 @@
+"""API keys: creation, hashing, lookup, scopes and the Litestar guards that enforce them.
+
+Keys are sent as ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``. Only the SHA-256 of a
+key is stored. The lookup goes through an in-memory index keyed by hash and the stored hash is
+compared with ``hmac.compare_digest``. Scopes: ``api`` (inference), ``node`` (registration and
+heartbeats), ``admin`` (implies all).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import secrets
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from typing import Any, Literal
+
+import msgspec
+from litestar.connection import ASGIConnection
+from litestar.handlers import BaseRouteHandler
+
+from llmlb_core.errors import OpenAIError
+from llmlb_core.store import KeyRow, Store
+
+log = logging.getLogger("llmlb.auth")
+
+Scope = Literal["api", "node", "admin"]
+SCOPES: tuple[str, ...] = ("api", "node", "admin")
+KEY_PREFIX = "sk-llmlb-"
+# A route handler with ``opt={PUBLIC_OPT: True}`` needs no key (plugins mark such routes).
+PUBLIC_OPT = "llmlb_public"
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def generate_key() -> str:
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def key_from_headers(headers: Any) -> str | None:
+    auth = headers.get("authorization")
+    if auth:
+        scheme, _, value = auth.partition(" ")
+        if scheme.lower() == "bearer" and value.strip():
+            return value.strip()
+    api_key = headers.get("x-api-key")
+    return api_key.strip() if api_key else None
+
+
+class ApiKeyInfo(msgspec.Struct, kw_only=True):
+    """What the admin API shows of a key (never the key or its hash)."""
+
+    id: str
+    name: str
+    prefix: str
+    scopes: list[str]
+    created_at: float
+    expires_at: float | None
+    revoked: bool
+
+
+class KeyManager:
+    def __init__(self, store: Store, clock: Callable[[], float] = time.time) -> None:
+        self._store = store
+        self._clock = clock
+        self._by_hash: dict[str, KeyRow] = {}
+        self.reload()
+
+    def reload(self) -> None:
+        self._by_hash = {row.key_hash: row for row in self._store.list_keys()}
+
+    def create(
+        self,
+        name: str,
+        scopes: Iterable[str],
+        *,
+        expires_at: float | None = None,
+        key: str | None = None,
+    ) -> tuple[str, ApiKeyInfo]:
+        scope_list = sorted(set(scopes))
+        bad = [s for s in scope_list if s not in SCOPES]
+        if bad or not scope_list:
+            raise OpenAIError(400, f"scopes must be a non-empty subset of {list(SCOPES)}", param="scopes")
+        key = key or generate_key()
+        row = KeyRow(
+            id=uuid.uuid4().hex[:16],
+            name=name,
+            key_hash=hash_key(key),
+            prefix=key[: len(KEY_PREFIX) + 4],
+            scopes=scope_list,
+            created_at=self._clock(),
+            expires_at=expires_at,
+        )
+        self._store.add_key(row)
+        self._by_hash[row.key_hash] = row
+        return key, self.info(row)
+
+    def info(self, row: KeyRow) -> ApiKeyInfo:
+        return ApiKeyInfo(
+            id=row.id, name=row.name, prefix=row.prefix, scopes=row.scopes,
+            created_at=row.created_at, expires_at=row.expires_at, revoked=row.revoked_at is not None,
+        )
+
+    def list(self) -> list[ApiKeyInfo]:
+        return [self.info(row) for row in self._store.list_keys()]
+
+    def revoke(self, key_id: str) -> bool:
+        ok = self._store.revoke_key(key_id)
+        if ok:
+            self.reload()
+        return ok
+
+    def has_hash(self, key: str) -> bool:
+        return hash_key(key) in self._by_hash
+
+    def ensure_admin_key(self, env_key: str | None) -> str | None:
+        """First start: adopt ``LLMLB_ADMIN_KEY`` or generate an admin key.
+
+        Returns a newly generated key (to print once), else None.
+        """
+        if env_key:
+            if not self.has_hash(env_key):
+                self.create("admin (LLMLB_ADMIN_KEY)", ["admin"], key=env_key)
+            return None
+        if self._store.count_keys() == 0:
+            key, _ = self.create("admin (generated at first start)", ["admin"])
+            return key
+        return None
+
+    def authenticate(self, key: str | None, scope: str) -> KeyRow:
+        if not key:
+            raise OpenAIError(
+                401,
+                "Missing API key. Send it as 'Authorization: Bearer <key>' or 'X-API-Key: <key>'.",
+                code="missing_api_key",
+            )
+        digest = hash_key(key)
+        row = self._by_hash.get(digest)
+        # Constant-time comparison of the stored hash with the computed one.
+        if row is None or not hmac.compare_digest(row.key_hash, digest):
+            raise OpenAIError(401, "Incorrect API key provided.", code="invalid_api_key")
+        if row.revoked_at is not None:
+            raise OpenAIError(401, "This API key has been revoked.", code="revoked_api_key")
+        if row.expires_at is not None and row.expires_at <= self._clock():
+            raise OpenAIError(401, "This API key has expired.", code="expired_api_key")
+        if "admin" not in row.scopes and scope not in row.scopes:
+            raise OpenAIError(
+                403,
+                f"This API key lacks the '{scope}' scope required here.",
+                code="insufficient_scope",
+            )
+        return row
+
+
+def require_scope(scope: Scope) -> Callable[[ASGIConnection[Any, Any, Any, Any], BaseRouteHandler], None]:
+    """A Litestar guard: the request must carry a valid key with ``scope`` (or ``admin``)."""
+
+    def guard(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
+        if handler.opt.get(PUBLIC_OPT):
+            return  # e.g. unguessable image URLs, which clients fetch without a key
+        keys: KeyManager = connection.app.state.llmlb.keys
+        row = keys.authenticate(key_from_headers(connection.headers), scope)
+        connection.scope.setdefault("state", {})["llmlb_key"] = row  # type: ignore[typeddict-unknown-key]
+
+    guard.__name__ = f"require_{scope}_scope"
+    return guard

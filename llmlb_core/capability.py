@@ -1,0 +1,15 @@
+"""What a capability plugin declares about itself."""
+
+from __future__ import annotations
+
+import msgspec
+
+
+class Capability(msgspec.Struct, frozen=True, kw_only=True):
+    # Name admins use in `capabilities = [...]`, e.g. "images".
+    name: str
+    # Model capability flags this capability serves, e.g. {"image_generation"}.
+    model_flags: frozenset[str]
+    # Node runtime types that can serve it, e.g. {"stable_diffusion"}.
+    runtime_types: frozenset[str] = frozenset()
+    description: str = ""

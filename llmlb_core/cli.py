@@ -1,0 +1,172 @@
+"""The ``llmlb`` command: serve (router), node, demo-model, keys."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from llmlb_core.app import create_app
+    from llmlb_core.serving import run
+    from llmlb_core.settings import SettingsError, load_settings
+
+    try:
+        settings = load_settings(args.config, host=args.host, port=args.port, data_dir=args.data_dir)
+    except SettingsError as exc:
+        print(f"llmlb: {exc}", file=sys.stderr)
+        return 2
+    _setup_logging(settings.log_level)
+    app = create_app(settings)
+    run(app, host=settings.host, port=settings.port, log_level=settings.log_level)
+    return 0
+
+
+def cmd_node(args: argparse.Namespace) -> int:
+    from llmlb_core.serving import run
+    from node_runtimes.app import create_node_app
+    from node_runtimes.settings import node_settings_from_env
+
+    settings = node_settings_from_env(
+        router_url=args.router, port=args.port, host=args.host, models_dir=args.models_dir,
+        api_key=args.api_key, name=args.name, node_id=args.node_id,
+        advertise_host=args.advertise_host, heartbeat_interval_s=args.heartbeat_interval,
+        idle_unload_s=args.idle_unload, threads=args.threads,
+        runtimes=args.runtime or None, weights_preference=args.weights,
+    )
+    _setup_logging(args.log_level)
+    if not settings.api_key:
+        print("llmlb node: a node-scope API key is required (--api-key or LLMLB_API_KEY)",
+              file=sys.stderr)
+        return 2
+    app = create_node_app(settings)
+    run(app, host=settings.host, port=settings.port, log_level=args.log_level,
+        drain=app.state.node_drain, graceful_timeout_s=900)
+    return 0
+
+
+def cmd_demo_model(args: argparse.Namespace) -> int:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from node_runtimes.stable_diffusion.demo_checkpoint import demo_model_is_complete, write_demo_model
+
+    target = Path(args.dir)
+    if demo_model_is_complete(target) and not args.force:
+        print(f"demo model already present in {target}")
+        return 0
+    started = time.monotonic()
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TimeElapsedColumn(), disable=not sys.stderr.isatty()) as progress:
+        task = progress.add_task("writing tensors", total=None)
+        last_log = [0.0]
+
+        def report(step: int, total: int, label: str) -> None:
+            progress.update(task, completed=step, total=total, description=f"writing {label[:40]}")
+            if not sys.stderr.isatty() and time.monotonic() - last_log[0] > 2:
+                last_log[0] = time.monotonic()
+                print(f"  demo-model: {step}/{total} tensors", file=sys.stderr, flush=True)
+
+        write_demo_model(target, progress=report)
+    print(f"demo model written to {target} in {time.monotonic() - started:.1f}s")
+    return 0
+
+
+def _admin_client(args: argparse.Namespace) -> httpx.Client:
+    key = args.admin_key or os.environ.get("LLMLB_ADMIN_KEY")
+    if not key:
+        raise SystemExit("llmlb keys: an admin key is required (--admin-key or LLMLB_ADMIN_KEY)")
+    return httpx.Client(base_url=args.router.rstrip("/"), headers={"authorization": f"Bearer {key}"},
+                        timeout=30)
+
+
+def _print_response(response: httpx.Response) -> int:
+    try:
+        print(json.dumps(response.json(), indent=2))
+    except ValueError:
+        print(response.text)
+    return 0 if response.is_success else 1
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    with _admin_client(args) as client:
+        if args.keys_cmd == "create":
+            body: dict[str, Any] = {"name": args.name, "scopes": args.scope or ["api"]}
+            if args.expires_in:
+                body["expires_in_s"] = args.expires_in
+            return _print_response(client.post("/v0/keys", json=body))
+        if args.keys_cmd == "list":
+            return _print_response(client.get("/v0/keys"))
+        return _print_response(client.delete(f"/v0/keys/{args.id}"))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="llmlb", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the router")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.add_argument("--data-dir")
+    serve.add_argument("--config", help="TOML config file (or env LLMLB_CONFIG)")
+    serve.set_defaults(func=cmd_serve)
+
+    node = sub.add_parser("node", help="run a node that serves models to a router")
+    node.add_argument("--router", help="router URL (default http://127.0.0.1:8080)")
+    node.add_argument("--host")
+    node.add_argument("--port", type=int)
+    node.add_argument("--advertise-host", help="address the router uses to reach this node")
+    node.add_argument("--models-dir")
+    node.add_argument("--api-key", help="node-scope key (or env LLMLB_API_KEY)")
+    node.add_argument("--name")
+    node.add_argument("--node-id")
+    node.add_argument("--runtime", action="append", help="runtime type to start (repeatable)")
+    node.add_argument("--heartbeat-interval", type=float)
+    node.add_argument("--idle-unload", type=float, help="unload a model idle this many seconds")
+    node.add_argument("--threads", type=int)
+    node.add_argument("--weights", choices=["auto", "safetensors", "gguf"])
+    node.add_argument("--log-level", default="info")
+    node.set_defaults(func=cmd_node)
+
+    demo = sub.add_parser("demo-model", help="write the synthetic random-weight SD checkpoint")
+    demo.add_argument("dir")
+    demo.add_argument("--force", action="store_true")
+    demo.set_defaults(func=cmd_demo_model)
+
+    keys = sub.add_parser("keys", help="manage API keys (admin)")
+    keys.add_argument("--router", default=os.environ.get("LLMLB_ROUTER", "http://127.0.0.1:8080"))
+    keys.add_argument("--admin-key")
+    keys_sub = keys.add_subparsers(dest="keys_cmd", required=True)
+    create = keys_sub.add_parser("create")
+    create.add_argument("name")
+    create.add_argument("--scope", action="append", choices=["api", "node", "admin"])
+    create.add_argument("--expires-in", type=float, help="lifetime in seconds")
+    keys_sub.add_parser("list")
+    revoke = keys_sub.add_parser("revoke")
+    revoke.add_argument("id")
+    keys.set_defaults(func=cmd_keys)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

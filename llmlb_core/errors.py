@@ -1,0 +1,144 @@
+"""OpenAI-shaped errors: one exception type and the Litestar handlers that render every error.
+
+Every error leaving the router or a node has the body
+``{"error": {"message": str, "type": str, "param": str | None, "code": str | None}}``,
+including Litestar's own 404/405/413 and validation errors and unexpected exceptions (500).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+import msgspec
+from litestar import Request, Response
+from litestar.exceptions import HTTPException, ValidationException
+from litestar.types import ExceptionHandlersMap
+
+log = logging.getLogger("llmlb.errors")
+
+# OpenAI's error "type" per status (what the official SDK and its users see).
+_TYPE_BY_STATUS = {
+    400: "invalid_request_error",
+    401: "invalid_request_error",
+    403: "permission_error",
+    404: "invalid_request_error",
+    405: "invalid_request_error",
+    408: "timeout_error",
+    409: "conflict_error",
+    413: "invalid_request_error",
+    415: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+}
+
+_CODE_BY_STATUS = {
+    401: "invalid_api_key",
+    403: "insufficient_scope",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "request_too_large",
+    415: "unsupported_media_type",
+}
+
+
+class OpenAIError(Exception):
+    """An error that the client sees as an OpenAI error body with ``status``."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str | None = None,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type or _TYPE_BY_STATUS.get(status, "server_error" if status >= 500 else "invalid_request_error")
+        self.param = param
+        self.code = code if code is not None else _CODE_BY_STATUS.get(status)
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        return error_body(self.message, type=self.type, param=self.param, code=self.code)
+
+    def to_response(self) -> Response[Any]:
+        return Response(content=self.body(), status_code=self.status, headers=self.headers)
+
+
+def error_body(
+    message: str, *, type: str, param: str | None = None, code: str | None = None
+) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type, "param": param, "code": code}}
+
+
+def bad_request(message: str, param: str | None = None, code: str | None = None) -> OpenAIError:
+    return OpenAIError(400, message, param=param, code=code)
+
+
+_PATH_RE = re.compile(r"at `\$\.([A-Za-z0-9_\.\[\]]+)`")
+
+
+def from_msgspec_error(exc: msgspec.DecodeError) -> OpenAIError:
+    """Turn a msgspec validation/decode error into a 400 whose ``param`` names the field."""
+    text = str(exc)
+    match = _PATH_RE.search(text)
+    param = match.group(1).split(".")[0].split("[")[0] if match else None
+    if param is None and (missing := re.search(r"missing required field `(\w+)`", text)):
+        param = missing.group(1)
+    if param is None and (unknown := re.search(r"unknown field `(\w+)`", text)):
+        param = unknown.group(1)
+    if isinstance(exc, msgspec.ValidationError):
+        return OpenAIError(400, f"Invalid request: {text}", param=param, code="invalid_value")
+    return OpenAIError(400, f"Invalid JSON body: {text}", param=param, code="invalid_json")
+
+
+def _openai_error_handler(_: Request[Any, Any, Any], exc: OpenAIError) -> Response[Any]:
+    return exc.to_response()
+
+
+def _http_exception_handler(_: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
+    status = exc.status_code
+    message = exc.detail or "error"
+    if status == 404 and message == "Not Found":
+        message = "Unknown endpoint"
+    if status == 413:
+        message = "Request body is too large"
+    param = None
+    if isinstance(exc, ValidationException):
+        # Litestar's own body/parameter validation (routes that use typed `data`).
+        extra = exc.extra if isinstance(exc.extra, list) else []
+        if extra and isinstance(extra[0], dict):
+            first = extra[0]
+            param = first.get("key") if first.get("key") not in (None, "data") else None
+            message = f"{message}: {first.get('message', '')}".rstrip(": ")
+    headers = dict(exc.headers or {})
+    body = error_body(
+        message,
+        type=_TYPE_BY_STATUS.get(status, "server_error" if status >= 500 else "invalid_request_error"),
+        param=param,
+        code=_CODE_BY_STATUS.get(status),
+    )
+    return Response(content=body, status_code=status, headers=headers)
+
+
+def _unexpected_exception_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    body = error_body(
+        f"Internal server error: {type(exc).__name__}", type="server_error", code="internal_error"
+    )
+    return Response(content=body, status_code=500)
+
+
+def exception_handlers() -> ExceptionHandlersMap:
+    """Handlers for a Litestar app so that every error is OpenAI-shaped."""
+    return {
+        OpenAIError: _openai_error_handler,
+        HTTPException: _http_exception_handler,
+        Exception: _unexpected_exception_handler,
+    }

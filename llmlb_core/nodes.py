@@ -1,0 +1,271 @@
+"""Node registry and health: who is registered, who is online, what each can serve.
+
+A node is *online* while its heartbeats keep arriving within ``node_timeout_s`` and the router
+holds its inference credential (given at registration, kept in memory only). Registration
+records survive a router restart in SQLite; such nodes show as offline until they heartbeat,
+are told to re-register, and do.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import msgspec
+
+from llmlb_core.protocol import Heartbeat, ModelAdvert, NodeRegistration
+from llmlb_core.store import Store
+
+log = logging.getLogger("llmlb.nodes")
+
+NodeStatus = Literal["online", "offline", "draining"]
+
+
+@dataclass(eq=False)
+class NodeState:
+    id: str
+    name: str
+    base_url: str
+    runtime_types: list[str]
+    models: dict[str, ModelAdvert]
+    slots: int
+    accelerators: list[dict[str, Any]]
+    registered_at: float
+    token: str | None = None
+    last_heartbeat: float | None = None  # monotonic
+    last_seen_wall: float | None = None
+    active_jobs: int = 0
+    free_slots: int = 0
+    queued_jobs: int = 0
+    loaded_models: list[str] = field(default_factory=list)
+    draining: bool = False
+    # Router-side accounting.
+    inflight: int = 0
+    completed: int = 0
+    failures: deque[tuple[float, str]] = field(default_factory=lambda: deque(maxlen=20))
+    suspect_until: float = 0.0  # monotonic
+    avg_duration_s: float | None = None
+
+    def status(self, now: float, timeout: float) -> NodeStatus:
+        if self.token is None or self.last_heartbeat is None or now - self.last_heartbeat > timeout:
+            return "offline"
+        return "draining" if self.draining else "online"
+
+    @property
+    def free(self) -> int:
+        return self.slots - self.inflight
+
+    def serves(self, model: str, flags: frozenset[str]) -> bool:
+        advert = self.models.get(model)
+        return advert is not None and bool(flags.intersection(advert.capabilities))
+
+    def record_duration(self, seconds: float) -> None:
+        self.completed += 1
+        if self.avg_duration_s is None:
+            self.avg_duration_s = seconds
+        else:
+            self.avg_duration_s = 0.8 * self.avg_duration_s + 0.2 * seconds
+
+    def record_failure(self, reason: str, cooldown_s: float) -> None:
+        self.failures.append((time.time(), reason))
+        self.suspect_until = time.monotonic() + cooldown_s
+
+
+class NodeView(msgspec.Struct, kw_only=True):
+    """What ``/v0/nodes`` shows of a node (never its credential)."""
+
+    id: str
+    name: str
+    base_url: str
+    status: str
+    runtime_types: list[str]
+    models: list[ModelAdvert]
+    slots: int
+    active_jobs: int
+    inflight: int
+    free_slots: int
+    queued_jobs: int
+    loaded_models: list[str]
+    accelerators: list[dict[str, Any]]
+    registered_at: float
+    last_seen_at: float | None
+    completed: int
+    avg_duration_s: float | None
+    recent_failures: list[dict[str, Any]]
+    suspect: bool
+
+
+class NodeRegistry:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        timeout_s: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._store = store
+        self.timeout_s = timeout_s
+        self._clock = clock
+        self._nodes: dict[str, NodeState] = {}
+        self._listeners: list[Callable[[], None]] = []
+        self._last_status: dict[str, NodeStatus] = {}
+        for node_id, record, registered_at, last_seen in store.list_nodes():
+            try:
+                reg = msgspec.convert(record, NodeRegistration)
+            except msgspec.ValidationError:
+                log.warning("dropping unreadable node record %s", node_id)
+                continue
+            state = self._state_from(reg, registered_at)
+            state.last_seen_wall = last_seen
+            self._nodes[node_id] = state
+
+    # --- change notification -------------------------------------------------------------
+    def subscribe(self, listener: Callable[[], None]) -> None:
+        self._listeners.append(listener)
+
+    def changed(self) -> None:
+        for listener in self._listeners:
+            listener()
+
+    # --- registration and heartbeats -----------------------------------------------------
+    @staticmethod
+    def _state_from(reg: NodeRegistration, registered_at: float) -> NodeState:
+        return NodeState(
+            id=reg.node_id,
+            name=reg.name,
+            base_url=reg.base_url.rstrip("/"),
+            runtime_types=list(reg.runtime_types),
+            models={m.id: m for m in reg.models},
+            slots=reg.slots,
+            accelerators=[msgspec.to_builtins(a) for a in reg.accelerators],
+            registered_at=registered_at,
+        )
+
+    def register(self, reg: NodeRegistration) -> NodeState:
+        now_wall = time.time()
+        record = msgspec.to_builtins(reg)
+        record["token"] = "x" * 16  # the credential is never persisted
+        self._store.upsert_node(reg.node_id, record, now_wall)
+        old = self._nodes.get(reg.node_id)
+        state = self._state_from(reg, now_wall)
+        state.token = reg.token
+        state.last_heartbeat = self._clock()
+        state.last_seen_wall = now_wall
+        state.free_slots = reg.slots
+        if old is not None:  # keep router-side accounting across re-registration
+            state.inflight = old.inflight
+            state.completed = old.completed
+            state.failures = old.failures
+            state.avg_duration_s = old.avg_duration_s
+        self._nodes[reg.node_id] = state
+        log.info(
+            "node %s (%s) registered at %s: runtimes=%s models=%s slots=%d",
+            reg.name, reg.node_id, state.base_url, reg.runtime_types, sorted(state.models), reg.slots,
+        )
+        self.changed()
+        return state
+
+    def heartbeat(self, hb: Heartbeat) -> bool:
+        """Apply a heartbeat; False when the node must re-register (unknown to this router)."""
+        state = self._nodes.get(hb.node_id)
+        if state is None or state.token is None:
+            return False
+        was_online = state.status(self._clock(), self.timeout_s) == "online"
+        state.last_heartbeat = self._clock()
+        state.last_seen_wall = time.time()
+        state.active_jobs = hb.active_jobs
+        state.free_slots = hb.free_slots
+        state.queued_jobs = hb.queued_jobs
+        state.loaded_models = list(hb.loaded_models)
+        if hb.models is not None:
+            state.models = {m.id: m for m in hb.models}
+        if not was_online:
+            log.info("node %s (%s) is back online", state.name, state.id)
+            self.changed()
+        return True
+
+    def set_draining(self, node_id: str) -> bool:
+        state = self._nodes.get(node_id)
+        if state is None:
+            return False
+        state.draining = True
+        log.info("node %s (%s) is draining", state.name, node_id)
+        self.changed()
+        return True
+
+    def deregister(self, node_id: str) -> bool:
+        state = self._nodes.pop(node_id, None)
+        self._store.delete_node(node_id)
+        if state is not None:
+            log.info("node %s (%s) deregistered", state.name, node_id)
+            self.changed()
+        return state is not None
+
+    # --- queries -------------------------------------------------------------------------
+    def get(self, node_id: str) -> NodeState | None:
+        return self._nodes.get(node_id)
+
+    def all(self) -> list[NodeState]:
+        return list(self._nodes.values())
+
+    def status(self, node: NodeState) -> NodeStatus:
+        return node.status(self._clock(), self.timeout_s)
+
+    def online(self) -> list[NodeState]:
+        now = self._clock()
+        return [n for n in self._nodes.values() if n.status(now, self.timeout_s) == "online"]
+
+    def candidates(self, model: str, flags: frozenset[str]) -> list[NodeState]:
+        """Online, non-draining nodes that serve ``model`` with one of ``flags``."""
+        now = self._clock()
+        return [
+            n for n in self._nodes.values()
+            if n.status(now, self.timeout_s) == "online" and n.serves(model, flags)
+        ]
+
+    def known_model(self, model: str, flags: frozenset[str]) -> bool:
+        """Whether any registered node (online or not) advertises ``model`` for ``flags``."""
+        return any(n.serves(model, flags) for n in self._nodes.values())
+
+    def sweep(self) -> None:
+        """Log status transitions and wake waiters when a node changed status."""
+        now = self._clock()
+        changed = False
+        for node in self._nodes.values():
+            status = node.status(now, self.timeout_s)
+            previous = self._last_status.get(node.id)
+            if previous is not None and previous != status:
+                changed = True
+                if status == "offline":
+                    log.warning("node %s (%s) is offline: no heartbeat for %.1fs", node.name,
+                                node.id, self.timeout_s)
+            self._last_status[node.id] = status
+        if changed:
+            self.changed()
+
+    def view(self, node: NodeState) -> NodeView:
+        return NodeView(
+            id=node.id,
+            name=node.name,
+            base_url=node.base_url,
+            status=self.status(node),
+            runtime_types=node.runtime_types,
+            models=list(node.models.values()),
+            slots=node.slots,
+            active_jobs=node.active_jobs,
+            inflight=node.inflight,
+            free_slots=max(node.free, 0),
+            queued_jobs=node.queued_jobs,
+            loaded_models=node.loaded_models,
+            accelerators=node.accelerators,
+            registered_at=node.registered_at,
+            last_seen_at=node.last_seen_wall,
+            completed=node.completed,
+            avg_duration_s=node.avg_duration_s,
+            recent_failures=[{"at": at, "reason": reason} for at, reason in node.failures],
+            suspect=node.suspect_until > time.monotonic(),
+        )

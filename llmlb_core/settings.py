@@ -1,0 +1,121 @@
+"""Router settings: embedded defaults, overridden by a TOML file, overridden by environment.
+
+Precedence (lowest first): the defaults below, the TOML file (``--config`` or ``LLMLB_CONFIG``),
+then environment variables ``LLMLB_<FIELD>`` (e.g. ``LLMLB_PORT=9000``,
+``LLMLB_CAPABILITIES=text,images``). Plugin sections live under ``[plugin.<name>]`` in TOML and
+``LLMLB_PLUGIN__<NAME>__<KEY>`` in the environment. With no file and no variables the router
+runs as is.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any
+
+import msgspec
+
+ENV_PREFIX = "LLMLB_"
+
+Positive = Annotated[float, msgspec.Meta(gt=0)]
+
+
+class RouterSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    host: str = "127.0.0.1"
+    port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8080
+    # Where the SQLite database (keys, nodes, models) and stored images live.
+    data_dir: str = "./llmlb-data"
+    # Base URL clients use to reach the router (for image `url` responses); default http://host:port.
+    public_url: str | None = None
+    # Capabilities (plugin names) that are served; a capability not listed has no routes.
+    # None (the default): every installed capability.
+    capabilities: list[str] | None = None
+    # Load third-party plugins from the `llmlb.plugins` entry-point group.
+    load_entry_points: bool = True
+    # A node that sends no heartbeat for this long is offline and gets no traffic.
+    node_timeout_s: Positive = 60.0
+    # Upstream (router -> node) timeouts. Reads must outlast the slowest generation.
+    upstream_connect_timeout_s: Positive = 5.0
+    upstream_timeout_s: Positive = 900.0
+    # Bounded wait queue used when every slot of every capable node is busy.
+    queue_max: Annotated[int, msgspec.Meta(ge=0)] = 100
+    queue_timeout_s: Positive = 60.0
+    # Largest request body accepted on JSON routes (multipart routes set their own limits).
+    max_body_bytes: Annotated[int, msgspec.Meta(gt=0)] = 10 * 1024 * 1024
+    log_level: str = "INFO"
+    # Per-plugin settings: [plugin.images] etc.; each plugin validates its own table.
+    plugin: dict[str, dict[str, Any]] = msgspec.field(default_factory=dict)
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir).expanduser()
+
+    @property
+    def base_url(self) -> str:
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+        return f"http://{host}:{self.port}"
+
+    def plugin_settings(self, name: str) -> dict[str, Any]:
+        return dict(self.plugin.get(name, {}))
+
+
+class SettingsError(ValueError):
+    """The configuration could not be read or is invalid."""
+
+
+def _env_overrides(environ: dict[str, str], fields: set[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in environ.items():
+        if not key.startswith(ENV_PREFIX):
+            continue
+        name = key[len(ENV_PREFIX) :].lower()
+        if name.startswith("plugin__"):
+            parts = name.split("__")
+            if len(parts) == 3:
+                out.setdefault("plugin", {}).setdefault(parts[1], {})[parts[2]] = value
+            continue
+        if name not in fields:
+            continue
+        if name == "capabilities":
+            out[name] = [part.strip() for part in value.split(",") if part.strip()]
+        else:
+            out[name] = value
+    return out
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_settings(
+    config: str | Path | None = None,
+    *,
+    environ: dict[str, str] | None = None,
+    **overrides: Any,
+) -> RouterSettings:
+    """Build settings from defaults, the TOML file, the environment and explicit overrides."""
+    environ = dict(os.environ if environ is None else environ)
+    config = config or environ.get(f"{ENV_PREFIX}CONFIG")
+    raw: dict[str, Any] = {}
+    if config:
+        path = Path(config)
+        try:
+            raw = tomllib.loads(path.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise SettingsError(f"cannot read config {path}: {exc}") from exc
+    fields = set(RouterSettings.__struct_fields__) - {"plugin"}
+    raw = _merge(raw, _env_overrides(environ, fields))
+    raw = _merge(raw, {k: v for k, v in overrides.items() if v is not None})
+    try:
+        return msgspec.convert(raw, RouterSettings, strict=False)
+    except msgspec.ValidationError as exc:
+        raise SettingsError(f"invalid settings: {exc}") from exc

@@ -1,0 +1,243 @@
+"""stable-diffusion.cpp in-process: one loaded model at a time, generations on a worker thread.
+
+- Every call into the library runs on one dedicated worker thread; the library releases the
+  GIL, so the event loop (HTTP, heartbeats) stays responsive.
+- One generation at a time (an ``asyncio.Lock``): a context is not safe for concurrent use,
+  and the progress callback is process-wide.
+- A model is loaded on first use; switching models frees the old context first, so memory
+  holds one model; a model idle for ``idle_unload_s`` is unloaded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import logging
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from PIL import Image
+
+from llmlb_core.errors import OpenAIError
+from node_runtimes.stable_diffusion.model_folder import ModelFolder, WeightsChoice, choose_weights
+
+log = logging.getLogger("llmlb.node.sd")
+
+
+@dataclass
+class EngineJob:
+    prompt: str
+    negative_prompt: str
+    width: int
+    height: int
+    steps: int
+    cfg_scale: float
+    sampler: str
+    scheduler: str | None
+    seed: int
+    batch_count: int
+    init_image: Image.Image | None = None
+    mask_image: Image.Image | None = None
+    strength: float = 0.75
+
+
+@dataclass
+class LoadedModel:
+    id: str
+    context: Any
+    choice: WeightsChoice
+    loaded_at: float
+    last_used: float
+
+
+def free_memory_bytes() -> int | None:
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def has_accelerator() -> bool:
+    """Whether stable-diffusion.cpp was built with a GPU backend and a device is visible."""
+    try:
+        import stable_diffusion_cpp as sdc
+
+        info = sdc.sd_get_system_info()
+        text = info.decode() if isinstance(info, bytes) else str(info)
+    except Exception:  # the library may be missing on a node that serves other runtimes
+        return False
+    return any(tag in text.upper() for tag in ("CUDA = 1", "VULKAN = 1", "METAL = 1", "HIPBLAS = 1"))
+
+
+class SDEngine:
+    def __init__(
+        self,
+        *,
+        threads: int = 0,
+        idle_unload_s: float = 600.0,
+        weights_preference: str = "auto",
+        accelerator: bool | None = None,
+    ) -> None:
+        self.threads = threads or (os.cpu_count() or 1)
+        self.idle_unload_s = idle_unload_s
+        self.weights_preference = weights_preference
+        self.accelerator = has_accelerator() if accelerator is None else accelerator
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sd-engine")
+        self._lock = asyncio.Lock()
+        self.loaded: LoadedModel | None = None
+        self.active_jobs = 0
+        self.waiting_jobs = 0
+        self._reaper: asyncio.Task[None] | None = None
+        self._job_counter = 0
+
+    # --- lifecycle -----------------------------------------------------------------------
+    def start(self) -> None:
+        if self.idle_unload_s > 0:
+            self._reaper = asyncio.create_task(self._reap_idle(), name="sd-idle-unload")
+
+    async def stop(self) -> None:
+        if self._reaper is not None:
+            self._reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reaper
+        async with self._lock:
+            await self._run(self._unload_sync)
+        self._executor.shutdown(wait=True)
+
+    async def _run(self, fn: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def _reap_idle(self) -> None:
+        interval = max(0.2, min(5.0, self.idle_unload_s / 4))
+        while True:
+            await asyncio.sleep(interval)
+            loaded = self.loaded
+            if loaded is None or self._lock.locked():
+                continue
+            if time.monotonic() - loaded.last_used >= self.idle_unload_s:
+                async with self._lock:
+                    if self.loaded is loaded and time.monotonic() - loaded.last_used >= self.idle_unload_s:
+                        log.info("model %s idle for %.0fs: unloading", loaded.id, self.idle_unload_s)
+                        await self._run(self._unload_sync)
+
+    # --- loading -------------------------------------------------------------------------
+    def _unload_sync(self) -> None:
+        if self.loaded is None:
+            return
+        model_id = self.loaded.id
+        context, self.loaded.context = self.loaded.context, None
+        self.loaded = None
+        close = getattr(context, "close", None)
+        if close is not None:
+            close()  # frees the C context (weights) now, not whenever GC runs
+        del context
+        gc.collect()
+        log.info("model %s unloaded", model_id)
+
+    def _load_sync(self, folder: ModelFolder) -> LoadedModel:
+        import stable_diffusion_cpp as sdc
+
+        self._unload_sync()  # one model in memory at a time
+        choice = choose_weights(
+            folder,
+            accelerator=self.accelerator,
+            free_memory_bytes=free_memory_bytes(),
+            preference=self.weights_preference,
+        )
+        log.info("loading model %s from %s (%s)", folder.id, choice.path.name, choice.reason)
+        kwargs: dict[str, Any] = {
+            "model_path": str(choice.path),
+            "n_threads": self.threads,
+            "verbose": False,
+        }
+        if (taesd := folder.aux(folder.profile.taesd)) is not None:
+            kwargs["taesd_path"] = str(taesd)
+        if (vae := folder.aux(folder.profile.vae)) is not None:
+            kwargs["vae_path"] = str(vae)
+        started = time.monotonic()
+        try:
+            context = sdc.StableDiffusion(**kwargs)
+        except Exception as exc:
+            raise OpenAIError(
+                500, f"stable-diffusion.cpp could not load model '{folder.id}' "
+                f"({choice.path.name}): {exc}", type="server_error", code="model_load_failed",
+            ) from exc
+        now = time.monotonic()
+        log.info("model %s loaded in %.2fs", folder.id, now - started)
+        return LoadedModel(folder.id, context, choice, loaded_at=now, last_used=now)
+
+    # --- generation ----------------------------------------------------------------------
+    def _generate_sync(self, model: LoadedModel, job: EngineJob, job_id: int) -> list[Image.Image]:
+        started = time.monotonic()
+
+        def progress(step: int, steps: int, seconds: float) -> None:
+            log.info("job %d (%s): step %d/%d (%.2fs/it)", job_id, model.id, step, steps, seconds)
+
+        kwargs: dict[str, Any] = {
+            "prompt": job.prompt,
+            "negative_prompt": job.negative_prompt,
+            "width": job.width,
+            "height": job.height,
+            "cfg_scale": job.cfg_scale,
+            "sample_method": job.sampler,
+            "sample_steps": job.steps,
+            "seed": job.seed,
+            "batch_count": job.batch_count,
+            "progress_callback": progress,
+        }
+        if job.scheduler:
+            kwargs["scheduler"] = job.scheduler
+        if job.init_image is not None:
+            kwargs["init_image"] = job.init_image
+            kwargs["strength"] = job.strength
+        if job.mask_image is not None:
+            kwargs["mask_image"] = job.mask_image
+        try:
+            images = model.context.generate_image(**kwargs)
+        except Exception as exc:
+            raise OpenAIError(500, f"stable-diffusion.cpp failed to generate: {exc}",
+                              type="server_error", code="generation_failed") from exc
+        if not images or len(images) != job.batch_count:
+            raise OpenAIError(
+                500,
+                f"stable-diffusion.cpp returned {len(images or [])} image(s), expected {job.batch_count}",
+                type="server_error", code="generation_failed",
+            )
+        log.info("job %d (%s): %d image(s) %dx%d in %.2fs", job_id, model.id, len(images),
+                 job.width, job.height, time.monotonic() - started)
+        return list(images)
+
+    async def generate(self, folder: ModelFolder, job: EngineJob) -> list[Image.Image]:
+        self.waiting_jobs += 1
+        try:
+            await self._lock.acquire()
+        finally:
+            self.waiting_jobs -= 1
+        self.active_jobs += 1
+        try:
+            if self.loaded is None or self.loaded.id != folder.id:
+                self.loaded = await self._run(self._load_sync, folder)
+            loaded = self.loaded
+            self._job_counter += 1
+            images = await self._run(self._generate_sync, loaded, job, self._job_counter)
+            loaded.last_used = time.monotonic()
+            return images  # type: ignore[no-any-return]
+        finally:
+            self.active_jobs -= 1
+            self._lock.release()
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "loaded_model": self.loaded.id if self.loaded else None,
+            "weights": self.loaded.choice.path.name if self.loaded else None,
+            "active_jobs": self.active_jobs,
+            "waiting_jobs": self.waiting_jobs,
+        }

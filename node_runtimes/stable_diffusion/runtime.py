@@ -1,0 +1,247 @@
+"""The ``stable_diffusion`` node runtime: OpenAI Images routes over stable-diffusion.cpp."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import logging
+import secrets
+import time
+from typing import Any
+
+import msgspec
+from litestar import Request, Response, post
+from litestar.handlers import BaseRouteHandler
+from PIL import Image
+
+from llmlb_core.bodies import decode_json_bytes
+from llmlb_core.errors import OpenAIError
+from llmlb_core.protocol import ModelAdvert
+from node_runtimes.runtime import Runtime, RuntimeLoad
+from node_runtimes.settings import NodeSettings
+from node_runtimes.stable_diffusion.engine import EngineJob, SDEngine
+from node_runtimes.stable_diffusion.model_folder import ModelFolder, scan_models
+from node_runtimes.stable_diffusion.params import engine_settings
+from plugins.images.protocol import (
+    MAX_SEED,
+    SIZE_AUTO,
+    ImageData,
+    ImageEditFields,
+    ImageGenerationRequest,
+    ImagesResponse,
+    ImageVariationFields,
+    parse_size,
+)
+from plugins.images.settings import MB
+from plugins.images.uploads import (
+    IMAGE_FIELDS,
+    convert_fields,
+    mask_from_alpha,
+    open_image,
+    parse_multipart,
+)
+from plugins.images.validation import require_prompt, resolve_size
+
+log = logging.getLogger("llmlb.node.sd")
+
+TYPE_NAME = "stable_diffusion"
+CAPABILITIES = ["image_generation"]
+MAX_UPLOAD_BYTES = 4 * MB
+MAX_PIXELS = 4096 * 4096
+EDIT_STRENGTH = 0.75
+INPAINT_STRENGTH = 1.0
+VARIATION_STRENGTH = 0.6
+# stable-diffusion.cpp regenerates where its mask is white (255); see tests/test_mask_polarity.
+SD_MASK_REGENERATE = 255
+
+
+def encode_image(image: Image.Image, output_format: str, compression: int | None) -> str:
+    out = io.BytesIO()
+    if output_format == "png":
+        # output_compression 0-100 maps to zlib levels 0-9 for PNG.
+        level = 6 if compression is None else round(compression * 9 / 100)
+        image.save(out, format="PNG", compress_level=level)
+    else:
+        quality = 100 - compression if compression is not None else 90
+        image.convert("RGB").save(out, format=output_format.upper(), quality=max(1, quality))
+    return base64.b64encode(out.getvalue()).decode("ascii")
+
+
+class StableDiffusionRuntime(Runtime):
+    type_name = TYPE_NAME
+    slots = 1  # one generation at a time per node process
+
+    def __init__(self, settings: NodeSettings, engine: SDEngine | None = None) -> None:
+        self.settings = settings
+        self.engine = engine or SDEngine(
+            threads=settings.threads,
+            idle_unload_s=settings.idle_unload_s,
+            weights_preference=settings.weights_preference,
+        )
+        self._folders: dict[str, ModelFolder] = {}
+        self._scanned_at = 0.0
+        self.rescan()
+
+    # --- models --------------------------------------------------------------------------
+    def rescan(self) -> None:
+        self._folders = {f.id: f for f in scan_models(self.settings.models_path)}
+        self._scanned_at = time.monotonic()
+
+    def folder(self, model: str | None) -> ModelFolder:
+        if time.monotonic() - self._scanned_at > 5:
+            self.rescan()
+        if model is None and len(self._folders) == 1:
+            return next(iter(self._folders.values()))
+        if model is None or model not in self._folders:
+            raise OpenAIError(404, f"The model '{model}' does not exist on this node",
+                              param="model", code="model_not_found")
+        return self._folders[model]
+
+    def models(self) -> list[ModelAdvert]:
+        if time.monotonic() - self._scanned_at > 5:
+            self.rescan()
+        return [
+            ModelAdvert(
+                id=f.id,
+                capabilities=CAPABILITIES,
+                runtime=TYPE_NAME,
+                details={
+                    "native_size": f.profile.native_size,
+                    "steps": f.profile.steps,
+                    "cfg_scale": f.profile.cfg_scale,
+                    "sampler": f.profile.sampler,
+                    "weights": [p.name for p in f.weights],
+                },
+            )
+            for f in self._folders.values()
+        ]
+
+    def load(self) -> RuntimeLoad:
+        loaded = self.engine.loaded
+        return RuntimeLoad(
+            active_jobs=self.engine.active_jobs,
+            queued_jobs=self.engine.waiting_jobs,
+            loaded_models=[loaded.id] if loaded else [],
+        )
+
+    async def start(self) -> None:
+        self.engine.start()
+
+    async def stop(self) -> None:
+        await self.engine.stop()
+
+    # --- jobs ----------------------------------------------------------------------------
+    def _size(self, size: str | None, folder: ModelFolder) -> tuple[int, int, str]:
+        resolved, _ = resolve_size(size, fallback=False)
+        if resolved == SIZE_AUTO:
+            width, height = folder.profile.native_wh
+        else:
+            width, height = parse_size(resolved)
+        return width, height, f"{width}x{height}"
+
+    async def _run(
+        self,
+        req: ImageGenerationRequest | ImageEditFields | ImageVariationFields,
+        *,
+        prompt: str,
+        quality: str | None,
+        style: str | None,
+        init: Image.Image | None = None,
+        mask: Image.Image | None = None,
+        default_strength: float = EDIT_STRENGTH,
+    ) -> Response[Any]:
+        folder = self.folder(req.model)
+        width, height, size = self._size(req.size, folder)
+        settings = engine_settings(req, folder.profile, quality=quality, style=style)
+        seed = req.seed if req.seed is not None else secrets.randbelow(MAX_SEED - 16)
+        if init is not None:
+            init = init.convert("RGB").resize((width, height), Image.Resampling.LANCZOS)
+        sd_mask = None
+        if mask is not None:
+            mask = mask.resize((width, height), Image.Resampling.NEAREST)
+            sd_mask = mask if SD_MASK_REGENERATE == 255 else mask.point(lambda v: 255 - v)
+        job = EngineJob(
+            prompt=prompt,
+            negative_prompt=settings.negative_prompt,
+            width=width,
+            height=height,
+            steps=settings.steps,
+            cfg_scale=settings.cfg_scale,
+            sampler=settings.sampler,
+            scheduler=settings.scheduler,
+            seed=seed,
+            batch_count=req.n,
+            init_image=init,
+            mask_image=sd_mask,
+            strength=req.strength if req.strength is not None else default_strength,
+        )
+        images = await self.engine.generate(folder, job)
+        output_format = req.output_format or "png"
+
+        def finish() -> list[str]:
+            out = []
+            for image in images:
+                if image.size != (width, height):
+                    image = image.resize((width, height), Image.Resampling.LANCZOS)
+                if init is not None and mask is not None:
+                    # Keep every pixel outside the mask exactly as it was.
+                    image = Image.composite(image.convert("RGB"), init, mask)
+                out.append(encode_image(image, output_format, req.output_compression))
+            return out
+
+        encoded = await asyncio.to_thread(finish)
+        body = ImagesResponse(
+            created=int(time.time()),
+            data=[ImageData(b64_json=b64, seed=seed + i) for i, b64 in enumerate(encoded)],
+            size=size,
+            quality=quality or "standard",
+            output_format=output_format,
+            background="opaque",
+        )
+        return Response(content=msgspec.json.encode(body), media_type="application/json")
+
+    def routes(self) -> list[BaseRouteHandler]:
+        runtime = self
+
+        @post("/v1/images/generations")
+        async def generations(request: Request[Any, Any, Any]) -> Response[Any]:
+            req = decode_json_bytes(await request.body(), ImageGenerationRequest)
+            return await runtime._run(req, prompt=require_prompt(req.prompt), quality=req.quality,
+                                      style=req.style)
+
+        @post("/v1/images/edits")
+        async def edits(request: Request[Any, Any, Any]) -> Response[Any]:
+            form = await parse_multipart(request, max_file_bytes=MAX_UPLOAD_BYTES,
+                                         max_total_bytes=8 * MAX_UPLOAD_BYTES)
+            req = convert_fields(form.fields, ImageEditFields)
+            prompt = require_prompt(req.prompt)
+            uploads = form.uploads(*IMAGE_FIELDS)
+            if not uploads:
+                raise OpenAIError(400, "image is required", param="image", code="missing_image")
+            images = [open_image(u, param="image", max_bytes=MAX_UPLOAD_BYTES,
+                                 max_pixels=MAX_PIXELS) for u in uploads]
+            mask = None
+            if mask_uploads := form.uploads("mask"):
+                mask_image = open_image(mask_uploads[0], param="mask", max_bytes=MAX_UPLOAD_BYTES,
+                                        max_pixels=MAX_PIXELS)
+                mask = mask_from_alpha(mask_image, images[0].size)
+            return await runtime._run(
+                req, prompt=prompt, quality=req.quality, style=None, init=images[0], mask=mask,
+                default_strength=INPAINT_STRENGTH if mask is not None else EDIT_STRENGTH,
+            )
+
+        @post("/v1/images/variations")
+        async def variations(request: Request[Any, Any, Any]) -> Response[Any]:
+            form = await parse_multipart(request, max_file_bytes=MAX_UPLOAD_BYTES,
+                                         max_total_bytes=2 * MAX_UPLOAD_BYTES)
+            req = convert_fields(form.fields, ImageVariationFields)
+            uploads = form.uploads(*IMAGE_FIELDS)
+            if not uploads:
+                raise OpenAIError(400, "image is required", param="image", code="missing_image")
+            image = open_image(uploads[0], param="image", max_bytes=MAX_UPLOAD_BYTES,
+                               max_pixels=MAX_PIXELS)
+            return await runtime._run(req, prompt="", quality=None, style=None, init=image,
+                                      default_strength=VARIATION_STRENGTH)
+
+        return [generations, edits, variations]

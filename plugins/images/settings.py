@@ -1,0 +1,36 @@
+"""The images plugin's own settings: the ``[plugin.images]`` table of the router config.
+
+Environment: ``LLMLB_PLUGIN__IMAGES__<KEY>`` (e.g. ``LLMLB_PLUGIN__IMAGES__SIZE_FALLBACK=true``).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import msgspec
+
+
+MB = 1024 * 1024
+
+
+class ImagesSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    # Map an unsupported `size` to the nearest supported one instead of answering 400.
+    size_fallback: bool = False
+    # Lifetime of images served by `response_format=url`, then deleted from disk.
+    url_ttl_minutes: Annotated[float, msgspec.Meta(gt=0)] = 60.0
+    # Format used when a request does not name one (OpenAI's dall-e default is "url").
+    default_response_format: str = "url"
+    # Model used when a request names none (None: the only image model online, if just one).
+    default_model: str | None = None
+    # Upload limits for edits and variations.
+    max_upload_bytes: Annotated[int, msgspec.Meta(gt=0)] = 4 * MB
+    max_pixels: Annotated[int, msgspec.Meta(gt=0)] = 4096 * 4096
+    # Split `n > 1` over idle nodes serving the same model.
+    fan_out: bool = True
+
+
+def load_images_settings(table: dict[str, Any]) -> ImagesSettings:
+    try:
+        return msgspec.convert(table, ImagesSettings, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ValueError(f"invalid [plugin.images] settings: {exc}") from exc

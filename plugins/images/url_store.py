@@ -1,0 +1,66 @@
+"""Images served by ``response_format=url``: stored under the router's data dir with an
+unguessable name, served at ``/v1/images/files/<name>`` without a key (like OpenAI's signed
+URLs), and deleted from disk when their lifetime ends."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+import secrets
+import time
+from pathlib import Path
+
+log = logging.getLogger("llmlb.images.urls")
+
+NAME_RE = re.compile(r"^[A-Za-z0-9_-]{43}\.(png|jpeg|webp)$")
+MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+
+
+class ImageUrlStore:
+    def __init__(self, directory: Path, ttl_s: float) -> None:
+        self.directory = directory
+        self.ttl_s = ttl_s
+        directory.mkdir(parents=True, exist_ok=True)
+
+    def save(self, data: bytes, extension: str) -> str:
+        """Store ``data``; return the file name (43 random url-safe chars + extension)."""
+        name = f"{secrets.token_urlsafe(32)}.{extension}"
+        tmp = self.directory / f".{name}.tmp"
+        tmp.write_bytes(data)
+        os.replace(tmp, self.directory / name)
+        return name
+
+    def path(self, name: str) -> Path | None:
+        """The file for ``name`` if the name is well-formed, present and not expired."""
+        if not NAME_RE.match(name):
+            return None
+        path = self.directory / name
+        try:
+            age = time.time() - path.stat().st_mtime
+        except FileNotFoundError:
+            return None
+        if age > self.ttl_s:
+            path.unlink(missing_ok=True)
+            return None
+        return path
+
+    def purge_expired(self) -> int:
+        now = time.time()
+        removed = 0
+        for path in self.directory.iterdir():
+            try:
+                if now - path.stat().st_mtime > self.ttl_s:
+                    path.unlink(missing_ok=True)
+                    removed += 1
+            except FileNotFoundError:
+                continue
+        if removed:
+            log.info("deleted %d expired image file(s)", removed)
+        return removed
+
+    async def purge_forever(self, interval_s: float) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            await asyncio.to_thread(self.purge_expired)

@@ -1,0 +1,76 @@
+"""Shared fixtures: the synthetic checkpoint (made once per session), real servers on loopback."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.servers import REPO, Proc, create_key, node_proc, router_proc, wait_until, node_status
+
+# The synthetic checkpoint is deterministic (seed 0); it is written once into this ignored
+# folder and reused while complete. Delete the folder to force a rewrite.
+MODEL_CACHE = REPO / ".cache" / "test-models"
+DEMO_MODEL = "demo"
+
+
+@pytest.fixture(scope="session")
+def models_dir() -> Path:
+    """A models dir holding the synthetic SD1 tiny-UNet checkpoint as model ``demo``."""
+    from node_runtimes.stable_diffusion.demo_checkpoint import demo_model_is_complete, write_demo_model
+
+    folder = MODEL_CACHE / DEMO_MODEL
+    if not demo_model_is_complete(folder):
+        write_demo_model(folder)
+    return MODEL_CACHE
+
+
+@pytest.fixture
+def procs(tmp_path: Path) -> Iterator[list[Proc]]:
+    """Processes a test starts; all stopped at teardown, whatever happened."""
+    started: list[Proc] = []
+    yield started
+    for proc in reversed(started):
+        proc.stop()
+
+
+@pytest.fixture
+def router(tmp_path: Path, procs: list[Proc]) -> Proc:
+    proc = router_proc(tmp_path, env={"LLMLB_NODE_TIMEOUT_S": "2"})
+    procs.append(proc)
+    return proc.start().wait_healthy()
+
+
+@pytest.fixture
+def node_key(router: Proc) -> str:
+    return create_key(router.url, ["node"], name="node")
+
+
+@pytest.fixture
+def api_key(router: Proc) -> str:
+    return create_key(router.url, ["api"], name="client")
+
+
+@pytest.fixture
+def sd_node(tmp_path: Path, router: Proc, node_key: str, models_dir: Path, procs: list[Proc]) -> Proc:
+    """A real node process serving the synthetic checkpoint, registered with ``router``."""
+    proc = node_proc(tmp_path, router.url, models_dir, node_key, name="sd-node-1",
+                     extra=["--threads", "2"])
+    procs.append(proc)
+    proc.start().wait_healthy(60)
+    wait_until(lambda: node_status(router.url, "sd-node-1") == "online", 30, "node online")
+    return proc
+
+
+def copy_model(models_dir: Path, target: Path, name: str) -> Path:
+    """A second model folder sharing the demo weights (hard links: no extra disk)."""
+    folder = target / name
+    folder.mkdir(parents=True)
+    for item in (models_dir / DEMO_MODEL).iterdir():
+        try:
+            (folder / item.name).hardlink_to(item)
+        except OSError:
+            shutil.copy2(item, folder / item.name)
+    return folder
