@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 import msgspec
 from litestar import Request, Router, delete, get, post
+from litestar.params import FromPath
 
 from llmlb_core.auth import ApiKeyInfo, require_scope
 from llmlb_core.bodies import decode_json
@@ -51,7 +52,7 @@ async def list_keys(request: Request[Any, Any, Any]) -> dict[str, Any]:
 
 
 @delete("/keys/{key_id:str}", status_code=200)
-async def revoke_key(request: Request[Any, Any, Any], key_id: str) -> dict[str, Any]:
+async def revoke_key(request: Request[Any, Any, Any], key_id: FromPath[str]) -> dict[str, Any]:
     if not get_services(request).keys.revoke(key_id):
         raise OpenAIError(404, f"No active API key with id '{key_id}'", param="key_id")
     return {"id": key_id, "revoked": True}
@@ -86,7 +87,7 @@ async def register_model(request: Request[Any, Any, Any]) -> dict[str, Any]:
 
 
 @delete("/models/{model_id:path}", status_code=200)
-async def delete_model(request: Request[Any, Any, Any], model_id: str) -> dict[str, Any]:
+async def delete_model(request: Request[Any, Any, Any], model_id: FromPath[str]) -> dict[str, Any]:
     model_id = model_id.lstrip("/")
     if not get_services(request).models.delete(model_id):
         raise OpenAIError(404, f"The model '{model_id}' is not registered", param="model_id")

@@ -6,13 +6,13 @@ import asyncio
 import contextlib
 import inspect
 import logging
-import os
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 import httpx
 from litestar import Litestar, Request, Router, get
 from litestar.openapi import OpenAPIConfig
+from litestar.params import FromPath
 
 from llmlb_core.admin_api import admin_router
 from llmlb_core.auth import KeyManager, require_scope
@@ -39,7 +39,7 @@ async def list_models(request: Request[Any, Any, Any]) -> dict[str, Any]:
 
 
 @get("/v1/models/{model_id:path}")
-async def get_model(request: Request[Any, Any, Any], model_id: str) -> ModelObject:
+async def get_model(request: Request[Any, Any, Any], model_id: FromPath[str]) -> ModelObject:
     services = get_services(request)
     return services.models.get(model_id.lstrip("/"), services.enabled_flags)
 
@@ -76,7 +76,7 @@ def create_app(
     settings.data_path.mkdir(parents=True, exist_ok=True)
     store = Store(settings.data_path / DB_FILE)
     keys = KeyManager(store)
-    generated = keys.ensure_admin_key(os.environ.get("LLMLB_ADMIN_KEY"))
+    generated = keys.ensure_admin_key(settings.admin_key)
     if generated:
         # Printed once, at first start; only its hash is stored.
         print(f"\n  llmlb: first start - admin API key (shown once, store it now):\n  {generated}\n",

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from litestar import Request, Router, post
+from litestar.params import FromPath
 
 from llmlb_core.auth import require_scope
 from llmlb_core.bodies import decode_json
@@ -38,14 +39,14 @@ async def heartbeat(request: Request[Any, Any, Any]) -> HeartbeatReply:
 
 
 @post("/{node_id:str}/drain", status_code=200)
-async def drain_node(request: Request[Any, Any, Any], node_id: str) -> dict[str, Any]:
+async def drain_node(request: Request[Any, Any, Any], node_id: FromPath[str]) -> dict[str, Any]:
     if not get_services(request).nodes.set_draining(node_id):
         raise OpenAIError(404, f"Unknown node '{node_id}'", param="node_id")
     return {"id": node_id, "draining": True}
 
 
 @post("/{node_id:str}/deregister", status_code=200)
-async def deregister_node(request: Request[Any, Any, Any], node_id: str) -> dict[str, Any]:
+async def deregister_node(request: Request[Any, Any, Any], node_id: FromPath[str]) -> dict[str, Any]:
     if not get_services(request).nodes.deregister(node_id):
         raise OpenAIError(404, f"Unknown node '{node_id}'", param="node_id")
     return {"id": node_id, "deregistered": True}

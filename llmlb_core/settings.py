@@ -44,6 +44,9 @@ class RouterSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # Largest request body accepted on JSON routes (multipart routes set their own limits).
     max_body_bytes: Annotated[int, msgspec.Meta(gt=0)] = 10 * 1024 * 1024
     log_level: str = "INFO"
+    # Bootstrap admin key (env LLMLB_ADMIN_KEY); when unset and no key exists, one is generated
+    # at first start and printed once.
+    admin_key: str | None = None
     # Per-plugin settings: [plugin.images] etc.; each plugin validates its own table.
     plugin: dict[str, dict[str, Any]] = msgspec.field(default_factory=dict)
 

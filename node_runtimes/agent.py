@@ -168,7 +168,7 @@ class RouterLink:
             self._task.cancel()
             try:
                 await self._task
-            except (asyncio.CancelledError, Exception):  # noqa: S110 - stopping anyway
+            except (asyncio.CancelledError, Exception):
                 pass
         if deregister and self.registered.is_set():
             try:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.servers import REPO, Proc, create_key, node_proc, router_proc, wait_until, node_status
+from tests.servers import REPO, Proc, create_key, node_proc, node_status, router_proc, wait_until
 
 # The synthetic checkpoint is deterministic (seed 0); it is written once into this ignored
 # folder and reused while complete. Delete the folder to force a rewrite.

@@ -204,13 +204,13 @@ class StableDiffusionRuntime(Runtime):
     def routes(self) -> list[BaseRouteHandler]:
         runtime = self
 
-        @post("/v1/images/generations")
+        @post("/v1/images/generations", status_code=200)
         async def generations(request: Request[Any, Any, Any]) -> Response[Any]:
             req = decode_json_bytes(await request.body(), ImageGenerationRequest)
             return await runtime._run(req, prompt=require_prompt(req.prompt), quality=req.quality,
                                       style=req.style)
 
-        @post("/v1/images/edits")
+        @post("/v1/images/edits", status_code=200)
         async def edits(request: Request[Any, Any, Any]) -> Response[Any]:
             form = await parse_multipart(request, max_file_bytes=MAX_UPLOAD_BYTES,
                                          max_total_bytes=8 * MAX_UPLOAD_BYTES)
@@ -231,7 +231,7 @@ class StableDiffusionRuntime(Runtime):
                 default_strength=INPAINT_STRENGTH if mask is not None else EDIT_STRENGTH,
             )
 
-        @post("/v1/images/variations")
+        @post("/v1/images/variations", status_code=200)
         async def variations(request: Request[Any, Any, Any]) -> Response[Any]:
             form = await parse_multipart(request, max_file_bytes=MAX_UPLOAD_BYTES,
                                          max_total_bytes=2 * MAX_UPLOAD_BYTES)

@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 import msgspec
 from litestar import Request, Response, get, post
 from litestar.handlers import BaseRouteHandler
+from litestar.params import FromPath
 from litestar.response import File
 
 from llmlb_core.auth import PUBLIC_OPT
@@ -49,7 +50,7 @@ def resolve_model(services: RouterServices, requested: str | None, cfg: ImagesSe
     )
 
 
-def with_model_defaults(services: RouterServices, request: S, model: str) -> S:
+def with_model_defaults(services: RouterServices, request: S, model: FromPath[str]) -> S:
     """Fill fields the client left unset from the admin's per-model defaults."""
     defaults = services.model_defaults(model)
     if not defaults:
@@ -69,7 +70,7 @@ def with_model_defaults(services: RouterServices, request: S, model: str) -> S:
 
 
 def build_routes(cfg: ImagesSettings) -> list[BaseRouteHandler]:
-    @post("/v1/images/generations", request_max_body_size=JSON_BODY_LIMIT)
+    @post("/v1/images/generations", status_code=200, request_max_body_size=JSON_BODY_LIMIT)
     async def generations(request: Request[Any, Any, Any]) -> Response[Any]:
         services = get_services(request)
         req = decode_json_bytes(await request.body(), ImageGenerationRequest)
@@ -99,7 +100,7 @@ def build_routes(cfg: ImagesSettings) -> list[BaseRouteHandler]:
         )
 
     @get(f"{FILES_PATH}/{{name:str}}", opt={PUBLIC_OPT: True}, media_type="image/png")
-    async def image_file(request: Request[Any, Any, Any], name: str) -> File:
+    async def image_file(request: Request[Any, Any, Any], name: FromPath[str]) -> File:
         path: Path | None = url_store(get_services(request)).path(name)
         if path is None:
             raise OpenAIError(404, "This image does not exist or has expired", code="image_expired")

@@ -9,7 +9,6 @@ from typing import Annotated, Any
 
 import msgspec
 
-
 MB = 1024 * 1024
 
 
