@@ -61,30 +61,43 @@ def cmd_node(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_demo_model(args: argparse.Namespace) -> int:
+def cmd_demo_model_write(target: Path, *, force: bool = False) -> None:
+    """Write the synthetic checkpoint into ``target`` unless it is already complete."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from node_runtimes.stable_diffusion.demo_checkpoint import demo_model_is_complete, write_demo_model
 
-    target = Path(args.dir)
-    if demo_model_is_complete(target) and not args.force:
-        print(f"demo model already present in {target}")
-        return 0
+    if demo_model_is_complete(target) and not force:
+        print(f"demo model present in {target}")
+        return
     started = time.monotonic()
+    tty = sys.stderr.isatty()
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                  TimeElapsedColumn(), disable=not sys.stderr.isatty()) as progress:
+                  TimeElapsedColumn(), disable=not tty) as progress:
         task = progress.add_task("writing tensors", total=None)
         last_log = [0.0]
 
         def report(step: int, total: int, label: str) -> None:
             progress.update(task, completed=step, total=total, description=f"writing {label[:40]}")
-            if not sys.stderr.isatty() and time.monotonic() - last_log[0] > 2:
+            if not tty and (time.monotonic() - last_log[0] > 2 or step == total):
                 last_log[0] = time.monotonic()
                 print(f"  demo-model: {step}/{total} tensors", file=sys.stderr, flush=True)
 
         write_demo_model(target, progress=report)
     print(f"demo model written to {target} in {time.monotonic() - started:.1f}s")
+
+
+def cmd_demo_model(args: argparse.Namespace) -> int:
+    cmd_demo_model_write(Path(args.dir), force=args.force)
     return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from llmlb_core.demo import run_demo
+
+    _setup_logging("warning")
+    return run_demo(host=args.host, port=args.port, node_port=args.node_port,
+                    data_dir=Path(args.data_dir), models_dir=Path(args.models_dir))
 
 
 def _admin_client(args: argparse.Namespace) -> httpx.Client:
@@ -147,6 +160,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("dir")
     demo.add_argument("--force", action="store_true")
     demo.set_defaults(func=cmd_demo_model)
+
+    demo_all = sub.add_parser("demo", help="router + one local node serving the demo model")
+    demo_all.add_argument("--host", default="127.0.0.1")
+    demo_all.add_argument("--port", type=int, default=8080)
+    demo_all.add_argument("--node-port", type=int, default=8090)
+    demo_all.add_argument("--data-dir", default="./llmlb-data")
+    demo_all.add_argument("--models-dir", default="./models")
+    demo_all.set_defaults(func=cmd_demo)
 
     keys = sub.add_parser("keys", help="manage API keys (admin)")
     keys.add_argument("--router", default=os.environ.get("LLMLB_ROUTER", "http://127.0.0.1:8080"))

@@ -6,6 +6,7 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+import openai
 import pytest
 
 from tests.servers import REPO, Proc, create_key, node_proc, node_status, router_proc, wait_until
@@ -74,3 +75,36 @@ def copy_model(models_dir: Path, target: Path, name: str) -> Path:
         except OSError:
             shutil.copy2(item, folder / item.name)
     return folder
+
+
+class ImageSystem:
+    """A router process and a StableDiffusion node process shared by a test session."""
+
+    def __init__(self, router: Proc, node: Proc, api_key: str) -> None:
+        self.router = router
+        self.node = node
+        self.api_key = api_key
+
+    def client(self, **kwargs: object) -> openai.OpenAI:
+        return openai.OpenAI(base_url=f"{self.router.url}/v1", api_key=self.api_key, max_retries=0,
+                             **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="session")
+def image_system(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterator[ImageSystem]:
+    tmp = tmp_path_factory.mktemp("image-system")
+    started: list[Proc] = []
+    try:
+        router = router_proc(tmp, env={"LLMLB_PLUGIN__IMAGES__URL_TTL_MINUTES": "0.05",
+                                       "LLMLB_PLUGIN__IMAGES__DEFAULT_RESPONSE_FORMAT": "b64_json"})
+        started.append(router)
+        router.start().wait_healthy()
+        node = node_proc(tmp, router.url, models_dir, create_key(router.url, ["node"]),
+                         name="sd-shared", extra=["--threads", "2"])
+        started.append(node)
+        node.start().wait_healthy(60)
+        wait_until(lambda: node_status(router.url, "sd-shared") == "online", 30, "node online")
+        yield ImageSystem(router, node, create_key(router.url, ["api"]))
+    finally:
+        for proc in reversed(started):
+            proc.stop()

@@ -73,10 +73,10 @@ PROFILE_TEXT: Final = (
     " (for tests and demos; images are noise-like).\n"
     """\
 description = "synthetic SD1 tiny U-Net (random weights)"
-steps = 4
+steps = 2
 cfg_scale = 1.0
 sampler = "euler"
-native_size = "256x256"
+native_size = "64x64"
 taesd = "taesd.safetensors"
 """
 )
@@ -181,9 +181,7 @@ def _tiny_unet_specs(prefix: str = "model.diffusion_model") -> Iterator[_Spec]:
             yield from _res_block(f"{inp}.{idx}.0", ch, time_embed_dim, mult * model_channels)
             ch = mult * model_channels
             if ds in attention_resolutions:
-                yield from _spatial_transformer(
-                    f"{inp}.{idx}.1", ch, num_heads, ch // num_heads, context_dim
-                )
+                yield from _spatial_transformer(f"{inp}.{idx}.1", ch, num_heads, ch // num_heads, context_dim)
             input_block_chans.append(ch)
             idx += 1  # tiny U-Net: the second res block's slot stays empty
         if i != len(channel_mult) - 1:
@@ -199,9 +197,7 @@ def _tiny_unet_specs(prefix: str = "model.diffusion_model") -> Iterator[_Spec]:
         mult = channel_mult[i]
         for j in range(num_res_blocks + 1):
             ich = input_block_chans.pop()
-            yield from _res_block(
-                f"{outp}.{out_idx}.0", ch + ich, time_embed_dim, mult * model_channels
-            )
+            yield from _res_block(f"{outp}.{out_idx}.0", ch + ich, time_embed_dim, mult * model_channels)
             ch = mult * model_channels
             up_sample_idx = 1
             if ds in attention_resolutions:
@@ -386,13 +382,19 @@ def write_demo_model(
     progress(step, total, label) is called as tensors are generated (for progress logs/bars):
     once per tensor (label: the tensor name) and once per finished file (label: "wrote FILE");
     the last call has step == total.
+    `seed` must be >= 0; the same seed gives byte-identical files.
     `dtype` is "f16" (default, about 850 MiB) or "f32" (twice that).
     """
     if dtype not in _DTYPES:
         raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, not {dtype!r}")
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0, not {seed}")
     np_dtype = _DTYPES[dtype]
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    # Rewriting over an older model: drop the profile first, so that an interrupted run never
+    # looks complete with weight files from two different runs.
+    (directory / PROFILE_FILE).unlink(missing_ok=True)
 
     taesd_specs = list(_taesd_specs())
     model_specs = list(_clip_text_specs()) + list(_tiny_unet_specs())
@@ -405,9 +407,10 @@ def write_demo_model(
         if progress is not None:
             progress(step, total, label)
 
+    # One key only: safetensors writes metadata from a hash map, so with several keys their
+    # order (and the file's bytes) would vary between runs.
     metadata = {
-        "description": "synthetic random-weight SD1 tiny U-Net for tests and demos (llmlb)",
-        "seed": str(seed),
+        "description": f"llmlb demo model: synthetic random-weight SD1 tiny U-Net, seed {seed}",
     }
     _write_safetensors(directory / TAESD_FILE, taesd_specs, seed, 0, np_dtype, metadata, tick)
     tick(f"wrote {TAESD_FILE}")

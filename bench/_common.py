@@ -1,0 +1,120 @@
+"""Helpers shared by the benchmarks: ports, waiting, server processes, CPU time, percentiles."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import IO
+
+import httpx
+
+REPO = Path(__file__).resolve().parent.parent
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.05) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if predicate():
+                return
+        except (httpx.HTTPError, OSError):
+            pass
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (all its threads, live and exited), in seconds."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    # Fields after the ")" that closes the command name; utime and stime are fields 14 and 15.
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The q-th percentile (0..100) with linear interpolation between closest ranks."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * q / 100.0
+    low = math.floor(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+class ServerProcess:
+    """A Python server process (``python -m MODULE ARGS``) in its own session, logging to a file."""
+
+    def __init__(self, name: str, module: str, args: Sequence[str], log_path: Path, url: str) -> None:
+        self.name = name
+        self.module = module
+        self.args = list(args)
+        self.log_path = log_path
+        self.url = url
+        self.popen: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.popen is not None, f"{self.name} not started"
+        return self.popen.pid
+
+    def start(self) -> ServerProcess:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LLMLB_")}
+        env["PYTHONUNBUFFERED"] = "1"
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self.popen = subprocess.Popen(
+            [sys.executable, "-m", self.module, *self.args],
+            env=env, stdout=self._log, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True,
+        )
+        return self
+
+    def check_alive(self) -> None:
+        if self.popen is not None and self.popen.poll() is not None:
+            raise RuntimeError(f"{self.name} exited with {self.popen.returncode}:\n{self.log_tail()}")
+
+    def wait_healthy(self, timeout: float = 30) -> ServerProcess:
+        def ok() -> bool:
+            self.check_alive()
+            return httpx.get(f"{self.url}/health", timeout=1).status_code == 200
+
+        wait_until(ok, timeout, f"{self.name} at {self.url}/health")
+        return self
+
+    def log_tail(self, chars: int = 4000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-chars:]
+        except OSError:
+            return ""
+
+    def stop(self, timeout: float = 10) -> int | None:
+        """SIGINT, then SIGKILL to the whole session after ``timeout`` seconds."""
+        if self.popen is None:
+            return None
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGINT)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.popen.pid, signal.SIGKILL)
+                self.popen.wait(5)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        return self.popen.returncode

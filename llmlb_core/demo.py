@@ -1,0 +1,114 @@
+"""``llmlb demo``: a router and one local node serving the synthetic image model, for a try-out.
+
+Makes the demo model if missing, starts ``llmlb serve`` and ``llmlb node`` as child processes,
+creates a node key and a client key, prints the URL, the key and working examples, and runs
+until Ctrl-C (stopping both children).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+DEMO_MODEL = "demo"
+
+
+def _admin_key(data_dir: Path) -> str:
+    path = data_dir / "demo-admin-key"
+    if path.exists():
+        return path.read_text().strip()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    key = "sk-llmlb-demo-admin-" + secrets.token_urlsafe(24)
+    path.write_text(key)
+    path.chmod(0o600)
+    return key
+
+
+def _wait(url: str, proc: subprocess.Popen[bytes], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"llmlb demo: {what} exited with code {proc.returncode}")
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise SystemExit(f"llmlb demo: {what} did not come up within {timeout:.0f}s")
+
+
+def run_demo(*, host: str, port: int, node_port: int, data_dir: Path, models_dir: Path) -> int:
+    from llmlb_core.cli import cmd_demo_model_write
+
+    cmd_demo_model_write(models_dir / DEMO_MODEL)
+    admin = _admin_key(data_dir)
+    env = {**os.environ, "LLMLB_ADMIN_KEY": admin, "PYTHONUNBUFFERED": "1"}
+    base = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+    cli = [sys.executable, "-m", "llmlb_core.cli"]
+    children: list[subprocess.Popen[bytes]] = []
+    try:
+        router = subprocess.Popen([*cli, "serve", "--host", host, "--port", str(port),
+                                   "--data-dir", str(data_dir)], env=env)
+        children.append(router)
+        _wait(f"{base}/health", router, 60, "router")
+        admin_headers = {"authorization": f"Bearer {admin}"}
+        node_key = httpx.post(f"{base}/v0/keys", headers=admin_headers,
+                              json={"name": "demo node", "scopes": ["node"]}).json()["key"]
+        api_key = httpx.post(f"{base}/v0/keys", headers=admin_headers,
+                             json={"name": "demo client", "scopes": ["api"]}).json()["key"]
+        node = subprocess.Popen([*cli, "node", "--router", base, "--port", str(node_port),
+                                 "--models-dir", str(models_dir), "--name", "demo-node"],
+                                env={**env, "LLMLB_API_KEY": node_key})
+        children.append(node)
+        _wait(f"http://127.0.0.1:{node_port}/health", node, 60, "node")
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            models = httpx.get(f"{base}/v1/models", headers={"authorization": f"Bearer {api_key}"}).json()
+            if any(m["id"] == DEMO_MODEL for m in models.get("data", [])):
+                break
+            time.sleep(0.3)
+        print(f"""
+================================================================================
+ llmlb is running: router {base}  (node demo-node on port {node_port})
+ Model: {DEMO_MODEL} (synthetic random weights: real stable-diffusion.cpp inference,
+        noise-like pictures; point a node at real weights for real images)
+ API key:   {api_key}
+ Admin key: stored in {data_dir / 'demo-admin-key'}
+
+ curl {base}/v1/images/generations \\
+   -H "Authorization: Bearer {api_key}" -H "Content-Type: application/json" \\
+   -d '{{"model": "{DEMO_MODEL}", "prompt": "a white cat", "size": "256x256", "response_format": "url"}}'
+
+ python -c "
+from openai import OpenAI
+client = OpenAI(base_url='{base}/v1', api_key='{api_key}')
+img = client.images.generate(model='{DEMO_MODEL}', prompt='a white cat', size='256x256',
+                             response_format='url')
+print(img.data[0].url)"
+
+ Ctrl-C stops router and node.
+================================================================================
+""", flush=True)
+        signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+        while all(child.poll() is None for child in children):
+            time.sleep(0.5)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        for child in reversed(children):
+            if child.poll() is None:
+                child.send_signal(signal.SIGINT)
+        for child in reversed(children):
+            try:
+                child.wait(15)
+            except subprocess.TimeoutExpired:
+                child.kill()
