@@ -39,11 +39,18 @@ def wait_until(predicate: Callable[[], bool], timeout: float, what: str, interva
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (all its threads, live and exited), in seconds."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    # Fields after the ")" that closes the command name; utime and stime are fields 14 and 15.
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+    """CPU time (user + system, all threads, live and exited) of process ``pid``, in seconds.
+
+    Reads the process's CPU-time clock (nanosecond precision, Linux: the clock id is
+    ``MAKE_PROCESS_CPUCLOCK(pid, CPUCLOCK_SCHED)``); falls back to /proc/PID/stat (clock ticks).
+    """
+    try:
+        return time.clock_gettime((~pid << 3) | 2)
+    except OSError:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        # Fields after the ")" that closes the command name; utime and stime are fields 14 and 15.
+        fields = stat[stat.rindex(")") + 2 :].split()
+        return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -118,3 +125,37 @@ class ServerProcess:
             self._log.close()
             self._log = None
         return self.popen.returncode
+
+
+class PySpy:
+    """``py-spy record`` attached to a running process until :meth:`stop` (output written then).
+
+    The output format follows the file name: ``.txt`` collapsed stacks, ``.json`` speedscope,
+    anything else a flame graph SVG.
+    """
+
+    def __init__(self, executable: str, pid: int, output: Path, *, rate: int = 250,
+                 native: bool = False) -> None:
+        suffix = output.suffix.lower()
+        fmt = {".txt": "raw", ".json": "speedscope"}.get(suffix, "flamegraph")
+        self.command = [executable, "record", "--pid", str(pid), "--output", str(output),
+                        "--rate", str(rate), "--format", fmt, *(["--native"] if native else [])]
+        self.popen: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> PySpy:
+        self.popen = subprocess.Popen(self.command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        time.sleep(0.5)  # let it attach before the traffic starts
+        if self.popen.poll() is not None:
+            err = self.popen.stderr.read().decode(errors="replace") if self.popen.stderr else ""
+            raise RuntimeError(f"py-spy exited at once ({self.popen.returncode}): {err.strip()}")
+        return self
+
+    def stop(self, timeout: float = 60) -> None:
+        if self.popen is None or self.popen.poll() is not None:
+            return
+        self.popen.send_signal(signal.SIGINT)
+        try:
+            self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            self.popen.wait(5)

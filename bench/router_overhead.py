@@ -28,6 +28,7 @@ import logging
 import math
 import os
 import random
+import shutil
 import sys
 import tempfile
 import time
@@ -41,7 +42,7 @@ import msgspec
 from litestar import Request, Response, post
 from litestar.handlers import BaseRouteHandler
 
-from bench._common import ServerProcess, cpu_seconds, free_port, percentile, wait_until
+from bench._common import PySpy, ServerProcess, cpu_seconds, free_port, percentile, wait_until
 from llmlb_core.bodies import decode_json_bytes
 from llmlb_core.capability import Capability
 from llmlb_core.hookspecs import hookimpl
@@ -348,7 +349,7 @@ def print_report(body_bytes: int, results: dict[int, dict[str, dict[str, float]]
         print(f"  {'throughput req/s':22}{d['throughput_rps']:10.1f}{r['throughput_rps']:10.1f}"
               f"{'':10}{x['throughput_ratio']:8.2f}x")
         print(f"  {'router CPU ms/req':22}{'-':>10}{r['router_cpu_ms_per_req']:10.2f}"
-              f"   (idle: {x['router_idle_cpu_ms_per_s']:.1f} ms/s)")
+              f"   (router background CPU: {x['router_idle_cpu_ms_per_s']:.1f} ms/s)")
         print(f"  {'node CPU ms/req':22}{d['node_cpu_ms_per_req']:10.2f}{r['node_cpu_ms_per_req']:10.2f}")
         print(f"  {'client CPU ms/req':22}{d['client_cpu_ms_per_req']:10.2f}"
               f"{r['client_cpu_ms_per_req']:10.2f}")
@@ -406,6 +407,7 @@ def run_bench(args: argparse.Namespace) -> int:
                                ["--serve-router", str(router_port), str(tmp / "router-data")],
                                tmp / "router.log", f"http://127.0.0.1:{router_port}")
         node: ServerProcess | None = None
+        profiler: PySpy | None = None
         try:
             print(f"starting router (:{router_port}) and node (:{node_port}) ...", flush=True)
             router.start().wait_healthy()
@@ -417,12 +419,19 @@ def run_bench(args: argparse.Namespace) -> int:
                                  tmp / "node.log", f"http://127.0.0.1:{node_port}")
             node.start().wait_healthy()
             wait_until(lambda: node_online(router.url), 20, "node online at the router")
+            if args.py_spy:
+                executable = shutil.which(args.py_spy_bin) or args.py_spy_bin
+                profiler = PySpy(executable, router.pid, Path(args.py_spy), native=args.py_spy_native)
+                profiler.start()
             body_bytes, results = run_async(measure(
                 router.url, node.url, api_key, token_file.read_text().strip(), router.pid, node.pid,
                 plan, rounds, args.warmup,
             ))
             node.check_alive()
             router.check_alive()
+            if profiler is not None:
+                profiler.stop()
+                print(f"router profile written to {args.py_spy}")
         except Exception as exc:
             print(f"\nbenchmark failed: {type(exc).__name__}: {exc}", file=sys.stderr)
             for proc in (router, node):
@@ -430,6 +439,8 @@ def run_bench(args: argparse.Namespace) -> int:
                     print(f"--- {proc.name} log (tail) ---\n{proc.log_tail()}", file=sys.stderr)
             return 1
         finally:
+            if profiler is not None:
+                profiler.stop()
             if node is not None:
                 node.stop()
             router.stop()
@@ -463,6 +474,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rounds", type=int, help="alternating direct/router batches (default 10)")
     parser.add_argument("--warmup", type=int, default=20, help="warm-up requests per path (default 20)")
     parser.add_argument("--json", metavar="PATH", help="also write the numbers as JSON")
+    parser.add_argument("--py-spy", metavar="PATH",
+                        help="profile the router with py-spy during the run: PATH.svg flame graph, "
+                             "PATH.txt collapsed stacks, PATH.json speedscope")
+    parser.add_argument("--py-spy-bin", default="py-spy", metavar="EXE", help="py-spy executable")
+    parser.add_argument("--py-spy-native", action="store_true", help="include native (C) frames")
     parser.add_argument("--serve-router", nargs=2, metavar=("PORT", "DATA_DIR"), help=argparse.SUPPRESS)
     parser.add_argument("--serve-node", nargs=4, metavar=("PORT", "ROUTER_URL", "KEY", "TOKEN_FILE"),
                         help=argparse.SUPPRESS)

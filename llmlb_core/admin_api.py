@@ -113,8 +113,15 @@ async def capabilities(request: Request[Any, Any, Any]) -> dict[str, Any]:
 admin_router = Router(
     path="/v0",
     route_handlers=[
-        create_key, list_keys, revoke_key, list_nodes, list_registered_models, register_model,
-        delete_model, schemas, capabilities,
+        create_key,
+        list_keys,
+        revoke_key,
+        list_nodes,
+        list_registered_models,
+        register_model,
+        delete_model,
+        schemas,
+        capabilities,
     ],
     guards=[require_scope("admin")],
 )

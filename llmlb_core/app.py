@@ -79,8 +79,9 @@ def create_app(
     generated = keys.ensure_admin_key(settings.admin_key)
     if generated:
         # Printed once, at first start; only its hash is stored.
-        print(f"\n  llmlb: first start - admin API key (shown once, store it now):\n  {generated}\n",
-              flush=True)
+        print(
+            f"\n  llmlb: first start - admin API key (shown once, store it now):\n  {generated}\n", flush=True
+        )
     nodes = NodeRegistry(store, timeout_s=settings.node_timeout_s)
     models = ModelRegistry(store, nodes)
     balancer = Balancer(nodes, queue_max=settings.queue_max, queue_timeout_s=settings.queue_timeout_s)
@@ -89,8 +90,14 @@ def create_app(
         limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200),
     )
     services = RouterServices(
-        settings=settings, store=store, keys=keys, nodes=nodes, models=models,
-        balancer=balancer, plugins=plugins, http=http,
+        settings=settings,
+        store=store,
+        keys=keys,
+        nodes=nodes,
+        models=models,
+        balancer=balancer,
+        plugins=plugins,
+        http=http,
     )
 
     capability_routers = [
@@ -98,8 +105,7 @@ def create_app(
         for name, handlers in plugins.routes.items()
         if name in plugins.enabled and handlers
     ]
-    api_router = Router(path="/", route_handlers=[list_models, get_model],
-                        guards=[require_scope("api")])
+    api_router = Router(path="/", route_handlers=[list_models, get_model], guards=[require_scope("api")])
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:

@@ -101,8 +101,13 @@ class KeyManager:
 
     def info(self, row: KeyRow) -> ApiKeyInfo:
         return ApiKeyInfo(
-            id=row.id, name=row.name, prefix=row.prefix, scopes=row.scopes,
-            created_at=row.created_at, expires_at=row.expires_at, revoked=row.revoked_at is not None,
+            id=row.id,
+            name=row.name,
+            prefix=row.prefix,
+            scopes=row.scopes,
+            created_at=row.created_at,
+            expires_at=row.expires_at,
+            revoked=row.revoked_at is not None,
         )
 
     def list(self) -> list[ApiKeyInfo]:

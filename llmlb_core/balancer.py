@@ -13,6 +13,7 @@ used; a bounded FIFO wait queue when every capable slot is busy.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import math
@@ -103,9 +104,7 @@ class Balancer:
         node.inflight += 1
         self._last_pick[node.id] = next(self._seq)
 
-    def try_acquire(
-        self, model: str, flags: frozenset[str], exclude: Iterable[str] = ()
-    ) -> Lease | None:
+    def try_acquire(self, model: str, flags: frozenset[str], exclude: Iterable[str] = ()) -> Lease | None:
         """A lease on a node with a free slot now, without queueing (None if none is free)."""
         node = self._pick(model, flags, exclude)
         if node is None:
@@ -113,9 +112,7 @@ class Balancer:
         self._take(node)
         return Lease(node=node)
 
-    async def acquire(
-        self, model: str, flags: frozenset[str], exclude: Iterable[str] = ()
-    ) -> Lease:
+    async def acquire(self, model: str, flags: frozenset[str], exclude: Iterable[str] = ()) -> Lease:
         exclude = frozenset(exclude)
         if not self._waiters:  # FIFO: nobody may overtake earlier waiters
             lease = self.try_acquire(model, flags, exclude)
@@ -144,8 +141,7 @@ class Balancer:
             self._forget(waiter)
             raise OpenAIError(
                 504,
-                f"Timed out after {self.queue_timeout_s:g}s waiting for a free slot for "
-                f"model '{model}'",
+                f"Timed out after {self.queue_timeout_s:g}s waiting for a free slot for model '{model}'",
                 type="server_error",
                 code="queue_timeout",
             ) from None
@@ -158,10 +154,8 @@ class Balancer:
         return lease
 
     def _forget(self, waiter: _Waiter) -> None:
-        try:
+        with contextlib.suppress(ValueError):
             self._waiters.remove(waiter)
-        except ValueError:
-            pass
         fut = waiter.future
         if fut.done() and not fut.cancelled() and fut.exception() is None:
             self.release(fut.result())  # a slot was handed over just as we gave up

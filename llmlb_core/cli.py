@@ -44,20 +44,33 @@ def cmd_node(args: argparse.Namespace) -> int:
     from node_runtimes.settings import node_settings_from_env
 
     settings = node_settings_from_env(
-        router_url=args.router, port=args.port, host=args.host, models_dir=args.models_dir,
-        api_key=args.api_key, name=args.name, node_id=args.node_id,
-        advertise_host=args.advertise_host, heartbeat_interval_s=args.heartbeat_interval,
-        idle_unload_s=args.idle_unload, threads=args.threads,
-        runtimes=args.runtime or None, weights_preference=args.weights,
+        router_url=args.router,
+        port=args.port,
+        host=args.host,
+        models_dir=args.models_dir,
+        api_key=args.api_key,
+        name=args.name,
+        node_id=args.node_id,
+        advertise_host=args.advertise_host,
+        heartbeat_interval_s=args.heartbeat_interval,
+        idle_unload_s=args.idle_unload,
+        threads=args.threads,
+        runtimes=args.runtime or None,
+        weights_preference=args.weights,
     )
     _setup_logging(args.log_level)
     if not settings.api_key:
-        print("llmlb node: a node-scope API key is required (--api-key or LLMLB_API_KEY)",
-              file=sys.stderr)
+        print("llmlb node: a node-scope API key is required (--api-key or LLMLB_API_KEY)", file=sys.stderr)
         return 2
     app = create_node_app(settings)
-    run(app, host=settings.host, port=settings.port, log_level=args.log_level,
-        drain=app.state.node_drain, graceful_timeout_s=900)
+    run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=args.log_level,
+        drain=app.state.node_drain,
+        graceful_timeout_s=900,
+    )
     return 0
 
 
@@ -72,8 +85,13 @@ def cmd_demo_model_write(target: Path, *, force: bool = False) -> None:
         return
     started = time.monotonic()
     tty = sys.stderr.isatty()
-    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                  TimeElapsedColumn(), disable=not tty) as progress:
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        disable=not tty,
+    ) as progress:
         task = progress.add_task("writing tensors", total=None)
         last_log = [0.0]
 
@@ -96,16 +114,22 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from llmlb_core.demo import run_demo
 
     _setup_logging("warning")
-    return run_demo(host=args.host, port=args.port, node_port=args.node_port,
-                    data_dir=Path(args.data_dir), models_dir=Path(args.models_dir))
+    return run_demo(
+        host=args.host,
+        port=args.port,
+        node_port=args.node_port,
+        data_dir=Path(args.data_dir),
+        models_dir=Path(args.models_dir),
+    )
 
 
 def _admin_client(args: argparse.Namespace) -> httpx.Client:
     key = args.admin_key or os.environ.get("LLMLB_ADMIN_KEY")
     if not key:
         raise SystemExit("llmlb keys: an admin key is required (--admin-key or LLMLB_ADMIN_KEY)")
-    return httpx.Client(base_url=args.router.rstrip("/"), headers={"authorization": f"Bearer {key}"},
-                        timeout=30)
+    return httpx.Client(
+        base_url=args.router.rstrip("/"), headers={"authorization": f"Bearer {key}"}, timeout=30
+    )
 
 
 def _print_response(response: httpx.Response) -> int:

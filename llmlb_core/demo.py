@@ -55,18 +55,33 @@ def run_demo(*, host: str, port: int, node_port: int, data_dir: Path, models_dir
     cli = [sys.executable, "-m", "llmlb_core.cli"]
     children: list[subprocess.Popen[bytes]] = []
     try:
-        router = subprocess.Popen([*cli, "serve", "--host", host, "--port", str(port),
-                                   "--data-dir", str(data_dir)], env=env)
+        router = subprocess.Popen(
+            [*cli, "serve", "--host", host, "--port", str(port), "--data-dir", str(data_dir)], env=env
+        )
         children.append(router)
         _wait(f"{base}/health", router, 60, "router")
         admin_headers = {"authorization": f"Bearer {admin}"}
-        node_key = httpx.post(f"{base}/v0/keys", headers=admin_headers,
-                              json={"name": "demo node", "scopes": ["node"]}).json()["key"]
-        api_key = httpx.post(f"{base}/v0/keys", headers=admin_headers,
-                             json={"name": "demo client", "scopes": ["api"]}).json()["key"]
-        node = subprocess.Popen([*cli, "node", "--router", base, "--port", str(node_port),
-                                 "--models-dir", str(models_dir), "--name", "demo-node"],
-                                env={**env, "LLMLB_API_KEY": node_key})
+        node_key = httpx.post(
+            f"{base}/v0/keys", headers=admin_headers, json={"name": "demo node", "scopes": ["node"]}
+        ).json()["key"]
+        api_key = httpx.post(
+            f"{base}/v0/keys", headers=admin_headers, json={"name": "demo client", "scopes": ["api"]}
+        ).json()["key"]
+        node = subprocess.Popen(
+            [
+                *cli,
+                "node",
+                "--router",
+                base,
+                "--port",
+                str(node_port),
+                "--models-dir",
+                str(models_dir),
+                "--name",
+                "demo-node",
+            ],
+            env={**env, "LLMLB_API_KEY": node_key},
+        )
         children.append(node)
         _wait(f"http://127.0.0.1:{node_port}/health", node, 60, "node")
         deadline = time.monotonic() + 30
@@ -75,13 +90,14 @@ def run_demo(*, host: str, port: int, node_port: int, data_dir: Path, models_dir
             if any(m["id"] == DEMO_MODEL for m in models.get("data", [])):
                 break
             time.sleep(0.3)
-        print(f"""
+        print(
+            f"""
 ================================================================================
  llmlb is running: router {base}  (node demo-node on port {node_port})
  Model: {DEMO_MODEL} (synthetic random weights: real stable-diffusion.cpp inference,
         noise-like pictures; point a node at real weights for real images)
  API key:   {api_key}
- Admin key: stored in {data_dir / 'demo-admin-key'}
+ Admin key: stored in {data_dir / "demo-admin-key"}
 
  curl {base}/v1/images/generations \\
    -H "Authorization: Bearer {api_key}" -H "Content-Type: application/json" \\
@@ -96,7 +112,9 @@ print(img.data[0].url)"
 
  Ctrl-C stops router and node.
 ================================================================================
-""", flush=True)
+""",
+            flush=True,
+        )
         signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
         while all(child.poll() is None for child in children):
             time.sleep(0.5)

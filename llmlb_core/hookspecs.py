@@ -30,9 +30,7 @@ def llmlb_register_capabilities(register: Callable[[Capability], None]) -> None:
 
 
 @hookspec
-def llmlb_register_routes(
-    register: Callable[..., None], settings: dict[str, dict[str, Any]]
-) -> None:
+def llmlb_register_routes(register: Callable[..., None], settings: dict[str, dict[str, Any]]) -> None:
     """Register Litestar route handlers: ``register(capability_name, *handlers)``.
 
     Handlers are mounted only when the capability is enabled, behind the ``api`` scope guard.

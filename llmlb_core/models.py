@@ -47,9 +47,7 @@ class ModelRegistry:
             capabilities=sorted(set(capabilities)),
             defaults=defaults,
             description=description,
-            created_at=self._registered[model_id].created_at
-            if model_id in self._registered
-            else time.time(),
+            created_at=self._registered[model_id].created_at if model_id in self._registered else time.time(),
         )
         self._store.upsert_model(row)
         self._registered[model_id] = row
@@ -99,8 +97,9 @@ class ModelRegistry:
         for model in self.list(enabled_flags):
             if model.id == model_id:
                 return model
-        raise OpenAIError(404, f"The model '{model_id}' does not exist", param="model",
-                          code="model_not_found")
+        raise OpenAIError(
+            404, f"The model '{model_id}' does not exist", param="model", code="model_not_found"
+        )
 
     # --- resolution ----------------------------------------------------------------------
     def ensure_servable(self, model_id: str, flags: frozenset[str]) -> None:
@@ -112,8 +111,9 @@ class ModelRegistry:
             row is not None and bool(flags.intersection(row.capabilities))
         )
         if not known:
-            raise OpenAIError(404, f"The model '{model_id}' does not exist", param="model",
-                              code="model_not_found")
+            raise OpenAIError(
+                404, f"The model '{model_id}' does not exist", param="model", code="model_not_found"
+            )
         raise OpenAIError(
             503,
             f"No online node can serve model '{model_id}' right now",

@@ -164,7 +164,12 @@ class NodeRegistry:
         self._nodes[reg.node_id] = state
         log.info(
             "node %s (%s) registered at %s: runtimes=%s models=%s slots=%d",
-            reg.name, reg.node_id, state.base_url, reg.runtime_types, sorted(state.models), reg.slots,
+            reg.name,
+            reg.node_id,
+            state.base_url,
+            reg.runtime_types,
+            sorted(state.models),
+            reg.slots,
         )
         self.changed()
         return state
@@ -223,7 +228,8 @@ class NodeRegistry:
         """Online, non-draining nodes that serve ``model`` with one of ``flags``."""
         now = self._clock()
         return [
-            n for n in self._nodes.values()
+            n
+            for n in self._nodes.values()
             if n.status(now, self.timeout_s) == "online" and n.serves(model, flags)
         ]
 
@@ -241,8 +247,9 @@ class NodeRegistry:
             if previous is not None and previous != status:
                 changed = True
                 if status == "offline":
-                    log.warning("node %s (%s) is offline: no heartbeat for %.1fs", node.name,
-                                node.id, self.timeout_s)
+                    log.warning(
+                        "node %s (%s) is offline: no heartbeat for %.1fs", node.name, node.id, self.timeout_s
+                    )
             self._last_status[node.id] = status
         if changed:
             self.changed()

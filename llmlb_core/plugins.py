@@ -142,9 +142,7 @@ def load_plugins(
         loaded.schemas.setdefault(cap, {})[name] = struct
 
     pm.hook.llmlb_register_schemas(register=register_schema)
-    log.info(
-        "capabilities: available=%s enabled=%s", sorted(capabilities), loaded.enabled
-    )
+    log.info("capabilities: available=%s enabled=%s", sorted(capabilities), loaded.enabled)
     return loaded
 
 

@@ -115,12 +115,17 @@ class RouterServices:
             response = await self.http.post(node.base_url + path, content=content, headers=headers)
         except httpx.TimeoutException as exc:
             node.record_failure(f"timeout: {type(exc).__name__}", SUSPECT_COOLDOWN_S)
-            raise OpenAIError(504, f"Node '{node.name}' timed out", type="server_error",
-                              code="upstream_timeout") from exc
+            raise OpenAIError(
+                504, f"Node '{node.name}' timed out", type="server_error", code="upstream_timeout"
+            ) from exc
         except httpx.TransportError as exc:
             node.record_failure(f"unreachable: {type(exc).__name__}", SUSPECT_COOLDOWN_S)
-            raise OpenAIError(502, f"Node '{node.name}' is unreachable: {type(exc).__name__}",
-                              type="server_error", code="upstream_unreachable") from exc
+            raise OpenAIError(
+                502,
+                f"Node '{node.name}' is unreachable: {type(exc).__name__}",
+                type="server_error",
+                code="upstream_unreachable",
+            ) from exc
         else:
             if response.status_code in RETRYABLE_STATUS:
                 node.record_failure(f"HTTP {response.status_code}", SUSPECT_COOLDOWN_S)

@@ -85,8 +85,15 @@ class Store:
         self._exec(
             "INSERT INTO api_keys (id, name, key_hash, prefix, scopes, created_at, expires_at)"
             " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (row.id, row.name, row.key_hash, row.prefix, json.dumps(row.scopes), row.created_at,
-             row.expires_at),
+            (
+                row.id,
+                row.name,
+                row.key_hash,
+                row.prefix,
+                json.dumps(row.scopes),
+                row.created_at,
+                row.expires_at,
+            ),
         )
 
     def list_keys(self) -> list[KeyRow]:
@@ -95,8 +102,16 @@ class Store:
             " FROM api_keys ORDER BY created_at"
         ).fetchall()
         return [
-            KeyRow(id=r[0], name=r[1], key_hash=r[2], prefix=r[3], scopes=json.loads(r[4]),
-                   created_at=r[5], expires_at=r[6], revoked_at=r[7])
+            KeyRow(
+                id=r[0],
+                name=r[1],
+                key_hash=r[2],
+                prefix=r[3],
+                scopes=json.loads(r[4]),
+                created_at=r[5],
+                expires_at=r[6],
+                revoked_at=r[7],
+            )
             for r in rows
         ]
 
@@ -138,8 +153,7 @@ class Store:
             " VALUES (?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET"
             " capabilities = excluded.capabilities, defaults = excluded.defaults,"
             " description = excluded.description",
-            (row.id, json.dumps(row.capabilities), json.dumps(row.defaults), row.description,
-             row.created_at),
+            (row.id, json.dumps(row.capabilities), json.dumps(row.defaults), row.description, row.created_at),
         )
 
     def delete_model(self, model_id: str) -> bool:
@@ -150,7 +164,12 @@ class Store:
             "SELECT id, capabilities, defaults, description, created_at FROM models ORDER BY id"
         ).fetchall()
         return [
-            ModelRow(id=r[0], capabilities=json.loads(r[1]), defaults=json.loads(r[2]),
-                     description=r[3], created_at=r[4])
+            ModelRow(
+                id=r[0],
+                capabilities=json.loads(r[1]),
+                defaults=json.loads(r[2]),
+                description=r[3],
+                created_at=r[4],
+            )
             for r in rows
         ]

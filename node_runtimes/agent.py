@@ -8,6 +8,7 @@ credential) or 404 triggers a new registration at once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 from collections.abc import Callable
@@ -106,29 +107,40 @@ class RouterLink:
         while True:
             try:
                 response = await self._client.post(
-                    "/v0/nodes/register", content=msgspec.json.encode(self.registration()),
+                    "/v0/nodes/register",
+                    content=msgspec.json.encode(self.registration()),
                     headers={"content-type": "application/json"},
                 )
                 if response.status_code == 200:
                     reply = msgspec.json.decode(response.content, type=RegistrationReply)
                     if self.settings.heartbeat_interval_s is None:
                         self.interval_s = reply.heartbeat_interval_s
-                    log.info("registered with router %s as %s (heartbeat every %.1fs)",
-                             self.settings.router_url, reply.node_id, self.interval_s)
+                    log.info(
+                        "registered with router %s as %s (heartbeat every %.1fs)",
+                        self.settings.router_url,
+                        reply.node_id,
+                        self.interval_s,
+                    )
                     self.registered.set()
                     return
-                log.error("router refused registration: HTTP %d %s", response.status_code,
-                          response.text[:300])
+                log.error(
+                    "router refused registration: HTTP %d %s", response.status_code, response.text[:300]
+                )
             except httpx.HTTPError as exc:
-                log.warning("router %s not reachable (%s); retrying in %.1fs",
-                            self.settings.router_url, type(exc).__name__, backoff)
+                log.warning(
+                    "router %s not reachable (%s); retrying in %.1fs",
+                    self.settings.router_url,
+                    type(exc).__name__,
+                    backoff,
+                )
             await asyncio.sleep(backoff)
             backoff = min(MAX_BACKOFF_S, backoff * 2)
 
     async def beat(self) -> None:
         try:
             response = await self._client.post(
-                "/v0/nodes/heartbeat", content=msgspec.json.encode(self.heartbeat_message()),
+                "/v0/nodes/heartbeat",
+                content=msgspec.json.encode(self.heartbeat_message()),
                 headers={"content-type": "application/json"},
             )
         except httpx.HTTPError as exc:
@@ -141,8 +153,7 @@ class RouterLink:
                 self.registered.clear()
                 await self.register()
         elif response.status_code in (401, 403):
-            log.error("router refused heartbeat: HTTP %d %s", response.status_code,
-                      response.text[:300])
+            log.error("router refused heartbeat: HTTP %d %s", response.status_code, response.text[:300])
         else:
             log.warning("heartbeat answered HTTP %d", response.status_code)
 
@@ -166,10 +177,8 @@ class RouterLink:
     async def stop(self, *, deregister: bool = True) -> None:
         if self._task is not None:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
-            except (asyncio.CancelledError, Exception):
-                pass
         if deregister and self.registered.is_set():
             try:
                 await self._client.post(f"/v0/nodes/{self.settings.id}/deregister")

@@ -27,9 +27,7 @@ log = logging.getLogger("llmlb.node")
 NODE_MAX_BODY_BYTES = 32 * 1024 * 1024
 
 
-def build_runtimes(
-    settings: NodeSettings, *, extra_plugins: Iterable[object] = ()
-) -> list[Runtime]:
+def build_runtimes(settings: NodeSettings, *, extra_plugins: Iterable[object] = ()) -> list[Runtime]:
     types = load_runtime_types(extra_plugins)
     wanted = settings.runtimes or list(types)
     unknown = [name for name in wanted if name not in types]
@@ -52,7 +50,8 @@ def _router_credential_guard(token: str) -> Any:
         presented = key_from_headers(connection.headers) or ""
         if not hmac.compare_digest(presented.encode(), token.encode()):
             raise OpenAIError(
-                401, "This node serves only its router; send requests to the router.",
+                401,
+                "This node serves only its router; send requests to the router.",
                 code="invalid_node_credential",
             )
 
@@ -106,10 +105,11 @@ def create_node_app(
         openapi_config=None,
         logging_config=None,
     )
+
     async def drain(poll_s: float = 0.1) -> None:
         """Stop taking work (router told), then wait until every runtime is idle."""
         await link.drain()
-        while any(r.load().active_jobs or r.load().queued_jobs for r in runtimes):
+        while any(r.load().active_jobs or r.load().queued_jobs for r in runtimes):  # noqa: ASYNC110
             await asyncio.sleep(poll_s)
         log.info("drained: no job left")
 
@@ -118,4 +118,3 @@ def create_node_app(
     app.state.node_runtimes = runtimes
     app.state.node_token = token
     return app
-

@@ -57,8 +57,7 @@ def api_key(router: Proc) -> str:
 @pytest.fixture
 def sd_node(tmp_path: Path, router: Proc, node_key: str, models_dir: Path, procs: list[Proc]) -> Proc:
     """A real node process serving the synthetic checkpoint, registered with ``router``."""
-    proc = node_proc(tmp_path, router.url, models_dir, node_key, name="sd-node-1",
-                     extra=["--threads", "2"])
+    proc = node_proc(tmp_path, router.url, models_dir, node_key, name="sd-node-1", extra=["--threads", "2"])
     procs.append(proc)
     proc.start().wait_healthy(60)
     wait_until(lambda: node_status(router.url, "sd-node-1") == "online", 30, "node online")
@@ -86,8 +85,7 @@ class ImageSystem:
         self.api_key = api_key
 
     def client(self, **kwargs: object) -> openai.OpenAI:
-        return openai.OpenAI(base_url=f"{self.router.url}/v1", api_key=self.api_key, max_retries=0,
-                             **kwargs)  # type: ignore[arg-type]
+        return openai.OpenAI(base_url=f"{self.router.url}/v1", api_key=self.api_key, max_retries=0, **kwargs)  # type: ignore[arg-type]
 
 
 @pytest.fixture(scope="session")
@@ -95,12 +93,23 @@ def image_system(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> 
     tmp = tmp_path_factory.mktemp("image-system")
     started: list[Proc] = []
     try:
-        router = router_proc(tmp, env={"LLMLB_PLUGIN__IMAGES__URL_TTL_MINUTES": "0.05",
-                                       "LLMLB_PLUGIN__IMAGES__DEFAULT_RESPONSE_FORMAT": "b64_json"})
+        router = router_proc(
+            tmp,
+            env={
+                "LLMLB_PLUGIN__IMAGES__URL_TTL_MINUTES": "0.05",
+                "LLMLB_PLUGIN__IMAGES__DEFAULT_RESPONSE_FORMAT": "b64_json",
+            },
+        )
         started.append(router)
         router.start().wait_healthy()
-        node = node_proc(tmp, router.url, models_dir, create_key(router.url, ["node"]),
-                         name="sd-shared", extra=["--threads", "2"])
+        node = node_proc(
+            tmp,
+            router.url,
+            models_dir,
+            create_key(router.url, ["node"]),
+            name="sd-shared",
+            extra=["--threads", "2"],
+        )
         started.append(node)
         node.start().wait_healthy(60)
         wait_until(lambda: node_status(router.url, "sd-shared") == "online", 30, "node online")

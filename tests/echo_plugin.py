@@ -46,9 +46,14 @@ class EchoCapability:
             body = await request.body()
             req = decode_json_bytes(body, EchoRequest)
             result = await get_services(request).call_node(
-                req.model, FLAGS, "/v1/echo", content=body, content_type="application/json")
-            return Response(content=result.content, status_code=result.status,
-                            media_type=result.content_type, headers=result.headers)
+                req.model, FLAGS, "/v1/echo", content=body, content_type="application/json"
+            )
+            return Response(
+                content=result.content,
+                status_code=result.status,
+                media_type=result.content_type,
+                headers=result.headers,
+            )
 
         register("echo", echo)
 

@@ -24,8 +24,9 @@ def png_bytes(image: Image.Image, fmt: str = "PNG") -> bytes:
 def gradient(width: int = 64, height: int = 64) -> Image.Image:
     """A smooth colour gradient: a recognisable init image."""
     image = Image.new("RGB", (width, height))
-    image.putdata([(int(255 * x / width), int(255 * y / height), 128)
-                   for y in range(height) for x in range(width)])
+    image.putdata(
+        [(int(255 * x / width), int(255 * y / height), 128) for y in range(height) for x in range(width)]
+    )
     return image
 
 

@@ -49,8 +49,15 @@ class ThreadServer:
     def __init__(self, app: Any, port: int | None = None) -> None:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
-                                access_log=False, log_config=None, lifespan="on")
+        config = uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=self.port,
+            log_level="warning",
+            access_log=False,
+            log_config=None,
+            lifespan="on",
+        )
         self.server = uvicorn.Server(config)
         self.server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -86,7 +93,10 @@ class Proc:
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.popen = subprocess.Popen(
             [sys.executable, "-m", "llmlb_core.cli", *self.args],
-            env=self.env, stdout=self._log, stderr=subprocess.STDOUT, cwd=REPO,
+            env=self.env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
             start_new_session=True,
         )
         return self
@@ -132,8 +142,9 @@ def base_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def router_proc(tmp: Path, *, port: int | None = None, data_dir: Path | None = None,
-                env: dict[str, str] | None = None) -> Proc:
+def router_proc(
+    tmp: Path, *, port: int | None = None, data_dir: Path | None = None, env: dict[str, str] | None = None
+) -> Proc:
     port = port or free_port()
     data_dir = data_dir or tmp / "router-data"
     return Proc(
@@ -144,14 +155,37 @@ def router_proc(tmp: Path, *, port: int | None = None, data_dir: Path | None = N
     )
 
 
-def node_proc(tmp: Path, router_url: str, models_dir: Path, api_key: str, *,
-              port: int | None = None, name: str | None = None, extra: list[str] | None = None,
-              env: dict[str, str] | None = None) -> Proc:
+def node_proc(
+    tmp: Path,
+    router_url: str,
+    models_dir: Path,
+    api_key: str,
+    *,
+    port: int | None = None,
+    name: str | None = None,
+    extra: list[str] | None = None,
+    env: dict[str, str] | None = None,
+) -> Proc:
     port = port or free_port()
     return Proc(
-        args=["node", "--router", router_url, "--host", "127.0.0.1", "--port", str(port),
-              "--models-dir", str(models_dir), "--api-key", api_key,
-              "--name", name or f"node-{port}", "--heartbeat-interval", "0.3", *(extra or [])],
+        args=[
+            "node",
+            "--router",
+            router_url,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--models-dir",
+            str(models_dir),
+            "--api-key",
+            api_key,
+            "--name",
+            name or f"node-{port}",
+            "--heartbeat-interval",
+            "0.3",
+            *(extra or []),
+        ],
         env=base_env(**(env or {})),
         log_path=tmp / f"node-{port}.log",
         url=f"http://127.0.0.1:{port}",
@@ -159,15 +193,18 @@ def node_proc(tmp: Path, router_url: str, models_dir: Path, api_key: str, *,
 
 
 def create_key(router_url: str, scopes: list[str], name: str = "test", **extra: Any) -> str:
-    response = httpx.post(f"{router_url}/v0/keys", json={"name": name, "scopes": scopes, **extra},
-                          headers={"authorization": f"Bearer {ADMIN_KEY}"}, timeout=10)
+    response = httpx.post(
+        f"{router_url}/v0/keys",
+        json={"name": name, "scopes": scopes, **extra},
+        headers={"authorization": f"Bearer {ADMIN_KEY}"},
+        timeout=10,
+    )
     response.raise_for_status()
     return str(response.json()["key"])
 
 
 def admin_get(router_url: str, path: str) -> Any:
-    response = httpx.get(f"{router_url}{path}", headers={"authorization": f"Bearer {ADMIN_KEY}"},
-                         timeout=10)
+    response = httpx.get(f"{router_url}{path}", headers={"authorization": f"Bearer {ADMIN_KEY}"}, timeout=10)
     response.raise_for_status()
     return response.json()
 

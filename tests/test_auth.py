@@ -50,24 +50,28 @@ def test_scopes_are_enforced_and_admin_implies_all(router: ThreadServer) -> None
     api = create_key(router.url, ["api"])
     node = create_key(router.url, ["node"])
     error = assert_openai_error(
-        httpx.get(f"{router.url}/v0/keys", headers={"x-api-key": api}), 403, "insufficient_scope")
+        httpx.get(f"{router.url}/v0/keys", headers={"x-api-key": api}), 403, "insufficient_scope"
+    )
     assert error["type"] == "permission_error"
     assert_openai_error(httpx.get(f"{router.url}/v1/models", headers={"x-api-key": node}), 403)
-    assert_openai_error(httpx.post(f"{router.url}/v0/nodes/heartbeat", headers={"x-api-key": api},
-                                   content=b"{}"), 403)
+    assert_openai_error(
+        httpx.post(f"{router.url}/v0/nodes/heartbeat", headers={"x-api-key": api}, content=b"{}"), 403
+    )
     for path in ("/v1/models", "/v0/keys", "/v0/nodes"):
         assert httpx.get(f"{router.url}{path}", headers={"x-api-key": ADMIN_KEY}).status_code == 200
 
 
 def test_revoked_key_is_refused(router: ThreadServer) -> None:
-    created = httpx.post(f"{router.url}/v0/keys", json={"name": "temp", "scopes": ["api"]},
-                         headers={"x-api-key": ADMIN_KEY}).json()
+    created = httpx.post(
+        f"{router.url}/v0/keys", json={"name": "temp", "scopes": ["api"]}, headers={"x-api-key": ADMIN_KEY}
+    ).json()
     key, key_id = created["key"], created["info"]["id"]
     assert httpx.get(f"{router.url}/v1/models", headers={"x-api-key": key}).status_code == 200
     revoked = httpx.delete(f"{router.url}/v0/keys/{key_id}", headers={"x-api-key": ADMIN_KEY})
     assert revoked.status_code == 200
-    assert_openai_error(httpx.get(f"{router.url}/v1/models", headers={"x-api-key": key}), 401,
-                        "revoked_api_key")
+    assert_openai_error(
+        httpx.get(f"{router.url}/v1/models", headers={"x-api-key": key}), 401, "revoked_api_key"
+    )
     listed = httpx.get(f"{router.url}/v0/keys", headers={"x-api-key": ADMIN_KEY}).json()["data"]
     assert [k["revoked"] for k in listed if k["id"] == key_id] == [True]
     assert all("key" not in k and "key_hash" not in k for k in listed)
@@ -79,8 +83,9 @@ def test_expired_key_is_refused(router: ThreadServer) -> None:
     key = create_key(router.url, ["api"], expires_in_s=0.5)
     assert httpx.get(f"{router.url}/v1/models", headers={"x-api-key": key}).status_code == 200
     time.sleep(0.8)
-    assert_openai_error(httpx.get(f"{router.url}/v1/models", headers={"x-api-key": key}), 401,
-                        "expired_api_key")
+    assert_openai_error(
+        httpx.get(f"{router.url}/v1/models", headers={"x-api-key": key}), 401, "expired_api_key"
+    )
 
 
 def test_only_hashes_are_stored(router: ThreadServer, tmp_path: Path) -> None:
@@ -94,8 +99,9 @@ def test_only_hashes_are_stored(router: ThreadServer, tmp_path: Path) -> None:
 
 
 def test_bad_key_requests_are_validated(router: ThreadServer) -> None:
-    bad = httpx.post(f"{router.url}/v0/keys", json={"name": "x", "scopes": ["root"]},
-                     headers={"x-api-key": ADMIN_KEY})
+    bad = httpx.post(
+        f"{router.url}/v0/keys", json={"name": "x", "scopes": ["root"]}, headers={"x-api-key": ADMIN_KEY}
+    )
     assert assert_openai_error(bad, 400)["param"] == "scopes"
     bad = httpx.post(f"{router.url}/v0/keys", json={"name": 3}, headers={"x-api-key": ADMIN_KEY})
     assert assert_openai_error(bad, 400)["param"] == "name"

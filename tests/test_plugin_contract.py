@@ -34,7 +34,7 @@ def echo_system(tmp_path: Path) -> Iterator[tuple[ThreadServer, ThreadServer]]:
 
 
 def test_test_defined_capability_and_runtime_serve_end_to_end(echo_system) -> None:
-    router, node = echo_system
+    router, _node = echo_system
     response = httpx.post(f"{router.url}/v1/echo", json={"model": "echo-1", "text": "hello"}, headers=AUTH)
     assert response.status_code == 200, response.text
     assert response.json() == {"echo": "hello", "node": "echo-node"}

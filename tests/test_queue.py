@@ -14,12 +14,15 @@ from tests.servers import ADMIN_KEY
 AUTH = {"authorization": f"Bearer {ADMIN_KEY}"}
 
 
-async def test_full_queue_answers_429_with_retry_after_and_queued_requests_report_wait(tmp_path: Path) -> None:
+async def test_full_queue_answers_429_with_retry_after_and_queued_requests_report_wait(
+    tmp_path: Path,
+) -> None:
     router = start_router(tmp_path / "data", plugins=[EchoCapability()], queue_max=1)
     node = None
     try:
         node = start_node(router.url, [EchoRuntimePlugin(slots=1)], name="slow", runtimes=["echo"])
         async with httpx.AsyncClient(base_url=router.url, headers=AUTH, timeout=30) as client:
+
             async def call(delay: float) -> httpx.Response:
                 return await client.post("/v1/echo", json={"model": "echo-1", "delay": delay})
 
@@ -68,8 +71,9 @@ async def test_requests_spread_over_nodes_by_free_slots(tmp_path: Path) -> None:
         for name in ("a", "b"):
             nodes.append(start_node(router.url, [EchoRuntimePlugin(slots=2)], name=name, runtimes=["echo"]))
         async with httpx.AsyncClient(base_url=router.url, headers=AUTH, timeout=30) as client:
-            responses = await asyncio.gather(*(
-                client.post("/v1/echo", json={"model": "echo-1", "delay": 0.5}) for _ in range(4)))
+            responses = await asyncio.gather(
+                *(client.post("/v1/echo", json={"model": "echo-1", "delay": 0.5}) for _ in range(4))
+            )
         served = sorted(r.json()["node"] for r in responses)
         assert served == ["a", "a", "b", "b"]  # 4 slots, 4 requests: no queueing, no doubling up
         assert all("x-queue-status" not in r.headers for r in responses)
@@ -85,8 +89,9 @@ def test_unknown_model_is_404_and_model_without_online_node_is_503(tmp_path: Pat
         unknown = httpx.post(f"{router.url}/v1/echo", json={"model": "nope"}, headers=AUTH)
         assert unknown.status_code == 404
         assert unknown.json()["error"]["code"] == "model_not_found"
-        registered = httpx.post(f"{router.url}/v0/models", headers=AUTH,
-                                json={"id": "echo-1", "capabilities": ["echo"]})
+        registered = httpx.post(
+            f"{router.url}/v0/models", headers=AUTH, json={"id": "echo-1", "capabilities": ["echo"]}
+        )
         assert registered.status_code == 201
         offline = httpx.post(f"{router.url}/v1/echo", json={"model": "echo-1"}, headers=AUTH)
         assert offline.status_code == 503

@@ -13,11 +13,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import json
 import logging
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from PIL import Image
@@ -77,6 +79,36 @@ def has_accelerator() -> bool:
     return any(tag in text.upper() for tag in ("CUDA = 1", "VULKAN = 1", "METAL = 1", "HIPBLAS = 1"))
 
 
+def weights_problem(path: Path) -> str | None:
+    """A cheap integrity check before handing a file to the C++ loader (None: looks fine)."""
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as fh:
+            head = fh.read(8)
+            if path.suffix == ".gguf":
+                return None if head[:4] == b"GGUF" else f"{path.name} is not a GGUF file"
+            if path.suffix != ".safetensors":
+                return None
+            if len(head) < 8:
+                return f"{path.name} is truncated"
+            header_len = int.from_bytes(head, "little")
+            if header_len <= 0 or 8 + header_len > size:
+                return f"{path.name} is truncated or not a safetensors file"
+            header = json.loads(fh.read(header_len))
+    except (OSError, ValueError) as exc:
+        return f"{path.name} is unreadable: {exc}"
+    end = max((int(t["data_offsets"][1]) for k, t in header.items() if k != "__metadata__"), default=0)
+    if 8 + header_len + end > size:
+        return f"{path.name} is truncated ({size:,} of {8 + header_len + end:,} bytes)"
+    return None
+
+
+def _clear_progress_callback() -> None:
+    import stable_diffusion_cpp as sdc
+
+    sdc.sd_set_progress_callback(None, None)
+
+
 class SDEngine:
     def __init__(
         self,
@@ -97,6 +129,7 @@ class SDEngine:
         self.waiting_jobs = 0
         self._reaper: asyncio.Task[None] | None = None
         self._job_counter = 0
+        self._stopped = False
 
     # --- lifecycle -----------------------------------------------------------------------
     def start(self) -> None:
@@ -104,6 +137,9 @@ class SDEngine:
             self._reaper = asyncio.create_task(self._reap_idle(), name="sd-idle-unload")
 
     async def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
         if self._reaper is not None:
             self._reaper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -163,13 +199,33 @@ class SDEngine:
         if (vae := folder.aux(folder.profile.vae)) is not None:
             kwargs["vae_path"] = str(vae)
         started = time.monotonic()
+        problem = weights_problem(choice.path)
+        if problem:
+            raise OpenAIError(
+                500, f"model '{folder.id}': {problem}", type="server_error", code="model_load_failed"
+            )
         try:
             context = sdc.StableDiffusion(**kwargs)
         except Exception as exc:
             raise OpenAIError(
-                500, f"stable-diffusion.cpp could not load model '{folder.id}' "
-                f"({choice.path.name}): {exc}", type="server_error", code="model_load_failed",
+                500,
+                f"stable-diffusion.cpp could not load model '{folder.id}' ({choice.path.name}): {exc}",
+                type="server_error",
+                code="model_load_failed",
             ) from exc
+        inner = getattr(context, "_model", None)
+        if inner is not None and not getattr(inner, "model", None):
+            # stable-diffusion-cpp-python 0.4.7 checks `ctx is None`, but ctypes hands back a
+            # NULL pointer object, so a failed load goes unnoticed and freeing it segfaults.
+            # Disarm the free and report the failure.
+            inner.model = None
+            raise OpenAIError(
+                500,
+                f"stable-diffusion.cpp could not load model '{folder.id}' from "
+                f"{choice.path.name} (see the node log for the reason)",
+                type="server_error",
+                code="model_load_failed",
+            )
         now = time.monotonic()
         log.info("model %s loaded in %.2fs", folder.id, now - started)
         return LoadedModel(folder.id, context, choice, loaded_at=now, last_used=now)
@@ -203,16 +259,33 @@ class SDEngine:
         try:
             images = model.context.generate_image(**kwargs)
         except Exception as exc:
-            raise OpenAIError(500, f"stable-diffusion.cpp failed to generate: {exc}",
-                              type="server_error", code="generation_failed") from exc
+            raise OpenAIError(
+                500,
+                f"stable-diffusion.cpp failed to generate: {exc}",
+                type="server_error",
+                code="generation_failed",
+            ) from exc
+        finally:
+            # The binding registers the callback process-wide and frees it when the call
+            # returns; a later call (or a model load, which reports progress too) would jump
+            # into freed memory and crash. Unregister it.
+            _clear_progress_callback()
         if not images or len(images) != job.batch_count:
             raise OpenAIError(
                 500,
                 f"stable-diffusion.cpp returned {len(images or [])} image(s), expected {job.batch_count}",
-                type="server_error", code="generation_failed",
+                type="server_error",
+                code="generation_failed",
             )
-        log.info("job %d (%s): %d image(s) %dx%d in %.2fs", job_id, model.id, len(images),
-                 job.width, job.height, time.monotonic() - started)
+        log.info(
+            "job %d (%s): %d image(s) %dx%d in %.2fs",
+            job_id,
+            model.id,
+            len(images),
+            job.width,
+            job.height,
+            time.monotonic() - started,
+        )
         return list(images)
 
     async def generate(self, folder: ModelFolder, job: EngineJob) -> list[Image.Image]:

@@ -93,8 +93,11 @@ def weight_files(folder: Path, profile: ModelProfile) -> tuple[Path, ...]:
     aux = {profile.taesd, profile.vae}
     return tuple(
         sorted(
-            p for p in folder.iterdir()
-            if p.is_file() and p.suffix in WEIGHT_SUFFIXES and p.name not in aux
+            p
+            for p in folder.iterdir()
+            if p.is_file()
+            and p.suffix in WEIGHT_SUFFIXES
+            and p.name not in aux
             and not any(marker in p.stem.lower() for marker in AUX_MARKERS)
         )
     )

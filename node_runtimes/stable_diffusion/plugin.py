@@ -16,8 +16,10 @@ log = logging.getLogger("llmlb.node.sd")
 
 def create_runtime(settings: NodeSettings) -> Runtime | None:
     if importlib.util.find_spec("stable_diffusion_cpp") is None:
-        log.warning("stable-diffusion-cpp-python is not installed: no stable_diffusion runtime "
-                    "(pip install 'llmlb[sd]')")
+        log.warning(
+            "stable-diffusion-cpp-python is not installed: no stable_diffusion runtime "
+            "(pip install 'llmlb[sd]')"
+        )
         return None
     if not scan_models(settings.models_path):
         return None
@@ -28,8 +30,10 @@ def create_runtime(settings: NodeSettings) -> Runtime | None:
 
 @hookimpl
 def llmlb_node_register_runtimes(register: Callable[[RuntimeType], None]) -> None:
-    register(RuntimeType(
-        name="stable_diffusion",
-        factory=create_runtime,
-        description="Stable Diffusion through stable-diffusion.cpp, in-process",
-    ))
+    register(
+        RuntimeType(
+            name="stable_diffusion",
+            factory=create_runtime,
+            description="Stable Diffusion through stable-diffusion.cpp, in-process",
+        )
+    )

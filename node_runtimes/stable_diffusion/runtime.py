@@ -52,7 +52,8 @@ MAX_PIXELS = 4096 * 4096
 EDIT_STRENGTH = 0.75
 INPAINT_STRENGTH = 1.0
 VARIATION_STRENGTH = 0.6
-# stable-diffusion.cpp regenerates where its mask is white (255); see tests/test_mask_polarity.
+# stable-diffusion.cpp regenerates where its mask is white (255): it blends
+# denoised * mask + init * (1 - mask) in latent space (tests/test_sd_engine.py proves it).
 SD_MASK_REGENERATE = 255
 
 
@@ -94,8 +95,9 @@ class StableDiffusionRuntime(Runtime):
         if model is None and len(self._folders) == 1:
             return next(iter(self._folders.values()))
         if model is None or model not in self._folders:
-            raise OpenAIError(404, f"The model '{model}' does not exist on this node",
-                              param="model", code="model_not_found")
+            raise OpenAIError(
+                404, f"The model '{model}' does not exist on this node", param="model", code="model_not_found"
+            )
         return self._folders[model]
 
     def models(self) -> list[ModelAdvert]:
@@ -182,11 +184,12 @@ class StableDiffusionRuntime(Runtime):
         def finish() -> list[str]:
             out = []
             for image in images:
+                image = image.convert("RGB")  # the binding returns RGBA
                 if image.size != (width, height):
                     image = image.resize((width, height), Image.Resampling.LANCZOS)
                 if init is not None and mask is not None:
                     # Keep every pixel outside the mask exactly as it was.
-                    image = Image.composite(image.convert("RGB"), init, mask)
+                    image = Image.composite(image, init, mask)
                 out.append(encode_image(image, output_format, req.output_compression))
             return out
 
@@ -207,41 +210,52 @@ class StableDiffusionRuntime(Runtime):
         @post("/v1/images/generations", status_code=200)
         async def generations(request: Request[Any, Any, Any]) -> Response[Any]:
             req = decode_json_bytes(await request.body(), ImageGenerationRequest)
-            return await runtime._run(req, prompt=require_prompt(req.prompt), quality=req.quality,
-                                      style=req.style)
+            return await runtime._run(
+                req, prompt=require_prompt(req.prompt), quality=req.quality, style=req.style
+            )
 
         @post("/v1/images/edits", status_code=200)
         async def edits(request: Request[Any, Any, Any]) -> Response[Any]:
-            form = await parse_multipart(request, max_file_bytes=MAX_UPLOAD_BYTES,
-                                         max_total_bytes=8 * MAX_UPLOAD_BYTES)
+            form = await parse_multipart(
+                request, max_file_bytes=MAX_UPLOAD_BYTES, max_total_bytes=8 * MAX_UPLOAD_BYTES
+            )
             req = convert_fields(form.fields, ImageEditFields)
             prompt = require_prompt(req.prompt)
             uploads = form.uploads(*IMAGE_FIELDS)
             if not uploads:
                 raise OpenAIError(400, "image is required", param="image", code="missing_image")
-            images = [open_image(u, param="image", max_bytes=MAX_UPLOAD_BYTES,
-                                 max_pixels=MAX_PIXELS) for u in uploads]
+            images = [
+                open_image(u, param="image", max_bytes=MAX_UPLOAD_BYTES, max_pixels=MAX_PIXELS)
+                for u in uploads
+            ]
             mask = None
             if mask_uploads := form.uploads("mask"):
-                mask_image = open_image(mask_uploads[0], param="mask", max_bytes=MAX_UPLOAD_BYTES,
-                                        max_pixels=MAX_PIXELS)
+                mask_image = open_image(
+                    mask_uploads[0], param="mask", max_bytes=MAX_UPLOAD_BYTES, max_pixels=MAX_PIXELS
+                )
                 mask = mask_from_alpha(mask_image, images[0].size)
             return await runtime._run(
-                req, prompt=prompt, quality=req.quality, style=None, init=images[0], mask=mask,
+                req,
+                prompt=prompt,
+                quality=req.quality,
+                style=None,
+                init=images[0],
+                mask=mask,
                 default_strength=INPAINT_STRENGTH if mask is not None else EDIT_STRENGTH,
             )
 
         @post("/v1/images/variations", status_code=200)
         async def variations(request: Request[Any, Any, Any]) -> Response[Any]:
-            form = await parse_multipart(request, max_file_bytes=MAX_UPLOAD_BYTES,
-                                         max_total_bytes=2 * MAX_UPLOAD_BYTES)
+            form = await parse_multipart(
+                request, max_file_bytes=MAX_UPLOAD_BYTES, max_total_bytes=2 * MAX_UPLOAD_BYTES
+            )
             req = convert_fields(form.fields, ImageVariationFields)
             uploads = form.uploads(*IMAGE_FIELDS)
             if not uploads:
                 raise OpenAIError(400, "image is required", param="image", code="missing_image")
-            image = open_image(uploads[0], param="image", max_bytes=MAX_UPLOAD_BYTES,
-                               max_pixels=MAX_PIXELS)
-            return await runtime._run(req, prompt="", quality=None, style=None, init=image,
-                                      default_strength=VARIATION_STRENGTH)
+            image = open_image(uploads[0], param="image", max_bytes=MAX_UPLOAD_BYTES, max_pixels=MAX_PIXELS)
+            return await runtime._run(
+                req, prompt="", quality=None, style=None, init=image, default_strength=VARIATION_STRENGTH
+            )
 
         return [generations, edits, variations]

@@ -60,8 +60,12 @@ def _decode(result: UpstreamResult) -> ImagesResponse:
     try:
         return _response_decoder.decode(result.content)
     except msgspec.DecodeError as exc:
-        raise OpenAIError(502, f"Node sent an unreadable images response: {exc}",
-                          type="server_error", code="bad_upstream_response") from None
+        raise OpenAIError(
+            502,
+            f"Node sent an unreadable images response: {exc}",
+            type="server_error",
+            code="bad_upstream_response",
+        ) from None
 
 
 async def run_image_job(
@@ -99,8 +103,12 @@ def to_response(
     for result in results:
         headers.update(result.headers)
         if result.status != 200:
-            return Response(content=result.content, status_code=result.status,
-                            media_type=result.content_type, headers=headers)
+            return Response(
+                content=result.content,
+                status_code=result.status,
+                media_type=result.content_type,
+                headers=headers,
+            )
     headers["x-llmlb-nodes"] = ",".join(dict.fromkeys(r.node_id for r in results))
     if len(results) == 1 and response_format == "b64_json":
         # Fast path: the node's bytes are already the answer.

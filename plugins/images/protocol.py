@@ -13,7 +13,13 @@ from typing import Annotated, Literal
 import msgspec
 
 SIZES: tuple[str, ...] = (
-    "256x256", "512x512", "1024x1024", "1792x1024", "1024x1792", "1536x1024", "1024x1536",
+    "256x256",
+    "512x512",
+    "1024x1024",
+    "1792x1024",
+    "1024x1792",
+    "1536x1024",
+    "1024x1536",
 )
 SIZE_AUTO = "auto"
 QUALITIES: tuple[str, ...] = ("standard", "hd", "low", "medium", "high", "auto")
@@ -22,12 +28,34 @@ RESPONSE_FORMATS: tuple[str, ...] = ("url", "b64_json")
 OUTPUT_FORMATS: tuple[str, ...] = ("png", "jpeg", "webp")
 # stable-diffusion.cpp sample methods accepted by `sampler`.
 SAMPLERS: tuple[str, ...] = (
-    "euler", "euler_a", "heun", "dpm2", "dpm++2s_a", "dpm++2m", "dpm++2mv2", "ipndm",
-    "ipndm_v", "lcm", "ddim_trailing", "tcd", "res_multistep", "res_2s", "er_sde",
+    "euler",
+    "euler_a",
+    "heun",
+    "dpm2",
+    "dpm++2s_a",
+    "dpm++2m",
+    "dpm++2mv2",
+    "ipndm",
+    "ipndm_v",
+    "lcm",
+    "ddim_trailing",
+    "tcd",
+    "res_multistep",
+    "res_2s",
+    "er_sde",
 )
 SCHEDULERS: tuple[str, ...] = (
-    "discrete", "karras", "exponential", "ays", "gits", "sgm_uniform", "simple", "smoothstep",
-    "kl_optimal", "lcm", "bong_tangent",
+    "discrete",
+    "karras",
+    "exponential",
+    "ays",
+    "gits",
+    "sgm_uniform",
+    "simple",
+    "smoothstep",
+    "kl_optimal",
+    "lcm",
+    "bong_tangent",
 )
 MAX_N = 10
 MAX_PROMPT_CHARS = 32_000
@@ -39,12 +67,34 @@ ResponseFormat = Literal["url", "b64_json"]
 OutputFormat = Literal["png", "jpeg", "webp"]
 Background = Literal["transparent", "opaque", "auto"]
 Sampler = Literal[
-    "euler", "euler_a", "heun", "dpm2", "dpm++2s_a", "dpm++2m", "dpm++2mv2", "ipndm",
-    "ipndm_v", "lcm", "ddim_trailing", "tcd", "res_multistep", "res_2s", "er_sde",
+    "euler",
+    "euler_a",
+    "heun",
+    "dpm2",
+    "dpm++2s_a",
+    "dpm++2m",
+    "dpm++2mv2",
+    "ipndm",
+    "ipndm_v",
+    "lcm",
+    "ddim_trailing",
+    "tcd",
+    "res_multistep",
+    "res_2s",
+    "er_sde",
 ]
 Scheduler = Literal[
-    "discrete", "karras", "exponential", "ays", "gits", "sgm_uniform", "simple", "smoothstep",
-    "kl_optimal", "lcm", "bong_tangent",
+    "discrete",
+    "karras",
+    "exponential",
+    "ays",
+    "gits",
+    "sgm_uniform",
+    "simple",
+    "smoothstep",
+    "kl_optimal",
+    "lcm",
+    "bong_tangent",
 ]
 
 N = Annotated[int, msgspec.Meta(ge=1, le=MAX_N)]

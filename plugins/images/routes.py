@@ -73,21 +73,22 @@ def with_model_defaults(services: RouterServices, request: S, model: FromPath[st
         return request
     fields = set(type(request).__struct_fields__)
     updates = {
-        key: value for key, value in defaults.items()
-        if key in fields and getattr(request, key) is None
+        key: value for key, value in defaults.items() if key in fields and getattr(request, key) is None
     }
     if not updates:
         return request
     try:
         return msgspec.convert({**msgspec.to_builtins(request), **updates}, type(request))
     except msgspec.ValidationError as exc:
-        raise OpenAIError(500, f"Model '{model}' has invalid defaults: {exc}",
-                          code="invalid_model_defaults") from None
+        raise OpenAIError(
+            500, f"Model '{model}' has invalid defaults: {exc}", code="invalid_model_defaults"
+        ) from None
 
 
 def build_routes(cfg: ImagesSettings) -> list[BaseRouteHandler]:
     # Several images (image[]) plus a mask, each up to the upload limit, plus form fields.
     max_total_bytes = cfg.max_upload_bytes * (MAX_IMAGES + 1) + 1024 * 1024
+
     @post("/v1/images/generations", status_code=200, request_max_body_size=JSON_BODY_LIMIT)
     async def generations(request: Request[Any, Any, Any]) -> Response[Any]:
         services = get_services(request)
@@ -106,8 +107,13 @@ def build_routes(cfg: ImagesSettings) -> list[BaseRouteHandler]:
             return msgspec.json.encode(node_req), "application/json"
 
         results, _ = await run_image_job(
-            services, model=model, path="/v1/images/generations", n=req.n, seed=seed,
-            fan_out=cfg.fan_out, build=build,
+            services,
+            model=model,
+            path="/v1/images/generations",
+            n=req.n,
+            seed=seed,
+            fan_out=cfg.fan_out,
+            build=build,
         )
         return to_response(
             results,
@@ -118,29 +124,45 @@ def build_routes(cfg: ImagesSettings) -> list[BaseRouteHandler]:
         )
 
     async def multipart_job(
-        request: Request[Any, Any, Any], fields_type: type[S], path: str, *, needs_prompt: bool,
+        request: Request[Any, Any, Any],
+        fields_type: type[S],
+        path: str,
+        *,
+        needs_prompt: bool,
         mask_allowed: bool,
     ) -> Response[Any]:
         services = get_services(request)
-        form = await parse_multipart(request, max_file_bytes=cfg.max_upload_bytes,
-                                     max_total_bytes=max_total_bytes)
+        form = await parse_multipart(
+            request, max_file_bytes=cfg.max_upload_bytes, max_total_bytes=max_total_bytes
+        )
         req = convert_fields(form.fields, fields_type)
         if needs_prompt:
             require_prompt(getattr(req, "prompt", None))
             reject_streaming(getattr(req, "stream", None))
         uploads = form.uploads(*IMAGE_FIELDS)
         if not uploads:
-            raise OpenAIError(400, "image is required (a file part named 'image' or 'image[]')",
-                              param="image", code="missing_image")
+            raise OpenAIError(
+                400,
+                "image is required (a file part named 'image' or 'image[]')",
+                param="image",
+                code="missing_image",
+            )
         if len(uploads) > (MAX_IMAGES if mask_allowed else 1):
-            raise OpenAIError(400, f"At most {MAX_IMAGES if mask_allowed else 1} image(s) per request",
-                              param="image", code="too_many_images")
-        images = [open_image(u, param="image", max_bytes=cfg.max_upload_bytes,
-                             max_pixels=cfg.max_pixels) for u in uploads]
+            raise OpenAIError(
+                400,
+                f"At most {MAX_IMAGES if mask_allowed else 1} image(s) per request",
+                param="image",
+                code="too_many_images",
+            )
+        images = [
+            open_image(u, param="image", max_bytes=cfg.max_upload_bytes, max_pixels=cfg.max_pixels)
+            for u in uploads
+        ]
         masks = form.uploads("mask") if mask_allowed else []
         if masks:
-            mask = open_image(masks[0], param="mask", max_bytes=cfg.max_upload_bytes,
-                              max_pixels=cfg.max_pixels)
+            mask = open_image(
+                masks[0], param="mask", max_bytes=cfg.max_upload_bytes, max_pixels=cfg.max_pixels
+            )
             mask_from_alpha(mask, images[0].size)  # validates size and alpha channel
         model = resolve_model(services, req.model, cfg)
         req = with_model_defaults(services, req, model)
@@ -149,39 +171,46 @@ def build_routes(cfg: ImagesSettings) -> list[BaseRouteHandler]:
         seed = req.seed if req.seed is not None else new_seed()
         fields = {k: str(v) for k, v in msgspec.to_builtins(req).items() if v is not None}
         fields.update(model=model, size=size, response_format="b64_json")
-        files = [(u.field, u.filename or "image", u.data, f"image/{image_format(img)}")
-                 for u, img in zip(uploads, images, strict=True)]
+        files = [
+            (u.field, u.filename or "image", u.data, f"image/{image_format(img)}")
+            for u, img in zip(uploads, images, strict=True)
+        ]
         if masks:
             files.append(("mask", masks[0].filename or "mask.png", masks[0].data, "image/png"))
 
         def build(part: Part) -> tuple[bytes, str]:
-            return encode_multipart({**fields, "n": str(part.count), "seed": str(seed + part.offset)},
-                                    files)
+            return encode_multipart({**fields, "n": str(part.count), "seed": str(seed + part.offset)}, files)
 
-        results, _ = await run_image_job(services, model=model, path=path, n=req.n, seed=seed,
-                                         fan_out=cfg.fan_out, build=build)
+        results, _ = await run_image_job(
+            services, model=model, path=path, n=req.n, seed=seed, fan_out=cfg.fan_out, build=build
+        )
         return to_response(
-            results, response_format=response_format, store=url_store(services),
+            results,
+            response_format=response_format,
+            store=url_store(services),
             base_url=services.settings.base_url,
             extra_headers={"x-llmlb-size-replaced": f"{replaced}->{size}"} if replaced else None,
         )
 
     @post("/v1/images/edits", status_code=200, request_max_body_size=max_total_bytes)
     async def edits(request: Request[Any, Any, Any]) -> Response[Any]:
-        return await multipart_job(request, ImageEditFields, "/v1/images/edits", needs_prompt=True,
-                                   mask_allowed=True)
+        return await multipart_job(
+            request, ImageEditFields, "/v1/images/edits", needs_prompt=True, mask_allowed=True
+        )
 
     @post("/v1/images/variations", status_code=200, request_max_body_size=max_total_bytes)
     async def variations(request: Request[Any, Any, Any]) -> Response[Any]:
-        return await multipart_job(request, ImageVariationFields, "/v1/images/variations",
-                                   needs_prompt=False, mask_allowed=False)
+        return await multipart_job(
+            request, ImageVariationFields, "/v1/images/variations", needs_prompt=False, mask_allowed=False
+        )
 
     @get(f"{FILES_PATH}/{{name:str}}", opt={PUBLIC_OPT: True}, media_type="image/png")
     async def image_file(request: Request[Any, Any, Any], name: FromPath[str]) -> File:
         path: Path | None = url_store(get_services(request)).path(name)
         if path is None:
             raise OpenAIError(404, "This image does not exist or has expired", code="image_expired")
-        return File(path=path, media_type=MEDIA_TYPES[path.suffix.lstrip(".")],
-                    content_disposition_type="inline")
+        return File(
+            path=path, media_type=MEDIA_TYPES[path.suffix.lstrip(".")], content_disposition_type="inline"
+        )
 
     return [generations, edits, variations, image_file]

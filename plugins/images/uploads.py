@@ -55,7 +55,8 @@ def _boundary(content_type: str) -> str:
     media_type, options = multipart.parse_options_header(content_type)
     if media_type != "multipart/form-data" or not options.get("boundary"):
         raise OpenAIError(
-            400, "This endpoint takes multipart/form-data (as the OpenAI SDK sends it)",
+            400,
+            "This endpoint takes multipart/form-data (as the OpenAI SDK sends it)",
             code="invalid_content_type",
         )
     return options["boundary"]
@@ -97,8 +98,9 @@ async def parse_multipart(
                         if current.filename is not None and size > max_file_bytes:
                             raise _too_large_file(current.name, max_file_bytes)
                         if current.filename is None and size > MAX_FIELD_BYTES:
-                            raise OpenAIError(400, f"Form field '{current.name}' is too long",
-                                              param=current.name)
+                            raise OpenAIError(
+                                400, f"Form field '{current.name}' is too long", param=current.name
+                            )
                         chunks.append(event)
                     elif current is not None:
                         data = b"".join(chunks)
@@ -142,31 +144,35 @@ def open_image(upload: Upload, *, param: str, max_bytes: int, max_pixels: int) -
                     400,
                     f"Unsupported image format '{(fmt or 'unknown').lower()}' for '{param}'. "
                     f"Supported formats: {SUPPORTED_LIST}",
-                    param=param, code="unsupported_image_format",
+                    param=param,
+                    code="unsupported_image_format",
                 )
             width, height = image.size
             if width * height > max_pixels:
                 raise OpenAIError(
                     400,
-                    f"'{param}' is {width}x{height} = {width * height:,} pixels; "
-                    f"the limit is {max_pixels:,}",
-                    param=param, code="image_too_large",
+                    f"'{param}' is {width}x{height} = {width * height:,} pixels; the limit is {max_pixels:,}",
+                    param=param,
+                    code="image_too_large",
                 )
             image.load()
     except OpenAIError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise OpenAIError(400, f"'{param}' decompresses to too many pixels: {exc}", param=param,
-                          code="image_too_large") from None
+        raise OpenAIError(
+            400, f"'{param}' decompresses to too many pixels: {exc}", param=param, code="image_too_large"
+        ) from None
     except (OSError, SyntaxError, ValueError) as exc:
         if "cannot identify image file" in str(exc):
             raise OpenAIError(
                 400,
                 f"'{param}' is not a recognised image. Supported formats: {SUPPORTED_LIST}",
-                param=param, code="unsupported_image_format",
+                param=param,
+                code="unsupported_image_format",
             ) from None
-        raise OpenAIError(400, f"'{param}' is corrupt or truncated: {exc}", param=param,
-                          code="invalid_image") from None
+        raise OpenAIError(
+            400, f"'{param}' is corrupt or truncated: {exc}", param=param, code="invalid_image"
+        ) from None
     return image
 
 
@@ -181,13 +187,15 @@ def mask_from_alpha(mask: Image.Image, image_size: tuple[int, int]) -> Image.Ima
             400,
             f"mask is {mask.size[0]}x{mask.size[1]} but image is {image_size[0]}x{image_size[1]}; "
             "they must be the same size",
-            param="mask", code="mask_size_mismatch",
+            param="mask",
+            code="mask_size_mismatch",
         )
     if "A" not in mask.getbands() and not (mask.mode == "P" and "transparency" in mask.info):
         raise OpenAIError(
             400,
             "mask must be a PNG with an alpha channel; fully transparent pixels mark the area to edit",
-            param="mask", code="mask_without_alpha",
+            param="mask",
+            code="mask_without_alpha",
         )
     alpha = mask.convert("RGBA").getchannel("A")
     return alpha.point(lambda a: 255 if a == 0 else 0)
@@ -199,22 +207,24 @@ def reencode_png(image: Image.Image) -> bytes:
     return out.getvalue()
 
 
-def encode_multipart(
-    fields: dict[str, str], files: list[tuple[str, str, bytes, str]]
-) -> tuple[bytes, str]:
+def encode_multipart(fields: dict[str, str], files: list[tuple[str, str, bytes, str]]) -> tuple[bytes, str]:
     """Build a multipart/form-data body: ``files`` items are (field, filename, data, type)."""
     boundary = f"llmlb-{secrets.token_hex(16)}"
     lines: list[bytes] = []
     for name, value in fields.items():
         lines.append(
             f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'.encode()
-            + value.encode() + b"\r\n"
+            + value.encode()
+            + b"\r\n"
         )
     for name, filename, data, content_type in files:
         lines.append(
-            (f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; '
-             f'filename="{filename}"\r\nContent-Type: {content_type}\r\n\r\n').encode()
-            + data + b"\r\n"
+            (
+                f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; '
+                f'filename="{filename}"\r\nContent-Type: {content_type}\r\n\r\n'
+            ).encode()
+            + data
+            + b"\r\n"
         )
     lines.append(f"--{boundary}--\r\n".encode())
     return b"".join(lines), f"multipart/form-data; boundary={boundary}"

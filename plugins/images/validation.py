@@ -13,8 +13,7 @@ _SIZE_RE = re.compile(r"^\s*(\d{1,5})\s*[xX]\s*(\d{1,5})\s*$")
 
 def require_prompt(prompt: str | None) -> str:
     if prompt is None or not prompt.strip():
-        raise OpenAIError(400, "prompt must be a non-empty string", param="prompt",
-                          code="empty_prompt")
+        raise OpenAIError(400, "prompt must be a non-empty string", param="prompt", code="empty_prompt")
     return prompt
 
 
@@ -47,5 +46,9 @@ def resolve_size(size: str | None, *, fallback: bool) -> tuple[str, str | None]:
 
 def reject_streaming(stream: bool | None) -> None:
     if stream:
-        raise OpenAIError(400, "Streaming image generation (stream=true) is not supported",
-                          param="stream", code="unsupported_parameter")
+        raise OpenAIError(
+            400,
+            "Streaming image generation (stream=true) is not supported",
+            param="stream",
+            code="unsupported_parameter",
+        )
