@@ -9,7 +9,6 @@ import logging
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
-import httpx
 from litestar import Litestar, Request, Router, get
 from litestar.openapi import OpenAPIConfig
 from litestar.params import FromPath
@@ -25,6 +24,7 @@ from llmlb_core.plugins import load_plugins
 from llmlb_core.services import RouterServices, get_services
 from llmlb_core.settings import RouterSettings
 from llmlb_core.store import Store
+from llmlb_core.upstream import upstream_client
 
 log = logging.getLogger("llmlb.router")
 
@@ -85,9 +85,8 @@ def create_app(
     nodes = NodeRegistry(store, timeout_s=settings.node_timeout_s)
     models = ModelRegistry(store, nodes)
     balancer = Balancer(nodes, queue_max=settings.queue_max, queue_timeout_s=settings.queue_timeout_s)
-    http = httpx.AsyncClient(
-        timeout=httpx.Timeout(settings.upstream_timeout_s, connect=settings.upstream_connect_timeout_s),
-        limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200),
+    http = upstream_client(
+        connect_timeout_s=settings.upstream_connect_timeout_s, read_timeout_s=settings.upstream_timeout_s
     )
     services = RouterServices(
         settings=settings,

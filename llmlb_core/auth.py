@@ -14,7 +14,7 @@ import logging
 import secrets
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Literal
 
 import msgspec
@@ -161,10 +161,13 @@ class KeyManager:
         return row
 
 
-def require_scope(scope: Scope) -> Callable[[ASGIConnection[Any, Any, Any, Any], BaseRouteHandler], None]:
+def require_scope(
+    scope: Scope,
+) -> Callable[[ASGIConnection[Any, Any, Any, Any], BaseRouteHandler], Awaitable[None]]:
     """A Litestar guard: the request must carry a valid key with ``scope`` (or ``admin``)."""
 
-    def guard(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
+    async def guard(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
+        # async: a sync guard would run in a worker thread on every request.
         if handler.opt.get(PUBLIC_OPT):
             return  # e.g. unguessable image URLs, which clients fetch without a key
         keys: KeyManager = connection.app.state.llmlb.keys

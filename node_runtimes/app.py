@@ -46,7 +46,7 @@ def build_runtimes(settings: NodeSettings, *, extra_plugins: Iterable[object] = 
 
 
 def _router_credential_guard(token: str) -> Any:
-    def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    async def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
         presented = key_from_headers(connection.headers) or ""
         if not hmac.compare_digest(presented.encode(), token.encode()):
             raise OpenAIError(
