@@ -148,7 +148,7 @@ class NodeRegistry:
     def register(self, reg: NodeRegistration) -> NodeState:
         now_wall = time.time()
         record = msgspec.to_builtins(reg)
-        record["token"] = "x" * 16  # the credential is never persisted
+        record["token"] = ""  # the credential is never persisted
         self._store.upsert_node(reg.node_id, record, now_wall)
         old = self._nodes.get(reg.node_id)
         state = self._state_from(reg, now_wall)
@@ -178,7 +178,7 @@ class NodeRegistry:
         """Apply a heartbeat; False when the node must re-register (unknown to this router)."""
         state = self._nodes.get(hb.node_id)
         if state is None or state.token is None:
-            return False
+            return False  # unknown, or known from the database but not re-registered yet
         was_online = state.status(self._clock(), self.timeout_s) == "online"
         state.last_heartbeat = self._clock()
         state.last_seen_wall = time.time()

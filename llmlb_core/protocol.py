@@ -31,8 +31,9 @@ class NodeRegistration(msgspec.Struct, kw_only=True):
     node_id: NonEmpty
     name: NonEmpty
     base_url: NonEmpty
-    # Credential the router must present on every inference request it sends to the node.
-    token: Annotated[str, msgspec.Meta(min_length=16)]
+    # Credential the router must present on every inference request it sends to the node
+    # (for a registered OpenAI-compatible endpoint: its upstream API key, possibly empty).
+    token: str
     runtime_types: list[str]
     models: list[ModelAdvert]
     slots: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 1

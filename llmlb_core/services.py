@@ -106,7 +106,9 @@ class RouterServices:
         extra_headers: Mapping[str, str] | None,
     ) -> UpstreamResult:
         node = lease.node
-        headers = {"authorization": f"Bearer {node.token}", "content-type": content_type}
+        headers = {"content-type": content_type}
+        if node.token:
+            headers["authorization"] = f"Bearer {node.token}"
         if extra_headers:
             headers.update(extra_headers)
         started = time.monotonic()
