@@ -1,4 +1,5 @@
-"""Helpers shared by the benchmarks: ports, waiting, server processes, CPU time, percentiles."""
+"""Helpers shared by the benchmarks: ports, waiting, server processes, CPU time, memory, percentiles,
+router admin calls."""
 
 from __future__ import annotations
 
@@ -10,9 +11,9 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import httpx
 
@@ -67,12 +68,22 @@ def percentile(values: Sequence[float], q: float) -> float:
 class ServerProcess:
     """A Python server process (``python -m MODULE ARGS``) in its own session, logging to a file."""
 
-    def __init__(self, name: str, module: str, args: Sequence[str], log_path: Path, url: str) -> None:
+    def __init__(
+        self,
+        name: str,
+        module: str,
+        args: Sequence[str],
+        log_path: Path,
+        url: str,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         self.name = name
         self.module = module
         self.args = list(args)
         self.log_path = log_path
         self.url = url
+        # Extra environment variables (set after the inherited ``LLMLB_*`` ones are dropped).
+        self.extra_env = dict(env or {})
         self.popen: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
 
@@ -84,6 +95,7 @@ class ServerProcess:
     def start(self) -> ServerProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith("LLMLB_")}
         env["PYTHONUNBUFFERED"] = "1"
+        env.update(self.extra_env)
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.popen = subprocess.Popen(
             [sys.executable, "-m", self.module, *self.args],
@@ -159,3 +171,58 @@ class PySpy:
         except subprocess.TimeoutExpired:
             self.popen.kill()
             self.popen.wait(5)
+
+
+# --------------------------------------------------------------------------- added for node_bench / scaling
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident set size of process ``pid`` in bytes (``VmRSS`` in /proc/PID/status)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmRSS for process {pid}")
+
+
+def median(values: Sequence[float]) -> float:
+    return percentile(values, 50)
+
+
+def mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values) if values else math.nan
+
+
+def create_key(router_url: str, admin_key: str, name: str, scopes: Sequence[str]) -> str:
+    """A new API key with ``scopes``, made with the router's admin key."""
+    response = httpx.post(
+        f"{router_url}/v0/keys",
+        json={"name": name, "scopes": list(scopes)},
+        headers={"authorization": f"Bearer {admin_key}"},
+        timeout=10,
+    )
+    response.raise_for_status()
+    return str(response.json()["key"])
+
+
+def list_nodes(router_url: str, admin_key: str) -> list[dict[str, Any]]:
+    """The router's ``/v0/nodes`` listing."""
+    response = httpx.get(
+        f"{router_url}/v0/nodes", headers={"authorization": f"Bearer {admin_key}"}, timeout=5
+    )
+    response.raise_for_status()
+    return list(response.json()["data"])
+
+
+def online_node_names(router_url: str, admin_key: str) -> set[str]:
+    return {n["name"] for n in list_nodes(router_url, admin_key) if n["status"] == "online"}
+
+
+def run_async(coro: Coroutine[Any, Any, Any]) -> Any:
+    """Run ``coro`` on uvloop when it is installed, else on asyncio's default loop."""
+    try:
+        import uvloop
+    except ImportError:
+        import asyncio
+
+        return asyncio.run(coro)
+    return uvloop.run(coro)

@@ -16,7 +16,9 @@ from litestar.params import FromPath
 from llmlb_core.admin_api import admin_router
 from llmlb_core.auth import KeyManager, require_scope
 from llmlb_core.balancer import Balancer
+from llmlb_core.endpoints import EndpointManager, endpoints_router
 from llmlb_core.errors import exception_handlers
+from llmlb_core.metrics import Metrics
 from llmlb_core.models import ModelObject, ModelRegistry
 from llmlb_core.node_api import node_router
 from llmlb_core.nodes import NodeRegistry
@@ -42,6 +44,11 @@ async def list_models(request: Request[Any, Any, Any]) -> dict[str, Any]:
 async def get_model(request: Request[Any, Any, Any], model_id: FromPath[str]) -> ModelObject:
     services = get_services(request)
     return services.models.get(model_id.lstrip("/"), services.enabled_flags)
+
+
+@get("/metrics", media_type="text/plain; version=0.0.4; charset=utf-8")
+async def metrics(request: Request[Any, Any, Any]) -> bytes:
+    return get_services(request).metrics.exposition()
 
 
 @get("/health", exclude_from_auth=True)
@@ -97,13 +104,19 @@ def create_app(
         balancer=balancer,
         plugins=plugins,
         http=http,
+        metrics=Metrics(nodes, balancer),
     )
+
+    endpoints = EndpointManager(services)
 
     capability_routers = [
         Router(path="/", route_handlers=handlers, guards=[require_scope("api")])
         for name, handlers in plugins.routes.items()
         if name in plugins.enabled and handlers
     ]
+    metrics_router = Router(
+        path="/", route_handlers=[metrics], guards=[] if settings.metrics_public else [require_scope("admin")]
+    )
     api_router = Router(path="/", route_handlers=[list_models, get_model], guards=[require_scope("api")])
 
     @contextlib.asynccontextmanager
@@ -114,6 +127,7 @@ def create_app(
                 nodes.sweep()
 
         sweeper = asyncio.create_task(sweep(), name="llmlb-node-sweep")
+        endpoints.start()
         await _maybe_await(plugins.manager.hook.llmlb_startup(services=services))
         log.info("router ready on %s (capabilities: %s)", settings.base_url, plugins.enabled)
         try:
@@ -122,17 +136,20 @@ def create_app(
             sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await sweeper
+            await endpoints.stop()
             await _maybe_await(plugins.manager.hook.llmlb_shutdown(services=services))
             await http.aclose()
             store.close()
 
     app = Litestar(
-        route_handlers=[health, api_router, admin_router, node_router, *capability_routers],
+        route_handlers=[health, metrics_router, api_router, admin_router, node_router, *capability_routers],
+        middleware=[services.metrics.middleware],
         exception_handlers=exception_handlers(),
         lifespan=[lifespan],
         request_max_body_size=settings.max_body_bytes,
         openapi_config=OpenAPIConfig(title="llmlb router", version="0.2.0", path="/docs"),
         logging_config=None,
     )
+    app.register(endpoints_router)
     app.state.llmlb = services
     return app

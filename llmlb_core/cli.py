@@ -57,6 +57,7 @@ def cmd_node(args: argparse.Namespace) -> int:
         threads=args.threads,
         runtimes=args.runtime or None,
         weights_preference=args.weights,
+        runtime_settings=_upstream_runtime_settings(args),
     )
     _setup_logging(args.log_level)
     if not settings.api_key:
@@ -72,6 +73,26 @@ def cmd_node(args: argparse.Namespace) -> int:
         graceful_timeout_s=900,
     )
     return 0
+
+
+UPSTREAM_KINDS = ("llama_cpp", "vllm", "ollama", "whisper_cpp", "generic")
+
+
+def _upstream_runtime_settings(args: argparse.Namespace) -> dict[str, dict[str, Any]] | None:
+    """The ``openai_compatible`` runtime's table from the ``--upstream*`` flags (None: unused)."""
+    if not args.upstream:
+        return None
+    table: dict[str, Any] = {"url": args.upstream, "kind": args.upstream_kind}
+    key = args.upstream_key or os.environ.get("LLMLB_UPSTREAM_KEY")
+    if key:
+        table["api_key"] = key
+    if args.upstream_model:
+        table["models"] = args.upstream_model
+    if args.upstream_capability:
+        table["capabilities"] = args.upstream_capability
+    if args.upstream_slots:
+        table["slots"] = args.upstream_slots
+    return {"openai_compatible": table}
 
 
 def cmd_demo_model_write(target: Path, *, force: bool = False) -> None:
@@ -178,6 +199,12 @@ def build_parser() -> argparse.ArgumentParser:
     node.add_argument("--threads", type=int)
     node.add_argument("--weights", choices=["auto", "safetensors", "gguf"])
     node.add_argument("--log-level", default="info")
+    node.add_argument("--upstream", metavar="URL", help="front this OpenAI-compatible server")
+    node.add_argument("--upstream-key", help="API key the upstream server wants (or env LLMLB_UPSTREAM_KEY)")
+    node.add_argument("--upstream-kind", default="generic", choices=list(UPSTREAM_KINDS))
+    node.add_argument("--upstream-model", action="append", help="serve only this model (repeatable)")
+    node.add_argument("--upstream-capability", action="append", help="flag of its models (repeatable)")
+    node.add_argument("--upstream-slots", type=int, help="requests sent to it at once (default 4)")
     node.set_defaults(func=cmd_node)
 
     demo = sub.add_parser("demo-model", help="write the synthetic random-weight SD checkpoint")

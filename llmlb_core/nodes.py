@@ -193,6 +193,15 @@ class NodeRegistry:
             self.changed()
         return True
 
+    def mark_down(self, node: NodeState, reason: str) -> None:
+        """Take a node out of traffic at once (connection refused/reset); its next heartbeat
+        or registration brings it back."""
+        if node.last_heartbeat is None:
+            return
+        node.last_heartbeat = None
+        log.warning("node %s (%s) is down: %s", node.name, node.id, reason)
+        self.changed()
+
     def set_draining(self, node_id: str) -> bool:
         state = self._nodes.get(node_id)
         if state is None:

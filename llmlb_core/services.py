@@ -4,7 +4,7 @@ Plugins call :meth:`RouterServices.call_node` to send work to a node: it resolve
 (404 / 503 ``no_capable_nodes``), takes a slot through the balancer (queueing when busy),
 forwards with the node's credential on the shared ``httpx.AsyncClient``, and on a connection
 failure, timeout or 5xx before an answer marks the node suspect and retries on another node
-(``max_retries`` times). A 4xx from a node is returned as is: the request itself is at fault.
+(``settings.max_retries`` times). A 4xx from a node is returned as is: the request itself is at fault.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 import httpx
 from litestar import Request
@@ -21,8 +21,9 @@ from litestar import Request
 from llmlb_core.auth import KeyManager
 from llmlb_core.balancer import Balancer, Lease
 from llmlb_core.errors import OpenAIError
+from llmlb_core.metrics import Metrics
 from llmlb_core.models import ModelRegistry
-from llmlb_core.nodes import NodeRegistry
+from llmlb_core.nodes import NodeRegistry, NodeState
 from llmlb_core.plugins import LoadedPlugins
 from llmlb_core.settings import RouterSettings
 from llmlb_core.store import Store
@@ -31,7 +32,7 @@ log = logging.getLogger("llmlb.forward")
 
 # Node failures that make the router try another node.
 RETRYABLE_STATUS = frozenset({500, 502, 503, 504})
-SUSPECT_COOLDOWN_S = 15.0
+SUSPECT_COOLDOWN_S = 15.0  # TODO(lead): streaming.py should read settings.suspect_cooldown_s
 
 
 @dataclass
@@ -54,7 +55,7 @@ class RouterServices:
     balancer: Balancer
     plugins: LoadedPlugins
     http: httpx.AsyncClient
-    max_retries: int = 2
+    metrics: Metrics
     extras: dict[str, Any] = field(default_factory=dict)  # per-plugin state
 
     @property
@@ -78,7 +79,7 @@ class RouterServices:
         self.models.ensure_servable(model, flags)
         tried: list[str] = []
         last_error: OpenAIError | None = None
-        for attempt in range(1, self.max_retries + 2):
+        for attempt in range(1, self.settings.max_retries + 2):
             try:
                 lease = await self.balancer.acquire(model, flags, exclude=tried)
             except OpenAIError as exc:
@@ -97,6 +98,18 @@ class RouterServices:
         assert last_error is not None
         raise last_error
 
+    def _node_gone(self, node: NodeState, exc: Exception, cooldown: float) -> NoReturn:
+        """Refused or reset: the node is gone. It takes no traffic until it heartbeats again."""
+        cause = exc.__cause__ or exc
+        node.record_failure(f"unreachable: {type(cause).__name__}", cooldown)
+        self.nodes.mark_down(node, f"{type(cause).__name__}: {cause}")
+        raise OpenAIError(
+            502,
+            f"Node '{node.name}' is unreachable: {type(cause).__name__}",
+            type="server_error",
+            code="upstream_unreachable",
+        ) from exc
+
     async def _post(
         self,
         lease: Lease,
@@ -113,26 +126,25 @@ class RouterServices:
             headers.update(extra_headers)
         started = time.monotonic()
         ok = False
+        outcome = "failed"
+        cooldown = self.settings.suspect_cooldown_s
         try:
             response = await self.http.post(node.base_url + path, content=content, headers=headers)
         except httpx.TimeoutException as exc:
-            node.record_failure(f"timeout: {type(exc).__name__}", SUSPECT_COOLDOWN_S)
+            if _connection_lost(exc):
+                self._node_gone(node, exc, cooldown)
+            node.record_failure(f"timeout: {type(exc).__name__}", cooldown)
             raise OpenAIError(
                 504, f"Node '{node.name}' timed out", type="server_error", code="upstream_timeout"
             ) from exc
         except httpx.TransportError as exc:
-            node.record_failure(f"unreachable: {type(exc).__name__}", SUSPECT_COOLDOWN_S)
-            raise OpenAIError(
-                502,
-                f"Node '{node.name}' is unreachable: {type(exc).__name__}",
-                type="server_error",
-                code="upstream_unreachable",
-            ) from exc
+            self._node_gone(node, exc, cooldown)
         else:
             if response.status_code in RETRYABLE_STATUS:
-                node.record_failure(f"HTTP {response.status_code}", SUSPECT_COOLDOWN_S)
+                node.record_failure(f"HTTP {response.status_code}", cooldown)
                 raise _upstream_error(response, node.name)
             ok = True
+            outcome = "ok" if response.status_code < 400 else "client_error"
             return UpstreamResult(
                 status=response.status_code,
                 content=response.content,
@@ -141,7 +153,15 @@ class RouterServices:
                 headers=lease.headers(),
             )
         finally:
-            self.balancer.release(lease, duration_s=(time.monotonic() - started) if ok else None)
+            elapsed = time.monotonic() - started
+            self.metrics.observe_upstream(node.id, outcome, elapsed)
+            self.balancer.release(lease, duration_s=elapsed if ok else None)
+
+
+def _connection_lost(exc: httpx.TimeoutException) -> bool:
+    """httpx-aiohttp maps every aiohttp connection error (refused, reset, server gone) to
+    ``httpx.ConnectTimeout``; a real timeout has a ``TimeoutError`` as its cause."""
+    return exc.__cause__ is not None and not isinstance(exc.__cause__, TimeoutError)
 
 
 def _upstream_error(response: httpx.Response, node_name: str) -> OpenAIError:

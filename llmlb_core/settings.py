@@ -35,6 +35,8 @@ class RouterSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     load_entry_points: bool = True
     # A node that sends no heartbeat for this long is offline and gets no traffic.
     node_timeout_s: Positive = 60.0
+    # OpenAI-compatible endpoints (/v0/endpoints) are health-checked (GET /v1/models) this often.
+    endpoint_check_interval_s: Positive = 10.0
     # Upstream (router -> node) timeouts. Reads must outlast the slowest generation.
     upstream_connect_timeout_s: Positive = 5.0
     upstream_timeout_s: Positive = 900.0
@@ -44,6 +46,12 @@ class RouterSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # Largest request body accepted on JSON routes (multipart routes set their own limits).
     max_body_bytes: Annotated[int, msgspec.Meta(gt=0)] = 10 * 1024 * 1024
     log_level: str = "INFO"
+    # Serve /metrics without a key (default: an admin-scope key is required).
+    metrics_public: bool = False
+    # Retries on another node after a node failure (connection error, timeout, 5xx).
+    max_retries: Annotated[int, msgspec.Meta(ge=0, le=10)] = 2
+    # How long a node that failed a request is avoided while healthy nodes have free slots.
+    suspect_cooldown_s: Annotated[float, msgspec.Meta(ge=0)] = 15.0
     # Bootstrap admin key (env LLMLB_ADMIN_KEY); when unset and no key exists, one is generated
     # at first start and printed once.
     admin_key: str | None = None

@@ -173,3 +173,35 @@ class Store:
             )
             for r in rows
         ]
+
+    # --- OpenAI-compatible endpoints (``/v0/endpoints``) -------------------------------------
+    # The record holds the upstream API key: the router needs it after a restart. It is never
+    # returned by an API or logged; protect the database file like the config that names it.
+    def _endpoints_table(self) -> None:
+        self._exec(ENDPOINTS_SCHEMA)
+
+    def upsert_endpoint(self, name: str, record: dict[str, Any], created_at: float) -> None:
+        self._endpoints_table()
+        self._exec(
+            "INSERT INTO endpoints (name, record, created_at) VALUES (?, ?, ?)"
+            " ON CONFLICT(name) DO UPDATE SET record = excluded.record",
+            (name, json.dumps(record), created_at),
+        )
+
+    def delete_endpoint(self, name: str) -> bool:
+        self._endpoints_table()
+        return self._exec("DELETE FROM endpoints WHERE name = ?", (name,)).rowcount > 0
+
+    def list_endpoints(self) -> list[tuple[str, dict[str, Any], float]]:
+        self._endpoints_table()
+        rows = self._exec("SELECT name, record, created_at FROM endpoints ORDER BY created_at").fetchall()
+        return [(r[0], json.loads(r[1]), r[2]) for r in rows]
+
+
+ENDPOINTS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS endpoints (
+    name TEXT PRIMARY KEY,
+    record TEXT NOT NULL,
+    created_at REAL NOT NULL
+)
+"""

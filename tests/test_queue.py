@@ -101,3 +101,22 @@ def test_unknown_model_is_404_and_model_without_online_node_is_503(tmp_path: Pat
         assert httpx.post(f"{router.url}/v1/echo", json={"model": "echo-1"}, headers=AUTH).status_code == 404
     finally:
         router.stop()
+
+
+def test_metrics_exposition(tmp_path: Path) -> None:
+    router = start_router(tmp_path / "data", plugins=[EchoCapability()])
+    node = None
+    try:
+        node = start_node(router.url, [EchoRuntimePlugin()], name="m", runtimes=["echo"])
+        assert httpx.post(f"{router.url}/v1/echo", json={"model": "echo-1"}, headers=AUTH).status_code == 200
+        assert httpx.get(f"{router.url}/metrics").status_code == 401  # admin key required by default
+        text = httpx.get(f"{router.url}/metrics", headers=AUTH).text
+        assert 'llmlb_requests_total{method="POST",route="/v1/echo",status="200"} 1.0' in text
+        assert 'llmlb_upstream_requests_total{node="m",outcome="ok"} 1.0' in text
+        assert 'llmlb_node_up{name="m",node="m",status="online"} 1.0' in text
+        assert "llmlb_queue_depth 0.0" in text
+        assert 'llmlb_request_duration_seconds_bucket{le="0.5",route="/v1/echo"}' in text
+    finally:
+        if node is not None:
+            node.stop()
+        router.stop()

@@ -1,0 +1,1 @@
+"""The ``openai_compatible`` node runtime: a node in front of a local OpenAI-compatible server."""
