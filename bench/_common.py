@@ -99,7 +99,11 @@ class ServerProcess:
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.popen = subprocess.Popen(
             [sys.executable, "-m", self.module, *self.args],
-            env=env, stdout=self._log, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+            start_new_session=True,
         )
         return self
 
@@ -146,12 +150,24 @@ class PySpy:
     anything else a flame graph SVG.
     """
 
-    def __init__(self, executable: str, pid: int, output: Path, *, rate: int = 250,
-                 native: bool = False) -> None:
+    def __init__(
+        self, executable: str, pid: int, output: Path, *, rate: int = 250, native: bool = False
+    ) -> None:
         suffix = output.suffix.lower()
         fmt = {".txt": "raw", ".json": "speedscope"}.get(suffix, "flamegraph")
-        self.command = [executable, "record", "--pid", str(pid), "--output", str(output),
-                        "--rate", str(rate), "--format", fmt, *(["--native"] if native else [])]
+        self.command = [
+            executable,
+            "record",
+            "--pid",
+            str(pid),
+            "--output",
+            str(output),
+            "--rate",
+            str(rate),
+            "--format",
+            fmt,
+            *(["--native"] if native else []),
+        ]
         self.popen: subprocess.Popen[bytes] | None = None
 
     def start(self) -> PySpy:

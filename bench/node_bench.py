@@ -448,7 +448,8 @@ def print_report(
         print(f"  {'':30}{'router+node':>13}{'direct':>11}{'ratio':>9}")
         for label, key in (("median s", "median_s"), ("mean s", "mean_s")):
             print(f"  {label:30}{r[key]:13.3f}{d[key]:11.3f}{r[key] / d[key]:8.3f}x")
-        print(f"  {'min / max s':30}{r['min_s']:6.2f}/{r['max_s']:<6.2f}{d['min_s']:5.2f}/{d['max_s']:<5.2f}")
+        lo_hi = f"{r['min_s']:.2f}/{r['max_s']:.2f}", f"{d['min_s']:.2f}/{d['max_s']:.2f}"
+        print(f"  {'min / max s':30}{lo_hi[0]:>13}{lo_hi[1]:>11}")
         print(
             f"  {'engine s (median)':30}{r['engine_median_s']:13.3f}{d['engine_median_s']:11.3f}"
             "   (node: its job log; direct: generate_image)"

@@ -96,8 +96,14 @@ class BenchCapability:
 
     @hookimpl
     def llmlb_register_capabilities(self, register: Callable[[Capability], None]) -> None:
-        register(Capability(name=CAPABILITY, model_flags=FLAGS, runtime_types=frozenset({RUNTIME}),
-                            description="router overhead benchmark"))
+        register(
+            Capability(
+                name=CAPABILITY,
+                model_flags=FLAGS,
+                runtime_types=frozenset({RUNTIME}),
+                description="router overhead benchmark",
+            )
+        )
 
     @hookimpl
     def llmlb_register_routes(self, register: Callable[..., None]) -> None:
@@ -106,9 +112,14 @@ class BenchCapability:
             body = await request.body()
             req = decode_json_bytes(body, BenchRequest)
             result = await get_services(request).call_node(
-                req.model, FLAGS, "/v1/bench", content=body, content_type="application/json")
-            return Response(content=result.content, status_code=result.status,
-                            media_type=result.content_type, headers=result.headers)
+                req.model, FLAGS, "/v1/bench", content=body, content_type="application/json"
+            )
+            return Response(
+                content=result.content,
+                status_code=result.status,
+                media_type=result.content_type,
+                headers=result.headers,
+            )
 
         register(CAPABILITY, bench)
 
@@ -157,8 +168,9 @@ class BenchRuntimePlugin:
 
 
 def _server_logging() -> None:
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.WARNING, stream=sys.stderr, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+    )
 
 
 def serve_router(port: int, data_dir: str) -> None:
@@ -167,8 +179,16 @@ def serve_router(port: int, data_dir: str) -> None:
     from llmlb_core.settings import load_settings
 
     _server_logging()
-    settings = load_settings(None, environ={}, admin_key=ADMIN_KEY, data_dir=data_dir,
-                             load_entry_points=False, host="127.0.0.1", port=port, log_level="WARNING")
+    settings = load_settings(
+        None,
+        environ={},
+        admin_key=ADMIN_KEY,
+        data_dir=data_dir,
+        load_entry_points=False,
+        host="127.0.0.1",
+        port=port,
+        log_level="WARNING",
+    )
     app = create_app(settings, extra_plugins=[BenchCapability()])
     run(app, host=settings.host, port=settings.port, log_level="warning")
 
@@ -178,16 +198,29 @@ def serve_node(port: int, router_url: str, api_key: str, token_file: str) -> Non
     from node_runtimes.app import create_node_app
 
     _server_logging()
-    settings = NodeSettings(router_url=router_url, api_key=api_key, host="127.0.0.1", port=port,
-                            name=NODE_NAME, runtimes=[RUNTIME], models_dir="/nonexistent")
+    settings = NodeSettings(
+        router_url=router_url,
+        api_key=api_key,
+        host="127.0.0.1",
+        port=port,
+        name=NODE_NAME,
+        runtimes=[RUNTIME],
+        models_dir="/nonexistent",
+    )
     app = create_node_app(settings, extra_plugins=[BenchRuntimePlugin()])
     # The credential the router presents to this node; the benchmark client uses it too.
     tmp = Path(f"{token_file}.tmp")
     tmp.write_text(app.state.node_token)
     tmp.chmod(0o600)
     tmp.replace(token_file)
-    run(app, host=settings.host, port=settings.port, log_level="warning",
-        drain=app.state.node_drain, graceful_timeout_s=5)
+    run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level="warning",
+        drain=app.state.node_drain,
+        graceful_timeout_s=5,
+    )
 
 
 # --------------------------------------------------------------------------- measurement
@@ -254,8 +287,10 @@ class Bench:
                 response = await self.client.post(target.url, content=REQUEST_BODY, headers=target.headers)
                 latencies.append(time.perf_counter() - started)
                 if response.status_code != 200 or len(response.content) != len(self.expected):
-                    raise BenchError(f"{target.name}: HTTP {response.status_code}, "
-                                     f"{len(response.content)} bytes: {response.content[:300]!r}")
+                    raise BenchError(
+                        f"{target.name}: HTTP {response.status_code}, "
+                        f"{len(response.content)} bytes: {response.content[:300]!r}"
+                    )
 
         router_cpu, node_cpu = cpu_seconds(self.router_pid), cpu_seconds(self.node_pid)
         client_cpu = time.process_time()
@@ -273,8 +308,9 @@ class Bench:
     async def check(self, target: Target) -> None:
         response = await self.client.post(target.url, content=REQUEST_BODY, headers=target.headers)
         if response.status_code != 200 or response.content != self.expected:
-            raise BenchError(f"{target.name}: unexpected answer HTTP {response.status_code}: "
-                             f"{response.content[:300]!r}")
+            raise BenchError(
+                f"{target.name}: unexpected answer HTTP {response.status_code}: {response.content[:300]!r}"
+            )
 
 
 def split(n: int, parts: int) -> list[int]:
@@ -284,13 +320,26 @@ def split(n: int, parts: int) -> list[int]:
 
 
 async def measure(
-    router_url: str, node_url: str, api_key: str, node_token: str, router_pid: int, node_pid: int,
-    plan: Sequence[tuple[int, int]], rounds: int, warmup: int,
+    router_url: str,
+    node_url: str,
+    api_key: str,
+    node_token: str,
+    router_pid: int,
+    node_pid: int,
+    plan: Sequence[tuple[int, int]],
+    rounds: int,
+    warmup: int,
 ) -> tuple[int, dict[int, dict[str, dict[str, float]]]]:
-    direct = Target("direct", f"{node_url}/v1/bench",
-                    {"authorization": f"Bearer {node_token}", "content-type": "application/json"})
-    routed = Target("router", f"{router_url}/v1/bench",
-                    {"authorization": f"Bearer {api_key}", "content-type": "application/json"})
+    direct = Target(
+        "direct",
+        f"{node_url}/v1/bench",
+        {"authorization": f"Bearer {node_token}", "content-type": "application/json"},
+    )
+    routed = Target(
+        "router",
+        f"{router_url}/v1/bench",
+        {"authorization": f"Bearer {api_key}", "content-type": "application/json"},
+    )
     top = max(c for c, _ in plan)
     limits = httpx.Limits(max_connections=2 * top + 4, max_keepalive_connections=2 * top + 4)
     async with httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(60.0)) as client:
@@ -301,8 +350,11 @@ async def measure(
         await bench.check(routed)  # the router forwards the node's bytes unchanged
         results: dict[int, dict[str, dict[str, float]]] = {}
         for concurrency, requests in plan:
-            print(f"  concurrency {concurrency}: warm-up, then {requests} requests per path "
-                  f"in {min(rounds, requests)} alternating rounds ...", flush=True)
+            print(
+                f"  concurrency {concurrency}: warm-up, then {requests} requests per path "
+                f"in {min(rounds, requests)} alternating rounds ...",
+                flush=True,
+            )
             for target in (direct, routed):
                 await bench.batch(target, max(warmup, 2 * concurrency), concurrency, None)
             totals = {"direct": PathTotals(), "router": PathTotals()}
@@ -346,13 +398,18 @@ def print_report(body_bytes: int, results: dict[int, dict[str, dict[str, float]]
             ("latency mean ms", "mean_ms", x["added_mean_ms"], r["mean_ms"] / d["mean_ms"]),
         ):
             print(f"  {label:22}{d[key]:10.2f}{r[key]:10.2f}{added:+10.2f}{ratio:8.2f}x")
-        print(f"  {'throughput req/s':22}{d['throughput_rps']:10.1f}{r['throughput_rps']:10.1f}"
-              f"{'':10}{x['throughput_ratio']:8.2f}x")
-        print(f"  {'router CPU ms/req':22}{'-':>10}{r['router_cpu_ms_per_req']:10.2f}"
-              f"   (router background CPU: {x['router_idle_cpu_ms_per_s']:.1f} ms/s)")
+        print(
+            f"  {'throughput req/s':22}{d['throughput_rps']:10.1f}{r['throughput_rps']:10.1f}"
+            f"{'':10}{x['throughput_ratio']:8.2f}x"
+        )
+        print(
+            f"  {'router CPU ms/req':22}{'-':>10}{r['router_cpu_ms_per_req']:10.2f}"
+            f"   (router background CPU: {x['router_idle_cpu_ms_per_s']:.1f} ms/s)"
+        )
         print(f"  {'node CPU ms/req':22}{d['node_cpu_ms_per_req']:10.2f}{r['node_cpu_ms_per_req']:10.2f}")
-        print(f"  {'client CPU ms/req':22}{d['client_cpu_ms_per_req']:10.2f}"
-              f"{r['client_cpu_ms_per_req']:10.2f}")
+        print(
+            f"  {'client CPU ms/req':22}{d['client_cpu_ms_per_req']:10.2f}{r['client_cpu_ms_per_req']:10.2f}"
+        )
 
     checks: list[str] = []
     verdict: dict[str, Any] = {}
@@ -360,10 +417,14 @@ def print_report(body_bytes: int, results: dict[int, dict[str, dict[str, float]]
         lat_ok = x["added_p50_ms"] <= TARGET_ADDED_P50_MS
         cpu_ok = x["router_cpu_ms_per_req"] <= TARGET_ROUTER_CPU_MS
         verdict[str(c)] = {"added_p50_ok": lat_ok, "router_cpu_ok": cpu_ok}
-        checks.append(f"c={c}: added p50 {x['added_p50_ms']:.2f} ms {'PASS' if lat_ok else 'FAIL'}, "
-                      f"router CPU {x['router_cpu_ms_per_req']:.2f} ms/req {'PASS' if cpu_ok else 'FAIL'}")
-    print(f"\ntargets (added p50 <= {TARGET_ADDED_P50_MS:g} ms, router CPU <= "
-          f"{TARGET_ROUTER_CPU_MS:g} ms/request): " + "; ".join(checks))
+        checks.append(
+            f"c={c}: added p50 {x['added_p50_ms']:.2f} ms {'PASS' if lat_ok else 'FAIL'}, "
+            f"router CPU {x['router_cpu_ms_per_req']:.2f} ms/req {'PASS' if cpu_ok else 'FAIL'}"
+        )
+    print(
+        f"\ntargets (added p50 <= {TARGET_ADDED_P50_MS:g} ms, router CPU <= "
+        f"{TARGET_ROUTER_CPU_MS:g} ms/request): " + "; ".join(checks)
+    )
     return {"derived": {str(c): x for c, x in derived.items()}, "verdict": verdict}
 
 
@@ -371,15 +432,20 @@ def print_report(body_bytes: int, results: dict[int, dict[str, dict[str, float]]
 
 
 def create_key(router_url: str, name: str, scopes: list[str]) -> str:
-    response = httpx.post(f"{router_url}/v0/keys", json={"name": name, "scopes": scopes},
-                          headers={"authorization": f"Bearer {ADMIN_KEY}"}, timeout=10)
+    response = httpx.post(
+        f"{router_url}/v0/keys",
+        json={"name": name, "scopes": scopes},
+        headers={"authorization": f"Bearer {ADMIN_KEY}"},
+        timeout=10,
+    )
     response.raise_for_status()
     return str(response.json()["key"])
 
 
 def node_online(router_url: str) -> bool:
-    response = httpx.get(f"{router_url}/v0/nodes", headers={"authorization": f"Bearer {ADMIN_KEY}"},
-                         timeout=5)
+    response = httpx.get(
+        f"{router_url}/v0/nodes", headers={"authorization": f"Bearer {ADMIN_KEY}"}, timeout=5
+    )
     response.raise_for_status()
     return any(n["name"] == NODE_NAME and n["status"] == "online" for n in response.json()["data"])
 
@@ -403,9 +469,13 @@ def run_bench(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="llmlb-bench-") as tmp_name:
         tmp = Path(tmp_name)
         router_port, node_port = free_port(), free_port()
-        router = ServerProcess("router", "bench.router_overhead",
-                               ["--serve-router", str(router_port), str(tmp / "router-data")],
-                               tmp / "router.log", f"http://127.0.0.1:{router_port}")
+        router = ServerProcess(
+            "router",
+            "bench.router_overhead",
+            ["--serve-router", str(router_port), str(tmp / "router-data")],
+            tmp / "router.log",
+            f"http://127.0.0.1:{router_port}",
+        )
         node: ServerProcess | None = None
         profiler: PySpy | None = None
         try:
@@ -414,19 +484,32 @@ def run_bench(args: argparse.Namespace) -> int:
             node_key = create_key(router.url, "bench-node", ["node"])
             api_key = create_key(router.url, "bench-client", ["api"])
             token_file = tmp / "node-token"
-            node = ServerProcess("node", "bench.router_overhead",
-                                 ["--serve-node", str(node_port), router.url, node_key, str(token_file)],
-                                 tmp / "node.log", f"http://127.0.0.1:{node_port}")
+            node = ServerProcess(
+                "node",
+                "bench.router_overhead",
+                ["--serve-node", str(node_port), router.url, node_key, str(token_file)],
+                tmp / "node.log",
+                f"http://127.0.0.1:{node_port}",
+            )
             node.start().wait_healthy()
             wait_until(lambda: node_online(router.url), 20, "node online at the router")
             if args.py_spy:
                 executable = shutil.which(args.py_spy_bin) or args.py_spy_bin
                 profiler = PySpy(executable, router.pid, Path(args.py_spy), native=args.py_spy_native)
                 profiler.start()
-            body_bytes, results = run_async(measure(
-                router.url, node.url, api_key, token_file.read_text().strip(), router.pid, node.pid,
-                plan, rounds, args.warmup,
-            ))
+            body_bytes, results = run_async(
+                measure(
+                    router.url,
+                    node.url,
+                    api_key,
+                    token_file.read_text().strip(),
+                    router.pid,
+                    node.pid,
+                    plan,
+                    rounds,
+                    args.warmup,
+                )
+            )
             node.check_alive()
             router.check_alive()
             if profiler is not None:
@@ -450,11 +533,15 @@ def run_bench(args: argparse.Namespace) -> int:
         payload = {
             "benchmark": "router_overhead",
             "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "config": {"plan": plan, "rounds": rounds, "warmup": args.warmup, "cpus": os.cpu_count(),
-                       "python": sys.version.split()[0]},
+            "config": {
+                "plan": plan,
+                "rounds": rounds,
+                "warmup": args.warmup,
+                "cpus": os.cpu_count(),
+                "python": sys.version.split()[0],
+            },
             "body_bytes": body_bytes,
-            "targets": {"added_p50_ms": TARGET_ADDED_P50_MS,
-                        "router_cpu_ms_per_req": TARGET_ROUTER_CPU_MS},
+            "targets": {"added_p50_ms": TARGET_ADDED_P50_MS, "router_cpu_ms_per_req": TARGET_ROUTER_CPU_MS},
             "results": {str(c): paths for c, paths in results.items()},
             **report,
         }
@@ -464,24 +551,32 @@ def run_bench(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m bench.router_overhead",
-                                     description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.router_overhead", description=__doc__.split("\n\n")[0] if __doc__ else None
+    )
     parser.add_argument("--quick", action="store_true", help="short run (60 / 240 requests per path)")
-    parser.add_argument("--requests", type=int, metavar="N",
-                        help="requests per path at concurrency 1 (4N at higher concurrency); "
-                             "default 400, or 60 with --quick")
+    parser.add_argument(
+        "--requests",
+        type=int,
+        metavar="N",
+        help="requests per path at concurrency 1 (4N at higher concurrency); default 400, or 60 with --quick",
+    )
     parser.add_argument("--concurrency", default="1,16", help="comma-separated list (default 1,16)")
     parser.add_argument("--rounds", type=int, help="alternating direct/router batches (default 10)")
     parser.add_argument("--warmup", type=int, default=20, help="warm-up requests per path (default 20)")
     parser.add_argument("--json", metavar="PATH", help="also write the numbers as JSON")
-    parser.add_argument("--py-spy", metavar="PATH",
-                        help="profile the router with py-spy during the run: PATH.svg flame graph, "
-                             "PATH.txt collapsed stacks, PATH.json speedscope")
+    parser.add_argument(
+        "--py-spy",
+        metavar="PATH",
+        help="profile the router with py-spy during the run: PATH.svg flame graph, "
+        "PATH.txt collapsed stacks, PATH.json speedscope",
+    )
     parser.add_argument("--py-spy-bin", default="py-spy", metavar="EXE", help="py-spy executable")
     parser.add_argument("--py-spy-native", action="store_true", help="include native (C) frames")
     parser.add_argument("--serve-router", nargs=2, metavar=("PORT", "DATA_DIR"), help=argparse.SUPPRESS)
-    parser.add_argument("--serve-node", nargs=4, metavar=("PORT", "ROUTER_URL", "KEY", "TOKEN_FILE"),
-                        help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--serve-node", nargs=4, metavar=("PORT", "ROUTER_URL", "KEY", "TOKEN_FILE"), help=argparse.SUPPRESS
+    )
     return parser
 
 

@@ -20,6 +20,8 @@ def _setup_logging(level: str) -> None:
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # One line per heartbeat and upstream call is noise at INFO.
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -131,6 +133,22 @@ def cmd_demo_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_quantize(args: argparse.Namespace) -> int:
+    from node_runtimes.stable_diffusion.model_folder import read_profile, weight_files
+    from node_runtimes.stable_diffusion.quantize import quantize
+
+    _setup_logging("info")
+    folder = Path(args.model_dir)
+    sources = [p for p in weight_files(folder, read_profile(folder)) if p.suffix != ".gguf"]
+    if not sources:
+        print(f"llmlb quantize: no .safetensors/.ckpt weights in {folder}", file=sys.stderr)
+        return 2
+    started = time.monotonic()
+    out = quantize(sources[0], args.type)
+    print(f"wrote {out} ({out.stat().st_size / 2**20:.0f} MiB) in {time.monotonic() - started:.1f}s")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from llmlb_core.demo import run_demo
 
@@ -211,6 +229,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("dir")
     demo.add_argument("--force", action="store_true")
     demo.set_defaults(func=cmd_demo_model)
+
+    quant = sub.add_parser("quantize", help="write a quantised GGUF next to a model's weights")
+    quant.add_argument("model_dir")
+    quant.add_argument("--type", default="q8_0", choices=["q8_0", "q5_1", "q5_0", "q4_1", "q4_0", "f16"])
+    quant.set_defaults(func=cmd_quantize)
 
     demo_all = sub.add_parser("demo", help="router + one local node serving the demo model")
     demo_all.add_argument("--host", default="127.0.0.1")

@@ -9,6 +9,7 @@ from litestar.params import FromPath
 
 from llmlb_core.auth import require_scope
 from llmlb_core.bodies import decode_json
+from llmlb_core.endpoints import NODE_ID_PREFIX as ENDPOINT_ID_PREFIX
 from llmlb_core.errors import OpenAIError
 from llmlb_core.protocol import Heartbeat, HeartbeatReply, NodeRegistration, RegistrationReply
 from llmlb_core.services import get_services
@@ -21,6 +22,12 @@ HEARTBEATS_PER_TIMEOUT = 4
 async def register_node(request: Request[Any, Any, Any]) -> RegistrationReply:
     services = get_services(request)
     reg = await decode_json(request, NodeRegistration)
+    if reg.node_id.startswith(ENDPOINT_ID_PREFIX):
+        raise OpenAIError(
+            400,
+            f"node ids starting with '{ENDPOINT_ID_PREFIX}' are reserved for registered endpoints",
+            param="node_id",
+        )
     services.nodes.register(reg)
     timeout = services.settings.node_timeout_s
     return RegistrationReply(

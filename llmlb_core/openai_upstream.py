@@ -27,6 +27,7 @@ import httpx
 import msgspec
 
 from llmlb_core.protocol import ModelAdvert
+from llmlb_core.upstream import is_timeout
 
 Kind = Literal["llama_cpp", "vllm", "ollama", "whisper_cpp", "generic"]
 KINDS: tuple[str, ...] = ("llama_cpp", "vllm", "ollama", "whisper_cpp", "generic")
@@ -116,10 +117,10 @@ async def fetch_model_ids(
         response = await client.get(
             f"{base_url}/v1/models", headers=auth_headers(api_key), timeout=httpx.Timeout(timeout_s)
         )
-    except httpx.TimeoutException as exc:
-        raise UpstreamError(f"timed out after {timeout_s:g}s ({type(exc).__name__})") from exc
     except httpx.HTTPError as exc:
-        raise UpstreamError(f"unreachable ({type(exc).__name__})") from exc
+        if is_timeout(exc):
+            raise UpstreamError(f"timed out after {timeout_s:g}s") from exc
+        raise UpstreamError(f"unreachable ({type(exc.__cause__ or exc).__name__})") from exc
     if response.status_code in (404, 405, 501):
         return None
     if response.status_code != 200:

@@ -27,12 +27,12 @@ from llmlb_core.nodes import NodeRegistry, NodeState
 from llmlb_core.plugins import LoadedPlugins
 from llmlb_core.settings import RouterSettings
 from llmlb_core.store import Store
+from llmlb_core.upstream import is_timeout
 
 log = logging.getLogger("llmlb.forward")
 
 # Node failures that make the router try another node.
 RETRYABLE_STATUS = frozenset({500, 502, 503, 504})
-SUSPECT_COOLDOWN_S = 15.0  # TODO(lead): streaming.py should read settings.suspect_cooldown_s
 
 
 @dataclass
@@ -131,7 +131,7 @@ class RouterServices:
         try:
             response = await self.http.post(node.base_url + path, content=content, headers=headers)
         except httpx.TimeoutException as exc:
-            if _connection_lost(exc):
+            if not is_timeout(exc):
                 self._node_gone(node, exc, cooldown)
             node.record_failure(f"timeout: {type(exc).__name__}", cooldown)
             raise OpenAIError(
@@ -156,12 +156,6 @@ class RouterServices:
             elapsed = time.monotonic() - started
             self.metrics.observe_upstream(node.id, outcome, elapsed)
             self.balancer.release(lease, duration_s=elapsed if ok else None)
-
-
-def _connection_lost(exc: httpx.TimeoutException) -> bool:
-    """httpx-aiohttp maps every aiohttp connection error (refused, reset, server gone) to
-    ``httpx.ConnectTimeout``; a real timeout has a ``TimeoutError`` as its cause."""
-    return exc.__cause__ is not None and not isinstance(exc.__cause__, TimeoutError)
 
 
 def _upstream_error(response: httpx.Response, node_name: str) -> OpenAIError:

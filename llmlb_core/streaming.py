@@ -42,6 +42,7 @@ from litestar.response.base import ASGIResponse
 from llmlb_core.balancer import Lease
 from llmlb_core.errors import OpenAIError, error_body
 from llmlb_core.services import RETRYABLE_STATUS
+from llmlb_core.upstream import is_timeout
 
 if TYPE_CHECKING:
     from litestar.types import Receive, Scope, Send
@@ -176,12 +177,14 @@ def _sse_error_event(message: str, code: str) -> bytes:
 class Relay:
     """Pass an upstream response's body through; release its lease and close it exactly once."""
 
-    def __init__(self, services: RouterServices, lease: Lease, response: httpx.Response) -> None:
+    def __init__(
+        self, services: RouterServices, lease: Lease, response: httpx.Response, *, started: float
+    ) -> None:
         self._services = services
         self.lease = lease
         self.response = response
         self.sse = response.headers.get("content-type", "").startswith("text/event-stream")
-        self.started = time.monotonic()
+        self.started = started  # when the request was sent (monotonic)
         self.bytes_sent = 0
         self.completed = False
         self.broken = False
@@ -285,16 +288,17 @@ async def _open(
             if isinstance(body.error, OpenAIError):
                 raise body.error from None  # the client's upload was refused while relayed
             raise OpenAIError(400, f"Reading the request body failed: {body.error}") from None
-        if isinstance(exc, httpx.TimeoutException):
+        if is_timeout(exc):
             node.record_failure(f"timeout: {type(exc).__name__}", cooldown)
             raise OpenAIError(
                 504, f"Node '{node.name}' timed out", type="server_error", code="upstream_timeout"
             ) from exc
-        node.record_failure(f"unreachable: {type(exc).__name__}", cooldown)
-        services.nodes.mark_down(node, f"{type(exc).__name__}: {exc}")
+        reason = type(exc.__cause__ or exc).__name__
+        node.record_failure(f"unreachable: {reason}", cooldown)
+        services.nodes.mark_down(node, f"{reason}: {exc}")
         raise OpenAIError(
             502,
-            f"Node '{node.name}' is unreachable: {type(exc).__name__}",
+            f"Node '{node.name}' is unreachable: {reason}",
             type="server_error",
             code="upstream_unreachable",
         ) from exc
@@ -335,6 +339,7 @@ async def stream_from_node(
                 raise last_error from None  # every capable node failed this request
             raise
         tried.append(lease.node.id)
+        started = time.monotonic()
         try:
             response = await _open(services, lease, path, content, headers)
         except OpenAIError as exc:
@@ -354,12 +359,12 @@ async def stream_from_node(
         if response.status_code >= 400:
             error = await _read_bounded(response)
             await close_response(response)
-            services.metrics.observe_upstream(lease.node.id, "client_error", 0.0)
+            services.metrics.observe_upstream(lease.node.id, "client_error", time.monotonic() - started)
             services.balancer.release(lease)
             return upstream_error_response(
                 response.status_code, error, node_name=lease.node.name, headers=client_headers
             )
-        relay = Relay(services, lease, response)
+        relay = Relay(services, lease, response, started=started)
         for name in PASSED_HEADERS:
             if name in response.headers and name != "content-type":
                 client_headers[name] = response.headers[name]

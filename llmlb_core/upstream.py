@@ -25,3 +25,15 @@ def upstream_client(*, connect_timeout_s: float, read_timeout_s: float) -> httpx
         limits=limits,
         trust_env=False,
     )
+
+
+def is_timeout(exc: httpx.HTTPError) -> bool:
+    """Whether a request failed by timing out (not by being refused or reset).
+
+    httpx-aiohttp reports every aiohttp connection error, a refused or reset connection
+    included, as ``httpx.ConnectTimeout``; the cause tells them apart.
+    """
+    if not isinstance(exc, httpx.TimeoutException):
+        return False
+    cause = exc.__cause__
+    return cause is None or isinstance(cause, TimeoutError)

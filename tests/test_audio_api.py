@@ -294,3 +294,72 @@ def test_upload_of_exactly_25_mb_is_accepted(system: TextSystem, tmp_path: Path)
     with audio.open("rb") as fh:
         result = system.client(timeout=60).audio.transcriptions.create(model="whisper-tiny", file=fh)
     assert result.text == f"up heard {25 * MB} bytes"
+
+
+def test_speech_that_breaks_mid_stream_is_truncated_not_clean(system: TextSystem) -> None:
+    received = bytearray()
+    with (
+        pytest.raises(httpx.HTTPError),
+        httpx.stream(
+            "POST",
+            f"{system.url}/v1/audio/speech",
+            json={"model": "tts-tiny", "voice": "alloy", "input": "cut", "x_chunks": 6, "x_break_after": 3},
+            headers=system.headers(),
+        ) as response,
+    ):
+        assert response.status_code == 200
+        for chunk in response.iter_bytes():
+            received += chunk
+    assert bytes(received) == expected_speech("cut", 3)  # the chunks before the break, then an error
+
+
+def test_an_invalid_field_after_the_file_is_refused_when_the_body_ends(
+    system: TextSystem, wav: bytes
+) -> None:
+    before = len(system.backend.state.uploads)
+    body, content_type = _multipart(
+        [("model", "whisper-tiny"), ("response_format", "mp3")], wav, file_first=True
+    )
+    response = httpx.post(
+        f"{system.url}/v1/audio/transcriptions",
+        content=body,
+        headers={**system.headers(), "content-type": content_type},
+    )
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == "response_format"
+    assert len(system.backend.state.uploads) == before
+
+
+async def test_an_invalid_field_after_a_relayed_file_aborts_the_upload(system: TextSystem) -> None:
+    """The relay has started when the bad field arrives: the upload is aborted, the client gets
+    the 400, and the backend never gets a complete request."""
+    boundary = "abortboundary"
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="model"\r\n\r\nwhisper-tiny\r\n'
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n\r\n'
+    ).encode()
+    tail = (
+        f'\r\n--{boundary}\r\nContent-Disposition: form-data; name="temperature"\r\n\r\n'
+        f"hot\r\n--{boundary}--\r\n"
+    ).encode()
+    state = system.backend.state
+    before, seen_before = len(state.uploads), state.body_bytes_seen
+
+    async def body() -> AsyncIterator[bytes]:
+        yield head + b"x" * 100_000
+        for _ in range(40):  # the relay to the backend is under way
+            if state.body_bytes_seen > seen_before:
+                break
+            await asyncio.sleep(0.05)
+        yield tail
+
+    async with httpx.AsyncClient(timeout=30) as client:
+        response = await client.post(
+            f"{system.url}/v1/audio/transcriptions",
+            content=body(),
+            headers={**system.headers(), "content-type": f"multipart/form-data; boundary={boundary}"},
+        )
+    assert state.body_bytes_seen > seen_before  # the backend was receiving the upload
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == "temperature"
+    assert len(state.uploads) == before  # ... but never got all of it

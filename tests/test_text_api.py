@@ -288,3 +288,34 @@ def test_a_streamed_request_is_retried_when_the_first_endpoint_fails(tmp_path: P
         assert "".join(c.choices[0].delta.content or "" for c in stream) == "second heard: yo"
         assert system.backend.state.count("/v1/chat/completions", "flaky") == 1
         assert second.state.count("/v1/chat/completions", "flaky") == 1
+
+
+def test_an_upstream_that_breaks_mid_stream_ends_the_sse_with_an_error_event(system: TextSystem) -> None:
+    pieces: list[str] = []
+    with pytest.raises(openai.APIError) as caught:
+        for chunk in system.client().chat.completions.create(
+            model="tiny-chat",
+            messages=[{"role": "user", "content": "one two three four"}],
+            stream=True,
+            extra_body={"x_chunks": 4, "x_break_after": 2},
+        ):
+            pieces.append(chunk.choices[0].delta.content or "")
+    assert pieces == ["up ", "heard: "]  # what came before the break was relayed
+    assert "stopped streaming" in caught.value.message
+
+
+def test_a_refused_connection_is_retried_elsewhere_and_takes_the_endpoint_out(tmp_path: Path) -> None:
+    # Checks far apart: the router learns that "up" is gone only from the request itself.
+    with (
+        text_system(tmp_path, ["tiny-chat"], endpoint_check_interval_s=60, node_timeout_s=120) as system,
+        backend("second", ["tiny-chat"]) as second,
+    ):
+        register_endpoint(system.url, "second", second.url, api_key=UPSTREAM_KEY)
+        system.backend.server.stop()  # "up" now refuses connections, still listed online
+        stream = system.client().chat.completions.create(
+            model="tiny-chat", messages=[{"role": "user", "content": "still there?"}], stream=True
+        )
+        assert "".join(c.choices[0].delta.content or "" for c in stream) == "second heard: still there?"
+        nodes = {n["name"]: n for n in httpx.get(f"{system.url}/v0/nodes", headers=ADMIN).json()["data"]}
+        assert nodes["up"]["status"] == "offline"
+        assert "unreachable" in nodes["up"]["recent_failures"][-1]["reason"]

@@ -18,6 +18,7 @@ It is a Litestar app served by uvicorn on a loopback port (``tests.servers.Threa
   streams in (``multipart.PushMultipartParser``); the fields, the file's size and SHA-256 and
   when its bytes arrived are recorded; the answer follows ``response_format``.
 - ``POST /v1/audio/speech``: ``x_chunks`` binary chunks of 4 KiB (default 8), ``x_delay`` apart.
+- ``x_break_after``: a streamed answer (SSE or speech) breaks off after that many chunks.
 - Models named ``fail-400``, ``fail-500``, ``text-400`` answer that status (``text-400`` with a
   plain-text, not OpenAI-shaped, body).
 """
@@ -49,6 +50,10 @@ SPEECH_MEDIA_TYPES = {
     "pcm": "audio/pcm",
 }
 SPEECH_CHUNK = 4096
+
+
+class BrokenStream(Exception):
+    """Raised inside a streaming answer: uvicorn drops the connection mid-body."""
 
 
 @dataclass
@@ -119,12 +124,16 @@ def build_backend(state: BackendState) -> Litestar:
                 }
             )
 
-    async def sse(chunks: int, delay: float, make: Any) -> AsyncIterator[bytes]:
+    async def sse(
+        chunks: int, delay: float, make: Any, break_after: int | None = None
+    ) -> AsyncIterator[bytes]:
         completed = False
         try:
             for i in range(chunks):
                 if i:
                     await asyncio.sleep(delay)
+                if i == break_after:
+                    raise BrokenStream(f"{state.name} broke after {i} chunks")
                 state.chunk_times.append(time.monotonic())
                 yield b"data: " + json.dumps(make(i)).encode() + b"\n\n"
             yield b"data: [DONE]\n\n"
@@ -179,7 +188,8 @@ def build_backend(state: BackendState) -> Litestar:
                     ],
                 }
 
-            return Stream(sse(chunks, float(data.get("x_delay", 0)), chunk), media_type="text/event-stream")
+            stream = sse(chunks, float(data.get("x_delay", 0)), chunk, data.get("x_break_after"))
+            return Stream(stream, media_type="text/event-stream")
         return Response(
             content={
                 "id": "chatcmpl-1",
@@ -320,12 +330,16 @@ def build_backend(state: BackendState) -> Litestar:
         delay = float(data.get("x_delay", 0))
         seed = hashlib.sha256(data["input"].encode()).digest()
 
+        break_after = data.get("x_break_after")
+
         async def audio() -> AsyncIterator[bytes]:
             completed = False
             try:
                 for i in range(chunks):
                     if i:
                         await asyncio.sleep(delay)
+                    if i == break_after:
+                        raise BrokenStream(f"{state.name} broke after {i} chunks")
                     state.chunk_times.append(time.monotonic())
                     yield speech_chunk(seed, i)
                 completed = True

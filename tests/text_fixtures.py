@@ -86,7 +86,7 @@ def text_system(
     (``endpoint``: more fields for its registration)."""
     with backend("up", models) as up:
         router = start_router(
-            tmp / "router-data", endpoint_check_interval_s=0.3, node_timeout_s=3, **settings
+            tmp / "router-data", **{"endpoint_check_interval_s": 0.3, "node_timeout_s": 3, **settings}
         )
         try:
             register_endpoint(router.url, "up", up.url, api_key=UPSTREAM_KEY, **(endpoint or {}))

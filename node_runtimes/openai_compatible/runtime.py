@@ -38,7 +38,7 @@ from llmlb_core.openai_upstream import (
 )
 from llmlb_core.protocol import ModelAdvert
 from llmlb_core.streaming import PASSED_HEADERS, RelayStream, close_response
-from llmlb_core.upstream import upstream_client
+from llmlb_core.upstream import is_timeout, upstream_client
 from node_runtimes.runtime import Runtime, RuntimeLoad
 from node_runtimes.settings import NodeSettings
 
@@ -184,7 +184,7 @@ class OpenAICompatibleRuntime(Runtime):
             self.active -= 1
             log.warning("upstream %s%s failed: %s", self.url, path, type(exc).__name__)
             raise OpenAIError(
-                504 if isinstance(exc, httpx.TimeoutException) else 502,
+                504 if is_timeout(exc) else 502,
                 f"The node's upstream server did not answer: {type(exc).__name__}",
                 type="server_error",
                 code="upstream_unreachable",

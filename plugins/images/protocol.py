@@ -22,41 +22,6 @@ SIZES: tuple[str, ...] = (
     "1024x1536",
 )
 SIZE_AUTO = "auto"
-QUALITIES: tuple[str, ...] = ("standard", "hd", "low", "medium", "high", "auto")
-STYLES: tuple[str, ...] = ("vivid", "natural")
-RESPONSE_FORMATS: tuple[str, ...] = ("url", "b64_json")
-OUTPUT_FORMATS: tuple[str, ...] = ("png", "jpeg", "webp")
-# stable-diffusion.cpp sample methods accepted by `sampler`.
-SAMPLERS: tuple[str, ...] = (
-    "euler",
-    "euler_a",
-    "heun",
-    "dpm2",
-    "dpm++2s_a",
-    "dpm++2m",
-    "dpm++2mv2",
-    "ipndm",
-    "ipndm_v",
-    "lcm",
-    "ddim_trailing",
-    "tcd",
-    "res_multistep",
-    "res_2s",
-    "er_sde",
-)
-SCHEDULERS: tuple[str, ...] = (
-    "discrete",
-    "karras",
-    "exponential",
-    "ays",
-    "gits",
-    "sgm_uniform",
-    "simple",
-    "smoothstep",
-    "kl_optimal",
-    "lcm",
-    "bong_tangent",
-)
 MAX_N = 10
 MAX_PROMPT_CHARS = 32_000
 MAX_SEED = 2**31 - 1
