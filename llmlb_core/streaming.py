@@ -203,9 +203,7 @@ class Relay:
             node.record_failure(
                 f"stream broke: {type(exc).__name__}", self._services.settings.suspect_cooldown_s
             )
-            log.warning(
-                "stream from node %s broke after %d bytes: %s", node.name, self.bytes_sent, type(exc).__name__
-            )
+            log.warning("stream from node %s broke after %d bytes: %s", node.name, self.bytes_sent, exc)
             if not self.sse:
                 raise  # abort the client's response: a truncated body must not look complete
             yield _sse_error_event(

@@ -29,7 +29,7 @@ import httpx
 
 from tests.servers import REPO, free_port, wait_until
 
-CACHE = REPO / ".cache" / "test-models" / "llama"
+CACHE = REPO / ".cache" / "llama-models"
 CHAT_FILE = "tiny-llama-chat.gguf"
 EMBED_FILE = "tiny-llama-embed.gguf"
 FORMAT_VERSION = "1"  # bump to rewrite the cached files
@@ -155,6 +155,9 @@ def llama_server(tmp: Path, api_key: str) -> Iterator[LlamaServer]:
         "host": "127.0.0.1",
         "port": port,
         "api_key": api_key,
+        # Default True: any concurrent request, even the router's GET /v1/models health check,
+        # aborts a running stream mid-body. Operators must turn it off behind a balancer.
+        "interrupt_requests": False,
         "models": [
             {"model": str(chat), "model_alias": CHAT_MODEL, **common},
             {"model": str(embed), "model_alias": EMBED_MODEL, "embedding": True, **common},
