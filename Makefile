@@ -2,32 +2,44 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+# llama-cpp-python (test extra) compiles llama.cpp: skip its examples, tests and tools.
+# stable-diffusion-cpp-python ignores these. GPU: CMAKE_ARGS="-DSD_CUDA=ON" make demo
+export CMAKE_ARGS := $(CMAKE_ARGS) -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF
 
 .PHONY: demo test lint bench install clean
 
-# Creates the virtualenv and installs llmlb with the StableDiffusion runtime and test tools.
-# stable-diffusion-cpp-python compiles from source the first time (~3 min on 2 cores);
-# pip caches the wheel. GPU build: CMAKE_ARGS="-DSD_CUDA=ON" make install
-$(STAMP): pyproject.toml
+$(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[sd,test]'
-	touch $(STAMP)
 
-install: $(STAMP)
+# The router, the node and the StableDiffusion runtime. stable-diffusion-cpp-python compiles
+# from source the first time (~3 min on 2 cores); pip caches the wheel.
+$(VENV)/.installed-sd: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[sd]'
+	touch $@
+
+# Plus the test tools and a real OpenAI-compatible text server (llama-cpp-python compiles
+# llama.cpp the first time: 10-20 min on 2 cores; cached afterwards).
+$(VENV)/.installed-test: pyproject.toml $(VENV)/.installed-sd
+	$(BIN)/python -m pip install --quiet -e '.[sd,test]'
+	touch $@
+
+install: $(VENV)/.installed-test
 
 # Router + one local node serving the synthetic demo model (made on first run).
-demo: $(STAMP)
+demo: $(VENV)/.installed-sd
 	$(BIN)/llmlb demo
 
 # The whole test suite (CI runs exactly this through .ci/run).
-test: $(STAMP)
+test: $(VENV)/.installed-test
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
-bench: $(STAMP)
+bench: $(VENV)/.installed-test
 	$(BIN)/python -m bench.router_overhead
+	$(BIN)/python -m bench.stream_overhead
+	$(BIN)/python -m bench.node_bench
+	$(BIN)/python -m bench.scaling
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .ruff_cache
