@@ -74,10 +74,9 @@ async def run_image_job(
     model: str,
     path: str,
     n: int,
-    seed: int,
     fan_out: bool,
     build: Callable[[Part], tuple[bytes, str]],
-) -> tuple[list[UpstreamResult], int]:
+) -> list[UpstreamResult]:
     """Run the job, split over idle nodes when allowed; return the parts' results in order."""
     ways = idle_nodes(services, model) if fan_out and n > 1 else 1
     parts = split(n, ways)
@@ -86,8 +85,7 @@ async def run_image_job(
         content, content_type = build(part)
         return await services.call_node(model, FLAGS, path, content=content, content_type=content_type)
 
-    results = await asyncio.gather(*(one(p) for p in parts))
-    return list(results), len(parts)
+    return list(await asyncio.gather(*(one(p) for p in parts)))
 
 
 def to_response(

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import msgspec
 from litestar import Request, Response, get, post
@@ -85,6 +87,52 @@ def with_model_defaults(services: RouterServices, request: S, model: FromPath[st
         ) from None
 
 
+@dataclass(frozen=True)
+class JobPlan(Generic[S]):
+    """A validated request with everything resolved that the nodes need."""
+
+    request: S
+    model: str
+    size: str
+    replaced_size: str | None
+    response_format: str
+    seed: int
+
+
+def plan_job(services: RouterServices, req: S, cfg: ImagesSettings) -> JobPlan[S]:
+    model = resolve_model(services, req.model, cfg)
+    req = with_model_defaults(services, req, model)
+    size, replaced = resolve_size(req.size, fallback=cfg.size_fallback)
+    return JobPlan(
+        request=req,
+        model=model,
+        size=size,
+        replaced_size=replaced,
+        response_format=req.response_format or cfg.default_response_format,
+        seed=req.seed if req.seed is not None else new_seed(),
+    )
+
+
+async def dispatch(
+    services: RouterServices,
+    plan: JobPlan[Any],
+    path: str,
+    build: Callable[[Part], tuple[bytes, str]],
+    cfg: ImagesSettings,
+) -> Response[Any]:
+    results = await run_image_job(
+        services, model=plan.model, path=path, n=plan.request.n, fan_out=cfg.fan_out, build=build
+    )
+    replaced = plan.replaced_size
+    return to_response(
+        results,
+        response_format=plan.response_format,
+        store=url_store(services),
+        base_url=services.settings.base_url,
+        extra_headers={"x-llmlb-size-replaced": f"{replaced}->{plan.size}"} if replaced else None,
+    )
+
+
 def build_routes(cfg: ImagesSettings) -> list[BaseRouteHandler]:
     # Several images (image[]) plus a mask, each up to the upload limit, plus form fields.
     max_total_bytes = cfg.max_upload_bytes * (MAX_IMAGES + 1) + 1024 * 1024
@@ -95,33 +143,16 @@ def build_routes(cfg: ImagesSettings) -> list[BaseRouteHandler]:
         req = decode_json_bytes(await request.body(), ImageGenerationRequest)
         require_prompt(req.prompt)
         reject_streaming(req.stream)
-        model = resolve_model(services, req.model, cfg)
-        req = with_model_defaults(services, req, model)
-        size, replaced = resolve_size(req.size, fallback=cfg.size_fallback)
-        response_format = req.response_format or cfg.default_response_format
-        seed = req.seed if req.seed is not None else new_seed()
-        base = msgspec.structs.replace(req, model=model, size=size, response_format="b64_json")
+        plan = plan_job(services, req, cfg)
+        base = msgspec.structs.replace(
+            plan.request, model=plan.model, size=plan.size, response_format="b64_json"
+        )
 
         def build(part: Part) -> tuple[bytes, str]:
-            node_req = msgspec.structs.replace(base, n=part.count, seed=seed + part.offset)
+            node_req = msgspec.structs.replace(base, n=part.count, seed=plan.seed + part.offset)
             return msgspec.json.encode(node_req), "application/json"
 
-        results, _ = await run_image_job(
-            services,
-            model=model,
-            path="/v1/images/generations",
-            n=req.n,
-            seed=seed,
-            fan_out=cfg.fan_out,
-            build=build,
-        )
-        return to_response(
-            results,
-            response_format=response_format,
-            store=url_store(services),
-            base_url=services.settings.base_url,
-            extra_headers={"x-llmlb-size-replaced": f"{replaced}->{size}"} if replaced else None,
-        )
+        return await dispatch(services, plan, "/v1/images/generations", build, cfg)
 
     async def multipart_job(
         request: Request[Any, Any, Any],
@@ -164,13 +195,9 @@ def build_routes(cfg: ImagesSettings) -> list[BaseRouteHandler]:
                 masks[0], param="mask", max_bytes=cfg.max_upload_bytes, max_pixels=cfg.max_pixels
             )
             mask_from_alpha(mask, images[0].size)  # validates size and alpha channel
-        model = resolve_model(services, req.model, cfg)
-        req = with_model_defaults(services, req, model)
-        size, replaced = resolve_size(req.size, fallback=cfg.size_fallback)
-        response_format = req.response_format or cfg.default_response_format
-        seed = req.seed if req.seed is not None else new_seed()
-        fields = {k: str(v) for k, v in msgspec.to_builtins(req).items() if v is not None}
-        fields.update(model=model, size=size, response_format="b64_json")
+        plan = plan_job(services, req, cfg)
+        fields = {k: str(v) for k, v in msgspec.to_builtins(plan.request).items() if v is not None}
+        fields.update(model=plan.model, size=plan.size, response_format="b64_json")
         files = [
             (u.field, u.filename or "image", u.data, f"image/{image_format(img)}")
             for u, img in zip(uploads, images, strict=True)
@@ -179,18 +206,10 @@ def build_routes(cfg: ImagesSettings) -> list[BaseRouteHandler]:
             files.append(("mask", masks[0].filename or "mask.png", masks[0].data, "image/png"))
 
         def build(part: Part) -> tuple[bytes, str]:
-            return encode_multipart({**fields, "n": str(part.count), "seed": str(seed + part.offset)}, files)
+            overrides = {"n": str(part.count), "seed": str(plan.seed + part.offset)}
+            return encode_multipart({**fields, **overrides}, files)
 
-        results, _ = await run_image_job(
-            services, model=model, path=path, n=req.n, seed=seed, fan_out=cfg.fan_out, build=build
-        )
-        return to_response(
-            results,
-            response_format=response_format,
-            store=url_store(services),
-            base_url=services.settings.base_url,
-            extra_headers={"x-llmlb-size-replaced": f"{replaced}->{size}"} if replaced else None,
-        )
+        return await dispatch(services, plan, path, build, cfg)
 
     @post("/v1/images/edits", status_code=200, request_max_body_size=max_total_bytes)
     async def edits(request: Request[Any, Any, Any]) -> Response[Any]:
