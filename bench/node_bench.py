@@ -661,7 +661,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m bench.node_bench",
         description=__doc__.split("\n\n")[0] if __doc__ else None,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument(
         "--model", help="model folder or weights file (default: the synthetic demo checkpoint)"
@@ -669,17 +668,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--taesd", help="TAESD weights (overrides the folder's profile)")
     parser.add_argument("--vae", help="VAE weights (overrides the folder's profile)")
     parser.add_argument(
-        "--weights", default="auto", choices=["auto", "safetensors", "gguf"], help="weights file choice"
+        "--weights",
+        default="auto",
+        choices=["auto", "safetensors", "gguf"],
+        help="weights file when a folder has several (default auto, as the node)",
     )
     parser.add_argument("--size", help="WxH (default 128x128 for the demo, else the model's native size)")
-    parser.add_argument("--steps", type=int, default=4)
-    parser.add_argument("--cfg", type=float, default=1.0, help="cfg scale")
-    parser.add_argument("--sampler", default="euler")
+    parser.add_argument("--steps", type=int, default=4, help="sampling steps (default 4)")
+    parser.add_argument("--cfg", type=float, default=1.0, help="cfg scale (default 1.0)")
+    parser.add_argument("--sampler", default="euler", help="sampler (default euler)")
     parser.add_argument("--threads", type=int, default=0, help="threads for both paths (0: all cores)")
     parser.add_argument(
         "--reps", type=int, help="timed repetitions per path and n (default 5, 2 with --quick)"
     )
-    parser.add_argument("--n", default="1,4", help="comma-separated image counts per request")
+    parser.add_argument("--n", default="1,4", help="comma-separated image counts per request (default 1,4)")
     parser.add_argument("--quick", action="store_true", help="short run (2 repetitions)")
     parser.add_argument("--json", metavar="PATH", help="also write the numbers as JSON")
     return parser

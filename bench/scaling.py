@@ -44,6 +44,7 @@ import os
 import shutil
 import signal
 import sys
+import sysconfig
 import tempfile
 import time
 import tracemalloc
@@ -612,7 +613,7 @@ def _mib(value: float) -> str:
 
 def _short(location: str) -> str:
     """``path:line`` relative to the repository or to site-packages."""
-    for marker in ("/site-packages/", f"{REPO}/"):
+    for marker in ("/site-packages/", f"{REPO}/", f"{sysconfig.get_paths()['stdlib']}/"):
         if marker in location:
             return location.split(marker, 1)[1]
     return location
@@ -769,37 +770,24 @@ def run_bench(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m bench.scaling",
-        description=__doc__.split("\n\n")[0] if __doc__ else None,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        prog="python -m bench.scaling", description=__doc__.split("\n\n")[0] if __doc__ else None
     )
-    parser.add_argument("--quick", action="store_true", help="short run")
-    parser.add_argument("--service-ms", type=float, default=200.0, help="node service time per image")
-    parser.add_argument(
-        "--rounds", type=int, help="requests per node in each scaling run (default 40; 12 quick)"
-    )
-    parser.add_argument(
-        "--deep", type=int, help="concurrency of the deep-queue run at k=4 (default 256; 64 quick)"
-    )
-    parser.add_argument(
-        "--fanout-reps", type=int, help="n=4 requests per fan-out setting (default 12; 5 quick)"
-    )
-    parser.add_argument(
-        "--memory-requests", type=int, help="requests per memory checkpoint (default 5000; 2000 quick)"
-    )
-    parser.add_argument(
-        "--memory-warmup", type=int, default=500, help="requests before the first RSS reading"
-    )
-    parser.add_argument("--memory-nodes", type=int, default=4)
-    parser.add_argument("--memory-service-ms", type=float, default=1.0)
-    parser.add_argument("--memory-concurrency", type=int, default=16)
-    parser.add_argument("--skip-memory", action="store_true", help="no memory phase")
-    parser.add_argument("--memory-only", action="store_true", help="only the memory phase")
-    parser.add_argument(
-        "--tracemalloc", action="store_true", help="run the router under tracemalloc; report what grew"
-    )
-    parser.add_argument("--tracemalloc-frames", type=int, default=12, help="frames kept per allocation")
-    parser.add_argument("--json", metavar="PATH", help="also write the numbers as JSON")
+    add = parser.add_argument
+    add("--quick", action="store_true", help="short run (about a minute)")
+    add("--service-ms", type=float, default=200.0, help="node service time per image (default 200)")
+    add("--rounds", type=int, help="requests per node in each scaling run (default 40; 12 quick)")
+    add("--deep", type=int, help="concurrency of the deep-queue run at k=4 (default 256; 64 quick)")
+    add("--fanout-reps", type=int, help="n=4 requests per fan-out setting (default 12; 5 quick)")
+    add("--memory-requests", type=int, help="requests per memory checkpoint (default 5000; 2000 quick)")
+    add("--memory-warmup", type=int, default=500, help="requests before the first RSS reading (default 500)")
+    add("--memory-nodes", type=int, default=4, help="nodes in the memory phase (default 4)")
+    add("--memory-service-ms", type=float, default=1.0, help="service time in the memory phase (default 1)")
+    add("--memory-concurrency", type=int, default=16, help="concurrency in the memory phase (default 16)")
+    add("--skip-memory", action="store_true", help="no memory phase")
+    add("--memory-only", action="store_true", help="only the memory phase")
+    add("--tracemalloc", action="store_true", help="run the router under tracemalloc; report what grew")
+    add("--tracemalloc-frames", type=int, default=12, help="frames kept per allocation (default 12)")
+    add("--json", metavar="PATH", help="also write the numbers as JSON")
     parser.add_argument(
         "--serve-router", nargs=3, metavar=("PORT", "DATA_DIR", "FRAMES"), help=argparse.SUPPRESS
     )
