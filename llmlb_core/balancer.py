@@ -48,13 +48,21 @@ class Lease:
         }
 
 
+_Key = tuple[str, frozenset[str], frozenset[str]]
+
+
 @dataclass(eq=False)
 class _Waiter:
     model: str
     flags: frozenset[str]
     exclude: frozenset[str]
     future: asyncio.Future[Lease]
+    seq: int = 0
     enqueued: float = field(default_factory=time.monotonic)
+
+    @property
+    def key(self) -> _Key:
+        return (self.model, self.flags, self.exclude)
 
 
 def no_capable_nodes(model: str) -> OpenAIError:
@@ -72,15 +80,18 @@ class Balancer:
         self._nodes = nodes
         self.queue_max = queue_max
         self.queue_timeout_s = queue_timeout_s
-        self._waiters: deque[_Waiter] = deque()
+        # One FIFO per kind of request (model, flags, excluded nodes): only queue heads are
+        # ever examined, so finishing a job costs O(kinds x nodes), not O(waiters).
+        self._queues: dict[_Key, deque[_Waiter]] = {}
+        self._waiting = 0
         self._seq = itertools.count(1)
         self._last_pick: dict[str, int] = {}
         self.total_queued = 0
-        nodes.subscribe(self._drain)
+        nodes.subscribe(self._on_nodes_changed)
 
     @property
     def queue_depth(self) -> int:
-        return len(self._waiters)
+        return self._waiting
 
     def _pick(self, model: str, flags: frozenset[str], exclude: Iterable[str]) -> NodeState | None:
         excluded = set(exclude)
@@ -114,14 +125,14 @@ class Balancer:
 
     async def acquire(self, model: str, flags: frozenset[str], exclude: Iterable[str] = ()) -> Lease:
         exclude = frozenset(exclude)
-        if not self._waiters:  # FIFO: nobody may overtake earlier waiters
+        if not self._waiting:  # FIFO: nobody may overtake earlier waiters
             lease = self.try_acquire(model, flags, exclude)
             if lease is not None:
                 return lease
         capable = [n for n in self._nodes.candidates(model, flags) if n.id not in exclude]
         if not capable:
             raise no_capable_nodes(model)
-        if len(self._waiters) >= self.queue_max:
+        if self._waiting >= self.queue_max:
             raise OpenAIError(
                 429,
                 f"All {sum(n.slots for n in capable)} slot(s) for model '{model}' are busy and "
@@ -130,9 +141,12 @@ class Balancer:
                 code="queue_full",
                 headers={"Retry-After": str(self._retry_after(capable))},
             )
-        waiter = _Waiter(model, flags, exclude, asyncio.get_running_loop().create_future())
-        position = len(self._waiters) + 1
-        self._waiters.append(waiter)
+        waiter = _Waiter(
+            model, flags, exclude, asyncio.get_running_loop().create_future(), seq=next(self._seq)
+        )
+        position = self._waiting + 1
+        self._queues.setdefault(waiter.key, deque()).append(waiter)
+        self._waiting += 1
         self.total_queued += 1
         self._drain()  # a slot may have freed between the check and the append
         try:
@@ -153,9 +167,18 @@ class Balancer:
         lease.wait_ms = (time.monotonic() - waiter.enqueued) * 1000
         return lease
 
-    def _forget(self, waiter: _Waiter) -> None:
+    def _remove(self, waiter: _Waiter) -> None:
+        queue = self._queues.get(waiter.key)
+        if queue is None:
+            return
         with contextlib.suppress(ValueError):
-            self._waiters.remove(waiter)
+            queue.remove(waiter)
+            self._waiting -= 1
+        if not queue:
+            del self._queues[waiter.key]
+
+    def _forget(self, waiter: _Waiter) -> None:
+        self._remove(waiter)
         fut = waiter.future
         if fut.done() and not fut.cancelled() and fut.exception() is None:
             self.release(fut.result())  # a slot was handed over just as we gave up
@@ -164,7 +187,7 @@ class Balancer:
         durations = [n.avg_duration_s for n in capable if n.avg_duration_s]
         per_job = sum(durations) / len(durations) if durations else 1.0
         slots = max(1, sum(n.slots for n in capable))
-        return max(1, math.ceil(per_job * (len(self._waiters) + 1) / slots))
+        return max(1, math.ceil(per_job * (self._waiting + 1) / slots))
 
     def release(self, lease: Lease, *, duration_s: float | None = None) -> None:
         if lease._released:
@@ -176,21 +199,29 @@ class Balancer:
         self._drain()
 
     def _drain(self) -> None:
-        """Hand free slots to waiters in FIFO order; fail waiters nobody can ever serve."""
-        if not self._waiters:
-            return
-        for waiter in list(self._waiters):
-            if waiter.future.done():
-                self._waiters.remove(waiter)
-                continue
-            node = self._pick(waiter.model, waiter.flags, waiter.exclude)
-            if node is not None:
-                self._take(node)
-                self._waiters.remove(waiter)
-                waiter.future.set_result(Lease(node=node))
-                continue
-            if not any(
-                n.id not in waiter.exclude for n in self._nodes.candidates(waiter.model, waiter.flags)
-            ):
-                self._waiters.remove(waiter)
-                waiter.future.set_exception(no_capable_nodes(waiter.model))
+        """Hand free slots to waiting requests, oldest first among the queues' heads."""
+        while self._waiting:
+            if not any(n.free > 0 for n in self._nodes.online()):
+                return  # nothing can move until a slot frees
+            heads = sorted((q[0] for q in self._queues.values()), key=lambda w: w.seq)
+            for waiter in heads:
+                node = self._pick(waiter.model, waiter.flags, waiter.exclude)
+                if node is not None:
+                    self._remove(waiter)
+                    if not waiter.future.done():
+                        self._take(node)
+                        waiter.future.set_result(Lease(node=node))
+                    break
+            else:
+                return  # no head can use a free slot
+
+    def _on_nodes_changed(self) -> None:
+        """A node came, went or changed status: fail waiters nobody can ever serve, then drain."""
+        for queue in list(self._queues.values()):
+            head = queue[0]
+            if not any(n.id not in head.exclude for n in self._nodes.candidates(head.model, head.flags)):
+                for waiter in list(queue):
+                    self._remove(waiter)
+                    if not waiter.future.done():
+                        waiter.future.set_exception(no_capable_nodes(waiter.model))
+        self._drain()
