@@ -26,6 +26,7 @@ def _setup_logging(level: str) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from llmlb_core.app import create_app
+    from llmlb_core.plugins import PluginError
     from llmlb_core.serving import run
     from llmlb_core.settings import SettingsError, load_settings
 
@@ -35,7 +36,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"llmlb: {exc}", file=sys.stderr)
         return 2
     _setup_logging(settings.log_level)
-    app = create_app(settings)
+    try:
+        app = create_app(settings)
+    except PluginError as exc:
+        print(f"llmlb: refusing to start: {exc}", file=sys.stderr)
+        return 2
     run(app, host=settings.host, port=settings.port, log_level=settings.log_level)
     return 0
 
@@ -43,6 +48,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_node(args: argparse.Namespace) -> int:
     from llmlb_core.serving import run
     from node_runtimes.app import create_node_app
+    from node_runtimes.plugins import RuntimePluginError
     from node_runtimes.settings import node_settings_from_env
 
     settings = node_settings_from_env(
@@ -65,7 +71,11 @@ def cmd_node(args: argparse.Namespace) -> int:
     if not settings.api_key:
         print("llmlb node: a node-scope API key is required (--api-key or LLMLB_API_KEY)", file=sys.stderr)
         return 2
-    app = create_node_app(settings)
+    try:
+        app = create_node_app(settings)
+    except RuntimePluginError as exc:
+        print(f"llmlb node: {exc}", file=sys.stderr)
+        return 2
     run(
         app,
         host=settings.host,

@@ -17,7 +17,7 @@ from litestar.handlers import BaseRouteHandler
 from llmlb_core.auth import key_from_headers
 from llmlb_core.errors import OpenAIError, exception_handlers
 from node_runtimes.agent import RouterLink
-from node_runtimes.plugins import load_runtime_types
+from node_runtimes.plugins import RuntimePluginError, load_runtime_types
 from node_runtimes.runtime import Runtime
 from node_runtimes.settings import NodeSettings
 
@@ -32,7 +32,7 @@ def build_runtimes(settings: NodeSettings, *, extra_plugins: Iterable[object] = 
     wanted = settings.runtimes or list(types)
     unknown = [name for name in wanted if name not in types]
     if unknown:
-        raise SystemExit(f"unknown runtime(s) {unknown}; installed: {sorted(types)}")
+        raise RuntimePluginError(f"unknown runtime(s) {unknown}; installed: {sorted(types)}")
     runtimes: list[Runtime] = []
     for name in wanted:
         runtime = types[name].factory(settings)
