@@ -3,8 +3,9 @@
 Run: ``.venv/bin/python -m bench.router_overhead`` (``--quick`` for a short run, ``--json PATH``
 to keep the numbers). It starts, as separate processes on loopback with real uvicorn:
 
-- a router with a bench capability plugin (``POST /v1/bench`` forwarded with
-  ``services.call_node``: model resolution, balancing, API-key guard, node credential);
+- a router with a bench capability plugin (``POST /v1/bench`` forwarded the way the images
+  plugin forwards a single-part ``b64_json`` answer, with ``llmlb_core.streaming.stream_from_node``:
+  model resolution, balancing, API-key guard, node credential, failover, relayed as it arrives);
 - a node with a bench runtime plugin that answers ``POST /v1/bench`` at once with a fixed
   ~1.5 MB body shaped like an OpenAI images response (one 1024x1024 PNG in base64).
 
@@ -48,6 +49,7 @@ from llmlb_core.capability import Capability
 from llmlb_core.hookspecs import hookimpl
 from llmlb_core.protocol import ModelAdvert
 from llmlb_core.services import get_services
+from llmlb_core.streaming import stream_from_node
 from node_runtimes.hookspecs import hookimpl as node_hookimpl
 from node_runtimes.runtime import Runtime, RuntimeLoad, RuntimeType
 from node_runtimes.settings import NodeSettings
@@ -111,14 +113,13 @@ class BenchCapability:
         async def bench(request: Request[Any, Any, Any]) -> Response[bytes]:
             body = await request.body()
             req = decode_json_bytes(body, BenchRequest)
-            result = await get_services(request).call_node(
-                req.model, FLAGS, "/v1/bench", content=body, content_type="application/json"
-            )
-            return Response(
-                content=result.content,
-                status_code=result.status,
-                media_type=result.content_type,
-                headers=result.headers,
+            return await stream_from_node(
+                get_services(request),
+                req.model,
+                FLAGS,
+                "/v1/bench",
+                content=body,
+                content_type="application/json",
             )
 
         register(CAPABILITY, bench)

@@ -412,7 +412,7 @@ class Client:
                 part.split("=", 1) for part in (d.get("revised_prompt") or "").split(";") if "=" in part
             )
             max_active = max(max_active, int(note.get("active", 0)))
-        nodes = tuple(response.headers.get("x-llmlb-nodes", "").split(","))
+        nodes = tuple(response.headers.get("x-llmlb-node", "").split(","))
         queue = float(response.headers.get("x-queue-wait-ms", 0) or 0)
         return Sample(latency, queue, nodes, worker, max_active)
 

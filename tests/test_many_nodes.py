@@ -112,7 +112,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Itera
 
 
 def served_by(response: httpx.Response) -> list[str]:
-    return response.headers["x-llmlb-nodes"].split(",")
+    return response.headers["x-llmlb-node"].split(",")
 
 
 def test_15_concurrent_generations_all_succeed_on_all_3_nodes(cluster: Cluster) -> None:

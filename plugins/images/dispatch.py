@@ -68,18 +68,20 @@ def _decode(result: UpstreamResult) -> ImagesResponse:
         ) from None
 
 
-async def run_image_job(
+def plan_parts(services: RouterServices, model: str, n: int, *, fan_out: bool) -> list[Part]:
+    """Split ``n`` images over the idle nodes serving ``model`` (one part when not fanning out)."""
+    return split(n, idle_nodes(services, model) if fan_out and n > 1 else 1)
+
+
+async def run_parts(
     services: RouterServices,
     *,
     model: str,
     path: str,
-    n: int,
-    fan_out: bool,
+    parts: list[Part],
     build: Callable[[Part], tuple[bytes, str]],
 ) -> list[UpstreamResult]:
-    """Run the job, split over idle nodes when allowed; return the parts' results in order."""
-    ways = idle_nodes(services, model) if fan_out and n > 1 else 1
-    parts = split(n, ways)
+    """Send every part (concurrently, each with its own balancing and failover), in order."""
 
     async def one(part: Part) -> UpstreamResult:
         content, content_type = build(part)
@@ -107,10 +109,7 @@ def to_response(
                 media_type=result.content_type,
                 headers=headers,
             )
-    headers["x-llmlb-nodes"] = ",".join(dict.fromkeys(r.node_id for r in results))
-    if len(results) == 1 and response_format == "b64_json":
-        # Fast path: the node's bytes are already the answer.
-        return Response(content=results[0].content, media_type="application/json", headers=headers)
+    headers["x-llmlb-node"] = ",".join(dict.fromkeys(r.node_id for r in results))
     merged = [_decode(r) for r in results]
     first = merged[0]
     data: list[ImageData] = [d for m in merged for d in m.data]

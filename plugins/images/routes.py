@@ -18,7 +18,16 @@ from llmlb_core.auth import PUBLIC_OPT
 from llmlb_core.bodies import decode_json_bytes
 from llmlb_core.errors import OpenAIError
 from llmlb_core.services import RouterServices, get_services
-from plugins.images.dispatch import FILES_PATH, FLAGS, Part, new_seed, run_image_job, to_response
+from llmlb_core.streaming import stream_from_node
+from plugins.images.dispatch import (
+    FILES_PATH,
+    FLAGS,
+    Part,
+    new_seed,
+    plan_parts,
+    run_parts,
+    to_response,
+)
 from plugins.images.protocol import (
     ImageEditFields,
     ImageGenerationRequest,
@@ -120,16 +129,25 @@ async def dispatch(
     build: Callable[[Part], tuple[bytes, str]],
     cfg: ImagesSettings,
 ) -> Response[Any]:
-    results = await run_image_job(
-        services, model=plan.model, path=path, n=plan.request.n, fan_out=cfg.fan_out, build=build
-    )
+    parts = plan_parts(services, plan.model, plan.request.n, fan_out=cfg.fan_out)
     replaced = plan.replaced_size
+    extra_headers = {"x-llmlb-size-replaced": f"{replaced}->{plan.size}"} if replaced else {}
+    if len(parts) == 1 and plan.response_format == "b64_json":
+        # The node's answer is already the client's: relay it as it arrives instead of
+        # buffering it (a 1024x1024 PNG is ~1.5 MB of base64), with the same failover.
+        content, content_type = build(parts[0])
+        response = await stream_from_node(
+            services, plan.model, FLAGS, path, content=content, content_type=content_type
+        )
+        response.headers.update(extra_headers)
+        return response
+    results = await run_parts(services, model=plan.model, path=path, parts=parts, build=build)
     return to_response(
         results,
         response_format=plan.response_format,
         store=url_store(services),
         base_url=services.settings.base_url,
-        extra_headers={"x-llmlb-size-replaced": f"{replaced}->{plan.size}"} if replaced else None,
+        extra_headers=extra_headers,
     )
 
 
