@@ -89,10 +89,22 @@ class Metrics:
             registry=self.registry,
         )
         self.registry.register(_LiveState(nodes, balancer))
+        self._nodes = nodes
+        self._labelled: dict[str, set[str]] = {}  # node id -> outcomes with a series
+        nodes.subscribe(self._forget_departed_nodes)
 
     def observe_upstream(self, node_id: str, outcome: str, seconds: float) -> None:
         self.upstream.labels(node_id, outcome).inc()
         self.upstream_duration.labels(node_id).observe(seconds)
+        self._labelled.setdefault(node_id, set()).add(outcome)
+
+    def _forget_departed_nodes(self) -> None:
+        """Drop the series of deregistered nodes, so churning node ids do not pile up."""
+        present = {n.id for n in self._nodes.all()}
+        for node_id in [n for n in self._labelled if n not in present]:
+            for outcome in self._labelled.pop(node_id):
+                self.upstream.remove(node_id, outcome)
+            self.upstream_duration.remove(node_id)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

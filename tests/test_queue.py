@@ -120,3 +120,19 @@ def test_metrics_exposition(tmp_path: Path) -> None:
         if node is not None:
             node.stop()
         router.stop()
+
+
+def test_metrics_forget_deregistered_nodes(tmp_path: Path) -> None:
+    router = start_router(tmp_path / "data", plugins=[EchoCapability()])
+    node = None
+    try:
+        node = start_node(router.url, [EchoRuntimePlugin()], name="gone", runtimes=["echo"])
+        assert httpx.post(f"{router.url}/v1/echo", json={"model": "echo-1"}, headers=AUTH).status_code == 200
+        assert 'node="gone"' in httpx.get(f"{router.url}/metrics", headers=AUTH).text
+        node.stop()  # deregisters on shutdown
+        node = None
+        assert 'node="gone"' not in httpx.get(f"{router.url}/metrics", headers=AUTH).text
+    finally:
+        if node is not None:
+            node.stop()
+        router.stop()
