@@ -73,6 +73,11 @@ class OpenAIError(Exception):
         return Response(content=self.body(), status_code=self.status, headers=self.headers)
 
 
+class NodeFailure(OpenAIError):
+    """A node or endpoint failed a request (unreachable, timed out, 5xx) before answering it:
+    another node may succeed, so the router retries it elsewhere."""
+
+
 def error_body(
     message: str, *, type: str, param: str | None = None, code: str | None = None
 ) -> dict[str, Any]:

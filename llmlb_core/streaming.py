@@ -33,16 +33,14 @@ import time
 from collections.abc import AsyncIterable, AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
-import anyio
 import httpx
 from litestar import Response
 from litestar.response import Stream
 from litestar.response.base import ASGIResponse
 
 from llmlb_core.balancer import Lease
-from llmlb_core.errors import OpenAIError, error_body
-from llmlb_core.services import RETRYABLE_STATUS
-from llmlb_core.upstream import is_timeout
+from llmlb_core.errors import error_body
+from llmlb_core.upstream import close_response, openai_error_content, read_bounded
 
 if TYPE_CHECKING:
     from litestar.types import Receive, Scope, Send
@@ -51,8 +49,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("llmlb.stream")
 
-# Most bytes of an upstream error body that are read (the rest is dropped).
-MAX_ERROR_BYTES = 1024 * 1024
 # Upstream response headers passed on to the client (besides the router's own).
 PASSED_HEADERS = ("content-type", "content-disposition", "content-language")
 SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
@@ -83,45 +79,6 @@ class StreamBody:
             raise
 
 
-def _json_or_none(content: bytes) -> Any:
-    try:
-        return json.loads(content)
-    except (ValueError, UnicodeDecodeError):
-        return None
-
-
-def openai_error_content(status: int, content: bytes, *, node_name: str = "") -> bytes:
-    """An upstream error body as OpenAI's ``{"error": {...}}`` (unchanged when it already is).
-
-    Servers differ: vLLM's older ``{"object": "error", "message": ...}``, FastAPI's
-    ``{"detail": ...}``, ``{"error": "text"}`` (Ollama), plain text. Their message, type, param
-    and code are kept where present.
-    """
-    data = _json_or_none(content)
-    default_type = OpenAIError(status, "").type
-    message: str | None = None
-    err_type, param, code = default_type, None, None
-    if isinstance(data, dict):
-        err = data.get("error")
-        if isinstance(err, dict) and isinstance(err.get("message"), str):
-            return content  # already OpenAI-shaped: passed through untouched
-        source = err if isinstance(err, dict) else data
-        raw = err if isinstance(err, str) else source.get("message", source.get("detail"))
-        if raw is not None:
-            message = raw if isinstance(raw, str) else json.dumps(raw)
-        err_type = source.get("type") if isinstance(source.get("type"), str) else default_type
-        param = source.get("param") if isinstance(source.get("param"), str) else None
-        code = source.get("code") if isinstance(source.get("code"), str | int) else None
-    if message is None:
-        text = content.decode("utf-8", "replace").strip()
-        message = text[:2000] if text else f"Upstream answered HTTP {status}"
-    if node_name:
-        message = f"{message} (node '{node_name}')"
-    return json.dumps(
-        error_body(message, type=err_type, param=param, code=None if code is None else str(code))
-    ).encode()
-
-
 def upstream_error_response(
     status: int, content: bytes, *, node_name: str = "", headers: Mapping[str, str] | None = None
 ) -> Response[bytes]:
@@ -132,41 +89,6 @@ def upstream_error_response(
         media_type="application/json",
         headers=dict(headers or {}),
     )
-
-
-def _retryable_error(status: int, content: bytes, node_name: str) -> OpenAIError:
-    data = _json_or_none(openai_error_content(status, content)) or {}
-    error = data.get("error", {}) if isinstance(data, dict) else {}
-    return OpenAIError(
-        status,
-        f"{error.get('message') or f'HTTP {status}'} (node '{node_name}')",
-        type="server_error",
-        code=error.get("code") or "upstream_error",
-    )
-
-
-async def _read_bounded(response: httpx.Response, limit: int = MAX_ERROR_BYTES) -> bytes:
-    parts: list[bytes] = []
-    size = 0
-    try:
-        async for chunk in response.aiter_raw():
-            parts.append(chunk)
-            size += len(chunk)
-            if size >= limit:
-                break
-    except httpx.HTTPError:
-        pass
-    return b"".join(parts)[:limit]
-
-
-async def close_response(response: httpx.Response) -> None:
-    # Shielded: this runs while the task is being cancelled (client disconnect), and an await
-    # inside a cancelled anyio scope would be cancelled again before the connection is closed.
-    with anyio.CancelScope(shield=True):
-        try:
-            await response.aclose()
-        except Exception as exc:  # closing must never mask what ended the stream
-            log.debug("closing upstream response failed: %r", exc)
 
 
 def _sse_error_event(message: str, code: str) -> bytes:
@@ -264,51 +186,6 @@ class RelayStream(Stream):
         return cast(ASGIResponse, _ClosingASGI(inner, self.relay))
 
 
-async def _open(
-    services: RouterServices,
-    lease: Lease,
-    path: str,
-    body: bytes | StreamBody,
-    headers: dict[str, str],
-) -> httpx.Response:
-    """Send the request; return the upstream response with its body unread (or raise)."""
-    node = lease.node
-    cooldown = services.settings.suspect_cooldown_s
-    if node.token:
-        headers = {**headers, "authorization": f"Bearer {node.token}"}
-    request = services.http.build_request("POST", node.base_url + path, content=body, headers=headers)
-    started = time.monotonic()
-    try:
-        response = await services.http.send(request, stream=True)
-    except httpx.HTTPError as exc:
-        services.metrics.observe_upstream(node.id, "failed", time.monotonic() - started)
-        if isinstance(body, StreamBody) and body.error is not None:
-            if isinstance(body.error, OpenAIError):
-                raise body.error from None  # the client's upload was refused while relayed
-            raise OpenAIError(400, f"Reading the request body failed: {body.error}") from None
-        if is_timeout(exc):
-            node.record_failure(f"timeout: {type(exc).__name__}", cooldown)
-            raise OpenAIError(
-                504, f"Node '{node.name}' timed out", type="server_error", code="upstream_timeout"
-            ) from exc
-        reason = type(exc.__cause__ or exc).__name__
-        node.record_failure(f"unreachable: {reason}", cooldown)
-        services.nodes.mark_down(node, f"{reason}: {exc}")
-        raise OpenAIError(
-            502,
-            f"Node '{node.name}' is unreachable: {reason}",
-            type="server_error",
-            code="upstream_unreachable",
-        ) from exc
-    if response.status_code in RETRYABLE_STATUS:
-        node.record_failure(f"HTTP {response.status_code}", cooldown)
-        content = await _read_bounded(response)
-        await close_response(response)
-        services.metrics.observe_upstream(node.id, "failed", time.monotonic() - started)
-        raise _retryable_error(response.status_code, content, node.name)
-    return response
-
-
 async def stream_from_node(
     services: RouterServices,
     model: str,
@@ -321,41 +198,22 @@ async def stream_from_node(
     extra_headers: Mapping[str, str] | None = None,
 ) -> Response[Any]:
     """POST to a node serving ``model`` and stream its answer back (see the module doc)."""
-    services.models.ensure_servable(model, flags)
     headers = {"content-type": content_type}
     if content_length is not None:
         headers["content-length"] = str(content_length)
     if extra_headers:
         headers.update(extra_headers)
-    tried: list[str] = []
-    last_error: OpenAIError | None = None
-    for attempt in range(1, services.settings.max_retries + 2):
-        try:
-            lease = await services.balancer.acquire(model, flags, exclude=tried)
-        except OpenAIError as exc:
-            if last_error is not None and exc.code == "no_capable_nodes":
-                raise last_error from None  # every capable node failed this request
-            raise
-        tried.append(lease.node.id)
+
+    async def attempt(lease: Lease) -> Response[Any]:
         started = time.monotonic()
         try:
-            response = await _open(services, lease, path, content, headers)
-        except OpenAIError as exc:
-            services.balancer.release(lease)
-            if isinstance(content, StreamBody) and (content.started or content.error is not None):
-                raise  # part of a streamed upload is gone: it cannot be sent again
-            last_error = exc
-            log.warning("attempt %d on node %s failed: %s", attempt, lease.node.name, exc.message)
-            continue
+            response = await services.open_upstream(lease, path, content, headers)
         except BaseException:
             services.balancer.release(lease)
             raise
-        client_headers = {
-            **lease.headers(),
-            "x-llmlb-node": lease.node.id,
-        }
+        client_headers = {**lease.headers(), "x-llmlb-node": lease.node.id}
         if response.status_code >= 400:
-            error = await _read_bounded(response)
+            error = await read_bounded(response)
             await close_response(response)
             services.metrics.observe_upstream(lease.node.id, "client_error", time.monotonic() - started)
             services.balancer.release(lease)
@@ -374,8 +232,11 @@ async def stream_from_node(
             media_type=response.headers.get("content-type", "application/octet-stream"),
             headers=client_headers,
         )
-    assert last_error is not None
-    raise last_error
+
+    def can_retry() -> bool:  # a relayed upload cannot be sent twice once it started
+        return not (isinstance(content, StreamBody) and (content.started or content.error is not None))
+
+    return await services.failover(model, flags, attempt, can_retry=can_retry)
 
 
 def with_body_defaults(body: bytes, defaults: Mapping[str, Any]) -> bytes:

@@ -37,8 +37,8 @@ from llmlb_core.openai_upstream import (
     normalize_url,
 )
 from llmlb_core.protocol import ModelAdvert
-from llmlb_core.streaming import PASSED_HEADERS, RelayStream, close_response
-from llmlb_core.upstream import is_timeout, upstream_client
+from llmlb_core.streaming import PASSED_HEADERS, RelayStream
+from llmlb_core.upstream import close_response, is_timeout, upstream_client
 from node_runtimes.runtime import Runtime, RuntimeLoad
 from node_runtimes.settings import NodeSettings
 
