@@ -4,6 +4,7 @@ router admin calls."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 import signal
@@ -242,3 +243,33 @@ def run_async(coro: Coroutine[Any, Any, Any]) -> Any:
 
         return asyncio.run(coro)
     return uvloop.run(coro)
+
+
+def server_logging() -> None:
+    """What a benchmark's server sub-process logs: warnings and errors only."""
+    logging.basicConfig(
+        level=logging.WARNING, stream=sys.stderr, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+    )
+
+
+def serve_router(
+    port: int, data_dir: str, admin_key: str, *, extra_plugins: Sequence[object] = (), **settings: Any
+) -> None:
+    """Run a router on loopback in this process (a benchmark's router sub-mode)."""
+    from llmlb_core.app import create_app
+    from llmlb_core.serving import run
+    from llmlb_core.settings import load_settings
+
+    server_logging()
+    config = load_settings(
+        None,
+        environ={},
+        admin_key=admin_key,
+        data_dir=data_dir,
+        load_entry_points=False,
+        host="127.0.0.1",
+        port=port,
+        log_level="WARNING",
+        **settings,
+    )
+    run(create_app(config, extra_plugins=extra_plugins), host="127.0.0.1", port=port, log_level="warning")

@@ -25,7 +25,6 @@ import asyncio
 import base64
 import io
 import json
-import logging
 import math
 import os
 import random
@@ -43,6 +42,7 @@ import msgspec
 from litestar import Request, Response, post
 from litestar.handlers import BaseRouteHandler
 
+from bench import _common
 from bench._common import PySpy, ServerProcess, cpu_seconds, free_port, percentile, wait_until
 from llmlb_core.bodies import decode_json_bytes
 from llmlb_core.capability import Capability
@@ -168,37 +168,15 @@ class BenchRuntimePlugin:
 # --------------------------------------------------------------------------- server sub-modes
 
 
-def _server_logging() -> None:
-    logging.basicConfig(
-        level=logging.WARNING, stream=sys.stderr, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s"
-    )
-
-
 def serve_router(port: int, data_dir: str) -> None:
-    from llmlb_core.app import create_app
-    from llmlb_core.serving import run
-    from llmlb_core.settings import load_settings
-
-    _server_logging()
-    settings = load_settings(
-        None,
-        environ={},
-        admin_key=ADMIN_KEY,
-        data_dir=data_dir,
-        load_entry_points=False,
-        host="127.0.0.1",
-        port=port,
-        log_level="WARNING",
-    )
-    app = create_app(settings, extra_plugins=[BenchCapability()])
-    run(app, host=settings.host, port=settings.port, log_level="warning")
+    _common.serve_router(port, data_dir, ADMIN_KEY, extra_plugins=[BenchCapability()])
 
 
 def serve_node(port: int, router_url: str, api_key: str, token_file: str) -> None:
     from llmlb_core.serving import run
     from node_runtimes.app import create_node_app
 
-    _server_logging()
+    _common.server_logging()
     settings = NodeSettings(
         router_url=router_url,
         api_key=api_key,

@@ -38,7 +38,6 @@ import contextlib
 import io
 import itertools
 import json
-import logging
 import math
 import os
 import shutil
@@ -60,6 +59,7 @@ import msgspec
 from litestar import Request, Response, post
 from litestar.handlers import BaseRouteHandler
 
+from bench import _common
 from bench._common import (
     REPO,
     ServerProcess,
@@ -180,12 +180,6 @@ class FixedRuntimePlugin:
 # --------------------------------------------------------------------------- server sub-modes
 
 
-def _server_logging() -> None:
-    logging.basicConfig(
-        level=logging.WARNING, stream=sys.stderr, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s"
-    )
-
-
 def _install_snapshot_handler(data_dir: Path) -> None:
     """SIGUSR1 writes a tracemalloc snapshot to ``data_dir/tracemalloc-<k>.snap`` (k = 1, 2, ...)."""
     counter = itertools.count(1)
@@ -204,38 +198,25 @@ def _install_snapshot_handler(data_dir: Path) -> None:
 
 
 def serve_router(port: int, data_dir: str, tracemalloc_frames: int) -> None:
-    from llmlb_core.app import create_app
-    from llmlb_core.serving import run
-    from llmlb_core.settings import load_settings
-
-    _server_logging()
     if tracemalloc_frames > 0:
         tracemalloc.start(tracemalloc_frames)
-    settings = load_settings(
-        None,
-        environ={},
-        admin_key=ADMIN_KEY,
-        data_dir=data_dir,
-        load_entry_points=False,
-        host="127.0.0.1",
-        port=port,
-        log_level="WARNING",
+        _install_snapshot_handler(Path(data_dir))
+    _common.serve_router(
+        port,
+        data_dir,
+        ADMIN_KEY,
         queue_max=QUEUE_MAX,
         queue_timeout_s=QUEUE_TIMEOUT_S,
         node_timeout_s=NODE_TIMEOUT_S,
         plugin={"images": {"default_response_format": "b64_json"}},
     )
-    app = create_app(settings)
-    if tracemalloc_frames > 0:
-        _install_snapshot_handler(Path(data_dir))
-    run(app, host=settings.host, port=settings.port, log_level="warning")
 
 
 def serve_node(port: int, router_url: str, api_key: str, name: str, service_s: float) -> None:
     from llmlb_core.serving import run
     from node_runtimes.app import create_node_app
 
-    _server_logging()
+    _common.server_logging()
     settings = NodeSettings(
         router_url=router_url,
         api_key=api_key,

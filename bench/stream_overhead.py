@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import math
 import os
 import sys
@@ -40,6 +39,7 @@ import httpx
 from litestar import Litestar, Request, Response, get, post
 from litestar.response import Stream
 
+from bench import _common
 from bench._common import ServerProcess, cpu_seconds, free_port, percentile, wait_until
 
 MODEL = "bench-chat"
@@ -50,12 +50,6 @@ TARGET_ADDED_TTFC_P50_MS = 3.0
 
 
 # --------------------------------------------------------------------------- server sub-modes
-
-
-def _server_logging() -> None:
-    logging.basicConfig(
-        level=logging.WARNING, stream=sys.stderr, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s"
-    )
 
 
 def serve_upstream(port: int, chunks: int, gap_ms: float) -> None:
@@ -94,28 +88,13 @@ def serve_upstream(port: int, chunks: int, gap_ms: float) -> None:
 
         return Stream(stream(), media_type="text/event-stream")
 
-    _server_logging()
+    _common.server_logging()
     app = Litestar(route_handlers=[health, models, chat], logging_config=None, openapi_config=None)
     run(app, host="127.0.0.1", port=port, log_level="warning")
 
 
 def serve_router(port: int, data_dir: str) -> None:
-    from llmlb_core.app import create_app
-    from llmlb_core.serving import run
-    from llmlb_core.settings import load_settings
-
-    _server_logging()
-    settings = load_settings(
-        None,
-        environ={},
-        admin_key=ADMIN_KEY,
-        data_dir=data_dir,
-        load_entry_points=False,
-        host="127.0.0.1",
-        port=port,
-        log_level="WARNING",
-    )
-    run(create_app(settings), host=settings.host, port=settings.port, log_level="warning")
+    _common.serve_router(port, data_dir, ADMIN_KEY)
 
 
 # --------------------------------------------------------------------------- measurement
