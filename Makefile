@@ -33,6 +33,7 @@ demo: $(VENV)/.installed-sd
 # The whole test suite (CI runs exactly this through .ci/run).
 test: $(VENV)/.installed-test
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
 
 bench: $(VENV)/.installed-test

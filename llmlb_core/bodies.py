@@ -27,7 +27,7 @@ def decode_json_bytes(body: bytes, type_: type[T]) -> T:
     if not body.strip():
         raise OpenAIError(400, "Request body is empty; expected a JSON object", code="invalid_json")
     try:
-        return _decoder(type_).decode(body)  # type: ignore[no-any-return]
+        return _decoder(type_).decode(body)  # type: ignore[no-any-return, arg-type]
     except msgspec.DecodeError as exc:  # ValidationError included
         raise from_msgspec_error(exc) from None
 

@@ -70,7 +70,9 @@ def openai_error_content(status: int, content: bytes, *, node_name: str = "") ->
     data = _json_or_none(content)
     default_type = OpenAIError(status, "").type
     message: str | None = None
-    err_type, param, code = default_type, None, None
+    err_type: str = default_type
+    param: str | None = None
+    code: str | int | None = None
     if isinstance(data, dict):
         err = data.get("error")
         if isinstance(err, dict) and isinstance(err.get("message"), str):
@@ -79,7 +81,8 @@ def openai_error_content(status: int, content: bytes, *, node_name: str = "") ->
         raw = err if isinstance(err, str) else source.get("message", source.get("detail"))
         if raw is not None:
             message = raw if isinstance(raw, str) else json.dumps(raw)
-        err_type = source.get("type") if isinstance(source.get("type"), str) else default_type
+        source_type = source.get("type")
+        err_type = source_type if isinstance(source_type, str) else default_type
         param = source.get("param") if isinstance(source.get("param"), str) else None
         code = source.get("code") if isinstance(source.get("code"), str | int) else None
     if message is None:
