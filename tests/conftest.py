@@ -9,7 +9,7 @@ from pathlib import Path
 import openai
 import pytest
 
-from tests.servers import REPO, Proc, create_key, node_proc, node_status, router_proc, wait_until
+from tests.servers import REPO, Proc, create_key, node_proc, router_proc
 
 # The synthetic checkpoint is deterministic (seed 0); it is written once into this ignored
 # folder and reused while complete. Delete the folder to force a rewrite.
@@ -59,8 +59,7 @@ def sd_node(tmp_path: Path, router: Proc, node_key: str, models_dir: Path, procs
     """A real node process serving the synthetic checkpoint, registered with ``router``."""
     proc = node_proc(tmp_path, router.url, models_dir, node_key, name="sd-node-1", extra=["--threads", "2"])
     procs.append(proc)
-    proc.start().wait_healthy(60)
-    wait_until(lambda: node_status(router.url, "sd-node-1") == "online", 30, "node online")
+    proc.start().wait_healthy(60).wait_online(router.url)
     return proc
 
 
@@ -111,8 +110,7 @@ def image_system(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> 
             extra=["--threads", "2"],
         )
         started.append(node)
-        node.start().wait_healthy(60)
-        wait_until(lambda: node_status(router.url, "sd-shared") == "online", 30, "node online")
+        node.start().wait_healthy(60).wait_online(router.url)
         yield ImageSystem(router, node, create_key(router.url, ["api"]))
     finally:
         for proc in reversed(started):

@@ -111,6 +111,12 @@ class Proc:
         wait_until(ok, timeout, f"{self.url}/health")
         return self
 
+    def wait_online(self, router_url: str, timeout: float = 30) -> Proc:
+        """A node process: wait until ``router_url`` lists it online (by its ``--name``)."""
+        name = self.args[self.args.index("--name") + 1]
+        wait_until(lambda: node_status(router_url, name) == "online", timeout, f"{name} online")
+        return self
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 

@@ -25,7 +25,6 @@ from tests.servers import (
     create_key,
     free_port,
     node_proc,
-    node_status,
     router_proc,
     wait_until,
 )
@@ -76,8 +75,7 @@ class Cluster:
         return proc
 
     def wait_online(self, name: str) -> None:
-        self.nodes[name].wait_healthy(60)
-        wait_until(lambda: node_status(self.router.url, name) == "online", 30, f"{name} online")
+        self.nodes[name].wait_healthy(60).wait_online(self.router.url)
 
     def stop(self) -> None:
         for proc in self.nodes.values():

@@ -89,8 +89,7 @@ def test_engine_failure_is_an_openai_500_and_node_keeps_serving(
     )
     node = node_proc(tmp_path, router.url, own_models, node_key, name="mixed")
     procs.append(node)
-    node.start().wait_healthy(60)
-    wait_until(lambda: node_status(router.url, "mixed") == "online", 30, "node online")
+    node.start().wait_healthy(60).wait_online(router.url)
     headers = {"authorization": f"Bearer {api_key}"}
     failed = httpx.post(
         f"{router.url}/v1/images/generations",

@@ -19,7 +19,7 @@ import openai
 import pytest
 
 from tests.inproc import start_router
-from tests.servers import Proc, create_key, node_proc, node_status, router_proc, wait_until
+from tests.servers import Proc, create_key, node_proc, router_proc, wait_until
 from tests.text_fixtures import (
     ADMIN,
     AUDIO_MODELS,
@@ -64,8 +64,7 @@ def test_image_generations_do_not_slow_chat_down(tmp_path: Path, models_dir: Pat
         extra=["--threads", "1"],
     )
     procs.append(sd)
-    sd.start().wait_healthy(60)
-    wait_until(lambda: node_status(router.url, "sd") == "online", 30, "sd node online")
+    sd.start().wait_healthy(60).wait_online(router.url)
     api_key = create_key(router.url, ["api"])
     client = openai.OpenAI(base_url=f"{router.url}/v1", api_key=api_key, max_retries=0, timeout=30)
     with backend("side", ["tiny-chat"]) as side:

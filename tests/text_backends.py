@@ -124,9 +124,10 @@ def build_backend(state: BackendState) -> Litestar:
                 }
             )
 
-    async def sse(
-        chunks: int, delay: float, make: Any, break_after: int | None = None
+    async def paced(
+        chunks: int, delay: float, make: Any, break_after: int | None = None, tail: bytes = b""
     ) -> AsyncIterator[bytes]:
+        """``chunks`` pieces ``delay`` apart (then ``tail``); counts completions and disconnects."""
         completed = False
         try:
             for i in range(chunks):
@@ -135,14 +136,24 @@ def build_backend(state: BackendState) -> Litestar:
                 if i == break_after:
                     raise BrokenStream(f"{state.name} broke after {i} chunks")
                 state.chunk_times.append(time.monotonic())
-                yield b"data: " + json.dumps(make(i)).encode() + b"\n\n"
-            yield b"data: [DONE]\n\n"
+                yield make(i)
+            if tail:
+                yield tail
             completed = True
             state.completed_streams += 1
         finally:
             if not completed:
                 state.disconnects += 1
                 state.disconnected.set()
+
+    def sse(chunks: int, delay: float, make: Any, break_after: int | None = None) -> AsyncIterator[bytes]:
+        return paced(
+            chunks,
+            delay,
+            lambda i: b"data: " + json.dumps(make(i)).encode() + b"\n\n",
+            break_after,
+            tail=b"data: [DONE]\n\n",
+        )
 
     @get("/v1/models")
     async def models() -> Response[Any]:
@@ -332,25 +343,9 @@ def build_backend(state: BackendState) -> Litestar:
 
         break_after = data.get("x_break_after")
 
-        async def audio() -> AsyncIterator[bytes]:
-            completed = False
-            try:
-                for i in range(chunks):
-                    if i:
-                        await asyncio.sleep(delay)
-                    if i == break_after:
-                        raise BrokenStream(f"{state.name} broke after {i} chunks")
-                    state.chunk_times.append(time.monotonic())
-                    yield speech_chunk(seed, i)
-                completed = True
-                state.completed_streams += 1
-            finally:
-                if not completed:
-                    state.disconnects += 1
-                    state.disconnected.set()
-
         fmt = data.get("response_format") or "mp3"
-        return Stream(audio(), media_type=SPEECH_MEDIA_TYPES[fmt])
+        audio = paced(chunks, delay, lambda i: speech_chunk(seed, i), break_after)
+        return Stream(audio, media_type=SPEECH_MEDIA_TYPES[fmt])
 
     return Litestar(
         route_handlers=[models, chat, completions, embeddings, transcriptions, translations, speech],
