@@ -4,8 +4,10 @@ Run: ``.venv/bin/python -m bench.router_overhead`` (``--quick`` for a short run,
 to keep the numbers). It starts, as separate processes on loopback with real uvicorn:
 
 - a router with a bench capability plugin (``POST /v1/bench`` forwarded the way the images
-  plugin forwards a single-part ``b64_json`` answer, with ``llmlb_core.streaming.stream_from_node``:
-  model resolution, balancing, API-key guard, node credential, failover, relayed as it arrives);
+  plugin forwards a single-part ``b64_json`` answer: ``RouterServices.call_node`` with model
+  resolution, balancing, API-key guard, node credential, failover, the answer read up to the
+  images size bound and checked by ``plugins.images.dispatch.read_answer`` - schema, base64,
+  PNG signature - then passed on as the node's bytes);
 - a node with a bench runtime plugin that answers ``POST /v1/bench`` at once with a fixed
   ~1.5 MB body shaped like an OpenAI images response (one 1024x1024 PNG in base64).
 
@@ -23,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import functools
 import io
 import json
 import math
@@ -49,10 +52,10 @@ from llmlb_core.capability import Capability
 from llmlb_core.hookspecs import hookimpl
 from llmlb_core.protocol import ModelAdvert
 from llmlb_core.services import get_services
-from llmlb_core.streaming import stream_from_node
 from node_runtimes.hookspecs import hookimpl as node_hookimpl
 from node_runtimes.runtime import Runtime, RuntimeLoad, RuntimeType
 from node_runtimes.settings import NodeSettings
+from plugins.images.dispatch import answer_limit, read_answer
 
 MODEL = "bench-image-1"
 CAPABILITY = "bench"
@@ -113,14 +116,16 @@ class BenchCapability:
         async def bench(request: Request[Any, Any, Any]) -> Response[bytes]:
             body = await request.body()
             req = decode_json_bytes(body, BenchRequest)
-            return await stream_from_node(
-                get_services(request),
+            result = await get_services(request).call_node(
                 req.model,
                 FLAGS,
                 "/v1/bench",
                 content=body,
                 content_type="application/json",
+                max_answer_bytes=answer_limit("1024x1024", 1),
+                check=functools.partial(read_answer, count=1),
             )
+            return Response(content=result.content, media_type="application/json", headers=result.headers)
 
         register(CAPABILITY, bench)
 

@@ -11,17 +11,21 @@ from litestar.params import FromPath
 
 from llmlb_core.auth import ApiKeyInfo, require_scope
 from llmlb_core.bodies import decode_json
-from llmlb_core.errors import OpenAIError
+from llmlb_core.endpoints import NODE_ID_PREFIX as ENDPOINT_ID_PREFIX
+from llmlb_core.errors import OpenAIError, from_msgspec_error
 from llmlb_core.nodes import NodeView
+from llmlb_core.protocol import PLAIN_TEXT_PATTERN, NodeName
 from llmlb_core.services import get_services
 
 
 class CreateKeyRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    name: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=PLAIN_TEXT_PATTERN)]
     scopes: list[str] = msgspec.field(default_factory=lambda: ["api"])
-    # Either an absolute expiry (unix seconds) or a lifetime in seconds.
+    # Either an absolute expiry (unix seconds, in the future) or a lifetime in seconds.
     expires_at: float | None = None
     expires_in_s: Annotated[float, msgspec.Meta(gt=0)] | None = None
+    # A `node` key bound to this node id: it may register and act on that node only.
+    node_id: NodeName | None = None
 
 
 class CreatedKey(msgspec.Struct, kw_only=True):
@@ -41,8 +45,12 @@ async def create_key(request: Request[Any, Any, Any]) -> CreatedKey:
     body = await decode_json(request, CreateKeyRequest)
     expires_at = body.expires_at
     if body.expires_in_s is not None:
+        if expires_at is not None:
+            raise OpenAIError(400, "give expires_at or expires_in_s, not both", param="expires_in_s")
         expires_at = time.time() + body.expires_in_s
-    key, info = get_services(request).keys.create(body.name, body.scopes, expires_at=expires_at)
+    key, info = get_services(request).keys.create(
+        body.name, body.scopes, expires_at=expires_at, node_id=body.node_id
+    )
     return CreatedKey(key=key, info=info)
 
 
@@ -65,6 +73,20 @@ async def list_nodes(request: Request[Any, Any, Any]) -> dict[str, Any]:
     return {"object": "list", "data": views, "queue_depth": services.balancer.queue_depth}
 
 
+@delete("/nodes/{node_id:str}", status_code=200)
+async def release_node(request: Request[Any, Any, Any], node_id: FromPath[str]) -> dict[str, Any]:
+    """Deregister a node and forget its owner: any node key may claim the id next."""
+    if node_id.startswith(ENDPOINT_ID_PREFIX):
+        raise OpenAIError(
+            400,
+            f"'{node_id}' is a registered endpoint; delete it with DELETE /v0/endpoints/{{name}}",
+            param="node_id",
+        )
+    if not get_services(request).nodes.release(node_id):
+        raise OpenAIError(404, f"Unknown node '{node_id}'", param="node_id", code="node_not_found")
+    return {"id": node_id, "released": True}
+
+
 @get("/models")
 async def list_registered_models(request: Request[Any, Any, Any]) -> dict[str, Any]:
     return {"object": "list", "data": get_services(request).models.registered()}
@@ -82,6 +104,21 @@ async def register_model(request: Request[Any, Any, Any]) -> dict[str, Any]:
             f"capabilities must be a non-empty subset of {sorted(known_flags)}; unknown: {unknown}",
             param="capabilities",
         )
+    for cap in services.plugins.capabilities.values():
+        # Defaults are checked when given, against each capability that serves the model.
+        schema = services.plugins.schemas.get(cap.name, {}).get(cap.defaults_schema or "")
+        if schema is None or not cap.model_flags.intersection(body.capabilities):
+            continue
+        try:
+            msgspec.convert(body.defaults, schema)
+        except msgspec.ValidationError as exc:
+            key = from_msgspec_error(exc).param
+            raise OpenAIError(
+                400,
+                f"Invalid defaults for capability '{cap.name}': {exc}",
+                param=f"defaults.{key}" if key else "defaults",
+                code="invalid_model_defaults",
+            ) from None
     row = services.models.register(body.id, body.capabilities, body.defaults, body.description)
     return msgspec.to_builtins(row)  # type: ignore[no-any-return]
 
@@ -117,6 +154,7 @@ admin_router = Router(
         list_keys,
         revoke_key,
         list_nodes,
+        release_node,
         list_registered_models,
         register_model,
         delete_model,

@@ -16,6 +16,7 @@ from litestar.params import FromPath
 from llmlb_core.admin_api import admin_router
 from llmlb_core.auth import KeyManager, require_scope
 from llmlb_core.balancer import Balancer
+from llmlb_core.disconnect import DisconnectMiddleware
 from llmlb_core.endpoints import EndpointManager, endpoints_router
 from llmlb_core.errors import exception_handlers
 from llmlb_core.metrics import Metrics
@@ -23,9 +24,12 @@ from llmlb_core.models import ModelObject, ModelRegistry
 from llmlb_core.node_api import node_router
 from llmlb_core.nodes import NodeRegistry
 from llmlb_core.plugins import load_plugins
+from llmlb_core.request_id import RequestIdMiddleware
+from llmlb_core.secretbox import protect_endpoint_keys
 from llmlb_core.services import RouterServices, get_services
 from llmlb_core.settings import RouterSettings
 from llmlb_core.store import Store
+from llmlb_core.tls import client_ssl_context
 from llmlb_core.upstream import upstream_client
 
 log = logging.getLogger("llmlb.router")
@@ -80,8 +84,10 @@ def create_app(
         extra_plugins=extra_plugins,
         load_entry_points=settings.load_entry_points,
     )
-    settings.data_path.mkdir(parents=True, exist_ok=True)
+    settings.data_path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    ssl_context = client_ssl_context(settings.node_ca_bundle)  # a bad bundle: refuse to start
     store = Store(settings.data_path / DB_FILE)
+    protect_endpoint_keys(store, settings.secret_key)
     keys = KeyManager(store)
     generated = keys.ensure_admin_key(settings.admin_key)
     if generated:
@@ -93,7 +99,9 @@ def create_app(
     models = ModelRegistry(store, nodes)
     balancer = Balancer(nodes, queue_max=settings.queue_max, queue_timeout_s=settings.queue_timeout_s)
     http = upstream_client(
-        connect_timeout_s=settings.upstream_connect_timeout_s, read_timeout_s=settings.upstream_timeout_s
+        connect_timeout_s=settings.upstream_connect_timeout_s,
+        read_timeout_s=settings.upstream_timeout_s,
+        ssl_context=ssl_context,
     )
     services = RouterServices(
         settings=settings,
@@ -143,7 +151,8 @@ def create_app(
 
     app = Litestar(
         route_handlers=[health, metrics_router, api_router, admin_router, node_router, *capability_routers],
-        middleware=[services.metrics.middleware],
+        # Outermost first: the request id is set for everything inside, metrics sees 499.
+        middleware=[RequestIdMiddleware, services.metrics.middleware, DisconnectMiddleware],
         exception_handlers=exception_handlers(),
         lifespan=[lifespan],
         request_max_body_size=settings.max_body_bytes,

@@ -3,7 +3,7 @@
 Keys are sent as ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``. Only the SHA-256 of a
 key is stored. The lookup goes through an in-memory index keyed by hash and the stored hash is
 compared with ``hmac.compare_digest``. Scopes: ``api`` (inference), ``node`` (registration and
-heartbeats), ``admin`` (implies all).
+heartbeats), ``admin`` (implies all). A ``node`` key may be bound to one node id (``node_id``).
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import re
 import secrets
 import time
 import uuid
@@ -22,6 +23,8 @@ from litestar.connection import ASGIConnection
 from litestar.handlers import BaseRouteHandler
 
 from llmlb_core.errors import OpenAIError
+from llmlb_core.protocol import NODE_NAME_PATTERN
+from llmlb_core.settings import SettingsError
 from llmlb_core.store import KeyRow, Store
 
 log = logging.getLogger("llmlb.auth")
@@ -31,6 +34,10 @@ SCOPES: tuple[str, ...] = ("api", "node", "admin")
 KEY_PREFIX = "sk-llmlb-"
 # A route handler with ``opt={PUBLIC_OPT: True}`` needs no key (plugins mark such routes).
 PUBLIC_OPT = "llmlb_public"
+# Where the guard leaves the authenticated key's row in the ASGI scope state.
+KEY_STATE = "llmlb_key"
+# What a key sent in a header can hold: printable ASCII without spaces.
+_KEY_RE = re.compile(r"[!-~]{1,512}")
 
 
 def hash_key(key: str) -> str:
@@ -61,6 +68,7 @@ class ApiKeyInfo(msgspec.Struct, kw_only=True):
     created_at: float
     expires_at: float | None
     revoked: bool
+    node_id: str | None  # a bound node key acts on this node id only
 
 
 class KeyManager:
@@ -80,11 +88,20 @@ class KeyManager:
         *,
         expires_at: float | None = None,
         key: str | None = None,
+        node_id: str | None = None,
     ) -> tuple[str, ApiKeyInfo]:
         scope_list = sorted(set(scopes))
         bad = [s for s in scope_list if s not in SCOPES]
         if bad or not scope_list:
             raise OpenAIError(400, f"scopes must be a non-empty subset of {list(SCOPES)}", param="scopes")
+        if expires_at is not None and expires_at <= self._clock():
+            raise OpenAIError(400, "expires_at is in the past", param="expires_at", code="invalid_value")
+        if node_id is not None and ("node" not in scope_list or "admin" in scope_list):
+            raise OpenAIError(
+                400, "node_id binds a 'node' scope key (not an admin key) to one node", param="node_id"
+            )
+        if node_id is not None and not re.match(NODE_NAME_PATTERN, node_id):
+            raise OpenAIError(400, f"node_id must match {NODE_NAME_PATTERN}", param="node_id")
         key = key or generate_key()
         row = KeyRow(
             id=uuid.uuid4().hex[:16],
@@ -94,6 +111,7 @@ class KeyManager:
             scopes=scope_list,
             created_at=self._clock(),
             expires_at=expires_at,
+            node_id=node_id,
         )
         self._store.add_key(row)
         self._by_hash[row.key_hash] = row
@@ -108,6 +126,7 @@ class KeyManager:
             created_at=row.created_at,
             expires_at=row.expires_at,
             revoked=row.revoked_at is not None,
+            node_id=row.node_id,
         )
 
     def list(self) -> list[ApiKeyInfo]:
@@ -128,6 +147,9 @@ class KeyManager:
         Returns a newly generated key (to print once), else None.
         """
         if env_key:
+            if not _KEY_RE.fullmatch(env_key):
+                # A key with spaces or control characters could never be sent in a header.
+                raise SettingsError("admin_key must be printable ASCII without spaces (at most 512)")
             if not self.has_hash(env_key):
                 self.create("admin (LLMLB_ADMIN_KEY)", ["admin"], key=env_key)
             return None
@@ -172,7 +194,15 @@ def require_scope(
             return  # e.g. unguessable image URLs, which clients fetch without a key
         keys: KeyManager = connection.app.state.llmlb.keys
         row = keys.authenticate(key_from_headers(connection.headers), scope)
-        connection.scope.setdefault("state", {})["llmlb_key"] = row  # type: ignore[typeddict-unknown-key]
+        connection.scope.setdefault("state", {})[KEY_STATE] = row  # type: ignore[typeddict-unknown-key]
 
     guard.__name__ = f"require_{scope}_scope"
     return guard
+
+
+def request_key(connection: ASGIConnection[Any, Any, Any, Any]) -> KeyRow:
+    """The key that a :func:`require_scope` guard authenticated for this request."""
+    row = connection.scope.get("state", {}).get(KEY_STATE)
+    if not isinstance(row, KeyRow):
+        raise OpenAIError(401, "Missing API key.", code="missing_api_key")  # a route without a guard
+    return row

@@ -1,13 +1,18 @@
 """Choosing a node for a request: free slots first, then fewest in flight, then least recently
 used; a bounded FIFO wait queue when every capable slot is busy.
 
-- A node's free slots are its advertised ``slots`` minus the router's own in-flight count.
+- A node's free slots are its advertised ``slots`` minus the router's own in-flight count,
+  minus the jobs the router gave up on that the node may still be running (``abandoned``: the
+  client left, the answer timed out; see :func:`job_left_running`). The node's heartbeat
+  clears those once it reports them ended (``NodeRegistry.heartbeat``).
 - Nodes marked suspect (recent failure) are used only when no healthy node can take the job.
 - All slots busy: the request waits (FIFO per compatible request; a waiter that cannot use the
   freed node does not block one behind it that can). Full queue (``queue_max`` waiters): 429
   with ``Retry-After``. Wait longer than ``queue_timeout_s``: 504 ``queue_timeout``.
 - No online node at all for the model: 503 ``no_capable_nodes`` at once (or when the last
   capable node goes offline while waiting).
+- A waiter that is cancelled (its client left) leaves the queue at once; a slot handed to it
+  just as it was cancelled goes back to the next waiter.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from llmlb_core.errors import OpenAIError
+from llmlb_core.errors import NodeFailure, OpenAIError
 from llmlb_core.nodes import NodeRegistry, NodeState
 
 log = logging.getLogger("llmlb.balancer")
@@ -63,6 +68,15 @@ class _Waiter:
     @property
     def key(self) -> _Key:
         return (self.model, self.flags, self.exclude)
+
+
+def job_left_running(exc: BaseException) -> bool:
+    """Whether a lease that ends with ``exc`` may leave its job running on the node: the request
+    was cancelled (client gone) or timed out after it was sent. A refused connection, a 5xx or
+    a node that broke off its answer means the node is not working on it (any more)."""
+    if isinstance(exc, asyncio.CancelledError):
+        return True
+    return isinstance(exc, NodeFailure) and exc.code == "upstream_timeout"
 
 
 def no_capable_nodes(model: str) -> OpenAIError:
@@ -150,7 +164,10 @@ class Balancer:
         self.total_queued += 1
         self._drain()  # a slot may have freed between the check and the append
         try:
-            lease = await asyncio.wait_for(asyncio.shield(waiter.future), self.queue_timeout_s)
+            # Not wait_for: on 3.11 it returns a result that arrives together with a
+            # cancellation and drops the cancellation (the request would run for nobody).
+            async with asyncio.timeout(self.queue_timeout_s):
+                lease = await waiter.future
         except TimeoutError:
             self._forget(waiter)
             raise OpenAIError(
@@ -189,11 +206,15 @@ class Balancer:
         slots = max(1, sum(n.slots for n in capable))
         return max(1, math.ceil(per_job * (self._waiting + 1) / slots))
 
-    def release(self, lease: Lease, *, duration_s: float | None = None) -> None:
+    def release(self, lease: Lease, *, duration_s: float | None = None, abandoned: bool = False) -> None:
+        """End a lease. ``abandoned``: the router stopped waiting for the answer but the node
+        may still be working on it; its slot stays taken until the node's heartbeat says not."""
         if lease._released:
             return
         lease._released = True
         lease.node.inflight = max(0, lease.node.inflight - 1)
+        if abandoned:
+            lease.node.abandoned += 1
         if duration_s is not None:
             lease.node.record_duration(duration_s)
         self._drain()

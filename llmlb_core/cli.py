@@ -29,6 +29,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from llmlb_core.plugins import PluginError
     from llmlb_core.serving import run
     from llmlb_core.settings import SettingsError, load_settings
+    from llmlb_core.slow_clients import ClientTimeouts
+    from llmlb_core.tls import check_server_cert
 
     try:
         settings = load_settings(args.config, host=args.host, port=args.port, data_dir=args.data_dir)
@@ -37,16 +39,28 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 2
     _setup_logging(settings.log_level)
     try:
+        check_server_cert(settings.tls_cert, settings.tls_key, flags="tls_cert/tls_key")
         app = create_app(settings)
-    except PluginError as exc:
+    except (PluginError, SettingsError) as exc:
         print(f"llmlb: refusing to start: {exc}", file=sys.stderr)
         return 2
-    run(app, host=settings.host, port=settings.port, log_level=settings.log_level)
+    run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        ssl_certfile=settings.tls_cert,
+        ssl_keyfile=settings.tls_key,
+        client_timeouts=ClientTimeouts.of(settings),
+    )
     return 0
 
 
 def cmd_node(args: argparse.Namespace) -> int:
     from llmlb_core.serving import run
+    from llmlb_core.settings import SettingsError
+    from llmlb_core.slow_clients import ClientTimeouts
+    from llmlb_core.tls import check_server_cert
     from node_runtimes.app import create_node_app
     from node_runtimes.plugins import RuntimePluginError
     from node_runtimes.settings import node_settings_from_env
@@ -66,14 +80,18 @@ def cmd_node(args: argparse.Namespace) -> int:
         runtimes=args.runtime or None,
         weights_preference=args.weights,
         runtime_settings=_upstream_runtime_settings(args),
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        router_ca_bundle=args.router_ca_bundle,
     )
     _setup_logging(args.log_level)
     if not settings.api_key:
         print("llmlb node: a node-scope API key is required (--api-key or LLMLB_API_KEY)", file=sys.stderr)
         return 2
     try:
+        check_server_cert(settings.tls_cert, settings.tls_key)
         app = create_node_app(settings)
-    except RuntimePluginError as exc:
+    except (RuntimePluginError, SettingsError) as exc:
         print(f"llmlb node: {exc}", file=sys.stderr)
         return 2
     run(
@@ -83,6 +101,9 @@ def cmd_node(args: argparse.Namespace) -> int:
         log_level=args.log_level,
         drain=app.state.node_drain,
         graceful_timeout_s=900,
+        ssl_certfile=settings.tls_cert,
+        ssl_keyfile=settings.tls_key,
+        client_timeouts=ClientTimeouts.of(settings),
     )
     return 0
 
@@ -195,6 +216,8 @@ def cmd_keys(args: argparse.Namespace) -> int:
             body: dict[str, Any] = {"name": args.name, "scopes": args.scope or ["api"]}
             if args.expires_in:
                 body["expires_in_s"] = args.expires_in
+            if args.node:
+                body["node_id"] = args.node
             return _print_response(client.post("/v0/keys", json=body))
         if args.keys_cmd == "list":
             return _print_response(client.get("/v0/keys"))
@@ -227,6 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
     node.add_argument("--threads", type=int)
     node.add_argument("--weights", choices=["auto", "safetensors", "gguf"])
     node.add_argument("--log-level", default="info")
+    node.add_argument("--tls-cert", help="serve HTTPS with this PEM certificate (or env LLMLB_NODE_TLS_CERT)")
+    node.add_argument("--tls-key", help="private key of --tls-cert (or env LLMLB_NODE_TLS_KEY)")
+    node.add_argument("--router-ca-bundle", help="PEM CA bundle to verify an HTTPS router against")
     node.add_argument("--upstream", metavar="URL", help="front this OpenAI-compatible server")
     node.add_argument("--upstream-key", help="API key the upstream server wants (or env LLMLB_UPSTREAM_KEY)")
     node.add_argument("--upstream-kind", default="generic", choices=list(UPSTREAM_KINDS))
@@ -261,6 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("name")
     create.add_argument("--scope", action="append", choices=["api", "node", "admin"])
     create.add_argument("--expires-in", type=float, help="lifetime in seconds")
+    create.add_argument("--node", metavar="NODE_ID", help="bind a node-scope key to this node id")
     keys_sub.add_parser("list")
     revoke = keys_sub.add_parser("revoke")
     revoke.add_argument("id")
@@ -269,8 +296,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from llmlb_core.settings import SettingsError
+
     args = build_parser().parse_args(argv)
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except SettingsError as exc:  # e.g. a --name outside the node-name charset
+        print(f"llmlb: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

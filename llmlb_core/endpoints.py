@@ -17,7 +17,11 @@ optionally, which models to serve and their capability flags.
   requests in flight on the endpoint counts as alive (a busy llama-cpp-python server answers
   ``/v1/models`` only between generations).
 - Endpoints are kept in SQLite with their upstream key, because the router needs it after a
-  restart. No API returns the key (only ``has_api_key``) and nothing logs it.
+  restart, encrypted with ``secret_key`` when it is set (the store seals and opens it, see
+  :mod:`llmlb_core.secretbox`). No API returns the key (only ``has_api_key``) and nothing logs it.
+- Name, URL and key are checked before anything is saved: a control character (CR/LF) in the
+  key would end up in a header. A stored record that fails these checks (written by an older
+  version) is skipped at start-up with one warning that says to delete it and add it again.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import logging
 import re
 import time
 from typing import Annotated, Any
+from urllib.parse import quote
 
 import msgspec
 from litestar import Request, Router, delete, get, post
@@ -45,7 +50,7 @@ from llmlb_core.openai_upstream import (
     normalize_url,
     unknown_flags,
 )
-from llmlb_core.protocol import Heartbeat, ModelAdvert, NodeRegistration
+from llmlb_core.protocol import PLAIN_TEXT_PATTERN, Heartbeat, ModelAdvert, NodeName, NodeRegistration
 from llmlb_core.services import RouterServices, get_services
 
 log = logging.getLogger("llmlb.endpoints")
@@ -54,15 +59,18 @@ EXTRAS_KEY = "llmlb.endpoints"
 NODE_ID_PREFIX = "endpoint:"
 _URL_RE = re.compile(r"^https?://[^/\s@]+(/[^\s]*)?$")
 
-EndpointName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
+EndpointName = NodeName
+EndpointUrl = Annotated[str, msgspec.Meta(min_length=1, max_length=2048, pattern=PLAIN_TEXT_PATTERN)]
+# Sent as `Authorization: Bearer <api_key>`: printable ASCII only.
+UpstreamKey = Annotated[str, msgspec.Meta(max_length=4096, pattern=r"^[ -~]*\Z")]
 
 
 class CreateEndpointRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     name: EndpointName
     # Base URL of the server, with or without a trailing /v1.
-    url: Annotated[str, msgspec.Meta(min_length=1, max_length=2048)]
+    url: EndpointUrl
     # Sent upstream as `Authorization: Bearer <api_key>`; never shown again.
-    api_key: Annotated[str, msgspec.Meta(max_length=4096)] | None = None
+    api_key: UpstreamKey | None = None
     kind: Kind = "generic"
     # Capability flags of every model of this endpoint (default: guessed from kind and model id).
     capabilities: list[str] | None = None
@@ -76,11 +84,11 @@ class CreateEndpointRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=
 
 
 class EndpointRecord(msgspec.Struct, kw_only=True):
-    """What is stored (the upstream key included)."""
+    """What is stored (the upstream key included), checked again when read back."""
 
-    name: str
-    url: str
-    api_key: str = ""
+    name: EndpointName
+    url: EndpointUrl
+    api_key: UpstreamKey = ""
     kind: str = "generic"
     capabilities: list[str] | None = None
     model_capabilities: dict[str, list[str]] = msgspec.field(default_factory=dict)
@@ -134,8 +142,13 @@ class EndpointManager:
         for name, record, created_at in services.store.list_endpoints():
             try:
                 self._records[name] = msgspec.convert({**record, "created_at": created_at}, EndpointRecord)
-            except msgspec.ValidationError:
-                log.warning("dropping unreadable endpoint record %s", name)
+            except msgspec.ValidationError as exc:
+                log.warning(
+                    "skipping stored endpoint %r: %s. Delete it (DELETE /v0/endpoints/%s) and add it again.",
+                    name,
+                    exc,
+                    quote(name, safe=""),
+                )
         services.extras[EXTRAS_KEY] = self
 
     # --- lifecycle ----------------------------------------------------------------------
@@ -200,7 +213,7 @@ class EndpointManager:
         record = self._records.pop(name, None)
         self._health.pop(name, None)
         existed = self.services.store.delete_endpoint(name)
-        self.services.nodes.deregister(node_id_of(name))
+        self.services.nodes.release(node_id_of(name))
         if record is not None:
             log.info("endpoint %s removed", name)
         return record is not None or existed

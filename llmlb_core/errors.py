@@ -3,6 +3,8 @@
 Every error leaving the router or a node has the body
 ``{"error": {"message": str, "type": str, "param": str | None, "code": str | None}}``,
 including Litestar's own 404/405/413 and validation errors and unexpected exceptions (500).
+A server-side error (5xx) names no internal class and quotes the request id
+(``llmlb_core.request_id``) that the router's log line about it carries.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import msgspec
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.types import ExceptionHandlersMap
+
+from llmlb_core.request_id import with_request_id
 
 log = logging.getLogger("llmlb.errors")
 
@@ -67,7 +71,8 @@ class OpenAIError(Exception):
         self.headers = headers or {}
 
     def body(self) -> dict[str, Any]:
-        return error_body(self.message, type=self.type, param=self.param, code=self.code)
+        message = with_request_id(self.message) if self.status >= 500 else self.message
+        return error_body(message, type=self.type, param=self.param, code=self.code)
 
     def to_response(self) -> Response[Any]:
         return Response(content=self.body(), status_code=self.status, headers=self.headers)
@@ -109,7 +114,7 @@ def _openai_error_handler(_: Request[Any, Any, Any], exc: OpenAIError) -> Respon
     return exc.to_response()
 
 
-def _http_exception_handler(_: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
+def _http_exception_handler(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
     status = exc.status_code
     message = exc.detail or "error"
     if status == 404 and message == "Not Found":
@@ -125,6 +130,9 @@ def _http_exception_handler(_: Request[Any, Any, Any], exc: HTTPException) -> Re
             param = first.get("key") if first.get("key") not in (None, "data") else None
             message = f"{message}: {first.get('message', '')}".rstrip(": ")
     headers = dict(exc.headers or {})
+    if status >= 500:
+        log.warning("HTTP %d on %s %s: %r", status, request.method, request.url.path, message)
+        message = with_request_id("Internal server error")
     body = error_body(
         message,
         type=_TYPE_BY_STATUS.get(status, "server_error" if status >= 500 else "invalid_request_error"),
@@ -135,10 +143,9 @@ def _http_exception_handler(_: Request[Any, Any, Any], exc: HTTPException) -> Re
 
 
 def _unexpected_exception_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
-    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    body = error_body(
-        f"Internal server error: {type(exc).__name__}", type="server_error", code="internal_error"
-    )
+    message = with_request_id("Internal server error")
+    log.exception("%s on %s %s", message, request.method, request.url.path, exc_info=exc)
+    body = error_body(message, type="server_error", code="internal_error")
     return Response(content=body, status_code=500)
 
 

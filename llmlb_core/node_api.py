@@ -1,21 +1,73 @@
-"""Routes nodes call: register, heartbeat, drain, deregister (``node`` scope)."""
+"""Routes nodes call: register, heartbeat, drain, resume, deregister (``node`` scope).
+
+Who may act on a node id (anyone else gets an OpenAI-shaped 403 and the entry is unchanged):
+
+- ``endpoint:*`` ids are the router's admin-registered endpoints: admin keys only.
+- A key bound to a node id (``POST /v0/keys`` with ``node_id``) acts on that id only.
+- A node id belongs to the key that first registered it: only that key or an admin key may
+  re-register, heartbeat, drain, resume or deregister it. An admin frees an id with
+  ``DELETE /v0/nodes/{id}`` (:mod:`llmlb_core.admin_api`).
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from litestar import Request, Router, post
 from litestar.params import FromPath
 
-from llmlb_core.auth import require_scope
+from llmlb_core.auth import request_key, require_scope
 from llmlb_core.bodies import decode_json
 from llmlb_core.endpoints import NODE_ID_PREFIX as ENDPOINT_ID_PREFIX
 from llmlb_core.errors import OpenAIError
+from llmlb_core.nodes import NodeRegistry
 from llmlb_core.protocol import Heartbeat, HeartbeatReply, NodeRegistration, RegistrationReply
 from llmlb_core.services import get_services
+from llmlb_core.store import KeyRow
+from llmlb_core.tls import require_https
 
 # Nodes are told to beat several times per timeout window.
 HEARTBEATS_PER_TIMEOUT = 4
+
+Action = Literal["register", "heartbeat", "drain", "resume", "deregister"]
+
+
+def _forbidden(message: str, code: str) -> OpenAIError:
+    return OpenAIError(403, message, param="node_id", code=code)
+
+
+def authorize(nodes: NodeRegistry, key: KeyRow, node_id: str, action: Action) -> None:
+    """Raise a 403 unless ``key`` may ``action`` the node ``node_id``."""
+    admin = "admin" in key.scopes
+    if node_id.startswith(ENDPOINT_ID_PREFIX):
+        if not admin:
+            raise _forbidden(
+                f"'{node_id}' is a registered endpoint: only an admin key may {action} it",
+                "endpoint_admin_only",
+            )
+        return
+    if admin:
+        return
+    if key.node_id is not None and key.node_id != node_id:
+        raise _forbidden(f"This key is bound to node '{key.node_id}'", "key_bound_to_other_node")
+    owner = nodes.owner_of(node_id)
+    if owner == key.id:
+        return
+    if owner is None:
+        # Unknown (a register claims it; the others answer 404 / "re-register"), or a record
+        # from before ids had owners: only its re-registration may claim it.
+        if action in ("register", "heartbeat") or nodes.get(node_id) is None:
+            return
+        raise _forbidden(
+            f"Node '{node_id}' has no owner yet; only an admin key may {action} it", "not_node_owner"
+        )
+    if action == "register":
+        raise _forbidden(
+            f"The node id '{node_id}' belongs to another key. Choose another id, or ask an admin to"
+            f" release it (DELETE /v0/nodes/{node_id}).",
+            "node_id_taken",
+        )
+    raise _forbidden(f"Node '{node_id}' belongs to another key", "not_node_owner")
 
 
 @post("/register", status_code=200)
@@ -28,7 +80,10 @@ async def register_node(request: Request[Any, Any, Any]) -> RegistrationReply:
             f"node ids starting with '{ENDPOINT_ID_PREFIX}' are reserved for registered endpoints",
             param="node_id",
         )
-    services.nodes.register(reg)
+    key = request_key(request)
+    authorize(services.nodes, key, reg.node_id, "register")
+    require_https(reg.base_url, services.settings.require_node_tls)
+    services.nodes.register(reg, owner_key_id=key.id)
     timeout = services.settings.node_timeout_s
     return RegistrationReply(
         node_id=reg.node_id,
@@ -41,26 +96,39 @@ async def register_node(request: Request[Any, Any, Any]) -> RegistrationReply:
 async def heartbeat(request: Request[Any, Any, Any]) -> HeartbeatReply:
     services = get_services(request)
     hb = await decode_json(request, Heartbeat)
+    authorize(services.nodes, request_key(request), hb.node_id, "heartbeat")
     known = services.nodes.heartbeat(hb)
     return HeartbeatReply(ok=known, reregister=not known)
 
 
+def _act(request: Request[Any, Any, Any], node_id: str, action: Action) -> NodeRegistry:
+    nodes = get_services(request).nodes
+    authorize(nodes, request_key(request), node_id, action)
+    if nodes.get(node_id) is None:
+        raise OpenAIError(404, f"Unknown node '{node_id}'", param="node_id", code="node_not_found")
+    return nodes
+
+
 @post("/{node_id:str}/drain", status_code=200)
 async def drain_node(request: Request[Any, Any, Any], node_id: FromPath[str]) -> dict[str, Any]:
-    if not get_services(request).nodes.set_draining(node_id):
-        raise OpenAIError(404, f"Unknown node '{node_id}'", param="node_id")
+    _act(request, node_id, "drain").set_draining(node_id, True)
     return {"id": node_id, "draining": True}
+
+
+@post("/{node_id:str}/resume", status_code=200)
+async def resume_node(request: Request[Any, Any, Any], node_id: FromPath[str]) -> dict[str, Any]:
+    _act(request, node_id, "resume").set_draining(node_id, False)
+    return {"id": node_id, "draining": False}
 
 
 @post("/{node_id:str}/deregister", status_code=200)
 async def deregister_node(request: Request[Any, Any, Any], node_id: FromPath[str]) -> dict[str, Any]:
-    if not get_services(request).nodes.deregister(node_id):
-        raise OpenAIError(404, f"Unknown node '{node_id}'", param="node_id")
+    _act(request, node_id, "deregister").deregister(node_id)
     return {"id": node_id, "deregistered": True}
 
 
 node_router = Router(
     path="/v0/nodes",
-    route_handlers=[register_node, heartbeat, drain_node, deregister_node],
+    route_handlers=[register_node, heartbeat, drain_node, resume_node, deregister_node],
     guards=[require_scope("node")],
 )

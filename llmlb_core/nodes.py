@@ -4,6 +4,12 @@ A node is *online* while its heartbeats keep arriving within ``node_timeout_s`` 
 holds its inference credential (given at registration, kept in memory only). Registration
 records survive a router restart in SQLite; such nodes show as offline until they heartbeat,
 are told to re-register, and do.
+
+Each node id belongs to the API key that first registered it (``owner_key_id``, persisted): the
+HTTP routes (:mod:`llmlb_core.node_api`) let only that key or an admin key act on it. A node that
+deregisters leaves the list but its id stays claimed; :meth:`NodeRegistry.release` (admin) frees
+it. A key that registers a node at the base URL of an offline entry (or a claim) of its own
+replaces that stale entry, so node restarts under fresh ids do not pile up.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ class NodeState:
     accelerators: list[dict[str, Any]]
     registered_at: float
     token: str | None = None
+    owner_key_id: str | None = None  # the key that first registered this id (None: endpoints)
     last_heartbeat: float | None = None  # monotonic
     last_seen_wall: float | None = None
     active_jobs: int = 0
@@ -45,6 +52,9 @@ class NodeState:
     draining: bool = False
     # Router-side accounting.
     inflight: int = 0
+    # Jobs the router stopped waiting for (client gone, timeout) that the node may still run;
+    # they hold their slots until a heartbeat shows them ended (see ``heartbeat``).
+    abandoned: int = 0
     completed: int = 0
     failures: deque[tuple[float, str]] = field(default_factory=lambda: deque(maxlen=20))
     suspect_until: float = 0.0  # monotonic
@@ -57,7 +67,7 @@ class NodeState:
 
     @property
     def free(self) -> int:
-        return self.slots - self.inflight
+        return self.slots - self.inflight - self.abandoned
 
     def serves(self, model: str, flags: frozenset[str]) -> bool:
         advert = self.models.get(model)
@@ -75,6 +85,14 @@ class NodeState:
         self.suspect_until = time.monotonic() + cooldown_s
 
 
+@dataclass(frozen=True)
+class Claim:
+    """A deregistered node id that stays its owner's until the owner or an admin reuses it."""
+
+    owner_key_id: str
+    base_url: str
+
+
 class NodeView(msgspec.Struct, kw_only=True):
     """What ``/v0/nodes`` shows of a node (never its credential)."""
 
@@ -87,6 +105,7 @@ class NodeView(msgspec.Struct, kw_only=True):
     slots: int
     active_jobs: int
     inflight: int
+    abandoned: int
     free_slots: int
     queued_jobs: int
     loaded_models: list[str]
@@ -97,6 +116,7 @@ class NodeView(msgspec.Struct, kw_only=True):
     avg_duration_s: float | None
     recent_failures: list[dict[str, Any]]
     suspect: bool
+    owner_key_id: str | None  # the API key (id) that owns this node id; None: an endpoint
 
 
 class NodeRegistry:
@@ -111,17 +131,25 @@ class NodeRegistry:
         self.timeout_s = timeout_s
         self._clock = clock
         self._nodes: dict[str, NodeState] = {}
+        self._claims: dict[str, Claim] = {}
         self._listeners: list[Callable[[], None]] = []
         self._last_status: dict[str, NodeStatus] = {}
-        for node_id, record, registered_at, last_seen in store.list_nodes():
+        for row in store.list_nodes():
             try:
-                reg = msgspec.convert(record, NodeRegistration)
-            except msgspec.ValidationError:
-                log.warning("dropping unreadable node record %s", node_id)
+                reg = msgspec.convert(row.record, NodeRegistration)
+            except msgspec.ValidationError as exc:
+                # E.g. an id from an older version (``host:port``) that the charset now refuses.
+                log.warning("dropping unreadable node record %r: %s", row.id, exc)
+                store.delete_node(row.id)
                 continue
-            state = self._state_from(reg, registered_at)
-            state.last_seen_wall = last_seen
-            self._nodes[node_id] = state
+            if row.deregistered_at is not None:
+                if row.owner_key_id is not None:
+                    self._claims[row.id] = Claim(row.owner_key_id, reg.base_url.rstrip("/"))
+                continue
+            state = self._state_from(reg, row.registered_at)
+            state.last_seen_wall = row.last_seen_at
+            state.owner_key_id = row.owner_key_id
+            self._nodes[row.id] = state
 
     # --- change notification -------------------------------------------------------------
     def subscribe(self, listener: Callable[[], None]) -> None:
@@ -145,23 +173,30 @@ class NodeRegistry:
             registered_at=registered_at,
         )
 
-    def register(self, reg: NodeRegistration) -> NodeState:
+    def register(self, reg: NodeRegistration, owner_key_id: str | None = None) -> NodeState:
+        """Add or refresh a node. The caller has checked that the key may use this id; an id
+        keeps its first owner, an unowned one becomes ``owner_key_id``'s."""
         now_wall = time.time()
+        owner = self.owner_of(reg.node_id) or owner_key_id
         record = msgspec.to_builtins(reg)
         record["token"] = ""  # the credential is never persisted
-        self._store.upsert_node(reg.node_id, record, now_wall)
+        self._store.upsert_node(reg.node_id, record, now_wall, owner)
+        self._claims.pop(reg.node_id, None)
         old = self._nodes.get(reg.node_id)
         state = self._state_from(reg, now_wall)
+        state.owner_key_id = owner
         state.token = reg.token
         state.last_heartbeat = self._clock()
         state.last_seen_wall = now_wall
         state.free_slots = reg.slots
+        state.draining = reg.draining  # a restarted node takes work again; a draining one does not
         if old is not None:  # keep router-side accounting across re-registration
             state.inflight = old.inflight
             state.completed = old.completed
             state.failures = old.failures
             state.avg_duration_s = old.avg_duration_s
         self._nodes[reg.node_id] = state
+        self._forget_stale(state)
         log.info(
             "node %s (%s) registered at %s: runtimes=%s models=%s slots=%d",
             reg.name,
@@ -186,10 +221,16 @@ class NodeRegistry:
         state.free_slots = hb.free_slots
         state.queued_jobs = hb.queued_jobs
         state.loaded_models = list(hb.loaded_models)
+        # The node runs active + queued jobs; those beyond the router's in-flight ones are what
+        # is left of the abandoned ones (the rest ended): their slots come back now.
+        still_running = min(state.abandoned, max(0, hb.active_jobs + hb.queued_jobs - state.inflight))
+        slots_freed = still_running < state.abandoned
+        state.abandoned = still_running
         if hb.models is not None:
             state.models = {m.id: m for m in hb.models}
         if not was_online:
             log.info("node %s (%s) is back online", state.name, state.id)
+        if not was_online or slots_freed:
             self.changed()
         return True
 
@@ -202,22 +243,73 @@ class NodeRegistry:
         log.warning("node %s (%s) is down: %s", node.name, node.id, reason)
         self.changed()
 
-    def set_draining(self, node_id: str) -> bool:
+    def set_draining(self, node_id: str, draining: bool = True) -> bool:
+        """Drain (no new work) or resume a node; False when the id is not listed."""
         state = self._nodes.get(node_id)
         if state is None:
             return False
-        state.draining = True
-        log.info("node %s (%s) is draining", state.name, node_id)
+        state.draining = draining
+        log.info("node %s (%s) %s", state.name, node_id, "is draining" if draining else "resumed")
         self.changed()
         return True
 
     def deregister(self, node_id: str) -> bool:
+        """The node leaves the list; an owned id stays claimed (see :meth:`release`)."""
         state = self._nodes.pop(node_id, None)
-        self._store.delete_node(node_id)
+        if state is not None and state.owner_key_id is not None:
+            self._store.mark_node_deregistered(node_id, time.time())
+            self._claims[node_id] = Claim(state.owner_key_id, state.base_url)
+        else:
+            self._store.delete_node(node_id)
         if state is not None:
             log.info("node %s (%s) deregistered", state.name, node_id)
             self.changed()
         return state is not None
+
+    def release(self, node_id: str) -> bool:
+        """Forget a node id and its owner (admin): any key may claim it next."""
+        state = self._nodes.pop(node_id, None)
+        claim = self._claims.pop(node_id, None)
+        existed = self._store.delete_node(node_id)
+        if state is not None or claim is not None or existed:
+            log.info("node id %s released", node_id)
+        if state is not None:
+            self.changed()
+        return state is not None or claim is not None or existed
+
+    def _forget_stale(self, fresh: NodeState) -> None:
+        """Drop the same owner's offline entries and claims at ``fresh``'s base URL: that node
+        restarted under a new id."""
+        if fresh.owner_key_id is None:
+            return
+        now = self._clock()
+        stale = [
+            n.id
+            for n in self._nodes.values()
+            if n is not fresh
+            and n.owner_key_id == fresh.owner_key_id
+            and n.base_url == fresh.base_url
+            and n.status(now, self.timeout_s) == "offline"
+        ]
+        stale += [
+            node_id
+            for node_id, claim in self._claims.items()
+            if node_id != fresh.id
+            and claim.owner_key_id == fresh.owner_key_id
+            and claim.base_url == fresh.base_url
+        ]
+        for node_id in stale:
+            log.info("node %s replaces its stale entry %s (same key and address)", fresh.id, node_id)
+            self.release(node_id)
+
+    # --- ownership -----------------------------------------------------------------------
+    def owner_of(self, node_id: str) -> str | None:
+        """The key id that owns ``node_id`` (listed or claimed); None: unknown or unowned."""
+        state = self._nodes.get(node_id)
+        if state is not None:
+            return state.owner_key_id
+        claim = self._claims.get(node_id)
+        return claim.owner_key_id if claim is not None else None
 
     # --- queries -------------------------------------------------------------------------
     def get(self, node_id: str) -> NodeState | None:
@@ -274,6 +366,7 @@ class NodeRegistry:
             slots=node.slots,
             active_jobs=node.active_jobs,
             inflight=node.inflight,
+            abandoned=node.abandoned,
             free_slots=max(node.free, 0),
             queued_jobs=node.queued_jobs,
             loaded_models=node.loaded_models,
@@ -284,4 +377,5 @@ class NodeRegistry:
             avg_duration_s=node.avg_duration_s,
             recent_failures=[{"at": at, "reason": reason} for at, reason in node.failures],
             suspect=node.suspect_until > time.monotonic(),
+            owner_key_id=node.owner_key_id,
         )

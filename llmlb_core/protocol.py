@@ -11,6 +11,19 @@ import msgspec
 
 NonEmpty = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
 
+# Node ids and names: a strict charset, so nothing a node sends can forge a log line or a header.
+# (``\Z``, not ``$``: msgspec matches with ``re.search``, and ``$`` also matches before a final
+# newline.)
+NODE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z"
+# The same, or ``endpoint:<name>`` (the ids the router gives admin-registered endpoints).
+NODE_ID_PATTERN = r"^(endpoint:)?[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z"
+NodeName = Annotated[str, msgspec.Meta(pattern=NODE_NAME_PATTERN)]
+NodeId = Annotated[str, msgspec.Meta(pattern=NODE_ID_PATTERN)]
+# An http(s) URL as a node advertises it: printable ASCII, no spaces.
+BaseUrl = Annotated[str, msgspec.Meta(pattern=r"^https?://[!-~]+\Z", max_length=2048)]
+# Free text from an admin (key names, upstream keys): no control or line-breaking characters.
+PLAIN_TEXT_PATTERN = r"^[^\x00-\x1f\x7f-\x9f\u2028\u2029]*\Z"
+
 
 class ModelAdvert(msgspec.Struct, kw_only=True):
     """A model a node can serve."""
@@ -28,9 +41,9 @@ class Accelerator(msgspec.Struct, kw_only=True):
 
 
 class NodeRegistration(msgspec.Struct, kw_only=True):
-    node_id: NonEmpty
-    name: NonEmpty
-    base_url: NonEmpty
+    node_id: NodeId
+    name: NodeName
+    base_url: BaseUrl
     # Credential the router must present on every inference request it sends to the node
     # (for a registered OpenAI-compatible endpoint: its upstream API key, possibly empty).
     token: str
@@ -39,10 +52,12 @@ class NodeRegistration(msgspec.Struct, kw_only=True):
     slots: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 1
     accelerators: list[Accelerator] = msgspec.field(default_factory=list)
     version: str = ""
+    # A node that re-registers while it drains (e.g. its router restarted) stays drained.
+    draining: bool = False
 
 
 class Heartbeat(msgspec.Struct, kw_only=True):
-    node_id: NonEmpty
+    node_id: NodeId
     active_jobs: Annotated[int, msgspec.Meta(ge=0)] = 0
     free_slots: Annotated[int, msgspec.Meta(ge=0)] = 0
     loaded_models: list[str] = msgspec.field(default_factory=list)

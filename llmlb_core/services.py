@@ -6,34 +6,53 @@ Plugins call :meth:`RouterServices.call_node` to send work to a node and read it
 the node's credential on the shared ``httpx.AsyncClient`` (:meth:`RouterServices.open_upstream`)
 and, when the node fails before answering (connection refused or reset, timeout, 5xx), retry on
 another node (:meth:`RouterServices.failover`, ``settings.max_retries`` times). A 4xx from a node
-is returned as is: the request itself is at fault.
+is returned with an OpenAI-shaped body: the request itself is at fault.
+
+A node's answer is untrusted input: its status, content type, size
+(``settings.max_upstream_answer_bytes``) and shape are checked, and an answer the route cannot
+use is a 502 ``bad_upstream_response`` that marks the node suspect (:meth:`reject_answer`) and is
+tried on another node. What a node says in a 5xx is logged, never shown to the client.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import httpx
 from litestar import Request
 
+from llmlb_core import request_id
 from llmlb_core.auth import KeyManager
-from llmlb_core.balancer import Balancer, Lease
+from llmlb_core.balancer import Balancer, Lease, job_left_running
 from llmlb_core.errors import NodeFailure, OpenAIError
 from llmlb_core.metrics import Metrics
 from llmlb_core.models import ModelRegistry
-from llmlb_core.nodes import NodeRegistry
+from llmlb_core.nodes import NodeRegistry, NodeState
 from llmlb_core.plugins import LoadedPlugins
 from llmlb_core.settings import RouterSettings
 from llmlb_core.store import Store
-from llmlb_core.upstream import RETRYABLE_STATUS, close_response, is_timeout, node_failure, read_bounded
+from llmlb_core.upstream import (
+    RETRYABLE_STATUS,
+    BadAnswer,
+    accepts,
+    check_json_object,
+    close_response,
+    is_timeout,
+    node_failure,
+    openai_error_content,
+    read_answer,
+    read_bounded,
+)
 
 log = logging.getLogger("llmlb.forward")
 
 T = TypeVar("T")
+
+JSON_TYPES = ("application/json",)
 
 
 @dataclass
@@ -43,6 +62,7 @@ class UpstreamResult:
     content_type: str
     node_id: str
     headers: dict[str, str] = field(default_factory=dict)  # for the client (queue info)
+    parsed: Any = None  # what call_node's ``check`` made of a 2xx answer
 
 
 @dataclass
@@ -64,6 +84,18 @@ class RouterServices:
 
     def model_defaults(self, model: str) -> dict[str, Any]:
         return self.models.defaults(model)
+
+    def reject_answer(self, node: NodeState, reason: str) -> NodeFailure:
+        """A node answered something the route cannot use: log it (one line), make the node
+        suspect, and fail the attempt with a retryable 502 ``bad_upstream_response``."""
+        log.warning("node %s sent a bad answer (request %s): %s", node.name, request_id.current(), reason)
+        node.record_failure(f"bad answer: {reason}", self.settings.suspect_cooldown_s)
+        return NodeFailure(
+            502,
+            f"Node '{node.name}' sent an answer the router cannot use",
+            type="server_error",
+            code="bad_upstream_response",
+        )
 
     async def failover(
         self,
@@ -125,6 +157,13 @@ class RouterServices:
                 if isinstance(body_error, OpenAIError):
                     raise body_error from None  # e.g. the client's upload went over the limit
                 raise OpenAIError(400, f"Reading the request body failed: {body_error}") from None
+            log.warning(
+                "node %s: request failed (request %s): %s: %s",
+                node.name,
+                request_id.current(),
+                type(exc.__cause__ or exc).__name__,
+                exc,
+            )
             if is_timeout(exc):
                 node.record_failure(f"timeout: {type(exc).__name__}", cooldown)
                 raise NodeFailure(
@@ -135,7 +174,7 @@ class RouterServices:
             self.nodes.mark_down(node, f"{reason}: {exc}")
             raise NodeFailure(
                 502,
-                f"Node '{node.name}' is unreachable: {reason}",
+                f"Node '{node.name}' is unreachable",
                 type="server_error",
                 code="upstream_unreachable",
             ) from exc
@@ -156,45 +195,74 @@ class RouterServices:
         content: bytes,
         content_type: str,
         extra_headers: Mapping[str, str] | None = None,
+        accept: Collection[str] = JSON_TYPES,
+        max_answer_bytes: int | None = None,
+        check: Callable[[bytes], Any] = check_json_object,
     ) -> UpstreamResult:
         """POST ``content`` to ``path`` on a node serving ``model`` and read the whole answer;
-        retry elsewhere when a node fails (see :meth:`failover`). A 4xx is returned as is."""
+        retry elsewhere when a node fails (see :meth:`failover`).
+
+        A 4xx is returned with an OpenAI-shaped body. A 2xx must have a content type in
+        ``accept``, at most ``max_answer_bytes`` (never more than
+        ``settings.max_upstream_answer_bytes``), and pass ``check`` (by default: a JSON object),
+        whose result is kept in ``UpstreamResult.parsed``; ``check`` raises :class:`BadAnswer`
+        otherwise. Any other answer is rejected (:meth:`reject_answer`) and tried elsewhere."""
         headers = {"content-type": content_type, **(extra_headers or {})}
+        cap = self.settings.max_upstream_answer_bytes
+        limit = min(max_answer_bytes, cap) if max_answer_bytes else cap
+
+        async def read(response: httpx.Response, node: NodeState) -> UpstreamResult:
+            status = response.status_code
+            media = response.headers.get("content-type", "")
+            result = UpstreamResult(status, b"", "application/json", node.id)
+            if 400 <= status < 500:
+                error = await read_bounded(response)
+                result.content = openai_error_content(status, error, node_name=node.name, content_type=media)
+                return result
+            if not 200 <= status < 300:
+                raise BadAnswer(f"HTTP {status}")
+            if not accepts(media, accept):
+                raise BadAnswer(f"content type {media!r}, expected one of {sorted(accept)}")
+            result.content, result.content_type = await read_answer(response, limit), media
+            result.parsed = check(result.content)
+            return result
 
         async def attempt(lease: Lease) -> UpstreamResult:
             started = time.monotonic()
             node = lease.node
             try:
                 response = await self.open_upstream(lease, path, content, headers)
-            except BaseException:
-                self.balancer.release(lease)
+            except BaseException as exc:
+                self.balancer.release(lease, abandoned=job_left_running(exc))
                 raise
             done = False
             try:
-                body = await response.aread()
+                result = await read(response, node)
                 done = True
             except httpx.HTTPError as exc:  # the node died while sending its answer
                 reason = type(exc.__cause__ or exc).__name__
+                log.warning(
+                    "node %s broke off its answer (request %s): %s", node.name, request_id.current(), reason
+                )
                 node.record_failure(f"answer cut: {reason}", self.settings.suspect_cooldown_s)
                 self.nodes.mark_down(node, f"answer cut: {reason}")
                 raise NodeFailure(
                     502,
-                    f"Node '{node.name}' broke off its answer: {reason}",
+                    f"Node '{node.name}' broke off its answer",
                     type="server_error",
                     code="upstream_unreachable",
                 ) from exc
+            except BadAnswer as exc:
+                raise self.reject_answer(node, str(exc)) from None
             finally:
+                await close_response(response)
                 elapsed = time.monotonic() - started
                 outcome = "failed" if not done else "ok" if response.status_code < 400 else "client_error"
                 self.metrics.observe_upstream(node.id, outcome, elapsed)
-                self.balancer.release(lease, duration_s=elapsed if done else None)
-            return UpstreamResult(
-                status=response.status_code,
-                content=body,
-                content_type=response.headers.get("content-type", "application/json"),
-                node_id=node.id,
-                headers=lease.headers(),
-            )
+                # Not done: cut off (node down: its next heartbeat clears it) or cancelled.
+                self.balancer.release(lease, duration_s=elapsed if done else None, abandoned=not done)
+            result.headers = lease.headers()
+            return result
 
         return await self.failover(model, flags, attempt)
 

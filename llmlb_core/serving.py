@@ -11,6 +11,9 @@ from typing import Any
 
 import uvicorn
 
+from llmlb_core.memory import release_large_frees
+from llmlb_core.slow_clients import ClientTimeouts, protocol_class
+
 log = logging.getLogger("llmlb.serving")
 
 
@@ -55,7 +58,11 @@ def run(
     log_level: str = "info",
     drain: Callable[[], Awaitable[None]] | None = None,
     graceful_timeout_s: int = 30,
+    ssl_certfile: str | None = None,
+    ssl_keyfile: str | None = None,
+    client_timeouts: ClientTimeouts | None = None,
 ) -> None:
+    release_large_frees()
     config = uvicorn.Config(
         app,
         host=host,
@@ -63,7 +70,10 @@ def run(
         log_level=log_level.lower(),
         access_log=False,
         timeout_graceful_shutdown=graceful_timeout_s,
-        timeout_keep_alive=75,
+        http=protocol_class(client_timeouts or ClientTimeouts()),  # header, body and idle timeouts
+        ws="none",
         log_config=None,
+        ssl_certfile=ssl_certfile,  # HTTPS when given (checked by llmlb_core.tls.check_server_cert)
+        ssl_keyfile=ssl_keyfile,
     )
     DrainingServer(config, drain).run()

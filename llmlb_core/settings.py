@@ -45,6 +45,18 @@ class RouterSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     queue_timeout_s: Positive = 60.0
     # Largest request body accepted on JSON routes (multipart routes set their own limits).
     max_body_bytes: Annotated[int, msgspec.Meta(gt=0)] = 10 * 1024 * 1024
+    # Largest answer read from a node or endpoint (relayed streams included); a larger one is a
+    # 502 bad_upstream_response and the node is marked suspect. Routes may set a lower bound.
+    max_upstream_answer_bytes: Annotated[int, msgspec.Meta(gt=0)] = 64 * 1024 * 1024
+    # Slow and idle clients (llmlb_core/slow_clients.py). A request's headers must be complete
+    # within client_header_timeout_s of the connection opening (or of the request's first byte on
+    # a kept-alive connection; a connection that sends nothing is closed then too). While a body
+    # is read, a pause over client_body_timeout_s between two pieces ends it (408, closed). A
+    # kept-alive connection idle for client_keep_alive_s is closed: keep that above the idle
+    # timeout of a reverse proxy's upstream connection pool in front of the router.
+    client_header_timeout_s: Positive = 10.0
+    client_body_timeout_s: Positive = 30.0
+    client_keep_alive_s: Positive = 15.0
     log_level: str = "INFO"
     # Serve /metrics without a key (default: an admin-scope key is required).
     metrics_public: bool = False
@@ -55,6 +67,17 @@ class RouterSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # Bootstrap admin key (env LLMLB_ADMIN_KEY); when unset and no key exists, one is generated
     # at first start and printed once.
     admin_key: str | None = None
+    # Encrypts upstream endpoint keys at rest (env LLMLB_SECRET_KEY; 16+ characters, see
+    # llmlb_core/secretbox.py). Without it they are stored in plain text and start-up warns.
+    secret_key: str | None = None
+    # PEM CA bundle that HTTPS nodes' certificates are verified against (replaces the system
+    # trust store; see llmlb_core/tls.py). None: the system trust store.
+    node_ca_bundle: str | None = None
+    # Refuse to register nodes whose base_url is not https:// (a 400).
+    require_node_tls: bool = False
+    # Serve the router itself over HTTPS (nodes then need --router-ca-bundle for a private CA).
+    tls_cert: str | None = None
+    tls_key: str | None = None
     # Per-plugin settings: [plugin.images] etc.; each plugin validates its own table.
     plugin: dict[str, dict[str, Any]] = msgspec.field(default_factory=dict)
 
@@ -67,7 +90,7 @@ class RouterSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         if self.public_url:
             return self.public_url.rstrip("/")
         host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
-        return f"http://{host}:{self.port}"
+        return f"{'https' if self.tls_cert else 'http'}://{host}:{self.port}"
 
     def plugin_settings(self, name: str) -> dict[str, Any]:
         return dict(self.plugin.get(name, {}))

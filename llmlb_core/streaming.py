@@ -12,6 +12,11 @@
   none of it was sent.
 - A 4xx is not retried: the upstream's error is read (bounded), made OpenAI-shaped if it was
   not, and answered with the upstream's status.
+- The answer is untrusted: a status other than 2xx/4xx, a content type the route does not
+  accept, or a declared length over ``settings.max_upstream_answer_bytes`` is a bad answer (the
+  node is made suspect, the request is tried elsewhere, and finally a 502
+  ``bad_upstream_response``). A relayed answer that grows over that limit is cut off like one
+  that breaks (below).
 - A 2xx/3xx is relayed by a :class:`Relay` inside a Litestar ``Stream``: each chunk the upstream
   sends is written to the client as soon as it is read (no re-chunking, no buffering), so
   server-sent events keep their timing and ``data: [DONE]`` arrives as the upstream sent it.
@@ -23,6 +28,8 @@
 - After the first byte nothing is retried: an upstream that breaks mid-stream ends an SSE
   stream with an OpenAI-shaped ``data: {"error": ...}`` event (the official SDKs raise it) and
   aborts a binary stream (the client sees a truncated body, not a clean end).
+- Client request bodies that carry model defaults are re-encoded only after
+  ``llmlb_core.bodies.check_json_bytes`` (:func:`with_body_defaults`).
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Collection, Mapping
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import httpx
@@ -38,9 +45,11 @@ from litestar import Response
 from litestar.response import Stream
 from litestar.response.base import ASGIResponse
 
-from llmlb_core.balancer import Lease
-from llmlb_core.errors import error_body
-from llmlb_core.upstream import close_response, openai_error_content, read_bounded
+from llmlb_core.balancer import Lease, job_left_running
+from llmlb_core.bodies import check_json_bytes
+from llmlb_core.errors import OpenAIError, error_body
+from llmlb_core.request_id import with_request_id
+from llmlb_core.upstream import BadAnswer, accepts, close_response, openai_error_content, read_bounded
 
 if TYPE_CHECKING:
     from litestar.types import Receive, Scope, Send
@@ -52,6 +61,9 @@ log = logging.getLogger("llmlb.stream")
 # Upstream response headers passed on to the client (besides the router's own).
 PASSED_HEADERS = ("content-type", "content-disposition", "content-language")
 SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+# What a relayed answer may be by default (server-sent events, or JSON from a server that does
+# not stream).
+STREAM_TYPES = ("text/event-stream", "application/json")
 
 
 class StreamBody:
@@ -80,20 +92,27 @@ class StreamBody:
 
 
 def upstream_error_response(
-    status: int, content: bytes, *, node_name: str = "", headers: Mapping[str, str] | None = None
+    status: int,
+    content: bytes,
+    *,
+    node_name: str = "",
+    content_type: str = "",
+    headers: Mapping[str, str] | None = None,
 ) -> Response[bytes]:
-    """A 4xx (or final 5xx) from upstream, answered with its status and an OpenAI-shaped body."""
+    """A 4xx from upstream, answered with its status and an OpenAI-shaped body."""
     return Response(
-        content=openai_error_content(status, content, node_name=node_name),
+        content=openai_error_content(status, content, node_name=node_name, content_type=content_type),
         status_code=status,
         media_type="application/json",
         headers=dict(headers or {}),
     )
 
 
-def _sse_error_event(message: str, code: str) -> bytes:
-    body = error_body(message, type="server_error", code=code)
-    return b"data: " + json.dumps(body).encode() + b"\n\n"
+def _sse_error_event(message: str, code: str, *, mid_event: bool = False) -> bytes:
+    """An OpenAI-shaped error as a server-sent event; ``mid_event``: what was relayed so far
+    ends inside an event, which is closed first so that the error arrives as an event of its own."""
+    body = error_body(with_request_id(message), type="server_error", code=code)
+    return (b"\n\n" if mid_event else b"") + b"data: " + json.dumps(body).encode() + b"\n\n"
 
 
 class Relay:
@@ -114,23 +133,31 @@ class Relay:
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         node = self.lease.node
+        limit = self._services.settings.max_upstream_answer_bytes
+        mid_event = False
         try:
             async for chunk in self.response.aiter_raw():
                 if chunk:
                     self.bytes_sent += len(chunk)
+                    if self.bytes_sent > limit:
+                        raise BadAnswer(f"streamed answer went over the limit of {limit} bytes")
+                    mid_event = not chunk.endswith((b"\n\n", b"\r\n\r\n"))
                     yield chunk
             self.completed = True
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, BadAnswer) as exc:
             self.broken = True
-            node.record_failure(
-                f"stream broke: {type(exc).__name__}", self._services.settings.suspect_cooldown_s
-            )
-            log.warning("stream from node %s broke after %d bytes: %s", node.name, self.bytes_sent, exc)
+            if isinstance(exc, BadAnswer):
+                failure = self._services.reject_answer(node, str(exc))
+                message, code = failure.message, failure.code or "bad_upstream_response"
+            else:
+                node.record_failure(
+                    f"stream broke: {type(exc).__name__}", self._services.settings.suspect_cooldown_s
+                )
+                log.warning("stream from node %s broke after %d bytes: %r", node.name, self.bytes_sent, exc)
+                message, code = f"Node '{node.name}' stopped streaming", "upstream_stream_broken"
             if not self.sse:
                 raise  # abort the client's response: a truncated body must not look complete
-            yield _sse_error_event(
-                f"Node '{node.name}' stopped streaming: {type(exc).__name__}", "upstream_stream_broken"
-            )
+            yield _sse_error_event(message, code, mid_event=mid_event)
         finally:
             await self.aclose()
 
@@ -141,7 +168,11 @@ class Relay:
         elapsed = time.monotonic() - self.started
         outcome = "ok" if self.completed else "failed" if self.broken else "cancelled"
         self._services.metrics.observe_upstream(self.lease.node.id, outcome, elapsed)
-        self._services.balancer.release(self.lease, duration_s=elapsed if self.completed else None)
+        self._services.balancer.release(
+            self.lease,
+            duration_s=elapsed if self.completed else None,
+            abandoned=not self.completed and not self.broken,  # the node may still be sending
+        )
         if not self.completed:
             log.info(
                 "stream from node %s ended early after %d bytes (client gone or upstream broke)",
@@ -196,8 +227,11 @@ async def stream_from_node(
     content_type: str,
     content_length: int | None = None,
     extra_headers: Mapping[str, str] | None = None,
+    accept: Collection[str] = STREAM_TYPES,
 ) -> Response[Any]:
-    """POST to a node serving ``model`` and stream its answer back (see the module doc)."""
+    """POST to a node serving ``model`` and stream its answer back (see the module doc).
+    ``accept``: the content types (``"audio/*"`` allowed) a 2xx answer may have."""
+    limit = services.settings.max_upstream_answer_bytes
     headers = {"content-type": content_type}
     if content_length is not None:
         headers["content-length"] = str(content_length)
@@ -208,17 +242,22 @@ async def stream_from_node(
         started = time.monotonic()
         try:
             response = await services.open_upstream(lease, path, content, headers)
-        except BaseException:
-            services.balancer.release(lease)
+        except BaseException as exc:
+            services.balancer.release(lease, abandoned=job_left_running(exc))
             raise
         client_headers = {**lease.headers(), "x-llmlb-node": lease.node.id}
-        if response.status_code >= 400:
-            error = await read_bounded(response)
+        status, media = response.status_code, response.headers.get("content-type", "")
+        problem = _answer_problem(response, accept, limit)
+        if problem is not None or status >= 400:
+            error = await read_bounded(response) if problem is None else b""
             await close_response(response)
-            services.metrics.observe_upstream(lease.node.id, "client_error", time.monotonic() - started)
+            outcome = "client_error" if problem is None else "failed"
+            services.metrics.observe_upstream(lease.node.id, outcome, time.monotonic() - started)
             services.balancer.release(lease)
+            if problem is not None:
+                raise services.reject_answer(lease.node, problem)
             return upstream_error_response(
-                response.status_code, error, node_name=lease.node.name, headers=client_headers
+                status, error, node_name=lease.node.name, content_type=media, headers=client_headers
             )
         relay = Relay(services, lease, response, started=started)
         for name in PASSED_HEADERS:
@@ -239,6 +278,22 @@ async def stream_from_node(
     return await services.failover(model, flags, attempt, can_retry=can_retry)
 
 
+def _answer_problem(response: httpx.Response, accept: Collection[str], limit: int) -> str | None:
+    """Why a relayed answer cannot be used (its head is all there is to judge), or None."""
+    status = response.status_code
+    if 400 <= status < 500:
+        return None  # the request's fault: answered as an OpenAI error
+    if not 200 <= status < 300:
+        return f"HTTP {status}"
+    media = response.headers.get("content-type", "")
+    if not accepts(media, accept):
+        return f"content type {media!r}, expected one of {sorted(accept)}"
+    declared = response.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        return f"answer of {declared} bytes is over the limit of {limit} bytes"
+    return None
+
+
 def with_body_defaults(body: bytes, defaults: Mapping[str, Any]) -> bytes:
     """Fill top-level JSON fields the client left out from a model's admin-set defaults.
 
@@ -247,7 +302,13 @@ def with_body_defaults(body: bytes, defaults: Mapping[str, Any]) -> bytes:
     """
     if not defaults:
         return body
-    data = json.loads(body)
+    check_json_bytes(body)  # json.loads below must not meet hostile bytes unchecked
+    try:
+        data = json.loads(body)
+    except ValueError:
+        raise OpenAIError(400, "Request body is not valid JSON", code="invalid_json") from None
+    if not isinstance(data, dict):
+        raise OpenAIError(400, "Request body must be a JSON object", code="invalid_json")
     missing = {k: v for k, v in defaults.items() if k not in data}
     if not missing:
         return body
@@ -271,8 +332,6 @@ async def forward_json(
         )
     result = await services.call_node(model, flags, path, content=body, content_type="application/json")
     headers = {**result.headers, "x-llmlb-node": result.node_id}
-    if result.status >= 400:
-        return upstream_error_response(result.status, result.content, headers=headers)
     return Response(
         content=result.content, status_code=result.status, media_type=result.content_type, headers=headers
     )

@@ -8,21 +8,31 @@ of that, and callers keep the httpx API (timeouts, exceptions, streaming).
 
 from __future__ import annotations
 
-import json
 import logging
+import re
+import ssl
+from collections.abc import Collection
 from typing import Any
 
 import anyio
 import httpx
+import msgspec
 from httpx_aiohttp import AiohttpTransport
 from httpx_aiohttp import transport as _aiohttp_transport
 
+from llmlb_core import request_id
+from llmlb_core.bodies import MAX_JSON_DEPTH, check_json_bytes
 from llmlb_core.errors import NodeFailure, OpenAIError, error_body
+from llmlb_core.tls import client_ssl_context
 
 log = logging.getLogger("llmlb.upstream")
 
-# Node failures that make the router try another node.
-RETRYABLE_STATUS = frozenset({500, 502, 503, 504})
+# Node failures that make the router try another node: every 5xx. The client sees these
+# statuses as they were; any other 5xx becomes a 502.
+RETRYABLE_STATUS = frozenset(range(500, 600))
+SHOWN_5XX = frozenset({500, 502, 503, 504})
+# An upstream error code passed on from a 5xx (the message never is).
+_CODE_TOKEN = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 # Most bytes of an upstream error body that are read (the rest is dropped).
 MAX_ERROR_BYTES = 1024 * 1024
 
@@ -31,10 +41,16 @@ MAX_ERROR_BYTES = 1024 * 1024
 _aiohttp_transport.AiohttpResponseStream.CHUNK_SIZE = 1024 * 1024
 
 
-def upstream_client(*, connect_timeout_s: float, read_timeout_s: float) -> httpx.AsyncClient:
+def upstream_client(
+    *, connect_timeout_s: float, read_timeout_s: float, ssl_context: ssl.SSLContext | None = None
+) -> httpx.AsyncClient:
+    """The shared client. HTTPS peers are verified with ``ssl_context`` (aiohttp's connector uses
+    it as is: certificate chain and host name), by default the system trust store
+    (:func:`llmlb_core.tls.client_ssl_context`)."""
     limits = httpx.Limits(max_connections=1000, max_keepalive_connections=200, keepalive_expiry=60)
+    verify = ssl_context if ssl_context is not None else client_ssl_context(None)
     return httpx.AsyncClient(
-        transport=AiohttpTransport(limits=limits, trust_env=False),
+        transport=AiohttpTransport(verify=verify, limits=limits, trust_env=False),
         timeout=httpx.Timeout(read_timeout_s, connect=connect_timeout_s),
         limits=limits,
         trust_env=False,
@@ -53,61 +69,130 @@ def is_timeout(exc: httpx.HTTPError) -> bool:
     return cause is None or isinstance(cause, TimeoutError)
 
 
+def media_type(content_type: str) -> str:
+    """``"Application/JSON; charset=utf-8"`` -> ``"application/json"``."""
+    return content_type.partition(";")[0].strip().lower()
+
+
+def accepts(content_type: str, accepted: Collection[str]) -> bool:
+    """Whether ``content_type`` is one of ``accepted`` (which may hold ``"audio/*"``)."""
+    kind = media_type(content_type)
+    return kind in accepted or f"{kind.partition('/')[0]}/*" in accepted
+
+
+def log_snippet(content: bytes, limit: int = 300) -> str:
+    """The start of an upstream body for one log line: newlines and control bytes escaped."""
+    text = content[:limit].decode("utf-8", "replace")
+    return repr(text) + ("..." if len(content) > limit else "")
+
+
 def _json_or_none(content: bytes) -> Any:
     try:
-        return json.loads(content)
-    except (ValueError, UnicodeDecodeError):
+        check_json_bytes(content)
+        return msgspec.json.decode(content)
+    except (OpenAIError, msgspec.DecodeError):
         return None
 
 
-def openai_error_content(status: int, content: bytes, *, node_name: str = "") -> bytes:
-    """An upstream error body as OpenAI's ``{"error": {...}}`` (unchanged when it already is).
+def _short(value: Any, *, numbers: bool = False, limit: int = 64) -> str | None:
+    """A type/param/code value from upstream: a short printable string (or, with ``numbers``, an
+    integer as one), else None."""
+    if not isinstance(value, str) and (not numbers or isinstance(value, bool) or not isinstance(value, int)):
+        return None
+    text = str(value)
+    return text if len(text) <= limit and text.isprintable() else None
 
-    Servers differ: vLLM's older ``{"object": "error", "message": ...}``, FastAPI's
-    ``{"detail": ...}``, ``{"error": "text"}`` (Ollama), plain text. Their message, type, param
-    and code are kept where present.
+
+def _clean_message(text: str, limit: int = 2000) -> str:
+    """An upstream message as the client sees it: printable, one line, bounded."""
+    text = "".join(c if c.isprintable() else " " for c in text[: limit * 2])
+    return " ".join(text.split())[:limit]
+
+
+def openai_error_content(
+    status: int, content: bytes, *, node_name: str = "", content_type: str = ""
+) -> bytes:
+    """An upstream 4xx body as OpenAI's ``{"error": {...}}``, rebuilt field by field.
+
+    Servers differ: OpenAI's shape, vLLM's older ``{"object": "error", "message": ...}``,
+    FastAPI's ``{"detail": ...}``, ``{"error": "text"}`` (Ollama), plain text. Their message,
+    type, param and code are kept where present, as short printable strings. Markup (an HTML
+    error page) and anything else unreadable becomes a message that only states the status. The
+    body of a 5xx is never shown (it is the node's business: ``node_failure`` logs it).
     """
-    data = _json_or_none(content)
     default_type = OpenAIError(status, "").type
     message: str | None = None
-    err_type: str = default_type
+    err_type = default_type
     param: str | None = None
-    code: str | int | None = None
-    if isinstance(data, dict):
-        err = data.get("error")
-        if isinstance(err, dict) and isinstance(err.get("message"), str):
-            return content  # already OpenAI-shaped: passed through untouched
-        source = err if isinstance(err, dict) else data
-        raw = err if isinstance(err, str) else source.get("message", source.get("detail"))
-        if raw is not None:
-            message = raw if isinstance(raw, str) else json.dumps(raw)
-        source_type = source.get("type")
-        err_type = source_type if isinstance(source_type, str) else default_type
-        param = source.get("param") if isinstance(source.get("param"), str) else None
-        code = source.get("code") if isinstance(source.get("code"), str | int) else None
-    if message is None:
-        text = content.decode("utf-8", "replace").strip()
-        message = text[:2000] if text else f"Upstream answered HTTP {status}"
+    code: str | None = None
+    if status < 500:
+        data = _json_or_none(content)
+        if isinstance(data, dict):
+            err = data.get("error")
+            source = err if isinstance(err, dict) else data
+            raw = err if isinstance(err, str) else source.get("message", source.get("detail"))
+            if isinstance(raw, str):
+                message = _clean_message(raw)
+            elif raw is not None:
+                message = _clean_message(msgspec.json.encode(raw).decode())
+            err_type = _short(source.get("type")) or default_type
+            param = _short(source.get("param"))
+            code = _short(source.get("code"), numbers=True)
+        elif data is None and media_type(content_type) in ("", "text/plain"):
+            text = _clean_message(content.decode("utf-8", "replace"))
+            message = text if text and not text.startswith("<") else None
+    if not message:
+        message = f"The upstream server answered HTTP {status}"
     if node_name:
         message = f"{message} (node '{node_name}')"
-    return json.dumps(
-        error_body(message, type=err_type, param=param, code=None if code is None else str(code))
-    ).encode()
+    return msgspec.json.encode(error_body(message, type=err_type, param=param, code=code))
 
 
 def node_failure(status: int, content: bytes, node_name: str) -> NodeFailure:
-    """A node's 5xx as a retryable error, keeping its message and code."""
-    data = _json_or_none(openai_error_content(status, content)) or {}
-    error = data.get("error", {}) if isinstance(data, dict) else {}
-    return NodeFailure(
+    """A node's 5xx as a retryable error: its body is logged (one line), never shown; only an
+    error code that is a plain token (e.g. ``model_load_failed``) is kept."""
+    data = _json_or_none(content)
+    error = data.get("error") if isinstance(data, dict) else None
+    code = _short(error.get("code"), numbers=True) if isinstance(error, dict) else None
+    log.warning(
+        "node %s answered HTTP %d (request %s): %s",
+        node_name,
         status,
-        f"{error.get('message') or f'HTTP {status}'} (node '{node_name}')",
+        request_id.current(),
+        log_snippet(content),
+    )
+    return NodeFailure(
+        status if status in SHOWN_5XX else 502,
+        f"Node '{node_name}' failed (HTTP {status})",
         type="server_error",
-        code=error.get("code") or "upstream_error",
+        code=code if code is not None and _CODE_TOKEN.fullmatch(code) else "upstream_error",
     )
 
 
+class BadAnswer(Exception):
+    """A node answered something the route cannot use: a wrong status, content type, size or
+    shape (``RouterServices.reject_answer`` makes it a 502 ``bad_upstream_response``)."""
+
+
+class _JsonObject(msgspec.Struct):
+    """Any JSON object: every member is skipped, the syntax is still checked."""
+
+
+_json_object = msgspec.json.Decoder(_JsonObject)
+
+
+def check_json_object(content: bytes) -> None:
+    """:class:`BadAnswer` unless ``content`` is one JSON object (UTF-8, sanely nested: an
+    answer may echo a request nested as deep as allowed, and wrap it)."""
+    try:
+        check_json_bytes(content, max_depth=2 * MAX_JSON_DEPTH)
+        _json_object.decode(content)
+    except (OpenAIError, msgspec.DecodeError, RecursionError):
+        raise BadAnswer("the answer is not a JSON object") from None
+
+
 async def read_bounded(response: httpx.Response, limit: int = MAX_ERROR_BYTES) -> bytes:
+    """At most ``limit`` bytes of an (error) body; the rest is dropped, a broken read ends it."""
     parts: list[bytes] = []
     size = 0
     try:
@@ -119,6 +204,22 @@ async def read_bounded(response: httpx.Response, limit: int = MAX_ERROR_BYTES) -
     except httpx.HTTPError:
         pass
     return b"".join(parts)[:limit]
+
+
+async def read_answer(response: httpx.Response, limit: int) -> bytes:
+    """The whole answer, or :class:`BadAnswer` as soon as it is over ``limit`` bytes (a
+    declared length over it is refused before reading). A broken read raises ``httpx.HTTPError``."""
+    declared = response.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise BadAnswer(f"answer of {declared} bytes is over the limit of {limit} bytes")
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_bytes():
+        size += len(chunk)
+        if size > limit:
+            raise BadAnswer(f"answer is over the limit of {limit} bytes")
+        parts.append(chunk)
+    return b"".join(parts)
 
 
 async def close_response(response: httpx.Response) -> None:

@@ -24,6 +24,7 @@ from llmlb_core.protocol import (
     NodeRegistration,
     RegistrationReply,
 )
+from llmlb_core.tls import client_ssl_context, tls_failure
 from node_runtimes.runtime import Runtime
 from node_runtimes.settings import NodeSettings
 
@@ -57,12 +58,14 @@ class RouterLink:
             base_url=settings.router_url.rstrip("/"),
             headers={"authorization": f"Bearer {settings.api_key}"} if settings.api_key else {},
             timeout=httpx.Timeout(10.0, connect=3.0),
+            verify=client_ssl_context(settings.router_ca_bundle, what="--router-ca-bundle"),
         )
         self.interval_s = settings.heartbeat_interval_s or 10.0
         self.registered = asyncio.Event()
         self.draining = False
         self._task: asyncio.Task[None] | None = None
         self._last_models: list[ModelAdvert] = []
+        self._beat_now = asyncio.Event()
 
     def models(self) -> list[ModelAdvert]:
         return [m for runtime in self.runtimes for m in runtime.models()]
@@ -79,6 +82,7 @@ class RouterLink:
             slots=sum(r.slots for r in self.runtimes) or 1,
             accelerators=self._accelerators(),
             version="0.2.0",
+            draining=self.draining,
         )
 
     def heartbeat_message(self) -> Heartbeat:
@@ -127,12 +131,22 @@ class RouterLink:
                     "router refused registration: HTTP %d %s", response.status_code, response.text[:300]
                 )
             except httpx.HTTPError as exc:
-                log.warning(
-                    "router %s not reachable (%s); retrying in %.1fs",
-                    self.settings.router_url,
-                    type(exc).__name__,
-                    backoff,
-                )
+                tls = tls_failure(exc)
+                if tls is not None:
+                    log.error(
+                        "TLS to router %s failed (%s); give its CA with --router-ca-bundle; "
+                        "retrying in %.1fs",
+                        self.settings.router_url,
+                        tls,
+                        backoff,
+                    )
+                else:
+                    log.warning(
+                        "router %s not reachable (%s); retrying in %.1fs",
+                        self.settings.router_url,
+                        type(exc).__name__,
+                        backoff,
+                    )
             await asyncio.sleep(backoff)
             backoff = min(MAX_BACKOFF_S, backoff * 2)
 
@@ -160,8 +174,17 @@ class RouterLink:
     async def run(self) -> None:
         await self.register()
         while True:
-            await asyncio.sleep(self.interval_s)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.interval_s):
+                    await self._beat_now.wait()
+            self._beat_now.clear()
             await self.beat()
+
+    def beat_now(self) -> None:
+        """Send the next heartbeat now, not at the next interval: a job ended early (its client
+        left) and the router holds its slot until the node reports it gone. Calls made while a
+        heartbeat is being sent give one more heartbeat right after it."""
+        self._beat_now.set()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self.run(), name="llmlb-router-link")

@@ -1,4 +1,10 @@
-"""The node's Litestar app factory: runtimes' routes behind the router's credential."""
+"""The node's Litestar app factory: runtimes' routes behind the router's credential.
+
+A request whose client (the router) goes away is cancelled (:mod:`llmlb_core.disconnect`): a
+job that waits for its runtime leaves the queue, a running one stops where its runtime can stop
+it. When it has ended, the node heartbeats at once, so the router, which keeps counting the slot
+of a job it gave up on until the node reports it gone, gets it back within milliseconds.
+"""
 
 from __future__ import annotations
 
@@ -13,8 +19,10 @@ from typing import Any
 from litestar import Litestar, Router, get
 from litestar.connection import ASGIConnection
 from litestar.handlers import BaseRouteHandler
+from litestar.middleware import DefineMiddleware
 
 from llmlb_core.auth import key_from_headers
+from llmlb_core.disconnect import DisconnectMiddleware
 from llmlb_core.errors import OpenAIError, exception_handlers
 from node_runtimes.agent import RouterLink
 from node_runtimes.plugins import RuntimePluginError, load_runtime_types
@@ -100,6 +108,7 @@ def create_node_app(
     app = Litestar(
         route_handlers=[health, guarded] if handlers else [health],
         exception_handlers=exception_handlers(),
+        middleware=[DefineMiddleware(DisconnectMiddleware, on_abandoned=link.beat_now)],
         lifespan=[lifespan],
         request_max_body_size=NODE_MAX_BODY_BYTES,
         openapi_config=None,

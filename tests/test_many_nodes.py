@@ -67,7 +67,8 @@ class Cluster:
             self.node_key,
             port=self.ports[name],
             name=name,
-            extra=["--threads", "1"],
+            # Stable ids, so that x-llmlb-node names the node (the default id is random).
+            extra=["--threads", "1", "--node-id", name],
         )
         self.nodes[name] = proc.start()
         if wait:

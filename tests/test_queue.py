@@ -107,7 +107,8 @@ def test_metrics_exposition(tmp_path: Path) -> None:
     router = start_router(tmp_path / "data", plugins=[EchoCapability()])
     node = None
     try:
-        node = start_node(router.url, [EchoRuntimePlugin()], name="m", runtimes=["echo"])
+        # A stable id (the default one is random per process): the metrics are labelled by id.
+        node = start_node(router.url, [EchoRuntimePlugin()], name="m", node_id="m", runtimes=["echo"])
         assert httpx.post(f"{router.url}/v1/echo", json={"model": "echo-1"}, headers=AUTH).status_code == 200
         assert httpx.get(f"{router.url}/metrics").status_code == 401  # admin key required by default
         text = httpx.get(f"{router.url}/metrics", headers=AUTH).text
@@ -126,7 +127,7 @@ def test_metrics_forget_deregistered_nodes(tmp_path: Path) -> None:
     router = start_router(tmp_path / "data", plugins=[EchoCapability()])
     node = None
     try:
-        node = start_node(router.url, [EchoRuntimePlugin()], name="gone", runtimes=["echo"])
+        node = start_node(router.url, [EchoRuntimePlugin()], name="gone", node_id="gone", runtimes=["echo"])
         assert httpx.post(f"{router.url}/v1/echo", json={"model": "echo-1"}, headers=AUTH).status_code == 200
         assert 'node="gone"' in httpx.get(f"{router.url}/metrics", headers=AUTH).text
         node.stop()  # deregisters on shutdown

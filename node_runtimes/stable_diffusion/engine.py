@@ -6,6 +6,12 @@
   and the progress callback is process-wide.
 - A model is loaded on first use; switching models frees the old context first, so memory
   holds one model; a model idle for ``idle_unload_s`` is unloaded.
+- A job of ``n`` images runs image by image (``batch_count=1``, seeds ``seed, seed+1, ...``:
+  the pixels stable-diffusion.cpp's own batch gives, image ``i`` of a batch having the seed
+  ``seed + i``), so a cancelled job (its client left) stops at the next image boundary. A job
+  cancelled while it waits for the engine leaves at once. An image in progress cannot be
+  interrupted: the C call has no abort hook and runs on the worker thread, so a cancelled job
+  holds the engine (and counts as active) until that call returns, then ends.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import logging
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -151,6 +157,19 @@ class SDEngine:
     async def _run(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
+    async def _run_to_end(self, fn: Any, *args: Any) -> Any:
+        """``_run``, but when cancelled, wait until ``fn`` has returned before raising
+        ``CancelledError``: the worker thread cannot be stopped, and the caller must hold the
+        lock (and count the job as active) until it really is done."""
+        future = asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            while not future.done():
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.wait([future])
+            raise
+
     async def _reap_idle(self) -> None:
         interval = max(0.2, min(5.0, self.idle_unload_s / 4))
         while True:
@@ -178,7 +197,8 @@ class SDEngine:
         gc.collect()
         log.info("model %s unloaded", model_id)
 
-    def _load_sync(self, folder: ModelFolder) -> LoadedModel:
+    def _load_sync(self, folder: ModelFolder) -> None:
+        """Load ``folder`` as ``self.loaded`` (set here, so a cancelled caller cannot lose it)."""
         import stable_diffusion_cpp as sdc
 
         self._unload_sync()  # one model in memory at a time
@@ -228,11 +248,11 @@ class SDEngine:
             )
         now = time.monotonic()
         log.info("model %s loaded in %.2fs", folder.id, now - started)
-        return LoadedModel(folder.id, context, choice, loaded_at=now, last_used=now)
+        self.loaded = LoadedModel(folder.id, context, choice, loaded_at=now, last_used=now)
 
     # --- generation ----------------------------------------------------------------------
-    def _generate_sync(self, model: LoadedModel, job: EngineJob, job_id: int) -> list[Image.Image]:
-        started = time.monotonic()
+    def _generate_sync(self, model: LoadedModel, job: EngineJob, job_id: int) -> Image.Image:
+        """One image: ``job.seed``, ``batch_count`` 1."""
 
         def progress(step: int, steps: int, seconds: float) -> None:
             log.info("job %d (%s): step %d/%d (%.2fs/it)", job_id, model.id, step, steps, seconds)
@@ -246,7 +266,7 @@ class SDEngine:
             "sample_method": job.sampler,
             "sample_steps": job.steps,
             "seed": job.seed,
-            "batch_count": job.batch_count,
+            "batch_count": 1,
             "progress_callback": progress,
         }
         if job.scheduler:
@@ -270,42 +290,63 @@ class SDEngine:
             # returns; a later call (or a model load, which reports progress too) would jump
             # into freed memory and crash. Unregister it.
             _clear_progress_callback()
-        if not images or len(images) != job.batch_count:
+        if not images or len(images) != 1:
             raise OpenAIError(
                 500,
-                f"stable-diffusion.cpp returned {len(images or [])} image(s), expected {job.batch_count}",
+                f"stable-diffusion.cpp returned {len(images or [])} image(s), expected 1",
                 type="server_error",
                 code="generation_failed",
             )
-        log.info(
-            "job %d (%s): %d image(s) %dx%d in %.2fs",
-            job_id,
-            model.id,
-            len(images),
-            job.width,
-            job.height,
-            time.monotonic() - started,
-        )
-        return list(images)
+        return images[0]  # type: ignore[no-any-return]
 
     async def generate(self, folder: ModelFolder, job: EngineJob) -> list[Image.Image]:
+        """The job's ``batch_count`` images (image ``i`` with seed ``job.seed + i``)."""
         self.waiting_jobs += 1
         try:
-            await self._lock.acquire()
+            await self._lock.acquire()  # cancelled here: the job is gone from the queue at once
         finally:
             self.waiting_jobs -= 1
         self.active_jobs += 1
         try:
             if self.loaded is None or self.loaded.id != folder.id:
-                self.loaded = await self._run(self._load_sync, folder)
+                await self._run_to_end(self._load_sync, folder)
             loaded = self.loaded
+            assert loaded is not None
             self._job_counter += 1
-            images = await self._run(self._generate_sync, loaded, job, self._job_counter)
-            loaded.last_used = time.monotonic()
-            return images  # type: ignore[no-any-return]
+            return await self._images(loaded, job, self._job_counter)
         finally:
             self.active_jobs -= 1
             self._lock.release()
+
+    async def _images(self, loaded: LoadedModel, job: EngineJob, job_id: int) -> list[Image.Image]:
+        started = time.monotonic()
+        images: list[Image.Image] = []
+        try:
+            for index in range(job.batch_count):
+                one = replace(job, seed=job.seed + index, batch_count=1)
+                images.append(await self._run_to_end(self._generate_sync, loaded, one, job_id))
+                loaded.last_used = time.monotonic()
+                if job.batch_count > 1:
+                    log.info("job %d (%s): image %d/%d done", job_id, loaded.id, index + 1, job.batch_count)
+        except asyncio.CancelledError:
+            log.info(
+                "job %d (%s): cancelled after %d of %d image(s)",
+                job_id,
+                loaded.id,
+                len(images),
+                job.batch_count,
+            )
+            raise
+        log.info(
+            "job %d (%s): %d image(s) %dx%d in %.2fs",
+            job_id,
+            loaded.id,
+            len(images),
+            job.width,
+            job.height,
+            time.monotonic() - started,
+        )
+        return images
 
     def status(self) -> dict[str, Any]:
         return {

@@ -23,6 +23,7 @@ from node_runtimes.settings import NodeSettings
 from node_runtimes.stable_diffusion.engine import EngineJob, SDEngine
 from node_runtimes.stable_diffusion.model_folder import ModelFolder, scan_models
 from node_runtimes.stable_diffusion.params import engine_settings
+from plugins.images.decoding import MAX_IMAGES, ImageDecoder, ImageLimits
 from plugins.images.protocol import (
     MAX_SEED,
     SIZE_AUTO,
@@ -33,14 +34,8 @@ from plugins.images.protocol import (
     ImageVariationFields,
     parse_size,
 )
-from plugins.images.settings import MB
-from plugins.images.uploads import (
-    IMAGE_FIELDS,
-    convert_fields,
-    mask_from_alpha,
-    open_image,
-    parse_multipart,
-)
+from plugins.images.settings import MB, ImagesSettings
+from plugins.images.uploads import convert_fields, parse_multipart
 from plugins.images.validation import require_prompt, resolve_size
 
 log = logging.getLogger("llmlb.node.sd")
@@ -48,7 +43,6 @@ log = logging.getLogger("llmlb.node.sd")
 TYPE_NAME = "stable_diffusion"
 CAPABILITIES = ["image_generation"]
 MAX_UPLOAD_BYTES = 4 * MB
-MAX_PIXELS = 4096 * 4096
 EDIT_STRENGTH = 0.75
 INPAINT_STRENGTH = 1.0
 VARIATION_STRENGTH = 0.6
@@ -206,6 +200,8 @@ class StableDiffusionRuntime(Runtime):
 
     def routes(self) -> list[BaseRouteHandler]:
         runtime = self
+        # Decodes uploads off the event loop within the images plugin's default limits.
+        decoder = ImageDecoder(ImageLimits.of(ImagesSettings()))
 
         @post("/v1/images/generations", status_code=200)
         async def generations(request: Request[Any, Any, Any]) -> Response[Any]:
@@ -221,25 +217,14 @@ class StableDiffusionRuntime(Runtime):
             )
             req = convert_fields(form.fields, ImageEditFields)
             prompt = require_prompt(req.prompt)
-            uploads = form.uploads(*IMAGE_FIELDS)
-            if not uploads:
-                raise OpenAIError(400, "image is required", param="image", code="missing_image")
-            images = [
-                open_image(u, param="image", max_bytes=MAX_UPLOAD_BYTES, max_pixels=MAX_PIXELS)
-                for u in uploads
-            ]
-            mask = None
-            if mask_uploads := form.uploads("mask"):
-                mask_image = open_image(
-                    mask_uploads[0], param="mask", max_bytes=MAX_UPLOAD_BYTES, max_pixels=MAX_PIXELS
-                )
-                mask = mask_from_alpha(mask_image, images[0].size)
+            inputs = await decoder.read(form, max_images=MAX_IMAGES, mask_allowed=True, keep_pixels=True)
+            mask = inputs.mask_pixels
             return await runtime._run(
                 req,
                 prompt=prompt,
                 quality=req.quality,
                 style=None,
-                init=images[0],
+                init=inputs.init,
                 mask=mask,
                 default_strength=INPAINT_STRENGTH if mask is not None else EDIT_STRENGTH,
             )
@@ -250,12 +235,10 @@ class StableDiffusionRuntime(Runtime):
                 request, max_file_bytes=MAX_UPLOAD_BYTES, max_total_bytes=2 * MAX_UPLOAD_BYTES
             )
             req = convert_fields(form.fields, ImageVariationFields)
-            uploads = form.uploads(*IMAGE_FIELDS)
-            if not uploads:
-                raise OpenAIError(400, "image is required", param="image", code="missing_image")
-            image = open_image(uploads[0], param="image", max_bytes=MAX_UPLOAD_BYTES, max_pixels=MAX_PIXELS)
+            inputs = await decoder.read(form, max_images=1, mask_allowed=False, keep_pixels=True)
+            init = inputs.init
             return await runtime._run(
-                req, prompt="", quality=None, style=None, init=image, default_strength=VARIATION_STRENGTH
+                req, prompt="", quality=None, style=None, init=init, default_strength=VARIATION_STRENGTH
             )
 
         return [generations, edits, variations]

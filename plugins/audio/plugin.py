@@ -16,6 +16,7 @@ from llmlb_core.hookspecs import hookimpl
 from plugins.audio.protocol import (
     SPEECH_TO_TEXT,
     TEXT_TO_SPEECH,
+    AudioModelDefaults,
     SpeechRequest,
     TranscriptionFields,
     TranslationFields,
@@ -36,6 +37,7 @@ def llmlb_register_capabilities(register: Callable[[Capability], None]) -> None:
             model_flags=FLAGS,
             runtime_types=RUNTIME_TYPES,
             description="OpenAI audio: transcriptions, translations (uploads streamed), speech (streamed)",
+            defaults_schema="AudioModelDefaults",
         )
     )
 
@@ -50,3 +52,4 @@ def llmlb_register_schemas(register: Callable[[str, str, type], None]) -> None:
     register(NAME, "TranscriptionFields", TranscriptionFields)
     register(NAME, "TranslationFields", TranslationFields)
     register(NAME, "SpeechRequest", SpeechRequest)
+    register(NAME, "AudioModelDefaults", AudioModelDefaults)

@@ -49,3 +49,15 @@ class SpeechRequest(msgspec.Struct, kw_only=True):
     speed: Annotated[float, msgspec.Meta(ge=0.25, le=4.0)] | None = None
     instructions: str | None = None
     stream_format: Literal["audio", "sse"] | None = None
+
+
+class AudioModelDefaults(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Per-model defaults an admin may set for an audio model (``POST /v0/models``), checked
+    then: fields added to a ``/v1/audio/speech`` request that left them out (uploads to
+    transcriptions and translations are relayed exactly as the client sent them)."""
+
+    voice: Annotated[str, msgspec.Meta(min_length=1, max_length=256)] | dict[str, Any] | None = None
+    response_format: SpeechFormat | None = None
+    speed: Annotated[float, msgspec.Meta(ge=0.25, le=4.0)] | None = None
+    instructions: str | None = None
+    stream_format: Literal["audio", "sse"] | None = None

@@ -29,6 +29,17 @@ TTS_FLAGS = frozenset({TEXT_TO_SPEECH})
 SPEECH_BODY_LIMIT = 1024 * 1024
 # Room for the form fields and multipart framing around the file.
 FORM_OVERHEAD_BYTES = 1024 * 1024
+# What a backend's answer may be: a transcript in each response_format (or its SSE stream), and
+# audio (or speech SSE). Anything else is a bad answer (502, the node suspect).
+TRANSCRIPT_TYPES = (
+    "application/json",
+    "text/plain",
+    "text/vtt",
+    "text/srt",
+    "application/x-subrip",
+    "text/event-stream",
+)
+SPEECH_TYPES = ("audio/*", "application/octet-stream", "text/event-stream")
 
 
 def build_routes(cfg: AudioSettings) -> list[BaseRouteHandler]:
@@ -52,6 +63,7 @@ def build_routes(cfg: AudioSettings) -> list[BaseRouteHandler]:
                 content=StreamBody(relay.body()),
                 content_type=relay.content_type,
                 content_length=relay.content_length,
+                accept=TRANSCRIPT_TYPES,
             )
         finally:
             await relay.aclose()
@@ -78,6 +90,7 @@ def build_routes(cfg: AudioSettings) -> list[BaseRouteHandler]:
             "/v1/audio/speech",
             content=with_body_defaults(body, services.model_defaults(req.model)),
             content_type="application/json",
+            accept=SPEECH_TYPES,
         )
 
     return [transcriptions, translations, speech]

@@ -16,11 +16,22 @@ not hold 25 MB per request in memory. :class:`MultipartRelay` does both:
    ``file`` part or a malformed body stops the relay at once (the upstream request is aborted,
    the client gets the error), and at the end of the body every field (including any that came
    after the file) is validated again and the file must have been present.
+
+The backend parses the same bytes with its own multipart parser (cpp-httplib in whisper.cpp,
+python-multipart in FastAPI servers, ...), so the router accepts only a body that every parser
+reads the same way (:func:`check_part_headers`, the parser in strict mode): a plain boundary;
+per part, one ``Content-Disposition: form-data; name="..."[; filename="..."]`` and at most one
+``Content-Type``, nothing else; a file name on the ``file`` part and on no other; no control
+character, backslash or (percent-encoded) quote or line break in a name or file name, which
+parsers unquote differently; no folded header line; no field sent twice. Anything else is a
+400 before any byte reaches a node, so a hostile file name cannot make the backend see another
+field, another file or another model.
 """
 
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
@@ -35,6 +46,44 @@ T = TypeVar("T")
 FILE_FIELD = "file"
 MAX_FIELD_BYTES = 64 * 1024
 MAX_PARTS = 64
+
+# RFC 2046 boundary characters (a space only inside).
+_BCHARS = "-0-9A-Za-z'()+_,./:=?"
+_BOUNDARY = re.compile(rf"[{_BCHARS}](?:[{_BCHARS} ]{{0,68}}[{_BCHARS}])?")
+# A part's Content-Disposition as every parser reads it alike. The file name may hold anything
+# printable but a quote, a backslash or a percent-encoded quote or line break (checked apart).
+_DISPOSITION = re.compile(r'form-data; name="([A-Za-z0-9_.\[\]-]{1,128})"(?:; filename="([^"\\]{0,255})")?')
+_ENCODED_BREAKS = re.compile(r"%(?:22|0d|0a)", re.IGNORECASE)
+_TOKEN = r"[A-Za-z0-9!#$&^_.+-]+"
+_CONTENT_TYPE = re.compile(rf"{_TOKEN}/{_TOKEN}(?:; ?{_TOKEN}={_TOKEN})*")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _ambiguous(message: str) -> OpenAIError:
+    return OpenAIError(400, f"Malformed multipart body: {message}", code="invalid_multipart")
+
+
+def _field_error(name: str, what: str) -> OpenAIError:
+    return OpenAIError(400, f"Form field '{name}' {what}", param=name, code="invalid_multipart")
+
+
+def check_part_headers(segment: multipart.MultipartSegment) -> None:
+    """400 unless a part's headers read the same in every multipart parser (module doc)."""
+    names = [name for name, _ in segment.headerlist]
+    if sorted(set(names)) != sorted(names) or not set(names) <= {"Content-Disposition", "Content-Type"}:
+        raise _ambiguous("a part may have one Content-Disposition and one Content-Type header, nothing else")
+    for name, value in segment.headerlist:
+        if _CONTROL.search(value):
+            raise _ambiguous(f"a control character in a part's {name} header")
+        if name == "Content-Type" and not _CONTENT_TYPE.fullmatch(value):
+            raise _ambiguous("a part's Content-Type is not a plain media type")
+        if name == "Content-Disposition":
+            match = _DISPOSITION.fullmatch(value)
+            if match is None or _ENCODED_BREAKS.search(match.group(2) or ""):
+                raise _ambiguous(
+                    'a part\'s Content-Disposition must be form-data; name="..."; filename="..." with a '
+                    "plain field name, and a file name without quotes, backslashes or encoded line breaks"
+                )
 
 
 def convert_fields(fields: dict[str, str], type_: type[T]) -> T:
@@ -66,6 +115,8 @@ class MultipartRelay:
                 "This endpoint takes multipart/form-data with a 'file' part (as the OpenAI SDK sends it)",
                 code="invalid_content_type",
             )
+        if not _BOUNDARY.fullmatch(options["boundary"]) or _CONTROL.search(content_type):
+            raise _ambiguous("the boundary must be 1-70 RFC 2046 characters")
         self.content_type = content_type
         declared = request.headers.get("content-length")
         self.content_length = int(declared) if declared and declared.isdigit() else None
@@ -75,7 +126,9 @@ class MultipartRelay:
             raise self._too_large()
         self._validate = validate
         self._source = request.stream()
-        self._parser = multipart.PushMultipartParser(options["boundary"], max_segment_count=MAX_PARTS)
+        self._parser = multipart.PushMultipartParser(
+            options["boundary"], max_segment_count=MAX_PARTS, strict=True
+        )
         self.fields: dict[str, str] = {}
         self.file_seen = False
         self.file_name: str | None = None
@@ -108,6 +161,10 @@ class MultipartRelay:
 
     def _event(self, event: multipart.MultipartSegment | bytes | None) -> None:
         if isinstance(event, multipart.MultipartSegment):
+            check_part_headers(event)
+            if (event.name == FILE_FIELD) != (event.filename is not None):
+                # Parsers tell files from fields differently: only 'file' is a file, and it is one.
+                raise _ambiguous(f"only the '{FILE_FIELD}' part has a filename, and it must have one")
             self._segment, self._value, self._value_size = event, [], 0
             if event.name == FILE_FIELD:
                 if self.file_seen:
@@ -124,15 +181,20 @@ class MultipartRelay:
                 self.file_bytes += len(event)
                 if self.file_bytes > self.max_file_bytes:
                     raise self._too_large()
-            elif segment.filename is None:
+            else:
                 self._value_size += len(event)
                 if self._value_size > MAX_FIELD_BYTES:
                     raise OpenAIError(400, f"Form field '{segment.name}' is too long", param=segment.name)
                 self._value.append(event)
             return
         # End of a part.
-        if segment.name != FILE_FIELD and segment.filename is None:
-            self.fields[segment.name] = b"".join(self._value).decode("utf-8", "replace")
+        if segment.name != FILE_FIELD:
+            if segment.name in self.fields and not segment.name.endswith("[]"):
+                raise _field_error(segment.name, "is sent twice")
+            try:
+                self.fields[segment.name] = b"".join(self._value).decode("utf-8")
+            except UnicodeDecodeError:
+                raise _field_error(segment.name, "is not UTF-8") from None
         self._segment, self._value = None, []
 
     def _finish(self) -> None:

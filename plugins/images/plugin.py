@@ -10,6 +10,7 @@ from typing import Any
 from llmlb_core.capability import Capability
 from llmlb_core.hookspecs import hookimpl
 from llmlb_core.services import RouterServices
+from plugins.images.defaults import ImageModelDefaults
 from plugins.images.dispatch import FLAGS
 from plugins.images.protocol import (
     ImageEditFields,
@@ -33,6 +34,7 @@ def llmlb_register_capabilities(register: Callable[[Capability], None]) -> None:
             model_flags=FLAGS,
             runtime_types=frozenset({"stable_diffusion"}),
             description="OpenAI Images API: generations, edits, variations (stable-diffusion.cpp)",
+            defaults_schema="ImageModelDefaults",
         )
     )
 
@@ -48,6 +50,7 @@ def llmlb_register_schemas(register: Callable[[str, str, type], None]) -> None:
     register(NAME, "ImageEditFields", ImageEditFields)
     register(NAME, "ImageVariationFields", ImageVariationFields)
     register(NAME, "ImagesResponse", ImagesResponse)
+    register(NAME, "ImageModelDefaults", ImageModelDefaults)
 
 
 @hookimpl

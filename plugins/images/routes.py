@@ -18,7 +18,7 @@ from llmlb_core.auth import PUBLIC_OPT
 from llmlb_core.bodies import decode_json_bytes
 from llmlb_core.errors import OpenAIError
 from llmlb_core.services import RouterServices, get_services
-from llmlb_core.streaming import stream_from_node
+from plugins.images.decoding import MAX_IMAGES, ImageDecoder, ImageLimits
 from plugins.images.dispatch import (
     FILES_PATH,
     FLAGS,
@@ -35,15 +35,7 @@ from plugins.images.protocol import (
     ImageVariationFields,
 )
 from plugins.images.settings import ImagesSettings
-from plugins.images.uploads import (
-    IMAGE_FIELDS,
-    convert_fields,
-    encode_multipart,
-    image_format,
-    mask_from_alpha,
-    open_image,
-    parse_multipart,
-)
+from plugins.images.uploads import convert_fields, encode_multipart, parse_multipart
 from plugins.images.url_store import MEDIA_TYPES, ImageUrlStore
 from plugins.images.validation import reject_streaming, require_prompt, resolve_size
 
@@ -53,8 +45,6 @@ S = TypeVar("S", bound=ImageOptions)
 
 STORE_KEY = "images.url_store"
 JSON_BODY_LIMIT = 1024 * 1024
-# Most image[] parts accepted by /v1/images/edits.
-MAX_IMAGES = 4
 
 
 def url_store(services: RouterServices) -> ImageUrlStore:
@@ -62,7 +52,9 @@ def url_store(services: RouterServices) -> ImageUrlStore:
 
 
 def resolve_model(services: RouterServices, requested: str | None, cfg: ImagesSettings) -> str:
-    if requested:
+    if requested is not None:
+        if not requested.strip():
+            raise OpenAIError(400, "model must not be empty", param="model", code="empty_model")
         return requested
     if cfg.default_model:
         return cfg.default_model
@@ -91,8 +83,9 @@ def with_model_defaults(services: RouterServices, request: S, model: FromPath[st
     try:
         return msgspec.convert({**msgspec.to_builtins(request), **updates}, type(request))
     except msgspec.ValidationError as exc:
+        # Defaults are checked when an admin sets them; only a row stored before that can be bad.
         raise OpenAIError(
-            500, f"Model '{model}' has invalid defaults: {exc}", code="invalid_model_defaults"
+            503, f"Model '{model}' has invalid defaults: {exc}", code="invalid_model_defaults"
         ) from None
 
 
@@ -132,16 +125,9 @@ async def dispatch(
     parts = plan_parts(services, plan.model, plan.request.n, fan_out=cfg.fan_out)
     replaced = plan.replaced_size
     extra_headers = {"x-llmlb-size-replaced": f"{replaced}->{plan.size}"} if replaced else {}
-    if len(parts) == 1 and plan.response_format == "b64_json":
-        # The node's answer is already the client's: relay it as it arrives instead of
-        # buffering it (a 1024x1024 PNG is ~1.5 MB of base64), with the same failover.
-        content, content_type = build(parts[0])
-        response = await stream_from_node(
-            services, plan.model, FLAGS, path, content=content, content_type=content_type
-        )
-        response.headers.update(extra_headers)
-        return response
-    results = await run_parts(services, model=plan.model, path=path, parts=parts, build=build)
+    results = await run_parts(
+        services, model=plan.model, path=path, parts=parts, build=build, size=plan.size
+    )
     return to_response(
         results,
         response_format=plan.response_format,
@@ -154,6 +140,7 @@ async def dispatch(
 def build_routes(cfg: ImagesSettings) -> list[BaseRouteHandler]:
     # Several images (image[]) plus a mask, each up to the upload limit, plus form fields.
     max_total_bytes = cfg.max_upload_bytes * (MAX_IMAGES + 1) + 1024 * 1024
+    decoder = ImageDecoder(ImageLimits.of(cfg))
 
     @post("/v1/images/generations", status_code=200, request_max_body_size=JSON_BODY_LIMIT)
     async def generations(request: Request[Any, Any, Any]) -> Response[Any]:
@@ -188,40 +175,20 @@ def build_routes(cfg: ImagesSettings) -> list[BaseRouteHandler]:
         if needs_prompt:
             require_prompt(getattr(req, "prompt", None))
             reject_streaming(getattr(req, "stream", None))
-        uploads = form.uploads(*IMAGE_FIELDS)
-        if not uploads:
-            raise OpenAIError(
-                400,
-                "image is required (a file part named 'image' or 'image[]')",
-                param="image",
-                code="missing_image",
-            )
-        if len(uploads) > (MAX_IMAGES if mask_allowed else 1):
-            raise OpenAIError(
-                400,
-                f"At most {MAX_IMAGES if mask_allowed else 1} image(s) per request",
-                param="image",
-                code="too_many_images",
-            )
-        images = [
-            open_image(u, param="image", max_bytes=cfg.max_upload_bytes, max_pixels=cfg.max_pixels)
-            for u in uploads
-        ]
-        masks = form.uploads("mask") if mask_allowed else []
-        if masks:
-            mask = open_image(
-                masks[0], param="mask", max_bytes=cfg.max_upload_bytes, max_pixels=cfg.max_pixels
-            )
-            mask_from_alpha(mask, images[0].size)  # validates size and alpha channel
         plan = plan_job(services, req, cfg)
+        inputs = await decoder.read(
+            form, max_images=MAX_IMAGES if mask_allowed else 1, mask_allowed=mask_allowed, keep_pixels=False
+        )
         fields = {k: str(v) for k, v in msgspec.to_builtins(plan.request).items() if v is not None}
         fields.update(model=plan.model, size=plan.size, response_format="b64_json")
+        # Part names and file names are the router's own: nothing the client named reaches a header.
         files = [
-            (u.field, u.filename or "image", u.data, f"image/{image_format(img)}")
-            for u, img in zip(uploads, images, strict=True)
+            (c.upload.field, f"image-{i}.{c.format}", c.upload.data, c.media_type)
+            for i, c in enumerate(inputs.images)
         ]
-        if masks:
-            files.append(("mask", masks[0].filename or "mask.png", masks[0].data, "image/png"))
+        if inputs.mask is not None:
+            mask = inputs.mask
+            files.append(("mask", f"mask.{mask.format}", mask.upload.data, mask.media_type))
 
         def build(part: Part) -> tuple[bytes, str]:
             overrides = {"n": str(part.count), "seed": str(plan.seed + part.offset)}

@@ -21,9 +21,16 @@ class ImagesSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     default_response_format: str = "url"
     # Model used when a request names none (None: the only image model online, if just one).
     default_model: str | None = None
-    # Upload limits for edits and variations.
+    # Upload limits for edits and variations: bytes of one file, pixels of one image.
     max_upload_bytes: Annotated[int, msgspec.Meta(gt=0)] = 4 * MB
     max_pixels: Annotated[int, msgspec.Meta(gt=0)] = 4096 * 4096
+    # Pixels of all images and the mask of one request together, read from their headers before
+    # anything is decoded (a 400 above it). Default: four images at the max_pixels limit.
+    max_request_pixels: Annotated[int, msgspec.Meta(gt=0)] = 4 * 4096 * 4096
+    # Images decoded at once (on worker threads, off the event loop), across all requests. Each
+    # decode holds up to 4 bytes per pixel while it runs, so this bounds the memory that
+    # decoding takes: about 2 x 64 MiB at the defaults.
+    max_concurrent_decodes: Annotated[int, msgspec.Meta(ge=1, le=64)] = 2
     # Split `n > 1` over idle nodes serving the same model.
     fan_out: bool = True
 

@@ -1,34 +1,25 @@
-"""Multipart uploads for edits and variations: streamed parsing with limits, image checks.
+"""Multipart uploads for edits and variations: streamed parsing with limits.
 
-- The body is parsed as it streams in (``multipart.PushMultipartParser``, the parser Litestar
-  itself depends on); a file part is refused the moment it passes ``max_file_bytes``, so an
-  oversized upload is never read whole into memory. A body over ``max_total_bytes`` is a 413.
-- Images are recognised by content, not by name or MIME type: PNG, JPEG and WebP only.
-- The pixel count is checked from the header before decoding (decompression bombs), then the
-  image is fully decoded so corrupt or truncated files are refused with a 400.
-- OpenAI's mask: a PNG of the image's size whose fully transparent pixels (alpha = 0) mark the
-  area to edit. It is converted to a greyscale mask where 255 marks "regenerate".
+The body is parsed as it streams in (``multipart.PushMultipartParser``, the parser Litestar
+itself depends on); a file part is refused the moment it passes ``max_file_bytes``, so an
+oversized upload is never read whole into memory. A body over ``max_total_bytes`` is a 413.
+What the image files hold is checked in ``plugins.images.decoding``.
 """
 
 from __future__ import annotations
 
-import io
 import secrets
-import warnings
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import msgspec
 import multipart
 from litestar import Request
-from PIL import Image
 
 from llmlb_core.errors import OpenAIError, from_msgspec_error
 
 T = TypeVar("T")
 
-SUPPORTED_FORMATS = {"PNG": "png", "JPEG": "jpeg", "WEBP": "webp"}
-SUPPORTED_LIST = "png, jpeg, webp"
 IMAGE_FIELDS = ("image", "image[]")
 MAX_FIELD_BYTES = 64 * 1024
 MAX_PARTS = 32
@@ -62,7 +53,7 @@ def _boundary(content_type: str) -> str:
     return options["boundary"]
 
 
-def _too_large_file(name: str, limit: int) -> OpenAIError:
+def too_large_file(name: str, limit: int) -> OpenAIError:
     return OpenAIError(
         400,
         f"Image file exceeds maximum size of {limit // (1024 * 1024)}MB",
@@ -96,7 +87,7 @@ async def parse_multipart(
                         assert current is not None
                         size += len(event)
                         if current.filename is not None and size > max_file_bytes:
-                            raise _too_large_file(current.name, max_file_bytes)
+                            raise too_large_file(current.name, max_file_bytes)
                         if current.filename is None and size > MAX_FIELD_BYTES:
                             raise OpenAIError(
                                 400, f"Form field '{current.name}' is too long", param=current.name
@@ -128,93 +119,36 @@ def convert_fields(fields: dict[str, str], type_: type[T]) -> T:
         raise from_msgspec_error(exc) from None
 
 
-def open_image(upload: Upload, *, param: str, max_bytes: int, max_pixels: int) -> Image.Image:
-    """Decode an uploaded image with every check; returns a fully loaded image."""
-    if len(upload.data) > max_bytes:
-        raise _too_large_file(param, max_bytes)
-    if not upload.data:
-        raise OpenAIError(400, f"'{param}' is an empty file", param=param, code="invalid_image")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(upload.data))
-            fmt = image.format
-            if fmt not in SUPPORTED_FORMATS:
-                raise OpenAIError(
-                    400,
-                    f"Unsupported image format '{(fmt or 'unknown').lower()}' for '{param}'. "
-                    f"Supported formats: {SUPPORTED_LIST}",
-                    param=param,
-                    code="unsupported_image_format",
-                )
-            width, height = image.size
-            if width * height > max_pixels:
-                raise OpenAIError(
-                    400,
-                    f"'{param}' is {width}x{height} = {width * height:,} pixels; the limit is {max_pixels:,}",
-                    param=param,
-                    code="image_too_large",
-                )
-            image.load()
-    except OpenAIError:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise OpenAIError(
-            400, f"'{param}' decompresses to too many pixels: {exc}", param=param, code="image_too_large"
-        ) from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        if "cannot identify image file" in str(exc):
-            raise OpenAIError(
-                400,
-                f"'{param}' is not a recognised image. Supported formats: {SUPPORTED_LIST}",
-                param=param,
-                code="unsupported_image_format",
-            ) from None
-        raise OpenAIError(
-            400, f"'{param}' is corrupt or truncated: {exc}", param=param, code="invalid_image"
-        ) from None
-    return image
+# What part names, file names and content types of a node request may be made of: no quote,
+# no CR/LF, no ``;``. The router chooses them (``image-0.png``, ``mask.png``), never the client.
+_HEADER_TOKEN_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._/+-[]")
 
 
-def image_format(image: Image.Image) -> str:
-    return SUPPORTED_FORMATS[image.format or "PNG"]
-
-
-def mask_from_alpha(mask: Image.Image, image_size: tuple[int, int]) -> Image.Image:
-    """OpenAI mask (alpha = 0: edit here) to a greyscale mask (255: regenerate here)."""
-    if mask.size != image_size:
-        raise OpenAIError(
-            400,
-            f"mask is {mask.size[0]}x{mask.size[1]} but image is {image_size[0]}x{image_size[1]}; "
-            "they must be the same size",
-            param="mask",
-            code="mask_size_mismatch",
-        )
-    if "A" not in mask.getbands() and not (mask.mode == "P" and "transparency" in mask.info):
-        raise OpenAIError(
-            400,
-            "mask must be a PNG with an alpha channel; fully transparent pixels mark the area to edit",
-            param="mask",
-            code="mask_without_alpha",
-        )
-    alpha = mask.convert("RGBA").getchannel("A")
-    return alpha.point(lambda a: 255 if a == 0 else 0)
-
-
-def reencode_png(image: Image.Image) -> bytes:
-    out = io.BytesIO()
-    image.save(out, format="PNG")
-    return out.getvalue()
+def _header_token(value: str) -> str:
+    if not 0 < len(value) <= 128 or not _HEADER_TOKEN_CHARS.issuperset(value):
+        raise ValueError(f"not a safe multipart header value: {value!r}")
+    return value
 
 
 def encode_multipart(fields: dict[str, str], files: list[tuple[str, str, bytes, str]]) -> tuple[bytes, str]:
-    """Build a multipart/form-data body: ``files`` items are (field, filename, data, type)."""
+    """Build a multipart/form-data body: ``files`` items are (field, filename, data, type).
+
+    Names, file names and content types go into part headers, so each must be a plain token
+    (a ``ValueError`` otherwise: the caller chose it). Values and file data are part bodies,
+    and the random boundary is one that none of them contains.
+    """
+    values = {_header_token(name): value.encode() for name, value in fields.items()}
+    for name, filename, _, content_type in files:
+        for token in (name, filename, content_type):
+            _header_token(token)
     boundary = f"llmlb-{secrets.token_hex(16)}"
+    while any(boundary.encode() in data for data in (*values.values(), *(f[2] for f in files))):
+        boundary = f"llmlb-{secrets.token_hex(16)}"
     lines: list[bytes] = []
-    for name, value in fields.items():
+    for name, value in values.items():
         lines.append(
             f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'.encode()
-            + value.encode()
+            + value
             + b"\r\n"
         )
     for name, filename, data, content_type in files:

@@ -26,6 +26,8 @@ class ImageUrlStore:
 
     def save(self, data: bytes, extension: str) -> str:
         """Store ``data``; return the file name (43 random url-safe chars + extension)."""
+        if extension not in MEDIA_TYPES:  # the name must stay one that path() serves
+            raise ValueError(f"not an image file extension: {extension!r}")
         name = f"{secrets.token_urlsafe(32)}.{extension}"
         tmp = self.directory / f".{name}.tmp"
         tmp.write_bytes(data)

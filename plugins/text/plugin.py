@@ -20,6 +20,7 @@ from plugins.text.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
     EmbeddingRequest,
+    TextModelDefaults,
 )
 from plugins.text.routes import build_routes
 from plugins.text.settings import load_text_settings
@@ -37,6 +38,7 @@ def llmlb_register_capabilities(register: Callable[[Capability], None]) -> None:
             model_flags=FLAGS,
             runtime_types=RUNTIME_TYPES,
             description="OpenAI chat completions, completions and embeddings (streaming relayed)",
+            defaults_schema="TextModelDefaults",
         )
     )
 
@@ -51,3 +53,4 @@ def llmlb_register_schemas(register: Callable[[str, str, type], None]) -> None:
     register(NAME, "ChatCompletionRequest", ChatCompletionRequest)
     register(NAME, "CompletionRequest", CompletionRequest)
     register(NAME, "EmbeddingRequest", EmbeddingRequest)
+    register(NAME, "TextModelDefaults", TextModelDefaults)

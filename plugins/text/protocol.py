@@ -54,3 +54,24 @@ class EmbeddingRequest(msgspec.Struct, kw_only=True):
     input: str | list[Any]
     encoding_format: Literal["float", "base64"] | None = None
     dimensions: Annotated[int, msgspec.Meta(ge=1)] | None = None
+
+
+class TextModelDefaults(msgspec.Struct, kw_only=True):
+    """Per-model defaults an admin may set for a text model (``POST /v0/models``): top-level
+    fields added to a request that left them out. Backend extras (``top_k``, ...) pass as they
+    are; the common OpenAI fields are checked here, when the admin sets them. ``stream`` cannot
+    be defaulted: the router relays by what the client asked for."""
+
+    stream: None = None
+    temperature: Annotated[float, msgspec.Meta(ge=0.0, le=2.0)] | None = None
+    top_p: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] | None = None
+    max_tokens: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    max_completion_tokens: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    presence_penalty: Annotated[float, msgspec.Meta(ge=-2.0, le=2.0)] | None = None
+    frequency_penalty: Annotated[float, msgspec.Meta(ge=-2.0, le=2.0)] | None = None
+    n: Annotated[int, msgspec.Meta(ge=1, le=128)] | None = None
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    user: str | None = None
+    encoding_format: Literal["float", "base64"] | None = None
+    dimensions: Annotated[int, msgspec.Meta(ge=1)] | None = None

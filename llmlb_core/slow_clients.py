@@ -1,0 +1,202 @@
+"""Timeouts for slow and idle clients (slowloris), on top of uvicorn's httptools protocol.
+
+uvicorn has no limit on how long a client may take to send its request headers or body, and its
+keep-alive timer is cancelled by any byte, so a client trickling bytes holds a connection forever.
+:func:`protocol_class` returns a subclass of its HTTP protocol with one timer per connection,
+running only while the server waits on the client:
+
+- **headers**: from the moment a connection opens (a client that never sends a byte is covered),
+  or from the first bytes of a later request on a kept-alive connection, until the request's
+  headers are complete: at most ``header_s`` in total;
+- **body**: while a request body is being received, a pause longer than ``body_gap_s`` between
+  two pieces. Time when the server itself stopped reading (the app is not consuming the body yet,
+  or the client waits for ``100 Continue``) does not count against the client;
+- **idle**: a kept-alive connection with no new request for ``keep_alive_s`` (uvicorn's own
+  keep-alive timer, set to it; this class covers the cases where bytes cancelled that timer).
+
+A connection that runs out of time while sending a request gets a 408 with an OpenAI-shaped body
+when no answer to that request has started, and is closed; an idle one is just closed. The
+common path costs one timer per new connection (cancelled when its first headers are in) and a
+clock read per body read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from uvicorn.protocols.http.flow_control import FlowControl
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+log = logging.getLogger("llmlb.serving")
+
+
+class HasClientTimeouts(Protocol):
+    """Settings objects that carry the three client timeouts (router and node settings)."""
+
+    client_header_timeout_s: float
+    client_body_timeout_s: float
+    client_keep_alive_s: float
+
+
+@dataclass(frozen=True)
+class ClientTimeouts:
+    header_s: float = 10.0
+    body_gap_s: float = 30.0
+    keep_alive_s: float = 15.0
+
+    @classmethod
+    def of(cls, settings: HasClientTimeouts) -> ClientTimeouts:
+        return cls(
+            header_s=settings.client_header_timeout_s,
+            body_gap_s=settings.client_body_timeout_s,
+            keep_alive_s=settings.client_keep_alive_s,
+        )
+
+
+class _Phase(enum.Enum):
+    HEADERS = "headers"  # waiting for (the rest of) a request's headers
+    BODY = "body"  # waiting for (the rest of) a request's body
+    SERVING = "serving"  # the request is in; the app is answering it
+    IDLE = "idle"  # a kept-alive connection between requests
+
+
+class _TimedFlow(FlowControl):
+    """uvicorn's flow control, remembering when reading last resumed (the client's clock restarts)."""
+
+    resumed_at = 0.0
+
+    def resume_reading(self) -> None:
+        if self.read_paused:
+            self.resumed_at = time.monotonic()
+        super().resume_reading()
+
+
+def _timeout_response(why: str) -> bytes:
+    error = {"message": f"Request timeout: {why}", "type": "timeout_error", "param": None}
+    body = json.dumps({"error": {**error, "code": "request_timeout"}}).encode()
+    head = (
+        "HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
+    )
+    return head.encode("ascii") + body
+
+
+class SlowClientProtocol(HttpToolsProtocol):
+    """HttpToolsProtocol with header, body and keep-alive timeouts (see the module docstring)."""
+
+    timeouts = ClientTimeouts()
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.timeout_keep_alive = self.timeouts.keep_alive_s  # type: ignore[assignment]  # a delay
+        self._phase = _Phase.HEADERS
+        self._timer: asyncio.TimerHandle | None = None
+        self._last_chunk = 0.0
+        self._got_bytes = False
+
+    # --- the one timer -------------------------------------------------------------------
+    def _arm(self, delay: float) -> None:
+        self._disarm()
+        self._timer = self.loop.call_later(delay, self._on_timer)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self.transport.is_closing():
+            return
+        if self._phase is _Phase.IDLE:
+            self.transport.close()
+        elif self._phase is _Phase.HEADERS:
+            self._give_up(f"request headers not complete within {self.timeouts.header_s:g}s")
+        elif self._phase is _Phase.BODY:
+            gap = self.timeouts.body_gap_s
+            if self.flow.read_paused or (self.cycle is not None and self.cycle.waiting_for_100_continue):
+                self._arm(gap)  # the server is not reading: not the client's time
+                return
+            assert isinstance(self.flow, _TimedFlow)
+            left = max(self._last_chunk, self.flow.resumed_at) + gap - time.monotonic()
+            if left > 0:
+                self._arm(left)
+            else:
+                self._give_up(f"no request body data for {gap:g}s")
+
+    def _give_up(self, why: str) -> None:
+        if not self._got_bytes:  # opened and never used (a preconnect, or an idle-socket attack)
+            log.debug("closing a connection from %s that sent nothing", self.client)
+            self.transport.close()
+            return
+        log.info("closing a slow client connection from %s: %s", self.client, why)
+        cycle = self.cycle
+        if self._phase is _Phase.HEADERS:
+            if cycle is None or cycle.response_complete:
+                self.transport.write(_timeout_response(why))
+        elif cycle is not None and not cycle.response_started:
+            # The app is still reading this body: it sees a disconnect, and its answer is dropped.
+            cycle.disconnected = True
+            cycle.message_event.set()
+            self.transport.write(_timeout_response(why))
+        self.transport.close()
+
+    # --- uvicorn protocol hooks ----------------------------------------------------------
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self.flow = _TimedFlow(transport)
+        self._arm(self.timeouts.header_s)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        self._got_bytes = True
+        if self._phase is _Phase.IDLE:
+            self._disarm()
+            self._phase = _Phase.HEADERS  # the next request: its clock runs from its first bytes
+        super().data_received(data)
+        if self._phase is _Phase.BODY:
+            self._last_chunk = time.monotonic()
+            if self._timer is None:
+                self._arm(self.timeouts.body_gap_s)
+        elif self._phase is _Phase.HEADERS and self._timer is None and not self.transport.is_closing():
+            self._arm(self.timeouts.header_s)
+
+    def on_headers_complete(self) -> None:
+        self._disarm()
+        self._phase = _Phase.BODY
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._disarm()
+        super().on_message_complete()
+        if self.cycle.response_complete:
+            # Answered before its body was in (a 401, a 413): the body's bytes cancelled uvicorn's
+            # keep-alive timer, so this one takes its place.
+            self._phase = _Phase.IDLE
+            self._arm(self.timeouts.keep_alive_s)
+        else:
+            self._phase = _Phase.SERVING
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self._phase is _Phase.SERVING and self.timeout_keep_alive_task is not None:
+            self._phase = _Phase.IDLE  # uvicorn's keep-alive timer runs until the next bytes
+
+
+def protocol_class(timeouts: ClientTimeouts) -> type[SlowClientProtocol]:
+    """A protocol class for ``uvicorn.Config(http=...)`` with these timeouts."""
+
+    class Configured(SlowClientProtocol):
+        pass
+
+    Configured.timeouts = timeouts
+    return Configured

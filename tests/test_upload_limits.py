@@ -1,0 +1,229 @@
+"""Image uploads are bounded and decoded off the event loop (issue 8, item 7), a second mask and
+an empty model are 400s (item 12). Real router and node processes, except one in-process test of
+the decoder's concurrency bound."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from PIL import Image
+
+from plugins.images import decoding
+from plugins.images.decoding import CheckedImage, ImageDecoder, ImageLimits
+from plugins.images.uploads import ParsedForm, Upload
+from tests.conftest import ImageSystem
+from tests.images_util import alpha_mask, gradient, png_bytes
+from tests.servers import Proc, create_key, router_proc
+from tests.test_images_bad_input import GOOD, expect, post_form, post_json
+
+MB = 1024 * 1024
+FAST = {"model": "demo", "prompt": "edit", "steps": "1", "response_format": "b64_json"}
+
+
+def flat_png(side: int, shade: int) -> bytes:
+    """A ``side`` x ``side`` PNG of one colour: large in pixels, tiny on the wire."""
+    out = io.BytesIO()
+    Image.new("RGB", (side, side), (shade, 255 - shade, 128)).save(out, format="PNG", compress_level=1)
+    return out.getvalue()
+
+
+def rss(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+# --------------------------------------------------------------------------- item 12
+
+
+def test_a_second_mask_part_is_a_400(image_system: ImageSystem) -> None:
+    mask = ("m.png", png_bytes(alpha_mask(64, 64, (0, 0, 8, 8))), "image/png")
+    response = post_form(
+        image_system, "/v1/images/edits", FAST, [("image", GOOD), ("mask", mask), ("mask", mask)]
+    )
+    expect(response, 400, param="mask", code="duplicate_mask")
+    one_mask = post_form(image_system, "/v1/images/edits", FAST, [("image", GOOD), ("mask", mask)])
+    assert one_mask.status_code == 200, one_mask.text
+
+
+@pytest.mark.parametrize("model", ["", "   "])
+def test_an_empty_model_is_a_400_on_images(image_system: ImageSystem, model: str) -> None:
+    expect(post_json(image_system, {"model": model, "prompt": "a cat", "steps": 1}), 400, param="model")
+    for path in ("/v1/images/edits", "/v1/images/variations"):
+        fields = {**FAST, "model": model}
+        expect(post_form(image_system, path, fields, [("image", GOOD)]), 400, param="model")
+    # Leaving the model out still means the only image model online.
+    response = post_json(image_system, {"prompt": "a cat", "steps": 1, "response_format": "b64_json"})
+    assert response.status_code == 200, response.text
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/chat/completions", {"model": "", "messages": [{"role": "user", "content": "hi"}]}),
+        ("/v1/completions", {"model": "", "prompt": "hi"}),
+        ("/v1/embeddings", {"model": "", "input": "hi"}),
+        ("/v1/audio/speech", {"model": "", "input": "hi", "voice": "alloy"}),
+    ],
+)
+def test_an_empty_model_is_a_400_on_text_and_audio(image_system: ImageSystem, path: str, body: Any) -> None:
+    expect(post_json(image_system, body, path=path), 400, param="model")
+
+
+def test_an_empty_model_is_a_400_on_transcriptions(image_system: ImageSystem) -> None:
+    for path in ("/v1/audio/transcriptions", "/v1/audio/translations"):
+        response = post_form(
+            image_system, path, {"model": ""}, [("file", ("a.wav", b"RIFF0000", "audio/wav"))]
+        )
+        expect(response, 400, param="model")
+
+
+# --------------------------------------------------------------------------- item 7: limits
+
+
+@pytest.fixture
+def small_budget_router(tmp_path: Path, procs: list[Proc]) -> Proc:
+    """A router (no node) whose edits may carry 3 x 64x64 pixels in all."""
+    proc = router_proc(tmp_path, env={"LLMLB_PLUGIN__IMAGES__MAX_REQUEST_PIXELS": str(3 * 64 * 64)})
+    procs.append(proc)
+    return proc.start().wait_healthy()
+
+
+def test_pixels_per_request_are_bounded_before_decoding(small_budget_router: Proc) -> None:
+    url, key = small_budget_router.url, create_key(small_budget_router.url, ["api"])
+
+    def edit(files: list[tuple[str, tuple[str, bytes, str]]]) -> httpx.Response:
+        return httpx.post(
+            f"{url}/v1/images/edits", data=FAST, files=files, headers={"authorization": f"Bearer {key}"}
+        )
+
+    image = png_bytes(gradient(64, 64))
+    mask = png_bytes(alpha_mask(64, 64, (0, 0, 8, 8)))
+    over = edit([("image[]", ("a.png", image, "image/png"))] * 3 + [("mask", ("m.png", mask, "image/png"))])
+    error = expect(over, 400, param="image", code="too_many_pixels")
+    assert "16,384" in error["message"] and "12,288" in error["message"], error
+    assert "max_request_pixels" in error["message"]
+    # Truncated files over the budget: refused by their headers, nothing was decoded.
+    truncated = ("t.png", image[: len(image) // 2], "image/png")
+    expect(edit([("image[]", truncated)] * 4), 400, code="too_many_pixels")
+    # Within the budget the images pass their checks (there is no node to send them to).
+    within = edit([("image[]", ("a.png", image, "image/png"))] * 2 + [("mask", ("m.png", mask, "image/png"))])
+    expect(within, 404, code="model_not_found")
+    expect(edit([("image[]", truncated)]), 400, code="invalid_image")
+
+
+def test_corrupt_jpeg_and_webp_are_refused(image_system: ImageSystem) -> None:
+    for fmt in ("JPEG", "WEBP"):
+        data = png_bytes(Image.effect_noise((256, 256), 60).convert("RGB"), fmt)
+        response = post_form(
+            image_system,
+            "/v1/images/edits",
+            FAST,
+            [("image", ("a", data[: len(data) // 2], "application/octet-stream"))],
+        )
+        expect(response, 400, param="image", code="invalid_image")
+
+
+def test_decodes_run_off_the_loop_at_most_n_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    running, most = 0, 0
+    lock = threading.Lock()
+
+    def slow_verify(checked: CheckedImage) -> None:
+        nonlocal running, most
+        with lock:
+            running += 1
+            most = max(most, running)
+        time.sleep(0.15)  # a long decode, holding its thread
+        with lock:
+            running -= 1
+
+    monkeypatch.setattr(decoding, "verify", slow_verify)
+    decoder = ImageDecoder(
+        ImageLimits(max_bytes=MB, max_pixels=64 * 64, max_request_pixels=10**6, decodes_at_once=2)
+    )
+    form = ParsedForm(files=[Upload("image[]", "a.png", "image/png", png_bytes(gradient(64, 64)))] * 2)
+
+    async def scenario() -> float:
+        longest_tick = 0.0
+
+        async def ticker() -> None:
+            nonlocal longest_tick
+            while True:
+                started = time.perf_counter()
+                await asyncio.sleep(0.01)
+                longest_tick = max(longest_tick, time.perf_counter() - started)
+
+        tick = asyncio.create_task(ticker())
+        reads = [decoder.read(form, max_images=4, mask_allowed=True, keep_pixels=False) for _ in range(4)]
+        results = await asyncio.gather(*reads)
+        tick.cancel()
+        assert all(len(r.images) == 2 for r in results)
+        return longest_tick
+
+    longest_tick = asyncio.run(scenario())
+    assert most == 2, most  # 8 decodes, never more than 2 at once
+    assert longest_tick < 0.1, f"the event loop stalled for {longest_tick:.3f}s"
+
+
+# --------------------------------------------------------------------------- item 7: memory
+
+
+def _probe_health(url: str, stop: threading.Event, latencies: list[float]) -> None:
+    with httpx.Client(timeout=30) as client:
+        while not stop.is_set():
+            started = time.perf_counter()
+            assert client.get(f"{url}/health").status_code == 200
+            latencies.append(time.perf_counter() - started)
+            stop.wait(0.02)
+
+
+def _sample_peak(pid: int, stop: threading.Event, peak: list[int]) -> None:
+    while not stop.is_set():
+        peak[0] = max(peak[0], rss(pid))
+        stop.wait(0.005)
+
+
+def test_large_edits_keep_router_memory_bounded_and_health_fast(image_system: ImageSystem) -> None:
+    """Four 4096x4096 PNGs per edit, 4 edits at once: the router decodes them on 2 worker threads,
+    keeps no pixels, and gives the memory back (before: +405 MB for good after one such edit)."""
+    router = image_system.router
+    assert router.popen is not None
+    pid = router.popen.pid
+    images = [flat_png(4096, shade) for shade in (10, 90, 170, 250)]
+    files = [("image[]", (f"{i}.png", data, "image/png")) for i, data in enumerate(images)]
+    warm = post_form(image_system, "/v1/images/edits", FAST, [("image", GOOD)])
+    assert warm.status_code == 200, warm.text
+    rest = rss(pid)
+
+    stop = threading.Event()
+    latencies: list[float] = []
+    peak = [rest]
+    watchers: list[Callable[[], None]] = [
+        lambda: _probe_health(router.url, stop, latencies),
+        lambda: _sample_peak(pid, stop, peak),
+    ]
+    with ThreadPoolExecutor(6) as pool:
+        running = [pool.submit(w) for w in watchers]
+        edits = [pool.submit(post_form, image_system, "/v1/images/edits", FAST, files) for _ in range(4)]
+        answers = [e.result(timeout=300) for e in edits]
+        stop.set()
+        for r in running:
+            r.result(timeout=30)
+    assert all(a.status_code == 200 for a in answers), [a.text[:200] for a in answers]
+    time.sleep(1.0)
+    after = rss(pid)
+    # 2 decodes at once of 4096x4096 RGB (48 MiB each) plus bodies: well under 4 edits x 4 images.
+    assert peak[0] - rest < 250 * MB, f"peak {(peak[0] - rest) / MB:.0f} MB above rest"
+    assert after - rest < 60 * MB, f"{(after - rest) / MB:.0f} MB above rest after the edits"
+    assert len(latencies) >= 5
+    assert max(latencies) < 1.0, f"/health took up to {max(latencies):.2f}s during the edits"
