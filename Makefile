@@ -41,6 +41,8 @@ bench: $(VENV)/.installed-test
 	$(BIN)/python -m bench.stream_overhead
 	$(BIN)/python -m bench.node_bench
 	$(BIN)/python -m bench.scaling
+	$(BIN)/python -m bench.abandoned
+	$(BIN)/python -m bench.upload_memory
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .ruff_cache

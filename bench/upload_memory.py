@@ -11,8 +11,9 @@ baseline commit (``BASELINE``, exported with ``git archive`` into a temporary di
 
 and measures, with four 4096x4096 PNG uploads per edit (``image[]`` parts, ``b64_json``):
 
-- router RSS at rest (after one small warm-up edit), its peak during 1 edit and during 10 edits
-  at once, and what is left a few seconds after each (``/proc/PID/status``, sampled every 5 ms);
+- router RSS at rest (after one small warm-up edit), its peak during 1 edit, a 2nd single edit
+  and 10 edits at once, and what is left a few seconds after each (``/proc/PID/status``, sampled
+  every 5 ms); wall and router CPU time of the 10 edits;
 - ``GET /health`` latency (p50 and max, one request after another) during 5 edits at once.
 
 The processes run this module again in an internal sub-mode (``--serve``).
@@ -41,7 +42,16 @@ from litestar import Request, Response, post
 from litestar.handlers import BaseRouteHandler
 
 from bench import _common
-from bench._common import REPO, ServerProcess, free_port, median, percentile, rss_bytes, wait_until
+from bench._common import (
+    REPO,
+    ServerProcess,
+    cpu_seconds,
+    free_port,
+    median,
+    percentile,
+    rss_bytes,
+    wait_until,
+)
 
 BASELINE = "d01a649"
 ADMIN_KEY = "sk-llmlb-bench-admin-key-0123456789abcdef"
@@ -257,11 +267,13 @@ def measure_tree(label: str, slug: str, tree: Path, tmp: Path, images: list[byte
         send_edits(router.url, api_key, [small_png()], 1)  # warm-up: imports, first allocations
         rest = settled_rss(router.pid)
         result.numbers["rss_rest_mb"] = rest / MB
-        for n in (1, 10):
+        for name, n in SCENARIOS:
+            cpu = cpu_seconds(router.pid)
             with RssSampler(router.pid) as sampler:
-                result.numbers[f"wall_{n}_s"] = send_edits(router.url, api_key, images, n)
-            result.numbers[f"peak_{n}_mb"] = (sampler.peak - rest) / MB
-            result.numbers[f"after_{n}_mb"] = (settled_rss(router.pid) - rest) / MB
+                result.numbers[f"wall_{name}_s"] = send_edits(router.url, api_key, images, n)
+            result.numbers[f"cpu_{name}_s"] = cpu_seconds(router.pid) - cpu
+            result.numbers[f"peak_{name}_mb"] = (sampler.peak - rest) / MB
+            result.numbers[f"after_{name}_mb"] = (settled_rss(router.pid) - rest) / MB
         with HealthProbe(router.url) as probe:
             time.sleep(0.3)  # a few quiet probes first: the loop's latency at rest is in p50 too
             result.numbers["wall_5_s"] = send_edits(router.url, api_key, images, 5)
@@ -279,13 +291,18 @@ def measure_tree(label: str, slug: str, tree: Path, tmp: Path, images: list[byte
     return result
 
 
+# (name, edits at once), run in this order in one router process.
+SCENARIOS = [("1", 1), ("1again", 1), ("10", 10)]
 ROWS: list[tuple[str, str, Callable[[float], str]]] = [
     ("rss_rest_mb", "router RSS at rest (MB)", "{:.0f}".format),
-    ("peak_1_mb", "1 edit: RSS peak above rest (MB)", "{:.0f}".format),
-    ("after_1_mb", f"1 edit: RSS above rest {SETTLE_S:g}s after (MB)", "{:.0f}".format),
+    ("peak_1_mb", "1st edit: RSS peak above rest (MB)", "{:.0f}".format),
+    ("after_1_mb", f"1st edit: RSS above rest {SETTLE_S:g}s after (MB)", "{:.0f}".format),
+    ("peak_1again_mb", "2nd edit: RSS peak above rest (MB)", "{:.0f}".format),
+    ("after_1again_mb", f"2nd edit: RSS above rest {SETTLE_S:g}s after (MB)", "{:.0f}".format),
     ("peak_10_mb", "10 edits at once: RSS peak above rest (MB)", "{:.0f}".format),
     ("after_10_mb", f"10 edits: RSS above rest {SETTLE_S:g}s after (MB)", "{:.0f}".format),
     ("wall_10_s", "10 edits at once: wall time (s)", "{:.2f}".format),
+    ("cpu_10_s", "10 edits at once: router CPU (s)", "{:.2f}".format),
     ("health_p50_ms", "/health during 5 edits at once: p50 (ms)", "{:.1f}".format),
     ("health_max_ms", "/health during 5 edits at once: max (ms)", "{:.0f}".format),
     ("health_probes", "/health probes answered during those edits", "{:.0f}".format),

@@ -41,10 +41,21 @@ log = logging.getLogger("llmlb.disconnect")
 CLIENT_CLOSED_REQUEST = 499
 
 
+# Set in the request's ASGI state when its client left while the body was still arriving.
+_GONE_STATE_KEY = "llmlb_client_gone"
+
+
+def client_left(scope: Scope) -> bool:
+    """Whether the client of this request left while its body was arriving (an error raised by
+    reading the body then is the client's doing, not the server's)."""
+    return bool(scope.get("state", {}).get(_GONE_STATE_KEY))
+
+
 class _Exchange:
     """One HTTP request's ``receive``/``send`` as the app sees them, and what happened to them."""
 
-    def __init__(self, receive: Receive, send: Send, on_gone: Callable[[], None]) -> None:
+    def __init__(self, scope: Scope, receive: Receive, send: Send, on_gone: Callable[[], None]) -> None:
+        self._scope = scope
         self._receive = receive
         self._send = send
         self._on_gone = on_gone
@@ -61,6 +72,7 @@ class _Exchange:
         message = await self._receive()
         if message["type"] == "http.disconnect":
             self.gone.set()  # gone while the body arrived: the app reads that itself
+            self._scope.setdefault("state", {})[_GONE_STATE_KEY] = True  # type: ignore[typeddict-unknown-key]
         elif message["type"] == "http.request" and not message.get("more_body", False):
             self._body_done = True
             self.watcher = asyncio.create_task(self._watch(), name="llmlb-disconnect-watch")
@@ -113,7 +125,7 @@ class DisconnectMiddleware:
         async def run_app() -> None:
             await self.app(scope, exchange.receive, exchange.send)
 
-        exchange = _Exchange(receive, send, on_gone)
+        exchange = _Exchange(scope, receive, send, on_gone)
         task = asyncio.create_task(run_app())
         try:
             await task

@@ -18,6 +18,7 @@ from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.types import ExceptionHandlersMap
 
+from llmlb_core.disconnect import CLIENT_CLOSED_REQUEST, client_left
 from llmlb_core.request_id import with_request_id
 
 log = logging.getLogger("llmlb.errors")
@@ -130,6 +131,10 @@ def _http_exception_handler(request: Request[Any, Any, Any], exc: HTTPException)
             param = first.get("key") if first.get("key") not in (None, "data") else None
             message = f"{message}: {first.get('message', '')}".rstrip(": ")
     headers = dict(exc.headers or {})
+    if status >= 500 and client_left(request.scope):
+        # Litestar reports a client that hung up mid-upload as a 500; nobody is listening.
+        log.info("client left %s %s while sending its body", request.method, request.url.path)
+        return Response(content=b"", status_code=CLIENT_CLOSED_REQUEST)
     if status >= 500:
         log.warning("HTTP %d on %s %s: %r", status, request.method, request.url.path, message)
         message = with_request_id("Internal server error")

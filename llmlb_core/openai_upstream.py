@@ -27,7 +27,10 @@ import httpx
 import msgspec
 
 from llmlb_core.protocol import ModelAdvert
-from llmlb_core.upstream import is_timeout
+from llmlb_core.upstream import BadAnswer, close_response, is_timeout, read_answer
+
+# Most bytes of a model list read from an endpoint (a hostile one could send any amount).
+MAX_MODEL_LIST_BYTES = 4 * 1024 * 1024
 
 Kind = Literal["llama_cpp", "vllm", "ollama", "whisper_cpp", "generic"]
 KINDS: tuple[str, ...] = ("llama_cpp", "vllm", "ollama", "whisper_cpp", "generic")
@@ -113,22 +116,29 @@ async def fetch_model_ids(
 ) -> list[str] | None:
     """``GET {base_url}/v1/models``: the ids it lists, or None when the server has no such route
     (404/405/501, e.g. whisper.cpp's server); raises :class:`UpstreamError` otherwise."""
+    request = client.build_request(
+        "GET", f"{base_url}/v1/models", headers=auth_headers(api_key), timeout=httpx.Timeout(timeout_s)
+    )
     try:
-        response = await client.get(
-            f"{base_url}/v1/models", headers=auth_headers(api_key), timeout=httpx.Timeout(timeout_s)
-        )
+        response = await client.send(request, stream=True)
+        try:
+            if response.status_code in (404, 405, 501):
+                return None
+            if response.status_code != 200:
+                raise UpstreamError(f"GET /v1/models answered HTTP {response.status_code}")
+            content = await read_answer(response, MAX_MODEL_LIST_BYTES)
+        finally:
+            await close_response(response)
     except httpx.HTTPError as exc:
         if is_timeout(exc):
             raise UpstreamError(f"timed out after {timeout_s:g}s") from exc
         raise UpstreamError(f"unreachable ({type(exc.__cause__ or exc).__name__})") from exc
-    if response.status_code in (404, 405, 501):
-        return None
-    if response.status_code != 200:
-        raise UpstreamError(f"GET /v1/models answered HTTP {response.status_code}")
+    except BadAnswer as exc:
+        raise UpstreamError(f"GET /v1/models: {exc}") from None
     try:
-        listed = _models_decoder.decode(response.content)
-    except msgspec.DecodeError as exc:
-        raise UpstreamError(f"GET /v1/models answered an unreadable model list: {exc}") from exc
+        listed = _models_decoder.decode(content)
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise UpstreamError(f"GET /v1/models answered an unreadable model list: {exc}") from None
     return list(dict.fromkeys(m.id for m in listed.data))
 
 

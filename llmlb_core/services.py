@@ -16,6 +16,7 @@ tried on another node. What a node says in a 5xx is logged, never shown to the c
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Collection, Mapping
@@ -43,6 +44,7 @@ from llmlb_core.upstream import (
     close_response,
     is_timeout,
     node_failure,
+    one_line,
     openai_error_content,
     read_answer,
     read_bounded,
@@ -88,6 +90,7 @@ class RouterServices:
     def reject_answer(self, node: NodeState, reason: str) -> NodeFailure:
         """A node answered something the route cannot use: log it (one line), make the node
         suspect, and fail the attempt with a retryable 502 ``bad_upstream_response``."""
+        reason = one_line(reason, 500)
         log.warning("node %s sent a bad answer (request %s): %s", node.name, request_id.current(), reason)
         node.record_failure(f"bad answer: {reason}", self.settings.suspect_cooldown_s)
         return NodeFailure(
@@ -236,10 +239,15 @@ class RouterServices:
                 self.balancer.release(lease, abandoned=job_left_running(exc))
                 raise
             done = False
+            left_running = False
             try:
                 result = await read(response, node)
                 done = True
-            except httpx.HTTPError as exc:  # the node died while sending its answer
+            except asyncio.CancelledError:
+                left_running = True  # client gone mid-answer: the node may still be working
+                raise
+            except httpx.HTTPError as exc:  # the node died (or stalled) while sending its answer
+                left_running = is_timeout(exc)  # a stalled node may still be working
                 reason = type(exc.__cause__ or exc).__name__
                 log.warning(
                     "node %s broke off its answer (request %s): %s", node.name, request_id.current(), reason
@@ -259,8 +267,9 @@ class RouterServices:
                 elapsed = time.monotonic() - started
                 outcome = "failed" if not done else "ok" if response.status_code < 400 else "client_error"
                 self.metrics.observe_upstream(node.id, outcome, elapsed)
-                # Not done: cut off (node down: its next heartbeat clears it) or cancelled.
-                self.balancer.release(lease, duration_s=elapsed if done else None, abandoned=not done)
+                # A rejected or cut-off answer ended the job; a cancelled or timed-out read may not
+                # have (the node's next heartbeat says when it did).
+                self.balancer.release(lease, duration_s=elapsed if done else None, abandoned=left_running)
             result.headers = lease.headers()
             return result
 

@@ -76,4 +76,9 @@ def run(
         ssl_certfile=ssl_certfile,  # HTTPS when given (checked by llmlb_core.tls.check_server_cert)
         ssl_keyfile=ssl_keyfile,
     )
-    DrainingServer(config, drain).run()
+    try:
+        DrainingServer(config, drain).run()
+    except KeyboardInterrupt:
+        # uvicorn re-raises Ctrl-C after its graceful shutdown; the shutdown is done, so end
+        # quietly (one log line) instead of printing a traceback.
+        log.info("stopped (interrupt)")

@@ -103,8 +103,8 @@ def _short(value: Any, *, numbers: bool = False, limit: int = 64) -> str | None:
     return text if len(text) <= limit and text.isprintable() else None
 
 
-def _clean_message(text: str, limit: int = 2000) -> str:
-    """An upstream message as the client sees it: printable, one line, bounded."""
+def one_line(text: str, limit: int = 2000) -> str:
+    """Upstream text as a client or a log line may show it: printable, one line, bounded."""
     text = "".join(c if c.isprintable() else " " for c in text[: limit * 2])
     return " ".join(text.split())[:limit]
 
@@ -132,14 +132,14 @@ def openai_error_content(
             source = err if isinstance(err, dict) else data
             raw = err if isinstance(err, str) else source.get("message", source.get("detail"))
             if isinstance(raw, str):
-                message = _clean_message(raw)
+                message = one_line(raw)
             elif raw is not None:
-                message = _clean_message(msgspec.json.encode(raw).decode())
+                message = one_line(msgspec.json.encode(raw).decode())
             err_type = _short(source.get("type")) or default_type
             param = _short(source.get("param"))
             code = _short(source.get("code"), numbers=True)
         elif data is None and media_type(content_type) in ("", "text/plain"):
-            text = _clean_message(content.decode("utf-8", "replace"))
+            text = one_line(content.decode("utf-8", "replace"))
             message = text if text and not text.startswith("<") else None
     if not message:
         message = f"The upstream server answered HTTP {status}"

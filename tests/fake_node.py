@@ -2,9 +2,10 @@
 
 It is a real loopback HTTP server (a Litestar app in ``tests.servers.ThreadServer``) that
 registers with a router through ``POST /v0/nodes/register`` with a node key, heartbeats like a
-node, advertises the models it is given, and answers every POST with whatever the test set in
+node, advertises the models it is given, and answers every GET and POST with whatever the test set in
 ``answers[path]`` (status, content type, body bytes, optionally streamed in pieces without a
-length). It records what it received, so a test can see exactly what the router sent a node.
+length; or a function of the request, e.g. :func:`images_as_asked`). It records what it
+received, so a test can see exactly what the router sent a node.
 """
 
 from __future__ import annotations
@@ -13,12 +14,13 @@ import base64
 import io
 import json
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-from litestar import Litestar, Request, Response, post
+import multipart
+from litestar import Litestar, Request, Response, route
 from litestar.response import Stream
 from PIL import Image
 
@@ -58,24 +60,42 @@ def images_answer(count: int = 1, **extra: Any) -> Answer:
     return Answer.json({"created": 1, "data": data, "output_format": "png", **extra})
 
 
+def images_as_asked(request: Received) -> Answer:
+    """A well-formed images answer with as many images as the request's ``n`` (JSON or form)."""
+    content_type = request.headers.get("content-type", "")
+    if content_type.startswith("multipart/"):
+        boundary = multipart.parse_options_header(content_type)[1]["boundary"]
+        parts = multipart.MultipartParser(io.BytesIO(request.body), boundary)
+        form = {p.name: p.value for p in parts if p.filename is None}
+    else:
+        form = json.loads(request.body)
+    return images_answer(count=int(form.get("n", 1)))
+
+
+Planned = Answer | Callable[[Received], Answer]
+
+
 @dataclass
 class FakeNode:
     router_url: str
     node_key: str
     node_id: str
     models: list[dict[str, Any]]
-    answers: dict[str, Answer] = field(default_factory=dict)
+    answers: dict[str, Planned] = field(default_factory=dict)
     received: list[Received] = field(default_factory=list)
     slots: int = 4
 
     def __post_init__(self) -> None:
         node = self
 
-        @post("/{path:path}", status_code=200)
+        @route("/{path:path}", http_method=["GET", "POST"], status_code=200)
         async def answer(request: Request[Any, Any, Any]) -> Response[Any]:
             path = request.url.path
-            node.received.append(Received(path, dict(request.headers), await request.body()))
+            received = Received(path, dict(request.headers), await request.body())
+            node.received.append(received)
             planned = node.answers.get(path, Answer(status=404, body=b'{"error": "no answer set"}'))
+            if not isinstance(planned, Answer):
+                planned = planned(received)
             if planned.pieces <= 0:
                 return Response(
                     content=planned.body, status_code=planned.status, media_type=planned.content_type

@@ -8,6 +8,12 @@ data are random (quotes, CR/LF, non-UTF-8 included) next to plausible ones carry
 and WAVs. Every answer must be below 500, and every error OpenAI-shaped; the router must still
 serve afterwards.
 
+The plausible image uploads that pass the router's checks go to a FAKE images node
+(``tests.fake_node``, model ``fake-img``, answering as many images as asked at once): an edit on
+the real node takes seconds on a busy CPU, which ~100 of them cannot afford here. The real node
+gets the JSON fuzz of ``/v1/images/generations`` (and ``tests/test_hostile_input.py`` sends it
+hostile edits).
+
 Bounded to stay inside ``make test``: ``MAX_EXAMPLES`` per route, derandomized (the same
 examples on every run), no deadline, no example database. ``LLMLB_FUZZ_EXAMPLES`` raises it.
 """
@@ -26,6 +32,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.fake_node import FakeNode, images_as_asked
 from tests.hostile_util import JSON_ROUTES, FullSystem, full_system, multipart, openai_error_problem
 from tests.images_util import alpha_mask, gradient, png_bytes
 
@@ -47,6 +54,17 @@ STATUSES: Counter[tuple[str, int]] = Counter()
 def system(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterator[FullSystem]:
     with full_system(tmp_path_factory.mktemp("fuzz"), models_dir) as system:
         yield system
+
+
+@pytest.fixture(scope="module")
+def fake_images(system: FullSystem) -> Iterator[FakeNode]:
+    advert = {"id": "fake-img", "capabilities": ["image_generation"], "runtime": "stable_diffusion"}
+    node = FakeNode(system.url, system.node_key, "fake-images-1", [advert]).start()
+    node.answers.update({"/v1/images/edits": images_as_asked, "/v1/images/variations": images_as_asked})
+    try:
+        yield node
+    finally:
+        node.stop()
 
 
 @pytest.fixture(scope="module")
@@ -177,7 +195,7 @@ def multipart_bodies(draw: st.DrawFn) -> tuple[bytes, str]:
         return draw(st.binary(max_size=512)), f"multipart/form-data; boundary={boundary}"
     chosen = draw(st.lists(parts(), max_size=6))
     if kind == "plausible":
-        model = draw(st.sampled_from(["demo", "whisper-tiny"]))
+        model = draw(st.sampled_from(["fake-img", "whisper-tiny", "nope"]))
         fixed = [
             (b'Content-Disposition: form-data; name="model"', model.encode()),
             (b'Content-Disposition: form-data; name="prompt"', b"fuzz"),
@@ -222,7 +240,7 @@ def test_json_routes_never_fail_on_raw_bytes(
 
 @pytest.mark.parametrize("path", MULTIPART_ROUTES)
 def test_multipart_routes_never_fail_on_raw_bytes(
-    system: FullSystem, client: httpx.Client, path: str
+    system: FullSystem, fake_images: FakeNode, client: httpx.Client, path: str
 ) -> None:
     @FUZZ
     @given(body=multipart_bodies())

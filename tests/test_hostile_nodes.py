@@ -24,7 +24,7 @@ import pytest
 
 from tests.fake_node import Answer, FakeNode, images_answer, png_b64
 from tests.hostile_util import expect_error
-from tests.servers import Proc, admin_get, create_key, router_proc
+from tests.servers import ADMIN_KEY, Proc, admin_get, create_key, router_proc
 
 MB = 1024 * 1024
 # A router-wide cap on node answers for this module (the images bound is tighter still).
@@ -316,3 +316,38 @@ def test_a_bad_transcription_answer_is_a_502(system: System) -> None:
         timeout=30,
     )
     assert_bad_answer(system, response)
+
+
+@pytest.mark.parametrize(
+    ("answer", "says"),
+    [
+        (Answer(body=b'{"object": "list", "data": [{"id": "\xff"}]}'), "unreadable"),
+        (Answer(body=b'{"data": ' + b"[" * 100_000), "unreadable"),
+        (Answer(body=b'{"object": "list", "data": []' + b" " * (5 * MB) + b"}"), "over the limit"),
+    ],
+    ids=["invalid UTF-8", "deep", "5 MB"],
+)
+def test_an_endpoint_with_a_hostile_model_list_is_offline_with_a_reason(
+    system: System, answer: Answer, says: str
+) -> None:
+    """Endpoint health checks read ``GET /v1/models``: bounded, and decoded without a traceback."""
+    evil = FakeNode(system.router.url, "unused", "unused", [])
+    evil.answers["/v1/models"] = answer
+    evil.server.start()
+    log_start = len(system.router.log())
+    try:
+        created = httpx.post(
+            f"{system.router.url}/v0/endpoints",
+            json={"name": "evil", "url": evil.url},
+            headers={"authorization": f"Bearer {ADMIN_KEY}"},
+            timeout=30,
+        )
+        assert created.status_code == 201, created.text
+        view = created.json()
+        assert view["status"] == "offline" and says in view["last_error"], view
+        assert "Traceback" not in system.router.log()[log_start:]
+    finally:
+        httpx.delete(
+            f"{system.router.url}/v0/endpoints/evil", headers={"authorization": f"Bearer {ADMIN_KEY}"}
+        )
+        evil.server.stop()

@@ -63,6 +63,17 @@ def encode_image(image: Image.Image, output_format: str, compression: int | None
     return base64.b64encode(out.getvalue()).decode("ascii")
 
 
+def _fit_inputs(
+    init: Image.Image | None, mask: Image.Image | None, size: tuple[int, int]
+) -> tuple[Image.Image | None, Image.Image | None]:
+    """The init image (RGB) and mask resized to the generation size."""
+    if init is not None:
+        init = init.convert("RGB").resize(size, Image.Resampling.LANCZOS)
+    if mask is not None:
+        mask = mask.resize(size, Image.Resampling.NEAREST)
+    return init, mask
+
+
 class StableDiffusionRuntime(Runtime):
     type_name = TYPE_NAME
     slots = 1  # one generation at a time per node process
@@ -151,11 +162,11 @@ class StableDiffusionRuntime(Runtime):
         width, height, size = self._size(req.size, folder)
         settings = engine_settings(req, folder.profile, quality=quality, style=style)
         seed = req.seed if req.seed is not None else secrets.randbelow(MAX_SEED - 16)
-        if init is not None:
-            init = init.convert("RGB").resize((width, height), Image.Resampling.LANCZOS)
+        if init is not None or mask is not None:
+            # Resizing a large upload takes 100+ ms: off the event loop (heartbeats, /health).
+            init, mask = await asyncio.to_thread(_fit_inputs, init, mask, (width, height))
         sd_mask = None
         if mask is not None:
-            mask = mask.resize((width, height), Image.Resampling.NEAREST)
             sd_mask = mask if SD_MASK_REGENERATE == 255 else mask.point(lambda v: 255 - v)
         job = EngineJob(
             prompt=prompt,

@@ -9,10 +9,11 @@ the pixels of the first image and of the mask.
 - First the headers of every image and the mask are read: format, size (per-image pixel limit,
   decompression bombs) and alpha. The pixels of all of them together must fit the per-request
   budget before anything is decoded.
-- Then each file is decoded, one job per image. The router keeps no pixels: it decodes to refuse
-  corrupt or truncated files with a 400 and drops the result at once; a JPEG is decoded at 1/8
-  scale (the same entropy decoding, 1/64 of the memory). The node keeps the first image and the
-  mask, converted on the worker thread.
+- Then each file is checked or decoded, one job per image. The router needs no pixels, only to
+  refuse corrupt or truncated files with a 400: a PNG's image data is inflated in 1 MiB pieces
+  and checked row by row (``png_check``), a JPEG is decoded at 1/8 scale (the same entropy
+  decoding, 1/64 of the memory), a WebP is decoded and dropped at once. The node decodes the
+  first image and the mask, which it uses, on the worker thread.
 - OpenAI's mask: an image of the edited image's size whose fully transparent pixels (alpha = 0)
   mark the area to edit; the node converts it to greyscale, 255 marking "regenerate".
 """
@@ -30,6 +31,7 @@ from typing import TypeVar
 from PIL import Image
 
 from llmlb_core.errors import OpenAIError
+from plugins.images.png_check import check_png_data
 from plugins.images.settings import ImagesSettings
 from plugins.images.uploads import IMAGE_FIELDS, ParsedForm, Upload, too_large_file
 
@@ -143,7 +145,11 @@ def read_header(upload: Upload, param: str, limits: ImageLimits) -> CheckedImage
 
 
 def verify(checked: CheckedImage) -> None:
-    """Decode ``checked`` to refuse a corrupt or truncated file; the pixels are dropped at once."""
+    """Refuse a corrupt or truncated file without keeping its pixels (see the module docstring)."""
+    if checked.format == "png":
+        with _image_errors(checked.param):
+            check_png_data(checked.upload.data)
+        return
     with _image_errors(checked.param), Image.open(io.BytesIO(checked.upload.data)) as image:
         if checked.format == "jpeg":
             width, height = checked.size

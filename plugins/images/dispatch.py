@@ -47,7 +47,7 @@ FLAGS = frozenset({"image_generation"})
 FILES_PATH = "/v1/images/files"
 
 # How each output format's files begin (what a node's image bytes must start with).
-_MAGIC = {"png": (b"\x89PNG\r\n\x1a\n",), "jpeg": (b"\xff\xd8\xff",), "webp": (b"RIFF",)}
+_MAGIC = {"png": b"\x89PNG\r\n\x1a\n", "jpeg": b"\xff\xd8\xff", "webp": b"RIFF"}
 # Room per image for what is not pixels (JSON, revised_prompt, file headers), and for the rest.
 _PER_IMAGE_OVERHEAD = 256 * 1024
 _ANSWER_OVERHEAD = 64 * 1024
