@@ -7,6 +7,7 @@
   calls from the router to nodes and endpoints (outcome: ok, client_error, failed).
 - Read at scrape time from live state: ``llmlb_queue_depth``, ``llmlb_queued_total``,
   ``llmlb_node_up{node,name,status}``, ``llmlb_node_slots``, ``llmlb_node_inflight``,
+  ``llmlb_node_abandoned`` (jobs whose client left, counted until the node reports them ended),
   ``llmlb_node_completed_total``, ``llmlb_node_failures_recent``.
 """
 
@@ -49,6 +50,11 @@ class _LiveState(Collector):
         inflight = GaugeMetricFamily(
             "llmlb_node_inflight", "Router requests running on the node", labels=["node"]
         )
+        abandoned = GaugeMetricFamily(
+            "llmlb_node_abandoned",
+            "Jobs whose client left that the node may still be running (they hold a slot)",
+            labels=["node"],
+        )
         completed = CounterMetricFamily(
             "llmlb_node_completed", "Requests the node completed", labels=["node"]
         )
@@ -60,9 +66,10 @@ class _LiveState(Collector):
             up.add_metric([node.id, node.name, status], 1.0 if status == "online" else 0.0)
             slots.add_metric([node.id], node.slots)
             inflight.add_metric([node.id], node.inflight)
+            abandoned.add_metric([node.id], node.abandoned)
             completed.add_metric([node.id], node.completed)
             failures.add_metric([node.id], len(node.failures))
-        yield from (up, slots, inflight, completed, failures)
+        yield from (up, slots, inflight, abandoned, completed, failures)
 
 
 class Metrics:

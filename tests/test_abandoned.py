@@ -320,12 +320,14 @@ async def test_a_relayed_client_that_leaves_keeps_the_slot_counted_until_the_nod
         await eventually(lambda: nodes(router)[x]["inflight"] == 0, 5, "the router to see the client leave")
         seen = nodes(router)[x]
         assert (seen["abandoned"], seen["free_slots"]) == (1, 0)  # the node still generates
+        assert metric(router, f'llmlb_node_abandoned{{node="{x}"}}') == 1.0
         nxt = await client.post("/v1/images/generations", json=generation(1))
         assert nxt.status_code == 200
         assert nxt.headers["x-llmlb-node"] == y and "x-queue-status" not in nxt.headers
         # Only the node's early heartbeat, sent when the job ended, can clear it this soon.
         await eventually(lambda: nodes(router)[x]["abandoned"] == 0, 150, "the node to report the job gone")
     assert nodes(router)[x]["free_slots"] == 1
+    assert metric(router, f'llmlb_node_abandoned{{node="{x}"}}') == 0.0
     node_x = next(p for p in pair if p.args[p.args.index("--name") + 1] == nodes(router)[x]["name"])
     assert CANCELLED.findall(node_x.log()) == [("0", "1")]  # it finished the image for nobody
 
