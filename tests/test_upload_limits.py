@@ -80,14 +80,18 @@ def test_an_empty_model_is_a_400_on_images(image_system: ImageSystem, model: str
         ("/v1/audio/speech", {"model": "", "input": "hi", "voice": "alloy"}),
     ],
 )
-def test_an_empty_model_is_a_400_on_text_and_audio(image_system: ImageSystem, path: str, body: Any) -> None:
-    expect(post_json(image_system, body, path=path), 400, param="model")
+@pytest.mark.parametrize("model", ["", "   "])
+def test_an_empty_model_is_a_400_on_text_and_audio(
+    image_system: ImageSystem, path: str, body: Any, model: str
+) -> None:
+    expect(post_json(image_system, {**body, "model": model}, path=path), 400, param="model")
 
 
-def test_an_empty_model_is_a_400_on_transcriptions(image_system: ImageSystem) -> None:
+@pytest.mark.parametrize("model", ["", "   "])
+def test_an_empty_model_is_a_400_on_transcriptions(image_system: ImageSystem, model: str) -> None:
     for path in ("/v1/audio/transcriptions", "/v1/audio/translations"):
         response = post_form(
-            image_system, path, {"model": ""}, [("file", ("a.wav", b"RIFF0000", "audio/wav"))]
+            image_system, path, {"model": model}, [("file", ("a.wav", b"RIFF0000", "audio/wav"))]
         )
         expect(response, 400, param="model")
 

@@ -18,7 +18,7 @@ TEXT_TO_SPEECH = "text_to_speech"
 
 MAX_SPEECH_INPUT_CHARS = 4096
 
-ModelId = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+ModelId = Annotated[str, msgspec.Meta(min_length=1, max_length=256, pattern=r"\S")]  # not blank
 TranscriptionFormat = Literal["json", "text", "srt", "vtt", "verbose_json"]
 SpeechFormat = Literal["mp3", "opus", "aac", "flac", "wav", "pcm"]
 Temperature = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]

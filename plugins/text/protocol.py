@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-ModelId = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+ModelId = Annotated[str, msgspec.Meta(min_length=1, max_length=256, pattern=r"\S")]  # not blank
 
 # Model capability flags served by the text capability.
 CHAT_COMPLETION = "chat_completion"
