@@ -10,11 +10,14 @@ runs as is.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import msgspec
+
+T = TypeVar("T")
 
 ENV_PREFIX = "LLMLB_"
 
@@ -98,6 +101,26 @@ class RouterSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 class SettingsError(ValueError):
     """The configuration could not be read or is invalid."""
+
+
+_FIELD_RE = re.compile(r"at `\$\.(\w+)")
+_UNKNOWN_RE = re.compile(r"unknown field `(\w+)`")
+
+
+def load_plugin_settings(name: str, table: dict[str, Any], type_: type[T]) -> T:
+    """A plugin's ``[plugin.<name>]`` table as its settings struct (strings from the environment
+    are converted: "true", "2"). A bad value is a :class:`SettingsError` naming the plugin, the
+    key and its environment variable, which ``llmlb serve`` reports in one line (exit 2)."""
+    try:
+        return msgspec.convert(table, type_, strict=False)
+    except msgspec.ValidationError as exc:
+        text = str(exc)
+        match = _FIELD_RE.search(text) or _UNKNOWN_RE.search(text)
+        where = f"[plugin.{name}]"
+        if match:
+            key = match.group(1)
+            where += f" {key} (env {ENV_PREFIX}PLUGIN__{name.upper()}__{key.upper()})"
+        raise SettingsError(f"invalid setting {where}: {text}") from None
 
 
 def _env_overrides(environ: dict[str, str], fields: set[str]) -> dict[str, Any]:

@@ -3,6 +3,8 @@ real loopback HTTP; disabled capabilities; loud failures for broken plugins."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,7 +17,7 @@ from node_runtimes.hookspecs import hookimpl as node_hookimpl
 from node_runtimes.plugins import RuntimePluginError, load_runtime_types
 from tests.echo_plugin import EchoCapability, EchoRuntimePlugin
 from tests.inproc import start_node, start_router
-from tests.servers import ADMIN_KEY, ThreadServer
+from tests.servers import ADMIN_KEY, REPO, ThreadServer, base_env, free_port
 
 AUTH = {"authorization": f"Bearer {ADMIN_KEY}"}
 
@@ -118,3 +120,33 @@ def test_builtin_images_capability_is_an_ordinary_plugin() -> None:
     assert "stable_diffusion" in loaded.capabilities["images"].runtime_types
     paths = {path for handler in loaded.routes["images"] for path in handler.paths}
     assert "/v1/images/generations" in paths
+
+
+@pytest.mark.parametrize(
+    ("variable", "says"),
+    [
+        ("LLMLB_PLUGIN__IMAGES__SIZE_FALLBACK=yes", "[plugin.images] size_fallback"),
+        ("LLMLB_PLUGIN__IMAGES__NO_SUCH_KEY=1", "[plugin.images] no_such_key"),
+        ("LLMLB_PLUGIN__TEXT__MAX_BODY_BYTES=-3", "[plugin.text] max_body_bytes"),
+        ("LLMLB_PLUGIN__AUDIO__MAX_UPLOAD_BYTES=lots", "[plugin.audio] max_upload_bytes"),
+    ],
+)
+def test_a_bad_plugin_setting_stops_serve_with_one_line_and_exit_2(
+    tmp_path: Path, variable: str, says: str
+) -> None:
+    """The real ``llmlb serve`` process: the plugin, the key and its variable are named, no
+    traceback (it used to end in a ValueError traceback and exit 1)."""
+    name, value = variable.split("=", 1)
+    done = subprocess.run(
+        [sys.executable, "-m", "llmlb_core.cli", "serve", "--port", str(free_port())],
+        env=base_env(
+            **{name: value, "LLMLB_ADMIN_KEY": ADMIN_KEY, "LLMLB_DATA_DIR": str(tmp_path / "data")}
+        ),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
+    assert done.returncode == 2, done.stderr
+    assert says in done.stderr and f"env {name}" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr

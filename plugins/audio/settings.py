@@ -9,6 +9,8 @@ from typing import Annotated, Any
 
 import msgspec
 
+from llmlb_core.settings import load_plugin_settings
+
 MB = 1024 * 1024
 
 
@@ -18,7 +20,4 @@ class AudioSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 def load_audio_settings(table: dict[str, Any]) -> AudioSettings:
-    try:
-        return msgspec.convert(table, AudioSettings, strict=False)
-    except msgspec.ValidationError as exc:
-        raise ValueError(f"invalid [plugin.audio] settings: {exc}") from exc
+    return load_plugin_settings("audio", table, AudioSettings)

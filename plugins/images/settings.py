@@ -9,6 +9,8 @@ from typing import Annotated, Any
 
 import msgspec
 
+from llmlb_core.settings import load_plugin_settings
+
 MB = 1024 * 1024
 
 
@@ -36,7 +38,4 @@ class ImagesSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 def load_images_settings(table: dict[str, Any]) -> ImagesSettings:
-    try:
-        return msgspec.convert(table, ImagesSettings, strict=False)
-    except msgspec.ValidationError as exc:
-        raise ValueError(f"invalid [plugin.images] settings: {exc}") from exc
+    return load_plugin_settings("images", table, ImagesSettings)

@@ -9,6 +9,8 @@ from typing import Annotated, Any
 
 import msgspec
 
+from llmlb_core.settings import load_plugin_settings
+
 MB = 1024 * 1024
 
 
@@ -18,7 +20,4 @@ class TextSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 def load_text_settings(table: dict[str, Any]) -> TextSettings:
-    try:
-        return msgspec.convert(table, TextSettings, strict=False)
-    except msgspec.ValidationError as exc:
-        raise ValueError(f"invalid [plugin.text] settings: {exc}") from exc
+    return load_plugin_settings("text", table, TextSettings)
