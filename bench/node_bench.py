@@ -133,7 +133,7 @@ def _toml_str(value: str) -> str:
 
 
 def ensure_demo_model() -> Path:
-    from node_runtimes.stable_diffusion.demo_checkpoint import demo_model_is_complete, write_demo_model
+    from llmlb_node.stable_diffusion.demo_checkpoint import demo_model_is_complete, write_demo_model
 
     if not demo_model_is_complete(DEMO_DIR):
         print(f"writing the synthetic demo checkpoint into {DEMO_DIR} (~850 MB, once) ...", flush=True)
@@ -143,15 +143,15 @@ def ensure_demo_model() -> Path:
 
 def prepare_model(args: argparse.Namespace, models_dir: Path) -> BenchModel:
     """Make ``models_dir/bench-sd`` with links to the weights and the bench's ``model.toml``."""
-    from node_runtimes.stable_diffusion.engine import free_memory_bytes, has_accelerator
-    from node_runtimes.stable_diffusion.model_folder import (
+    from llmlb_node.stable_diffusion.engine import free_memory_bytes, has_accelerator
+    from llmlb_node.stable_diffusion.model_folder import (
         ModelFolder,
         ModelProfile,
         choose_weights,
         read_profile,
         weight_files,
     )
-    from plugins.images.protocol import SIZES
+    from llmlb_plugins.images.protocol import SIZES
 
     source = Path(args.model).expanduser() if args.model else ensure_demo_model()
     if not source.exists():

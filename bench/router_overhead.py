@@ -6,7 +6,7 @@ to keep the numbers). It starts, as separate processes on loopback with real uvi
 - a router with a bench capability plugin (``POST /v1/bench`` forwarded the way the images
   plugin forwards a single-part ``b64_json`` answer: ``RouterServices.call_node`` with model
   resolution, balancing, API-key guard, node credential, failover, the answer read up to the
-  images size bound and checked by ``plugins.images.dispatch.read_answer`` - schema, base64,
+  images size bound and checked by ``llmlb_plugins.images.dispatch.read_answer`` - schema, base64,
   PNG signature - then passed on as the node's bytes);
 - a node with a bench runtime plugin that answers ``POST /v1/bench`` at once with a fixed
   ~1.5 MB body shaped like an OpenAI images response (one 1024x1024 PNG in base64).
@@ -52,10 +52,10 @@ from llmlb_core.capability import Capability
 from llmlb_core.hookspecs import hookimpl
 from llmlb_core.protocol import ModelAdvert
 from llmlb_core.services import get_services
-from node_runtimes.hookspecs import hookimpl as node_hookimpl
-from node_runtimes.runtime import Runtime, RuntimeLoad, RuntimeType
-from node_runtimes.settings import NodeSettings
-from plugins.images.dispatch import answer_limit, read_answer
+from llmlb_node.hookspecs import hookimpl as node_hookimpl
+from llmlb_node.runtime import Runtime, RuntimeLoad, RuntimeType
+from llmlb_node.settings import NodeSettings
+from llmlb_plugins.images.dispatch import answer_limit, read_answer
 
 MODEL = "bench-image-1"
 CAPABILITY = "bench"
@@ -179,7 +179,7 @@ def serve_router(port: int, data_dir: str) -> None:
 
 def serve_node(port: int, router_url: str, api_key: str, token_file: str) -> None:
     from llmlb_core.serving import run
-    from node_runtimes.app import create_node_app
+    from llmlb_node.app import create_node_app
 
     _common.server_logging()
     settings = NodeSettings(

@@ -75,10 +75,10 @@ from bench._common import (
 )
 from llmlb_core.bodies import decode_json_bytes
 from llmlb_core.protocol import ModelAdvert
-from node_runtimes.hookspecs import hookimpl as node_hookimpl
-from node_runtimes.runtime import Runtime, RuntimeLoad, RuntimeType
-from node_runtimes.settings import NodeSettings
-from plugins.images.protocol import ImageData, ImageGenerationRequest, ImagesResponse
+from llmlb_node.hookspecs import hookimpl as node_hookimpl
+from llmlb_node.runtime import Runtime, RuntimeLoad, RuntimeType
+from llmlb_node.settings import NodeSettings
+from llmlb_plugins.images.protocol import ImageData, ImageGenerationRequest, ImagesResponse
 
 MODEL = "bench-fixed"
 RUNTIME = "fixed"
@@ -214,7 +214,7 @@ def serve_router(port: int, data_dir: str, tracemalloc_frames: int) -> None:
 
 def serve_node(port: int, router_url: str, api_key: str, name: str, service_s: float) -> None:
     from llmlb_core.serving import run
-    from node_runtimes.app import create_node_app
+    from llmlb_node.app import create_node_app
 
     _common.server_logging()
     settings = NodeSettings(

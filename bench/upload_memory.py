@@ -106,9 +106,9 @@ def serve(tree: str, role: str, port: int, arg: str) -> None:
 def serve_stand_in_node(port: int, router_url: str) -> None:
     from llmlb_core.protocol import ModelAdvert
     from llmlb_core.serving import run
-    from node_runtimes.app import create_node_app
-    from node_runtimes.runtime import Runtime, RuntimeLoad
-    from node_runtimes.settings import NodeSettings
+    from llmlb_node.app import create_node_app
+    from llmlb_node.runtime import Runtime, RuntimeLoad
+    from llmlb_node.settings import NodeSettings
 
     answer = json.dumps(
         {

@@ -61,9 +61,9 @@ def cmd_node(args: argparse.Namespace) -> int:
     from llmlb_core.settings import SettingsError
     from llmlb_core.slow_clients import ClientTimeouts
     from llmlb_core.tls import check_server_cert
-    from node_runtimes.app import create_node_app
-    from node_runtimes.plugins import RuntimePluginError
-    from node_runtimes.settings import node_settings_from_env
+    from llmlb_node.app import create_node_app
+    from llmlb_node.plugins import RuntimePluginError
+    from llmlb_node.settings import node_settings_from_env
 
     settings = node_settings_from_env(
         router_url=args.router,
@@ -132,7 +132,7 @@ def cmd_demo_model_write(target: Path, *, force: bool = False) -> None:
     """Write the synthetic checkpoint into ``target`` unless it is already complete."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from node_runtimes.stable_diffusion.demo_checkpoint import demo_model_is_complete, write_demo_model
+    from llmlb_node.stable_diffusion.demo_checkpoint import demo_model_is_complete, write_demo_model
 
     if demo_model_is_complete(target) and not force:
         print(f"demo model present in {target}")
@@ -165,8 +165,8 @@ def cmd_demo_model(args: argparse.Namespace) -> int:
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
-    from node_runtimes.stable_diffusion.model_folder import read_profile, weight_files
-    from node_runtimes.stable_diffusion.quantize import quantize
+    from llmlb_node.stable_diffusion.model_folder import read_profile, weight_files
+    from llmlb_node.stable_diffusion.quantize import quantize
 
     _setup_logging("info")
     folder = Path(args.model_dir)

@@ -24,7 +24,9 @@ from llmlb_core.capability import Capability
 log = logging.getLogger("llmlb.plugins")
 
 ENTRY_POINT_GROUP = "llmlb.plugins"
-BUILTIN_PLUGINS: tuple[str, ...] = ("plugins.text.plugin", "plugins.audio.plugin", "plugins.images.plugin")
+BUILTIN_PLUGINS: tuple[str, ...] = (
+    "llmlb_plugins.text.plugin", "llmlb_plugins.audio.plugin", "llmlb_plugins.images.plugin",
+)
 
 
 class PluginError(RuntimeError):

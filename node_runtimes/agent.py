@@ -25,8 +25,8 @@ from llmlb_core.protocol import (
     RegistrationReply,
 )
 from llmlb_core.tls import client_ssl_context, tls_failure
-from node_runtimes.runtime import Runtime
-from node_runtimes.settings import NodeSettings
+from llmlb_node.runtime import Runtime
+from llmlb_node.settings import NodeSettings
 
 log = logging.getLogger("llmlb.node.agent")
 

@@ -24,10 +24,10 @@ from litestar.middleware import DefineMiddleware
 from llmlb_core.auth import key_from_headers
 from llmlb_core.disconnect import DisconnectMiddleware
 from llmlb_core.errors import OpenAIError, exception_handlers
-from node_runtimes.agent import RouterLink
-from node_runtimes.plugins import RuntimePluginError, load_runtime_types
-from node_runtimes.runtime import Runtime
-from node_runtimes.settings import NodeSettings
+from llmlb_node.agent import RouterLink
+from llmlb_node.plugins import RuntimePluginError, load_runtime_types
+from llmlb_node.runtime import Runtime
+from llmlb_node.settings import NodeSettings
 
 log = logging.getLogger("llmlb.node")
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import pluggy
 
 if TYPE_CHECKING:
-    from node_runtimes.runtime import RuntimeType
+    from llmlb_node.runtime import RuntimeType
 
 PROJECT = "llmlb_node"
 hookspec = pluggy.HookspecMarker(PROJECT)

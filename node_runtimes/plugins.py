@@ -8,15 +8,15 @@ from collections.abc import Iterable
 
 import pluggy
 
-from node_runtimes import hookspecs
-from node_runtimes.runtime import RuntimeType
+from llmlb_node import hookspecs
+from llmlb_node.runtime import RuntimeType
 
 log = logging.getLogger("llmlb.node.plugins")
 
 ENTRY_POINT_GROUP = "llmlb.node_runtimes"
 BUILTIN_PLUGINS: tuple[str, ...] = (
-    "node_runtimes.stable_diffusion.plugin",
-    "node_runtimes.openai_compatible.plugin",
+    "llmlb_node.stable_diffusion.plugin",
+    "llmlb_node.openai_compatible.plugin",
 )
 
 

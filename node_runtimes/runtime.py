@@ -12,7 +12,7 @@ from litestar.handlers import BaseRouteHandler
 from llmlb_core.protocol import ModelAdvert
 
 if TYPE_CHECKING:
-    from node_runtimes.settings import NodeSettings
+    from llmlb_node.settings import NodeSettings
 
 
 @dataclass

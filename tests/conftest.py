@@ -20,7 +20,7 @@ DEMO_MODEL = "demo"
 @pytest.fixture(scope="session")
 def models_dir() -> Path:
     """A models dir holding the synthetic SD1 tiny-UNet checkpoint as model ``demo``."""
-    from node_runtimes.stable_diffusion.demo_checkpoint import demo_model_is_complete, write_demo_model
+    from llmlb_node.stable_diffusion.demo_checkpoint import demo_model_is_complete, write_demo_model
 
     folder = MODEL_CACHE / DEMO_MODEL
     if not demo_model_is_complete(folder):

@@ -19,9 +19,9 @@ from llmlb_core.capability import Capability
 from llmlb_core.hookspecs import hookimpl
 from llmlb_core.protocol import ModelAdvert
 from llmlb_core.services import get_services
-from node_runtimes.hookspecs import hookimpl as node_hookimpl
-from node_runtimes.runtime import Runtime, RuntimeLoad, RuntimeType
-from node_runtimes.settings import NodeSettings
+from llmlb_node.hookspecs import hookimpl as node_hookimpl
+from llmlb_node.runtime import Runtime, RuntimeLoad, RuntimeType
+from llmlb_node.settings import NodeSettings
 
 FLAGS = frozenset({"echo"})
 

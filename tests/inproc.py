@@ -8,8 +8,8 @@ from typing import Any
 
 from llmlb_core.app import create_app
 from llmlb_core.settings import load_settings
-from node_runtimes.app import create_node_app
-from node_runtimes.settings import NodeSettings
+from llmlb_node.app import create_node_app
+from llmlb_node.settings import NodeSettings
 from tests.servers import ADMIN_KEY, ThreadServer, create_key, free_port, node_status, wait_until
 
 

@@ -23,9 +23,9 @@ from PIL import ImageChops
 
 from llmlb_core.balancer import Balancer
 from llmlb_core.protocol import Heartbeat
-from node_runtimes.app import create_node_app
-from node_runtimes.settings import NodeSettings
-from node_runtimes.stable_diffusion.engine import SDEngine, _clear_progress_callback
+from llmlb_node.app import create_node_app
+from llmlb_node.settings import NodeSettings
+from llmlb_node.stable_diffusion.engine import SDEngine, _clear_progress_callback
 from tests.servers import ADMIN_KEY, Proc, ThreadServer, admin_get, create_key, node_proc, router_proc
 from tests.test_balancer import FLAGS, registry
 from tests.test_sd_engine import folder, job

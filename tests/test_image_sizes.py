@@ -20,12 +20,12 @@ import httpx
 import pytest
 from PIL import Image
 
-from node_runtimes.hookspecs import hookimpl
-from node_runtimes.runtime import RuntimeType
-from node_runtimes.stable_diffusion.engine import EngineJob, SDEngine
-from node_runtimes.stable_diffusion.model_folder import ModelFolder
-from node_runtimes.stable_diffusion.runtime import StableDiffusionRuntime
-from plugins.images.protocol import SIZES
+from llmlb_node.hookspecs import hookimpl
+from llmlb_node.runtime import RuntimeType
+from llmlb_node.stable_diffusion.engine import EngineJob, SDEngine
+from llmlb_node.stable_diffusion.model_folder import ModelFolder
+from llmlb_node.stable_diffusion.runtime import StableDiffusionRuntime
+from llmlb_plugins.images.protocol import SIZES
 from tests.conftest import ImageSystem
 from tests.images_util import decode_b64
 from tests.inproc import start_node, start_router

@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
-from node_runtimes.settings import sanitized_hostname
+from llmlb_node.settings import sanitized_hostname
 from tests.servers import (
     ADMIN_KEY,
     REPO,

@@ -13,8 +13,8 @@ import pytest
 
 from llmlb_core.hookspecs import hookimpl
 from llmlb_core.plugins import PluginError, load_plugins
-from node_runtimes.hookspecs import hookimpl as node_hookimpl
-from node_runtimes.plugins import RuntimePluginError, load_runtime_types
+from llmlb_node.hookspecs import hookimpl as node_hookimpl
+from llmlb_node.plugins import RuntimePluginError, load_runtime_types
 from tests.echo_plugin import EchoCapability, EchoRuntimePlugin
 from tests.inproc import start_node, start_router
 from tests.servers import ADMIN_KEY, REPO, ThreadServer, base_env, free_port

@@ -14,9 +14,9 @@ import pytest
 from PIL import Image
 
 from llmlb_core.errors import OpenAIError
-from node_runtimes.stable_diffusion.engine import EngineJob, SDEngine
-from node_runtimes.stable_diffusion.model_folder import ModelFolder, choose_weights, scan_models
-from node_runtimes.stable_diffusion.quantize import quantize
+from llmlb_node.stable_diffusion.engine import EngineJob, SDEngine
+from llmlb_node.stable_diffusion.model_folder import ModelFolder, choose_weights, scan_models
+from llmlb_node.stable_diffusion.quantize import quantize
 from tests.conftest import DEMO_MODEL, MODEL_CACHE, copy_model
 from tests.images_util import gradient, mean_abs_diff
 

@@ -20,10 +20,10 @@ import httpx
 import pytest
 from PIL import Image
 
-from plugins.images import decoding
-from plugins.images.decoding import CheckedImage, ImageDecoder, ImageLimits
-from plugins.images.png_check import ADAM7, CHANNELS, check_png_data
-from plugins.images.uploads import ParsedForm, Upload
+from llmlb_plugins.images import decoding
+from llmlb_plugins.images.decoding import CheckedImage, ImageDecoder, ImageLimits
+from llmlb_plugins.images.png_check import ADAM7, CHANNELS, check_png_data
+from llmlb_plugins.images.uploads import ParsedForm, Upload
 from tests.conftest import ImageSystem
 from tests.images_util import alpha_mask, gradient, png_bytes
 from tests.servers import Proc, create_key, router_proc

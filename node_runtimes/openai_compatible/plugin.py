@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from node_runtimes.hookspecs import hookimpl
-from node_runtimes.runtime import Runtime, RuntimeType
-from node_runtimes.settings import NodeSettings
+from llmlb_node.hookspecs import hookimpl
+from llmlb_node.runtime import Runtime, RuntimeType
+from llmlb_node.settings import NodeSettings
 
 log = logging.getLogger("llmlb.node.openai_compatible")
 
@@ -15,7 +15,7 @@ NAME = "openai_compatible"
 
 
 def create_runtime(settings: NodeSettings) -> Runtime | None:
-    from node_runtimes.openai_compatible.runtime import OpenAICompatibleRuntime, load_runtime_settings
+    from llmlb_node.openai_compatible.runtime import OpenAICompatibleRuntime, load_runtime_settings
 
     cfg = load_runtime_settings(settings.runtime_settings.get(NAME, {}))
     if not cfg.url:

@@ -39,8 +39,8 @@ from llmlb_core.openai_upstream import (
 from llmlb_core.protocol import ModelAdvert
 from llmlb_core.streaming import PASSED_HEADERS, RelayStream
 from llmlb_core.upstream import close_response, is_timeout, upstream_client
-from node_runtimes.runtime import Runtime, RuntimeLoad
-from node_runtimes.settings import NodeSettings
+from llmlb_node.runtime import Runtime, RuntimeLoad
+from llmlb_node.settings import NodeSettings
 
 log = logging.getLogger("llmlb.node.openai_compatible")
 

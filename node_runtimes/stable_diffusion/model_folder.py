@@ -28,7 +28,7 @@ from typing import Annotated
 
 import msgspec
 
-from plugins.images.protocol import Sampler, Scheduler, parse_size
+from llmlb_plugins.images.protocol import Sampler, Scheduler, parse_size
 
 log = logging.getLogger("llmlb.node.sd")
 

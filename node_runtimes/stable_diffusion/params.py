@@ -20,8 +20,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from node_runtimes.stable_diffusion.model_folder import ModelProfile
-from plugins.images.protocol import EngineExtras
+from llmlb_node.stable_diffusion.model_folder import ModelProfile
+from llmlb_plugins.images.protocol import EngineExtras
 
 QUALITY_STEP_FACTOR = {"low": 0.5, "standard": 1.0, "medium": 1.0, "auto": 1.0, "hd": 2.0, "high": 2.0}
 STYLE_CFG_FACTOR = {"vivid": 1.25, "natural": 0.85}

@@ -6,10 +6,10 @@ import importlib.util
 import logging
 from collections.abc import Callable
 
-from node_runtimes.hookspecs import hookimpl
-from node_runtimes.runtime import Runtime, RuntimeType
-from node_runtimes.settings import NodeSettings
-from node_runtimes.stable_diffusion.model_folder import scan_models
+from llmlb_node.hookspecs import hookimpl
+from llmlb_node.runtime import Runtime, RuntimeType
+from llmlb_node.settings import NodeSettings
+from llmlb_node.stable_diffusion.model_folder import scan_models
 
 log = logging.getLogger("llmlb.node.sd")
 
@@ -23,7 +23,7 @@ def create_runtime(settings: NodeSettings) -> Runtime | None:
         return None
     if not scan_models(settings.models_path):
         return None
-    from node_runtimes.stable_diffusion.runtime import StableDiffusionRuntime
+    from llmlb_node.stable_diffusion.runtime import StableDiffusionRuntime
 
     return StableDiffusionRuntime(settings)
 

@@ -18,13 +18,13 @@ from PIL import Image
 from llmlb_core.bodies import decode_json_bytes
 from llmlb_core.errors import OpenAIError
 from llmlb_core.protocol import ModelAdvert
-from node_runtimes.runtime import Runtime, RuntimeLoad
-from node_runtimes.settings import NodeSettings
-from node_runtimes.stable_diffusion.engine import EngineJob, SDEngine
-from node_runtimes.stable_diffusion.model_folder import ModelFolder, scan_models
-from node_runtimes.stable_diffusion.params import engine_settings
-from plugins.images.decoding import MAX_IMAGES, ImageDecoder, ImageLimits
-from plugins.images.protocol import (
+from llmlb_node.runtime import Runtime, RuntimeLoad
+from llmlb_node.settings import NodeSettings
+from llmlb_node.stable_diffusion.engine import EngineJob, SDEngine
+from llmlb_node.stable_diffusion.model_folder import ModelFolder, scan_models
+from llmlb_node.stable_diffusion.params import engine_settings
+from llmlb_plugins.images.decoding import MAX_IMAGES, ImageDecoder, ImageLimits
+from llmlb_plugins.images.protocol import (
     MAX_SEED,
     SIZE_AUTO,
     ImageData,
@@ -34,9 +34,9 @@ from plugins.images.protocol import (
     ImageVariationFields,
     parse_size,
 )
-from plugins.images.settings import MB, ImagesSettings
-from plugins.images.uploads import convert_fields, parse_multipart
-from plugins.images.validation import require_prompt, resolve_size
+from llmlb_plugins.images.settings import MB, ImagesSettings
+from llmlb_plugins.images.uploads import convert_fields, parse_multipart
+from llmlb_plugins.images.validation import require_prompt, resolve_size
 
 log = logging.getLogger("llmlb.node.sd")
 

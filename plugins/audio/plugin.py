@@ -13,7 +13,7 @@ from typing import Any
 
 from llmlb_core.capability import Capability
 from llmlb_core.hookspecs import hookimpl
-from plugins.audio.protocol import (
+from llmlb_plugins.audio.protocol import (
     SPEECH_TO_TEXT,
     TEXT_TO_SPEECH,
     AudioModelDefaults,
@@ -21,8 +21,8 @@ from plugins.audio.protocol import (
     TranscriptionFields,
     TranslationFields,
 )
-from plugins.audio.routes import build_routes
-from plugins.audio.settings import load_audio_settings
+from llmlb_plugins.audio.routes import build_routes
+from llmlb_plugins.audio.settings import load_audio_settings
 
 NAME = "audio"
 FLAGS = frozenset({SPEECH_TO_TEXT, TEXT_TO_SPEECH})

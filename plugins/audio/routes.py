@@ -12,15 +12,15 @@ from llmlb_core.bodies import decode_json_bytes
 from llmlb_core.errors import OpenAIError
 from llmlb_core.services import get_services
 from llmlb_core.streaming import StreamBody, stream_from_node, with_body_defaults
-from plugins.audio.protocol import (
+from llmlb_plugins.audio.protocol import (
     SPEECH_TO_TEXT,
     TEXT_TO_SPEECH,
     SpeechRequest,
     TranscriptionFields,
     TranslationFields,
 )
-from plugins.audio.settings import AudioSettings
-from plugins.audio.uploads import MultipartRelay, convert_fields
+from llmlb_plugins.audio.settings import AudioSettings
+from llmlb_plugins.audio.uploads import MultipartRelay, convert_fields
 
 T = TypeVar("T")
 

@@ -31,9 +31,9 @@ from typing import TypeVar
 from PIL import Image
 
 from llmlb_core.errors import OpenAIError
-from plugins.images.png_check import check_png_data
-from plugins.images.settings import ImagesSettings
-from plugins.images.uploads import IMAGE_FIELDS, ParsedForm, Upload, too_large_file
+from llmlb_plugins.images.png_check import check_png_data
+from llmlb_plugins.images.settings import ImagesSettings
+from llmlb_plugins.images.uploads import IMAGE_FIELDS, ParsedForm, Upload, too_large_file
 
 T = TypeVar("T")
 

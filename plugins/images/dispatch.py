@@ -31,7 +31,7 @@ from litestar import Response
 
 from llmlb_core.services import RouterServices, UpstreamResult
 from llmlb_core.upstream import BadAnswer
-from plugins.images.protocol import (
+from llmlb_plugins.images.protocol import (
     MAX_SEED,
     SIZE_AUTO,
     SIZES,
@@ -41,7 +41,7 @@ from plugins.images.protocol import (
     Quality,
     parse_size,
 )
-from plugins.images.url_store import ImageUrlStore
+from llmlb_plugins.images.url_store import ImageUrlStore
 
 FLAGS = frozenset({"image_generation"})
 FILES_PATH = "/v1/images/files"
@@ -64,7 +64,7 @@ class NodeImage(msgspec.Struct, kw_only=True, omit_defaults=True, forbid_unknown
 
 class NodeAnswer(msgspec.Struct, kw_only=True, omit_defaults=True, forbid_unknown_fields=True):
     """The images response as the router reads it from a node and writes it to the client:
-    ``plugins.images.protocol.ImagesResponse`` with the base64 decoded and every value bounded."""
+    ``llmlb_plugins.images.protocol.ImagesResponse`` with the base64 decoded and every value bounded."""
 
     created: int
     data: list[NodeImage]

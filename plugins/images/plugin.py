@@ -10,17 +10,17 @@ from typing import Any
 from llmlb_core.capability import Capability
 from llmlb_core.hookspecs import hookimpl
 from llmlb_core.services import RouterServices
-from plugins.images.defaults import ImageModelDefaults
-from plugins.images.dispatch import FLAGS
-from plugins.images.protocol import (
+from llmlb_plugins.images.defaults import ImageModelDefaults
+from llmlb_plugins.images.dispatch import FLAGS
+from llmlb_plugins.images.protocol import (
     ImageEditFields,
     ImageGenerationRequest,
     ImagesResponse,
     ImageVariationFields,
 )
-from plugins.images.routes import STORE_KEY, build_routes
-from plugins.images.settings import load_images_settings
-from plugins.images.url_store import ImageUrlStore
+from llmlb_plugins.images.routes import STORE_KEY, build_routes
+from llmlb_plugins.images.settings import load_images_settings
+from llmlb_plugins.images.url_store import ImageUrlStore
 
 NAME = "images"
 PURGE_TASK_KEY = "images.purge_task"

@@ -18,8 +18,8 @@ from llmlb_core.auth import PUBLIC_OPT
 from llmlb_core.bodies import decode_json_bytes
 from llmlb_core.errors import OpenAIError
 from llmlb_core.services import RouterServices, get_services
-from plugins.images.decoding import MAX_IMAGES, ImageDecoder, ImageLimits
-from plugins.images.dispatch import (
+from llmlb_plugins.images.decoding import MAX_IMAGES, ImageDecoder, ImageLimits
+from llmlb_plugins.images.dispatch import (
     FILES_PATH,
     FLAGS,
     Part,
@@ -28,16 +28,16 @@ from plugins.images.dispatch import (
     run_parts,
     to_response,
 )
-from plugins.images.protocol import (
+from llmlb_plugins.images.protocol import (
     ImageEditFields,
     ImageGenerationRequest,
     ImageOptions,
     ImageVariationFields,
 )
-from plugins.images.settings import ImagesSettings
-from plugins.images.uploads import convert_fields, encode_multipart, parse_multipart
-from plugins.images.url_store import MEDIA_TYPES, ImageUrlStore
-from plugins.images.validation import reject_streaming, require_prompt, resolve_size
+from llmlb_plugins.images.settings import ImagesSettings
+from llmlb_plugins.images.uploads import convert_fields, encode_multipart, parse_multipart
+from llmlb_plugins.images.url_store import MEDIA_TYPES, ImageUrlStore
+from llmlb_plugins.images.validation import reject_streaming, require_prompt, resolve_size
 
 log = logging.getLogger("llmlb.images")
 

@@ -3,7 +3,7 @@
 The body is parsed as it streams in (``multipart.PushMultipartParser``, the parser Litestar
 itself depends on); a file part is refused the moment it passes ``max_file_bytes``, so an
 oversized upload is never read whole into memory. A body over ``max_total_bytes`` is a 413.
-What the image files hold is checked in ``plugins.images.decoding``.
+What the image files hold is checked in ``llmlb_plugins.images.decoding``.
 """
 
 from __future__ import annotations

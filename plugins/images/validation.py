@@ -6,7 +6,7 @@ import math
 import re
 
 from llmlb_core.errors import OpenAIError
-from plugins.images.protocol import SIZE_AUTO, SIZES, parse_size
+from llmlb_plugins.images.protocol import SIZE_AUTO, SIZES, parse_size
 
 _SIZE_RE = re.compile(r"^\s*(\d{1,5})\s*[xX]\s*(\d{1,5})\s*$")
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from llmlb_core.capability import Capability
 from llmlb_core.hookspecs import hookimpl
-from plugins.text.protocol import (
+from llmlb_plugins.text.protocol import (
     CHAT_COMPLETION,
     EMBEDDINGS,
     TEXT_COMPLETION,
@@ -22,8 +22,8 @@ from plugins.text.protocol import (
     EmbeddingRequest,
     TextModelDefaults,
 )
-from plugins.text.routes import build_routes
-from plugins.text.settings import load_text_settings
+from llmlb_plugins.text.routes import build_routes
+from llmlb_plugins.text.settings import load_text_settings
 
 NAME = "text"
 FLAGS = frozenset({CHAT_COMPLETION, TEXT_COMPLETION, EMBEDDINGS})

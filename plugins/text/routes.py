@@ -11,7 +11,7 @@ from llmlb_core.bodies import decode_json_bytes
 from llmlb_core.errors import OpenAIError
 from llmlb_core.services import get_services
 from llmlb_core.streaming import forward_json
-from plugins.text.protocol import (
+from llmlb_plugins.text.protocol import (
     CHAT_COMPLETION,
     EMBEDDINGS,
     TEXT_COMPLETION,
@@ -19,7 +19,7 @@ from plugins.text.protocol import (
     CompletionRequest,
     EmbeddingRequest,
 )
-from plugins.text.settings import TextSettings
+from llmlb_plugins.text.settings import TextSettings
 
 CHAT_FLAGS = frozenset({CHAT_COMPLETION})
 COMPLETION_FLAGS = frozenset({TEXT_COMPLETION})
