@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # stable-diffusion-cpp-python ignores these. GPU: CMAKE_ARGS="-DSD_CUDA=ON" make demo
 export CMAKE_ARGS := $(CMAKE_ARGS) -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF
 
-.PHONY: demo test lint bench install clean
+.PHONY: demo test test-unit lint bench install clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,10 @@ test: $(VENV)/.installed-test
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
+
+# The fast loop: unit tests only (pure functions, balancer, forwarding; seconds).
+test-unit: $(VENV)/.installed-test
+	$(BIN)/python -m pytest -q tests/unit
 
 bench: $(VENV)/.installed-test
 	$(BIN)/python -m bench.router_overhead

@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-import openai
 import pytest
 
-from tests.servers import REPO, Proc, create_key, node_proc, router_proc
-
-# The synthetic checkpoint is deterministic (seed 0); it is written once into this ignored
-# folder and reused while complete. Delete the folder to force a rewrite.
-MODEL_CACHE = REPO / ".cache" / "test-models"
-DEMO_MODEL = "demo"
+from tests.support.models import DEMO_MODEL, MODEL_CACHE, ImageSystem
+from tests.support.servers import Proc, create_key, node_proc, router_proc
 
 
 @pytest.fixture(scope="session")
@@ -63,30 +57,6 @@ def sd_node(tmp_path: Path, router: Proc, node_key: str, models_dir: Path, procs
     return proc
 
 
-def copy_model(models_dir: Path, target: Path, name: str) -> Path:
-    """A second model folder sharing the demo weights (hard links: no extra disk)."""
-    folder = target / name
-    folder.mkdir(parents=True)
-    for item in (models_dir / DEMO_MODEL).iterdir():
-        try:
-            (folder / item.name).hardlink_to(item)
-        except OSError:
-            shutil.copy2(item, folder / item.name)
-    return folder
-
-
-class ImageSystem:
-    """A router process and a StableDiffusion node process shared by a test session."""
-
-    def __init__(self, router: Proc, node: Proc, api_key: str) -> None:
-        self.router = router
-        self.node = node
-        self.api_key = api_key
-
-    def client(self, **kwargs: object) -> openai.OpenAI:
-        return openai.OpenAI(base_url=f"{self.router.url}/v1", api_key=self.api_key, max_retries=0, **kwargs)  # type: ignore[arg-type]
-
-
 @pytest.fixture(scope="session")
 def image_system(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterator[ImageSystem]:
     tmp = tmp_path_factory.mktemp("image-system")
@@ -115,3 +85,13 @@ def image_system(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> 
     finally:
         for proc in reversed(started):
             proc.stop()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test by its folder: ``unit`` (pure functions, no I/O), ``integration``
+    (in-process servers on loopback) or ``system`` (real processes, stable-diffusion.cpp, the
+    llama server). ``make test-unit`` runs the first kind alone."""
+    for item in items:
+        kind = item.path.parent.name
+        if kind in ("unit", "integration", "system"):
+            item.add_marker(getattr(pytest.mark, kind))

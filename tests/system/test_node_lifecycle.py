@@ -1,0 +1,112 @@
+"""Node health and persistence with real router and node processes: missed heartbeats take a
+node offline (no traffic), resumed heartbeats bring it back; a router restart keeps keys and
+models, and nodes re-register by themselves."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.support.servers import ADMIN_KEY, Proc, create_key, node_status, router_proc, wait_until
+
+
+def test_missed_heartbeats_take_node_offline_and_resumed_ones_bring_it_back(
+    router: Proc, sd_node: Proc, api_key: str
+) -> None:
+    headers = {"authorization": f"Bearer {api_key}"}
+    assert [m["id"] for m in httpx.get(f"{router.url}/v1/models", headers=headers).json()["data"]] == ["demo"]
+    sd_node.signal(signal.SIGSTOP)  # the process is alive but silent: no heartbeats
+    try:
+        stopped_at = time.monotonic()
+        wait_until(lambda: node_status(router.url, "sd-node-1") == "offline", 10, "node offline")
+        assert time.monotonic() - stopped_at >= 1.5  # not before the 2 s timeout (minus a beat)
+        assert httpx.get(f"{router.url}/v1/models", headers=headers).json()["data"] == []
+        response = httpx.post(
+            f"{router.url}/v1/images/generations",
+            headers=headers,
+            timeout=10,
+            json={"model": "demo", "prompt": "x", "size": "256x256"},
+        )
+        assert response.status_code == 503  # no traffic goes to the offline node
+        assert response.json()["error"]["code"] == "no_capable_nodes"
+    finally:
+        sd_node.signal(signal.SIGCONT)
+    wait_until(lambda: node_status(router.url, "sd-node-1") == "online", 10, "node back online")
+    assert [m["id"] for m in httpx.get(f"{router.url}/v1/models", headers=headers).json()["data"]] == ["demo"]
+
+
+def test_router_restart_keeps_keys_and_nodes_reregister(
+    tmp_path: Path, router: Proc, sd_node: Proc, api_key: str, procs: list[Proc]
+) -> None:
+    port = int(router.url.rsplit(":", 1)[1])
+    registered = httpx.post(
+        f"{router.url}/v0/models",
+        headers={"x-api-key": ADMIN_KEY},
+        json={
+            "id": "demo",
+            "capabilities": ["image_generation"],
+            "defaults": {"steps": 1},
+            "description": "synthetic",
+        },
+    )
+    assert registered.status_code == 201
+    assert router.stop() is not None
+    restarted = router_proc(
+        tmp_path, port=port, data_dir=tmp_path / "router-data", env={"LLMLB_NODE_TIMEOUT_S": "2"}
+    )
+    procs.append(restarted)
+    restarted.start().wait_healthy()
+    headers = {"authorization": f"Bearer {api_key}"}
+    # The key created before the restart still works; the node comes back by itself.
+    wait_until(lambda: node_status(restarted.url, "sd-node-1") == "online", 15, "node re-registered")
+    models = httpx.get(f"{restarted.url}/v1/models", headers=headers).json()["data"]
+    assert [(m["id"], m["defaults"], m["description"]) for m in models] == [
+        ("demo", {"steps": 1}, "synthetic")
+    ]
+    assert "re-registering" in sd_node.log()
+    # The admin key from the first start is not duplicated, and new keys can still be made.
+    assert create_key(restarted.url, ["api"], name="after-restart")
+
+
+def test_engine_failure_is_an_openai_500_and_node_keeps_serving(
+    tmp_path: Path, router: Proc, node_key: str, api_key: str, models_dir: Path, procs: list[Proc]
+) -> None:
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    from tests.support.models import copy_model
+    from tests.support.servers import node_proc
+
+    own_models = tmp_path / "models"
+    copy_model(models_dir, own_models, "demo")
+    (own_models / "broken").mkdir()
+    save_file(
+        {"unrelated.weight": np.zeros((4, 4), dtype=np.float16)},
+        str(own_models / "broken" / "model.safetensors"),
+    )
+    node = node_proc(tmp_path, router.url, own_models, node_key, name="mixed")
+    procs.append(node)
+    node.start().wait_healthy(60).wait_online(router.url)
+    headers = {"authorization": f"Bearer {api_key}"}
+    failed = httpx.post(
+        f"{router.url}/v1/images/generations",
+        headers=headers,
+        timeout=120,
+        json={"model": "broken", "prompt": "x", "response_format": "b64_json"},
+    )
+    assert failed.status_code == 500
+    error = failed.json()["error"]
+    # The node's code is kept; its message is logged, not shown (issue 8): a request id is.
+    assert error["code"] == "model_load_failed" and "request id: req_" in error["message"]
+    assert error["type"] == "server_error"
+    ok = httpx.post(
+        f"{router.url}/v1/images/generations",
+        headers=headers,
+        timeout=120,
+        json={"model": "demo", "prompt": "x", "steps": 1, "response_format": "b64_json"},
+    )
+    assert ok.status_code == 200, ok.text
+    assert node.popen is not None and node.popen.poll() is None
