@@ -34,6 +34,7 @@ demo: $(VENV)/.installed-sd
 test: $(VENV)/.installed-test
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
 
 # The fast loop: unit tests only (pure functions, balancer, forwarding; seconds).

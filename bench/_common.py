@@ -1,9 +1,13 @@
 """Helpers shared by the benchmarks: ports, waiting, server processes, CPU time, memory, percentiles,
-router admin calls."""
+router admin calls, serving the code of another tree (a baseline commit)."""
 
 from __future__ import annotations
 
 import contextlib
+import importlib.abc
+import importlib.machinery
+import importlib.metadata
+import importlib.util
 import logging
 import math
 import os
@@ -12,13 +16,18 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import IO, Any
 
 import httpx
 
 REPO = Path(__file__).resolve().parent.parent
+# The installed names of the plugins/ and node_runtimes/ folders (pyproject.toml's package-dir
+# mapping, since commit 1d874d4); older trees import the folders by their own names.
+INSTALLED_NAMES = {"llmlb_plugins": "plugins", "llmlb_node": "node_runtimes"}
+DISTRIBUTION = "llmlb"
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -273,3 +282,92 @@ def serve_router(
         **settings,
     )
     run(create_app(config, extra_plugins=extra_plugins), host="127.0.0.1", port=port, log_level="warning")
+
+
+# --------------------------------------------------------------------------- another tree's code
+
+
+def uses_installed_names(tree: Path) -> bool:
+    """Whether ``tree`` imports its folders as ``llmlb_plugins`` / ``llmlb_node`` (its
+    pyproject.toml maps them)."""
+    return 'llmlb_node = "node_runtimes"' in (tree / "pyproject.toml").read_text()
+
+
+def composes_from_entry_points(tree: Path) -> bool:
+    """Whether ``tree``'s core finds its built-in plugins as the ``llmlb`` distribution's entry
+    points (older cores name them, and would register them twice)."""
+    return '[project.entry-points."llmlb.plugins"]' in (tree / "pyproject.toml").read_text()
+
+
+def node_package(tree: Path) -> str:
+    """The name ``tree``'s code imports its node folder by (``llmlb_node`` or ``node_runtimes``)."""
+    return "llmlb_node" if uses_installed_names(tree) else "node_runtimes"
+
+
+class TreePackages(importlib.abc.MetaPathFinder):
+    """Finds ``llmlb_plugins`` and ``llmlb_node`` in a tree's ``plugins/`` and ``node_runtimes/``
+    folders: without it they would come from this checkout's editable install, whatever the tree."""
+
+    def __init__(self, tree: Path) -> None:
+        self.tree = tree
+
+    def find_spec(
+        self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
+    ) -> importlib.machinery.ModuleSpec | None:
+        folder = INSTALLED_NAMES.get(fullname)
+        init = self.tree / folder / "__init__.py" if folder else None
+        if init is None or not init.exists():
+            return None  # submodules are found through the package's __path__
+        return importlib.util.spec_from_file_location(
+            fullname, init, submodule_search_locations=[str(init.parent)]
+        )
+
+
+def _hide_installed_distribution() -> None:
+    """Leave the installed ``llmlb`` distribution out of ``importlib.metadata`` in this process:
+    its entry points name this checkout's built-in plugins, which an older core does not load
+    that way (it names its own)."""
+    installed = importlib.metadata.distributions
+
+    def distributions(**kwargs: Any) -> Iterator[importlib.metadata.Distribution]:
+        return (d for d in installed(**kwargs) if d.name.lower().replace("_", "-") != DISTRIBUTION)
+
+    importlib.metadata.distributions = distributions  # type: ignore[assignment]
+
+
+def import_from_tree(tree: Path) -> None:
+    """Make this process import the llmlb code of ``tree`` (a checkout or an export of any
+    commit) instead of this checkout's editable install: its folders first on ``sys.path``, also
+    under their installed names where the tree uses them, and the installed entry points hidden
+    where the tree's core does not compose its built-ins from them."""
+    tree = tree.resolve()
+    sys.path.insert(0, str(tree))
+    if uses_installed_names(tree):
+        sys.meta_path.insert(0, TreePackages(tree))
+    if not composes_from_entry_points(tree):
+        _hide_installed_distribution()
+
+
+_SITECUSTOMIZE = """\
+# Written by bench/_common.py (tree_pythonpath): this interpreter imports the llmlb code of
+# {tree}, not the editable install's.
+import importlib.util
+from pathlib import Path
+
+_spec = importlib.util.spec_from_file_location("_llmlb_bench_common", {common!r})
+_module = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_module)
+_module.import_from_tree(Path({tree!r}))
+"""
+
+
+def tree_pythonpath(tree: Path, shim_dir: Path) -> str:
+    """``PYTHONPATH`` for processes (and their sub-processes) that must run ``tree``'s code:
+    ``PYTHONPATH=tree`` alone is not enough, since this checkout's editable install maps
+    ``llmlb_plugins`` and ``llmlb_node`` to its own folders. Writes a ``sitecustomize.py`` into
+    ``shim_dir`` that calls :func:`import_from_tree` at start-up."""
+    tree = tree.resolve()
+    shim_dir.mkdir(parents=True, exist_ok=True)
+    code = _SITECUSTOMIZE.format(tree=str(tree), common=str(Path(__file__).resolve()))
+    (shim_dir / "sitecustomize.py").write_text(code)
+    return os.pathsep.join([str(shim_dir), str(tree)])

@@ -44,7 +44,16 @@ from typing import Any
 
 import httpx
 
-from bench._common import REPO, ServerProcess, create_key, free_port, median, online_node_names, wait_until
+from bench._common import (
+    REPO,
+    ServerProcess,
+    create_key,
+    free_port,
+    import_from_tree,
+    median,
+    online_node_names,
+    wait_until,
+)
 from bench.node_bench import DEMO_DIR, ensure_demo_model
 
 BASELINE = "d01a649"
@@ -231,7 +240,7 @@ def run_bench(args: argparse.Namespace) -> int:
 
 def serve_from(code: str, cli_args: list[str]) -> None:
     """Run ``llmlb_core.cli`` from the checkout ``code`` (its packages shadow this tree's)."""
-    sys.path.insert(0, code)
+    import_from_tree(Path(code))
     spec = importlib.util.find_spec("llmlb_core.cli")
     print(f"llmlb code: {spec.origin if spec else '?'}", file=sys.stderr, flush=True)
     sys.argv = ["llmlb", *cli_args]

@@ -4,7 +4,7 @@ Run: ``.venv/bin/python -m bench.router_overhead`` (``--quick`` for a short run,
 to keep the numbers). It starts, as separate processes on loopback with real uvicorn:
 
 - a router with a bench capability plugin (``POST /v1/bench`` forwarded the way the images
-  plugin forwards a single-part ``b64_json`` answer: ``RouterServices.call_node`` with model
+  plugin forwards a single-part ``b64_json`` answer: ``context.forward.call`` with model
   resolution, balancing, API-key guard, node credential, failover, the answer read up to the
   images size bound and checked by ``llmlb_plugins.images.dispatch.read_answer`` - schema, base64,
   PNG signature - then passed on as the node's bytes);
@@ -35,7 +35,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,15 +46,20 @@ from litestar import Request, Response, post
 from litestar.handlers import BaseRouteHandler
 
 from bench import _common
-from bench._common import PySpy, ServerProcess, cpu_seconds, free_port, percentile, wait_until
-from llmlb_core.bodies import decode_json_bytes
-from llmlb_core.capability import Capability
-from llmlb_core.hookspecs import hookimpl
-from llmlb_core.protocol import ModelAdvert
-from llmlb_core.services import get_services
-from llmlb_node.hookspecs import hookimpl as node_hookimpl
-from llmlb_node.runtime import Runtime, RuntimeLoad, RuntimeType
-from llmlb_node.settings import NodeSettings
+from bench._common import (
+    PySpy,
+    ServerProcess,
+    cpu_seconds,
+    create_key,
+    free_port,
+    online_node_names,
+    percentile,
+    run_async,
+    wait_until,
+)
+from llmlb_core.api import Capability, CapabilityContext, NoSettings, decode_json_bytes, hookimpl
+from llmlb_node.api import ModelAdvert, Runtime, RuntimeContext, RuntimeLoad, RuntimeType
+from llmlb_node.api import hookimpl as node_hookimpl
 from llmlb_plugins.images.dispatch import answer_limit, read_answer
 
 MODEL = "bench-image-1"
@@ -96,42 +101,44 @@ def build_image_response(noise_rows: int = 366, seed: int = 1234) -> bytes:
     return msgspec.json.encode({"created": int(time.time()), "data": [{"b64_json": b64}]})
 
 
+def build_bench_routes(context: CapabilityContext[NoSettings]) -> Sequence[BaseRouteHandler]:
+    """``POST /v1/bench``, forwarded the way the images capability forwards a single-part
+    ``b64_json`` job: one buffered ``forward.call``, the answer read up to the images size bound,
+    checked by ``read_answer`` and passed on as the node's bytes."""
+    forward = context.forward
+
+    @post("/v1/bench", status_code=200)
+    async def bench(request: Request[Any, Any, Any]) -> Response[bytes]:
+        body = await request.body()
+        req = decode_json_bytes(body, BenchRequest)
+        result = await forward.call(
+            req.model,
+            FLAGS,
+            "/v1/bench",
+            content=body,
+            content_type="application/json",
+            max_answer_bytes=answer_limit("1024x1024", 1),
+            check=functools.partial(read_answer, count=1),
+        )
+        return Response(content=result.content, media_type="application/json", headers=result.headers)
+
+    return [bench]
+
+
 class BenchCapability:
     """Router side: capability ``bench`` with ``POST /v1/bench`` forwarded to a node as is."""
 
     @hookimpl
-    def llmlb_register_capabilities(self, register: Callable[[Capability], None]) -> None:
+    def llmlb_register_capabilities(self, register: Callable[[Capability[Any]], None]) -> None:
         register(
             Capability(
                 name=CAPABILITY,
                 model_flags=FLAGS,
-                runtime_types=frozenset({RUNTIME}),
+                build_routes=build_bench_routes,
                 description="router overhead benchmark",
+                schemas={"BenchRequest": BenchRequest},
             )
         )
-
-    @hookimpl
-    def llmlb_register_routes(self, register: Callable[..., None]) -> None:
-        @post("/v1/bench", status_code=200)
-        async def bench(request: Request[Any, Any, Any]) -> Response[bytes]:
-            body = await request.body()
-            req = decode_json_bytes(body, BenchRequest)
-            result = await get_services(request).call_node(
-                req.model,
-                FLAGS,
-                "/v1/bench",
-                content=body,
-                content_type="application/json",
-                max_answer_bytes=answer_limit("1024x1024", 1),
-                check=functools.partial(read_answer, count=1),
-            )
-            return Response(content=result.content, media_type="application/json", headers=result.headers)
-
-        register(CAPABILITY, bench)
-
-    @hookimpl
-    def llmlb_register_schemas(self, register: Callable[[str, str, type], None]) -> None:
-        register(CAPABILITY, "BenchRequest", BenchRequest)
 
 
 class BenchRuntime(Runtime):
@@ -140,8 +147,7 @@ class BenchRuntime(Runtime):
     type_name = RUNTIME
     slots = NODE_SLOTS
 
-    def __init__(self, settings: NodeSettings) -> None:
-        self.settings = settings
+    def __init__(self, context: RuntimeContext[NoSettings]) -> None:
         self.body = build_image_response()
         self.active = 0
 
@@ -166,7 +172,7 @@ class BenchRuntimePlugin:
     """Node side: registers runtime type ``bench``."""
 
     @node_hookimpl
-    def llmlb_node_register_runtimes(self, register: Callable[[RuntimeType], None]) -> None:
+    def llmlb_node_register_runtimes(self, register: Callable[[RuntimeType[Any]], None]) -> None:
         register(RuntimeType(name=RUNTIME, factory=BenchRuntime, description="benchmark runtime"))
 
 
@@ -178,8 +184,10 @@ def serve_router(port: int, data_dir: str) -> None:
 
 
 def serve_node(port: int, router_url: str, api_key: str, token_file: str) -> None:
+    # The host side (what `llmlb node` does): internal modules, unlike the plugins above.
     from llmlb_core.serving import run
     from llmlb_node.app import create_node_app
+    from llmlb_node.settings import NodeSettings
 
     _common.server_logging()
     settings = NodeSettings(
@@ -415,33 +423,6 @@ def print_report(body_bytes: int, results: dict[int, dict[str, dict[str, float]]
 # --------------------------------------------------------------------------- orchestration
 
 
-def create_key(router_url: str, name: str, scopes: list[str]) -> str:
-    response = httpx.post(
-        f"{router_url}/v0/keys",
-        json={"name": name, "scopes": scopes},
-        headers={"authorization": f"Bearer {ADMIN_KEY}"},
-        timeout=10,
-    )
-    response.raise_for_status()
-    return str(response.json()["key"])
-
-
-def node_online(router_url: str) -> bool:
-    response = httpx.get(
-        f"{router_url}/v0/nodes", headers={"authorization": f"Bearer {ADMIN_KEY}"}, timeout=5
-    )
-    response.raise_for_status()
-    return any(n["name"] == NODE_NAME and n["status"] == "online" for n in response.json()["data"])
-
-
-def run_async(coro: Coroutine[Any, Any, Any]) -> Any:
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(coro)
-    return uvloop.run(coro)
-
-
 def run_bench(args: argparse.Namespace) -> int:
     c1, c16 = (60, 240) if args.quick else (400, 1600)
     if args.requests:
@@ -465,8 +446,8 @@ def run_bench(args: argparse.Namespace) -> int:
         try:
             print(f"starting router (:{router_port}) and node (:{node_port}) ...", flush=True)
             router.start().wait_healthy()
-            node_key = create_key(router.url, "bench-node", ["node"])
-            api_key = create_key(router.url, "bench-client", ["api"])
+            node_key = create_key(router.url, ADMIN_KEY, "bench-node", ["node"])
+            api_key = create_key(router.url, ADMIN_KEY, "bench-client", ["api"])
             token_file = tmp / "node-token"
             node = ServerProcess(
                 "node",
@@ -476,7 +457,9 @@ def run_bench(args: argparse.Namespace) -> int:
                 f"http://127.0.0.1:{node_port}",
             )
             node.start().wait_healthy()
-            wait_until(lambda: node_online(router.url), 20, "node online at the router")
+            wait_until(
+                lambda: NODE_NAME in online_node_names(router.url, ADMIN_KEY), 20, "node online at the router"
+            )
             if args.py_spy:
                 executable = shutil.which(args.py_spy_bin) or args.py_spy_bin
                 profiler = PySpy(executable, router.pid, Path(args.py_spy), native=args.py_spy_native)

@@ -7,7 +7,7 @@ image (``asyncio.sleep(t * n)``) and one slot, advertising model ``bench-fixed``
 ``image_generation`` (the model flag of the images capability, like the ``stable_diffusion``
 runtime). So requests go through the real router - the images plugin's
 ``POST /v1/images/generations`` (validation, seed, fan-out of ``n > 1`` over idle nodes, merging),
-``call_node``, the balancer and its wait queue - and the nodes answer like the stable_diffusion
+``context.forward.call``, the balancer and its wait queue - and the nodes answer like the stable_diffusion
 runtime (an OpenAI images response, one tiny PNG per image, ``size``, ``output_format``).
 
 Every process is separate, on loopback, with real uvicorn: the router (``create_app`` with the
@@ -73,11 +73,16 @@ from bench._common import (
     run_async,
     wait_until,
 )
-from llmlb_core.bodies import decode_json_bytes
-from llmlb_core.protocol import ModelAdvert
-from llmlb_node.hookspecs import hookimpl as node_hookimpl
-from llmlb_node.runtime import Runtime, RuntimeLoad, RuntimeType
-from llmlb_node.settings import NodeSettings
+from llmlb_node.api import (
+    ModelAdvert,
+    NoSettings,
+    Runtime,
+    RuntimeContext,
+    RuntimeLoad,
+    RuntimeType,
+    decode_json_bytes,
+)
+from llmlb_node.api import hookimpl as node_hookimpl
 from llmlb_plugins.images.protocol import ImageData, ImageGenerationRequest, ImagesResponse
 
 MODEL = "bench-fixed"
@@ -118,8 +123,8 @@ class FixedRuntime(Runtime):
     type_name = RUNTIME
     slots = 1
 
-    def __init__(self, settings: NodeSettings, service_s: float) -> None:
-        self.settings = settings
+    def __init__(self, context: RuntimeContext[NoSettings], service_s: float) -> None:
+        self.node_name = context.node_name
         self.service_s = service_s
         self.active = 0
         self.png = tiny_png_b64()
@@ -144,7 +149,7 @@ class FixedRuntime(Runtime):
             finally:
                 runtime.active -= 1
             seed = req.seed or 0
-            note = f"node={runtime.settings.display_name};active={concurrent}"
+            note = f"node={runtime.node_name};active={concurrent}"
             body = ImagesResponse(
                 created=int(time.time()),
                 data=[
@@ -167,11 +172,11 @@ class FixedRuntimePlugin:
         self.service_s = service_s
 
     @node_hookimpl
-    def llmlb_node_register_runtimes(self, register: Callable[[RuntimeType], None]) -> None:
+    def llmlb_node_register_runtimes(self, register: Callable[[RuntimeType[Any]], None]) -> None:
         register(
             RuntimeType(
                 name=RUNTIME,
-                factory=lambda s: FixedRuntime(s, self.service_s),
+                factory=lambda context: FixedRuntime(context, self.service_s),
                 description="fixed service time (benchmark)",
             )
         )
@@ -213,8 +218,10 @@ def serve_router(port: int, data_dir: str, tracemalloc_frames: int) -> None:
 
 
 def serve_node(port: int, router_url: str, api_key: str, name: str, service_s: float) -> None:
+    # The host side (what `llmlb node` does): internal modules, unlike the plugins above.
     from llmlb_core.serving import run
     from llmlb_node.app import create_node_app
+    from llmlb_node.settings import NodeSettings
 
     _common.server_logging()
     settings = NodeSettings(

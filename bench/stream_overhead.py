@@ -7,8 +7,9 @@ to keep the numbers). It starts, as separate processes on loopback with real uvi
   ``POST /v1/chat/completions`` with ``stream: true`` answers server-sent events at once:
   ``--chunks`` chat.completion.chunk events ``--gap-ms`` apart, then ``data: [DONE]``;
 - a router, with the upstream registered as an OpenAI-compatible endpoint (``/v0/endpoints``,
-  with an upstream API key), so requests go through the text plugin and
-  ``llmlb_core.streaming`` exactly as in production.
+  with an upstream API key), so requests go through the text plugin and the router's one
+  forwarding path (``llmlb_core.forwarding``, relayed by ``llmlb_core.relay``) exactly as in
+  production.
 
 Then it streams the same request straight to the upstream and through the router, in
 alternating batches (ABBA, so machine noise hits both paths), and reports the time to the first
@@ -30,7 +31,7 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Coroutine, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,7 @@ from litestar import Litestar, Request, Response, get, post
 from litestar.response import Stream
 
 from bench import _common
-from bench._common import ServerProcess, cpu_seconds, free_port, percentile, wait_until
+from bench._common import ServerProcess, cpu_seconds, free_port, percentile, run_async, wait_until
 
 MODEL = "bench-chat"
 ADMIN_KEY = "sk-llmlb-bench-admin-key-0123456789abcdef"
@@ -231,14 +232,6 @@ def print_report(results: dict[str, dict[str, float]], chunks: int, gap_ms: floa
 
 
 # --------------------------------------------------------------------------- orchestration
-
-
-def run_async(coro: Coroutine[Any, Any, Any]) -> Any:
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(coro)
-    return uvloop.run(coro)
 
 
 ADMIN_HEADERS = {"authorization": f"Bearer {ADMIN_KEY}"}

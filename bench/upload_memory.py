@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import importlib
 import io
 import json
 import shutil
@@ -92,23 +93,32 @@ def small_png() -> bytes:
 
 def serve(tree: str, role: str, port: int, arg: str) -> None:
     """Run a router (``arg``: data dir) or a stand-in node (``arg``: router URL) of ``tree``."""
-    sys.path.insert(0, tree)  # that tree's llmlb_core, plugins and node_runtimes come first
+    root = Path(tree).resolve()
+    _common.import_from_tree(root)  # that tree's llmlb_core, plugins and node runtimes come first
     import llmlb_core.app
 
     where = Path(llmlb_core.app.__file__).resolve()
-    assert where.is_relative_to(Path(tree).resolve()), f"{where} is not from {tree}"
+    assert where.is_relative_to(root), f"{where} is not from {tree}"
     if role == "router":
         _common.serve_router(port, arg, ADMIN_KEY)
     else:
-        serve_stand_in_node(port, arg)
+        serve_stand_in_node(port, arg, _common.node_package(root))
 
 
-def serve_stand_in_node(port: int, router_url: str) -> None:
+def serve_stand_in_node(port: int, router_url: str, package: str) -> None:
+    """A node of the tree whose node folder imports as ``package``, with a stand-in runtime.
+
+    It uses only what every tree has had: the ``Runtime`` base class (``models``, ``routes``,
+    ``load``), ``create_node_app(settings, runtimes=...)`` and the node's connection settings.
+    """
     from llmlb_core.protocol import ModelAdvert
     from llmlb_core.serving import run
-    from llmlb_node.app import create_node_app
-    from llmlb_node.runtime import Runtime, RuntimeLoad
-    from llmlb_node.settings import NodeSettings
+
+    create_node_app = importlib.import_module(f"{package}.app").create_node_app
+    runtime_module = importlib.import_module(f"{package}.runtime")
+    node_settings = importlib.import_module(f"{package}.settings").NodeSettings
+    runtime_base: Any = runtime_module.Runtime
+    runtime_load: Any = runtime_module.RuntimeLoad
 
     answer = json.dumps(
         {
@@ -119,7 +129,7 @@ def serve_stand_in_node(port: int, router_url: str) -> None:
         }
     ).encode()
 
-    class StandInRuntime(Runtime):
+    class StandInRuntime(runtime_base):  # type: ignore[misc]
         """Reads an edit's body and answers a small PNG at once."""
 
         type_name = "bench_images"
@@ -128,8 +138,8 @@ def serve_stand_in_node(port: int, router_url: str) -> None:
         def models(self) -> list[ModelAdvert]:
             return [ModelAdvert(id=MODEL, capabilities=["image_generation"], runtime=self.type_name)]
 
-        def load(self) -> RuntimeLoad:
-            return RuntimeLoad()
+        def load(self) -> Any:
+            return runtime_load()
 
         def routes(self) -> list[BaseRouteHandler]:
             @post("/v1/images/edits", status_code=200)
@@ -141,7 +151,7 @@ def serve_stand_in_node(port: int, router_url: str) -> None:
 
     _common.server_logging()
     key = _common.create_key(router_url, ADMIN_KEY, "bench-node", ["node"])
-    settings = NodeSettings(
+    settings = node_settings(
         router_url=router_url,
         api_key=key,
         host="127.0.0.1",

@@ -15,7 +15,7 @@ from llmlb_core.endpoints import NODE_ID_PREFIX as ENDPOINT_ID_PREFIX
 from llmlb_core.errors import OpenAIError, from_msgspec_error
 from llmlb_core.nodes import NodeView
 from llmlb_core.protocol import PLAIN_TEXT_PATTERN, NodeName
-from llmlb_core.services import get_services
+from llmlb_core.state import router_state
 
 
 class CreateKeyRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -48,7 +48,7 @@ async def create_key(request: Request[Any, Any, Any]) -> CreatedKey:
         if expires_at is not None:
             raise OpenAIError(400, "give expires_at or expires_in_s, not both", param="expires_in_s")
         expires_at = time.time() + body.expires_in_s
-    key, info = get_services(request).keys.create(
+    key, info = router_state(request).keys.create(
         body.name, body.scopes, expires_at=expires_at, node_id=body.node_id
     )
     return CreatedKey(key=key, info=info)
@@ -56,21 +56,21 @@ async def create_key(request: Request[Any, Any, Any]) -> CreatedKey:
 
 @get("/keys")
 async def list_keys(request: Request[Any, Any, Any]) -> dict[str, Any]:
-    return {"object": "list", "data": get_services(request).keys.list()}
+    return {"object": "list", "data": router_state(request).keys.list()}
 
 
 @delete("/keys/{key_id:str}", status_code=200)
 async def revoke_key(request: Request[Any, Any, Any], key_id: FromPath[str]) -> dict[str, Any]:
-    if not get_services(request).keys.revoke(key_id):
+    if not router_state(request).keys.revoke(key_id):
         raise OpenAIError(404, f"No active API key with id '{key_id}'", param="key_id")
     return {"id": key_id, "revoked": True}
 
 
 @get("/nodes")
 async def list_nodes(request: Request[Any, Any, Any]) -> dict[str, Any]:
-    services = get_services(request)
-    views: list[NodeView] = [services.nodes.view(n) for n in services.nodes.all()]
-    return {"object": "list", "data": views, "queue_depth": services.balancer.queue_depth}
+    state = router_state(request)
+    views: list[NodeView] = [state.nodes.view(n) for n in state.nodes.all()]
+    return {"object": "list", "data": views, "queue_depth": state.balancer.queue_depth}
 
 
 @delete("/nodes/{node_id:str}", status_code=200)
@@ -82,21 +82,21 @@ async def release_node(request: Request[Any, Any, Any], node_id: FromPath[str]) 
             f"'{node_id}' is a registered endpoint; delete it with DELETE /v0/endpoints/{{name}}",
             param="node_id",
         )
-    if not get_services(request).nodes.release(node_id):
+    if not router_state(request).nodes.release(node_id):
         raise OpenAIError(404, f"Unknown node '{node_id}'", param="node_id", code="node_not_found")
     return {"id": node_id, "released": True}
 
 
 @get("/models")
 async def list_registered_models(request: Request[Any, Any, Any]) -> dict[str, Any]:
-    return {"object": "list", "data": get_services(request).models.registered()}
+    return {"object": "list", "data": router_state(request).models.registered()}
 
 
 @post("/models", status_code=201)
 async def register_model(request: Request[Any, Any, Any]) -> dict[str, Any]:
-    services = get_services(request)
+    state = router_state(request)
     body = await decode_json(request, RegisterModelRequest)
-    known_flags = {f for c in services.plugins.capabilities.values() for f in c.model_flags}
+    known_flags = state.plugins.known_flags
     unknown = sorted(set(body.capabilities) - known_flags)
     if unknown or not body.capabilities:
         raise OpenAIError(
@@ -104,9 +104,9 @@ async def register_model(request: Request[Any, Any, Any]) -> dict[str, Any]:
             f"capabilities must be a non-empty subset of {sorted(known_flags)}; unknown: {unknown}",
             param="capabilities",
         )
-    for cap in services.plugins.capabilities.values():
+    for cap in state.plugins.capabilities.values():
         # Defaults are checked when given, against each capability that serves the model.
-        schema = services.plugins.schemas.get(cap.name, {}).get(cap.defaults_schema or "")
+        schema = cap.defaults_schema
         if schema is None or not cap.model_flags.intersection(body.capabilities):
             continue
         try:
@@ -119,29 +119,36 @@ async def register_model(request: Request[Any, Any, Any]) -> dict[str, Any]:
                 param=f"defaults.{key}" if key else "defaults",
                 code="invalid_model_defaults",
             ) from None
-    row = services.models.register(body.id, body.capabilities, body.defaults, body.description)
+    row = state.models.register(body.id, body.capabilities, body.defaults, body.description)
     return msgspec.to_builtins(row)  # type: ignore[no-any-return]
 
 
 @delete("/models/{model_id:path}", status_code=200)
 async def delete_model(request: Request[Any, Any, Any], model_id: FromPath[str]) -> dict[str, Any]:
     model_id = model_id.lstrip("/")
-    if not get_services(request).models.delete(model_id):
+    if not router_state(request).models.delete(model_id):
         raise OpenAIError(404, f"The model '{model_id}' is not registered", param="model_id")
     return {"id": model_id, "deleted": True}
 
 
 @get("/schemas")
 async def schemas(request: Request[Any, Any, Any]) -> dict[str, Any]:
-    return get_services(request).plugins.json_schemas()
+    return router_state(request).plugins.json_schemas()
 
 
 @get("/capabilities")
 async def capabilities(request: Request[Any, Any, Any]) -> dict[str, Any]:
-    plugins = get_services(request).plugins
+    plugins = router_state(request).plugins
     return {
         "data": [
-            {**msgspec.to_builtins(cap), "enabled": name in plugins.enabled}
+            {
+                "name": name,
+                "model_flags": sorted(cap.model_flags),
+                "description": cap.description,
+                "schemas": sorted(cap.schemas),
+                "defaults_schema": cap.defaults_schema.__name__ if cap.defaults_schema else None,
+                "enabled": name in plugins.enabled,
+            }
             for name, cap in sorted(plugins.capabilities.items())
         ]
     }

@@ -4,30 +4,32 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import logging
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 from litestar import Litestar, Request, Router, get
+from litestar.handlers import BaseRouteHandler
 from litestar.openapi import OpenAPIConfig
 from litestar.params import FromPath
 
 from llmlb_core.admin_api import admin_router
 from llmlb_core.auth import KeyManager, require_scope
 from llmlb_core.balancer import Balancer
+from llmlb_core.capability import Capability, CapabilityContext
 from llmlb_core.disconnect import DisconnectMiddleware
 from llmlb_core.endpoints import EndpointManager, endpoints_router
 from llmlb_core.errors import exception_handlers
+from llmlb_core.forwarding import Forwarder
 from llmlb_core.metrics import Metrics
 from llmlb_core.models import ModelObject, ModelRegistry
 from llmlb_core.node_api import node_router
 from llmlb_core.nodes import NodeRegistry
-from llmlb_core.plugins import load_plugins
+from llmlb_core.plugins import LoadedPlugins, PluginError, load_plugins
 from llmlb_core.request_id import RequestIdMiddleware
 from llmlb_core.secretbox import protect_endpoint_keys
-from llmlb_core.services import RouterServices, get_services
-from llmlb_core.settings import RouterSettings
+from llmlb_core.settings import RouterSettings, load_plugin_settings
+from llmlb_core.state import RouterState, router_state
 from llmlb_core.store import Store
 from llmlb_core.tls import client_ssl_context
 from llmlb_core.upstream import upstream_client
@@ -40,36 +42,54 @@ SWEEP_INTERVAL_S = 0.5
 
 @get("/v1/models")
 async def list_models(request: Request[Any, Any, Any]) -> dict[str, Any]:
-    services = get_services(request)
-    return {"object": "list", "data": services.models.list(services.enabled_flags)}
+    state = router_state(request)
+    return {"object": "list", "data": state.models.list(state.enabled_flags)}
 
 
 @get("/v1/models/{model_id:path}")
 async def get_model(request: Request[Any, Any, Any], model_id: FromPath[str]) -> ModelObject:
-    services = get_services(request)
-    return services.models.get(model_id.lstrip("/"), services.enabled_flags)
+    state = router_state(request)
+    return state.models.get(model_id.lstrip("/"), state.enabled_flags)
 
 
 @get("/metrics", media_type="text/plain; version=0.0.4; charset=utf-8")
 async def metrics(request: Request[Any, Any, Any]) -> bytes:
-    return get_services(request).metrics.exposition()
+    return router_state(request).metrics.exposition()
 
 
 @get("/health", exclude_from_auth=True)
 async def health(request: Request[Any, Any, Any]) -> dict[str, Any]:
-    services = get_services(request)
+    state = router_state(request)
     return {
         "status": "ok",
-        "nodes_online": len(services.nodes.online()),
-        "nodes_total": len(services.nodes.all()),
-        "capabilities": services.plugins.enabled,
+        "nodes_online": len(state.nodes.online()),
+        "nodes_total": len(state.nodes.all()),
+        "capabilities": state.plugins.enabled,
     }
 
 
-async def _maybe_await(results: Iterable[Any]) -> None:
-    for result in results:
-        if inspect.isawaitable(result):
-            await result
+def _contexts(
+    plugins: LoadedPlugins, settings: RouterSettings, forward: Forwarder, models: ModelRegistry
+) -> list[tuple[Capability[Any], CapabilityContext[Any]]]:
+    """One context per enabled capability, its ``[plugin.<name>]`` table parsed once."""
+    unused = sorted(set(settings.plugin) - set(plugins.capabilities))
+    if unused:
+        log.warning("config: no installed capability reads [plugin.%s]; ignored", ", ".join(unused))
+    out = []
+    for name in plugins.enabled:
+        capability = plugins.capabilities[name]
+        data_dir = settings.data_path / name
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        context = CapabilityContext(
+            name=name,
+            settings=load_plugin_settings(name, settings.plugin_settings(name), capability.settings),
+            data_dir=data_dir,
+            public_url=settings.base_url,
+            forward=forward,
+            models=models,
+        )
+        out.append((capability, context))
+    return out
 
 
 def create_app(
@@ -79,10 +99,7 @@ def create_app(
 ) -> Litestar:
     """Build the router: stores, registries, plugins, routes. Nothing listens yet."""
     plugins = load_plugins(
-        settings.capabilities,
-        settings.plugin,
-        extra_plugins=extra_plugins,
-        load_entry_points=settings.load_entry_points,
+        settings.capabilities, extra_plugins=extra_plugins, third_party=settings.load_entry_points
     )
     settings.data_path.mkdir(mode=0o700, parents=True, exist_ok=True)
     ssl_context = client_ssl_context(settings.node_ca_bundle)  # a bad bundle: refuse to start
@@ -103,7 +120,11 @@ def create_app(
         read_timeout_s=settings.upstream_timeout_s,
         ssl_context=ssl_context,
     )
-    services = RouterServices(
+    metrics_ = Metrics(nodes, balancer)
+    forward = Forwarder(
+        settings=settings, models=models, nodes=nodes, balancer=balancer, http=http, metrics=metrics_
+    )
+    state = RouterState(
         settings=settings,
         store=store,
         keys=keys,
@@ -112,16 +133,22 @@ def create_app(
         balancer=balancer,
         plugins=plugins,
         http=http,
-        metrics=Metrics(nodes, balancer),
+        metrics=metrics_,
+        forward=forward,
+        endpoints=EndpointManager(settings=settings, store=store, nodes=nodes, http=http, plugins=plugins),
     )
 
-    endpoints = EndpointManager(services)
-
-    capability_routers = [
-        Router(path="/", route_handlers=handlers, guards=[require_scope("api")])
-        for name, handlers in plugins.routes.items()
-        if name in plugins.enabled and handlers
-    ]
+    contexts = _contexts(plugins, settings, forward, models)
+    capability_routers = []
+    for capability, context in contexts:
+        handlers = list(capability.build_routes(context))
+        for handler in handlers:
+            if not isinstance(handler, BaseRouteHandler):
+                raise PluginError(f"{capability.name}: {handler!r} is not a Litestar route handler")
+        if handlers:
+            capability_routers.append(
+                Router(path="/", route_handlers=handlers, guards=[require_scope("api")])
+            )
     metrics_router = Router(
         path="/", route_handlers=[metrics], guards=[] if settings.metrics_public else [require_scope("admin")]
     )
@@ -135,8 +162,10 @@ def create_app(
                 nodes.sweep()
 
         sweeper = asyncio.create_task(sweep(), name="llmlb-node-sweep")
-        endpoints.start()
-        await _maybe_await(plugins.manager.hook.llmlb_startup(services=services))
+        state.endpoints.start()
+        for _, context in contexts:
+            for callback in context._startup:
+                await callback()
         log.info("router ready on %s (capabilities: %s)", settings.base_url, plugins.enabled)
         try:
             yield
@@ -144,15 +173,17 @@ def create_app(
             sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await sweeper
-            await endpoints.stop()
-            await _maybe_await(plugins.manager.hook.llmlb_shutdown(services=services))
+            await state.endpoints.stop()
+            for _, context in reversed(contexts):
+                for callback in reversed(context._shutdown):
+                    await callback()
             await http.aclose()
             store.close()
 
     app = Litestar(
         route_handlers=[health, metrics_router, api_router, admin_router, node_router, *capability_routers],
         # Outermost first: the request id is set for everything inside, metrics sees 499.
-        middleware=[RequestIdMiddleware, services.metrics.middleware, DisconnectMiddleware],
+        middleware=[RequestIdMiddleware, metrics_.middleware, DisconnectMiddleware],
         exception_handlers=exception_handlers(),
         lifespan=[lifespan],
         request_max_body_size=settings.max_body_bytes,
@@ -160,5 +191,5 @@ def create_app(
         logging_config=None,
     )
     app.register(endpoints_router)
-    app.state.llmlb = services
+    app.state.llmlb = state
     return app

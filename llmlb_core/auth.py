@@ -25,7 +25,7 @@ from litestar.handlers import BaseRouteHandler
 from llmlb_core.errors import OpenAIError
 from llmlb_core.protocol import NODE_NAME_PATTERN
 from llmlb_core.settings import SettingsError
-from llmlb_core.store import KeyRow, Store
+from llmlb_core.storage import KeyRow, KeyStore
 
 log = logging.getLogger("llmlb.auth")
 
@@ -72,7 +72,7 @@ class ApiKeyInfo(msgspec.Struct, kw_only=True):
 
 
 class KeyManager:
-    def __init__(self, store: Store, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, store: KeyStore, clock: Callable[[], float] = time.time) -> None:
         self._store = store
         self._clock = clock
         self._by_hash: dict[str, KeyRow] = {}

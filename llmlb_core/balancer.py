@@ -27,7 +27,7 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from llmlb_core.errors import NodeFailure, OpenAIError
+from llmlb_core.errors import NoCapableNodes, OpenAIError, UpstreamTimeout
 from llmlb_core.nodes import NodeRegistry, NodeState
 
 log = logging.getLogger("llmlb.balancer")
@@ -76,17 +76,7 @@ def job_left_running(exc: BaseException) -> bool:
     a node that broke off its answer means the node is not working on it (any more)."""
     if isinstance(exc, asyncio.CancelledError):
         return True
-    return isinstance(exc, NodeFailure) and exc.code == "upstream_timeout"
-
-
-def no_capable_nodes(model: str) -> OpenAIError:
-    return OpenAIError(
-        503,
-        f"No online node can serve model '{model}' right now",
-        type="server_error",
-        param="model",
-        code="no_capable_nodes",
-    )
+    return isinstance(exc, UpstreamTimeout)
 
 
 class Balancer:
@@ -145,7 +135,7 @@ class Balancer:
                 return lease
         capable = [n for n in self._nodes.candidates(model, flags) if n.id not in exclude]
         if not capable:
-            raise no_capable_nodes(model)
+            raise NoCapableNodes(model)
         if self._waiting >= self.queue_max:
             raise OpenAIError(
                 429,
@@ -244,5 +234,5 @@ class Balancer:
                 for waiter in list(queue):
                     self._remove(waiter)
                     if not waiter.future.done():
-                        waiter.future.set_exception(no_capable_nodes(waiter.model))
+                        waiter.future.set_exception(NoCapableNodes(waiter.model))
         self._drain()

@@ -1,19 +1,114 @@
-"""What a capability plugin declares about itself."""
+"""What a capability plugin registers, and the context the router gives it.
+
+A :class:`Capability` is an object that carries its behaviour (as in simonw/llm's
+``register_models``): its name and model flags, the msgspec types of its settings, schemas and
+per-model defaults, and ``build_routes``, which the router calls once, when the capability is
+enabled, with a :class:`CapabilityContext`. Handlers close over what they need from the
+context (their settings, the forwarder, their own state); nothing is fetched from app state
+and nothing is kept under string keys.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
+
 import msgspec
 
+if TYPE_CHECKING:
+    from litestar.handlers import BaseRouteHandler
 
-class Capability(msgspec.Struct, frozen=True, kw_only=True):
-    # Name admins use in `capabilities = [...]`, e.g. "images".
+    from llmlb_core.forwarding import Forwarder
+
+S = TypeVar("S")
+
+
+class NoSettings(msgspec.Struct, forbid_unknown_fields=True):
+    """The settings of a capability that has none: its ``[plugin.<name>]`` table must be empty."""
+
+
+class ModelCatalog(Protocol):
+    """Model resolution as a capability sees it."""
+
+    def defaults(self, model: str) -> dict[str, Any]:
+        """The admin's per-model defaults (``POST /v0/models``); empty when none."""
+        ...
+
+    def online(self, flags: frozenset[str]) -> list[str]:
+        """Ids of the models that an online node serves with any of ``flags``, sorted."""
+        ...
+
+    def idle_nodes(self, model: str, flags: frozenset[str]) -> int:
+        """How many online nodes serving ``model`` have a free slot now (for fan-out)."""
+        ...
+
+
+@dataclass(frozen=True)
+class UpstreamFlags:
+    """How a model of an OpenAI-compatible server (an admin-registered endpoint, or a node's
+    ``openai_compatible`` runtime) gets this capability's flags when nobody declared them.
+
+    ``match(model_id, kind)`` returns the flags this capability claims for the model (empty:
+    none). When no installed capability claims any, the model gets the ``fallback`` flags of every
+    capability that has some (text: chat and completions)."""
+
+    match: Callable[[str, str], frozenset[str]] = lambda model_id, kind: frozenset()
+    fallback: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, kw_only=True)
+class Capability(Generic[S]):
+    """A capability: what admins enable in ``capabilities = [...]``."""
+
+    # Name admins use in `capabilities = [...]` and `[plugin.<name>]`, e.g. "images".
     name: str
-    # Model capability flags this capability serves, e.g. {"image_generation"}.
+    # Model capability flags it serves, e.g. {"image_generation"}.
     model_flags: frozenset[str]
-    # Node runtime types that can serve it, e.g. {"stable_diffusion"}.
-    runtime_types: frozenset[str] = frozenset()
+    # Called once when the capability is enabled: its Litestar route handlers. They are mounted
+    # behind the `api` scope guard (a handler with opt={PUBLIC_OPT: True} needs no key).
+    build_routes: Callable[[CapabilityContext[S]], Sequence[BaseRouteHandler]]
+    # The `[plugin.<name>]` table is converted to this type once, at start-up; a bad value stops
+    # `llmlb serve` with one line naming the plugin, the key and its environment variable.
+    settings: type[S] = NoSettings  # type: ignore[assignment]
     description: str = ""
-    # Name of a schema this capability registers (``llmlb_register_schemas``) that an admin's
-    # per-model defaults must convert to (``POST /v0/models`` answers a 400 naming the key that
-    # does not). None: the defaults are not checked.
-    defaults_schema: str | None = None
+    # msgspec request and response types, published as JSON Schema at /v0/schemas.
+    schemas: Mapping[str, type[msgspec.Struct]] = field(default_factory=dict)
+    # The admin's per-model defaults must convert to this type (POST /v0/models answers a 400
+    # naming the key that does not). None: not checked.
+    defaults_schema: type[msgspec.Struct] | None = None
+    # How OpenAI-compatible servers' models get this capability's flags (None: never).
+    upstream_flags: UpstreamFlags | None = None
+    # Older flag names admins may still write, e.g. {"text_generation": {"chat_completion", ...}}.
+    flag_aliases: Mapping[str, frozenset[str]] = field(default_factory=dict)
+
+
+Callback = Callable[[], Awaitable[None]]
+
+
+@dataclass
+class CapabilityContext(Generic[S]):
+    """Everything the router gives a capability: typed, built once per enabled capability."""
+
+    name: str
+    # The capability's `[plugin.<name>]` settings, converted to `Capability.settings`.
+    settings: S
+    # A folder of its own under the router's data dir (created, mode 0700).
+    data_dir: Path
+    # The URL clients reach the router at (for links such as image URLs).
+    public_url: str
+    # The one way to send work to nodes: pick, failover, buffered or relayed answers.
+    forward: Forwarder
+    # Model lookup, admin defaults, idle capacity.
+    models: ModelCatalog
+    _startup: list[Callback] = field(default_factory=list)
+    _shutdown: list[Callback] = field(default_factory=list)
+
+    def on_startup(self, callback: Callback) -> None:
+        """Run ``callback`` once the router is ready (e.g. start a background task)."""
+        self._startup.append(callback)
+
+    def on_shutdown(self, callback: Callback) -> None:
+        """Run ``callback`` when the router stops (in reverse order of registration)."""
+        self._shutdown.append(callback)

@@ -34,6 +34,7 @@ import time
 from typing import Annotated, Any
 from urllib.parse import quote
 
+import httpx
 import msgspec
 from litestar import Request, Router, delete, get, post
 from litestar.params import FromPath
@@ -41,21 +42,24 @@ from litestar.params import FromPath
 from llmlb_core.auth import require_scope
 from llmlb_core.bodies import decode_json
 from llmlb_core.errors import OpenAIError
+from llmlb_core.nodes import NodeRegistry
 from llmlb_core.openai_upstream import (
+    FlagRules,
     Kind,
+    ModelListTimeout,
     UpstreamError,
     build_adverts,
-    expand_flags,
     fetch_model_ids,
     normalize_url,
-    unknown_flags,
 )
+from llmlb_core.plugins import LoadedPlugins
 from llmlb_core.protocol import PLAIN_TEXT_PATTERN, Heartbeat, ModelAdvert, NodeName, NodeRegistration
-from llmlb_core.services import RouterServices, get_services
+from llmlb_core.settings import RouterSettings
+from llmlb_core.state import router_state
+from llmlb_core.storage import EndpointStore
 
 log = logging.getLogger("llmlb.endpoints")
 
-EXTRAS_KEY = "llmlb.endpoints"
 NODE_ID_PREFIX = "endpoint:"
 _URL_RE = re.compile(r"^https?://[^/\s@]+(/[^\s]*)?$")
 
@@ -72,7 +76,8 @@ class CreateEndpointRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=
     # Sent upstream as `Authorization: Bearer <api_key>`; never shown again.
     api_key: UpstreamKey | None = None
     kind: Kind = "generic"
-    # Capability flags of every model of this endpoint (default: guessed from kind and model id).
+    # Capability flags of every model of this endpoint (default: what the enabled capabilities
+    # give a model of this kind and id, see llmlb_core.openai_upstream).
     capabilities: list[str] | None = None
     # Flags of single models; wins over `capabilities`.
     model_capabilities: dict[str, list[str]] = msgspec.field(default_factory=dict)
@@ -131,15 +136,28 @@ def node_id_of(name: str) -> str:
 class EndpointManager:
     """Registered endpoints, their health checks, and their place in the node registry."""
 
-    def __init__(self, services: RouterServices) -> None:
-        self.services = services
-        self.interval_s = services.settings.endpoint_check_interval_s
+    def __init__(
+        self,
+        *,
+        settings: RouterSettings,
+        store: EndpointStore,
+        nodes: NodeRegistry,
+        http: httpx.AsyncClient,
+        plugins: LoadedPlugins,
+    ) -> None:
+        self._store = store
+        self._nodes = nodes
+        self._http = http
+        self._plugins = plugins
+        self._flags = FlagRules(plugins)
+        self._cooldown_s = settings.suspect_cooldown_s
+        self.interval_s = settings.endpoint_check_interval_s
         self.timeout_s = min(10.0, max(2.0, self.interval_s))
         self._records: dict[str, EndpointRecord] = {}
         self._health: dict[str, _Health] = {}
         self._task: asyncio.Task[None] | None = None
         self._locks: dict[str, asyncio.Lock] = {}
-        for name, record, created_at in services.store.list_endpoints():
+        for name, record, created_at in store.list_endpoints():
             try:
                 self._records[name] = msgspec.convert({**record, "created_at": created_at}, EndpointRecord)
             except msgspec.ValidationError as exc:
@@ -149,7 +167,6 @@ class EndpointManager:
                     exc,
                     quote(name, safe=""),
                 )
-        services.extras[EXTRAS_KEY] = self
 
     # --- lifecycle ----------------------------------------------------------------------
     def start(self) -> None:
@@ -182,9 +199,9 @@ class EndpointManager:
                 param="url",
                 code="invalid_url",
             )
-        known = {f for cap in self.services.plugins.capabilities.values() for f in cap.model_flags}
+        known = self._plugins.known_flags
         declared = [*(body.capabilities or []), *(f for fl in body.model_capabilities.values() for f in fl)]
-        unknown = unknown_flags(declared, known)
+        unknown = self._flags.unknown(declared)
         if unknown or body.capabilities == []:
             raise OpenAIError(
                 400,
@@ -196,15 +213,15 @@ class EndpointManager:
             url=url,
             api_key=body.api_key or "",
             kind=body.kind,
-            capabilities=expand_flags(body.capabilities) if body.capabilities else None,
-            model_capabilities={m: expand_flags(f) for m, f in body.model_capabilities.items()},
+            capabilities=self._flags.expand(body.capabilities) if body.capabilities else None,
+            model_capabilities={m: self._flags.expand(f) for m, f in body.model_capabilities.items()},
             models=body.models,
             slots=body.slots,
             created_at=time.time(),
         )
         stored = msgspec.to_builtins(record)
         del stored["created_at"]
-        self.services.store.upsert_endpoint(record.name, stored, record.created_at)
+        self._store.upsert_endpoint(record.name, stored, record.created_at)
         self._records[record.name] = record
         log.info("endpoint %s added: %s (kind %s)", record.name, record.url, record.kind)
         return record
@@ -212,8 +229,8 @@ class EndpointManager:
     def delete(self, name: str) -> bool:
         record = self._records.pop(name, None)
         self._health.pop(name, None)
-        existed = self.services.store.delete_endpoint(name)
-        self.services.nodes.release(node_id_of(name))
+        existed = self._store.delete_endpoint(name)
+        self._nodes.release(node_id_of(name))
         if record is not None:
             log.info("endpoint %s removed", name)
         return record is not None or existed
@@ -230,9 +247,9 @@ class EndpointManager:
     def view(self, name: str) -> EndpointView:
         record = self.get(name)
         health = self._health.get(name, _Health())
-        node = self.services.nodes.get(node_id_of(name))
+        node = self._nodes.get(node_id_of(name))
         status = "unchecked" if health.last_check_at is None else "offline"
-        if node is not None and self.services.nodes.status(node) == "online":
+        if node is not None and self._nodes.status(node) == "online":
             status = "online"
         return EndpointView(
             name=record.name,
@@ -267,7 +284,7 @@ class EndpointManager:
             health.last_check_at = time.time()
             try:
                 listed = await fetch_model_ids(
-                    self.services.http, record.url, record.api_key, timeout_s=self.timeout_s
+                    self._http, record.url, record.api_key, timeout_s=self.timeout_s
                 )
                 adverts = build_adverts(
                     listed,
@@ -279,8 +296,9 @@ class EndpointManager:
                     details={"endpoint": record.name},
                 )
             except UpstreamError as exc:
-                self._failed(record, health, str(exc))
+                self._failed(record, health, exc)
                 return
+            adverts = self._flags.adverts(adverts)
             if name not in self._records:
                 return  # deleted while the check ran
             if health.last_error is not None or health.last_ok_at is None:
@@ -291,7 +309,7 @@ class EndpointManager:
 
     def _alive(self, record: EndpointRecord, adverts: list[ModelAdvert] | None) -> None:
         """Register the endpoint in the node registry, or send its heartbeat."""
-        nodes = self.services.nodes
+        nodes = self._nodes
         node_id = node_id_of(record.name)
         node = nodes.get(node_id)
         same = (
@@ -325,22 +343,23 @@ class EndpointManager:
             )
         )
 
-    def _failed(self, record: EndpointRecord, health: _Health, reason: str) -> None:
-        node = self.services.nodes.get(node_id_of(record.name))
-        if node is not None and node.inflight > 0 and "timed out" in reason:
+    def _failed(self, record: EndpointRecord, health: _Health, exc: UpstreamError) -> None:
+        node = self._nodes.get(node_id_of(record.name))
+        if node is not None and node.inflight > 0 and isinstance(exc, ModelListTimeout):
             # Busy answering the router's own requests (e.g. a llama-cpp-python server that
             # answers /v1/models only between generations): alive, models unchanged.
             self._alive(record, None)
             return
+        reason = str(exc)
         if health.last_error != reason:
             log.warning("endpoint %s failed its health check: %s", record.name, reason)
         health.last_error = reason
         if node is not None:
-            node.record_failure(f"health check: {reason}", self.services.settings.suspect_cooldown_s)
+            node.record_failure(f"health check: {reason}", self._cooldown_s)
 
 
 def endpoint_manager(request: Request[Any, Any, Any]) -> EndpointManager:
-    return get_services(request).extras[EXTRAS_KEY]  # type: ignore[no-any-return]
+    return router_state(request).endpoints
 
 
 @post("/", status_code=201)

@@ -80,8 +80,56 @@ class OpenAIError(Exception):
 
 
 class NodeFailure(OpenAIError):
-    """A node or endpoint failed a request (unreachable, timed out, 5xx) before answering it:
-    another node may succeed, so the router retries it elsewhere."""
+    """A node or endpoint failed a request (unreachable, timed out, 5xx, a bad answer) before
+    answering it: another node may succeed, so the router retries it elsewhere."""
+
+
+class UpstreamTimeout(NodeFailure):
+    """A node took longer than ``upstream_timeout_s``: 504 ``upstream_timeout``. The node may
+    still be working on the job."""
+
+    def __init__(self, node_name: str) -> None:
+        super().__init__(504, f"Node '{node_name}' timed out", type="server_error", code="upstream_timeout")
+
+
+class UpstreamUnreachable(NodeFailure):
+    """A node refused or reset the connection, or broke off its answer: 502
+    ``upstream_unreachable``."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(502, message, type="server_error", code="upstream_unreachable")
+
+
+class BadUpstreamAnswer(NodeFailure):
+    """A node answered something the route cannot use: 502 ``bad_upstream_response``."""
+
+    def __init__(self, node_name: str) -> None:
+        super().__init__(
+            502,
+            f"Node '{node_name}' sent an answer the router cannot use",
+            type="server_error",
+            code="bad_upstream_response",
+        )
+
+
+class ModelNotFound(OpenAIError):
+    """No node serves the model and no admin registered it: 404 ``model_not_found``."""
+
+    def __init__(self, model: str) -> None:
+        super().__init__(404, f"The model '{model}' does not exist", param="model", code="model_not_found")
+
+
+class NoCapableNodes(OpenAIError):
+    """The model is known but no online node can take it now: 503 ``no_capable_nodes``."""
+
+    def __init__(self, model: str) -> None:
+        super().__init__(
+            503,
+            f"No online node can serve model '{model}' right now",
+            type="server_error",
+            param="model",
+            code="no_capable_nodes",
+        )
 
 
 def error_body(

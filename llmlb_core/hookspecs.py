@@ -1,22 +1,23 @@
-"""The router's plugin contract (pluggy hook specifications).
+"""The router's plugin hooks (pluggy specifications). Imports nothing from llmlb at runtime.
 
-A capability plugin (text, audio, images, or a third party's) implements some of these hooks.
-Hooks that contribute things take a ``register`` callback, so the core validates each item and
-one plugin may add several. Hooks are called with keyword arguments only; an implementation may
-accept fewer arguments than its spec. Built-in capabilities are ordinary plugins using these
-same hooks.
+A plugin is a module or object with ``@hookimpl`` functions, found through the ``llmlb.plugins``
+entry-point group (the built-in text, audio and images capabilities, and the node commands, are
+entry points of the ``llmlb`` distribution itself). Hooks that contribute things take a
+``register`` callback, so the core checks each item and one plugin may add several. Hooks are
+called with keyword arguments only; an implementation may accept fewer arguments than its spec.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import pluggy
 
 if TYPE_CHECKING:
+    import click
+
     from llmlb_core.capability import Capability
-    from llmlb_core.services import RouterServices
 
 PROJECT = "llmlb"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -24,33 +25,11 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 
 
 @hookspec
-def llmlb_register_capabilities(register: Callable[[Capability], None]) -> None:
-    """Register capabilities: a name admins enable in config, the model capability flags it
-    serves (e.g. ``image_generation``) and the node runtime types that can serve it."""
+def llmlb_register_capabilities(register: Callable[[Capability[Any]], None]) -> None:
+    """Register capabilities (:class:`llmlb_core.api.Capability`): their name, model flags,
+    settings type, schemas, and the routes they serve once enabled."""
 
 
 @hookspec
-def llmlb_register_routes(register: Callable[..., None], settings: dict[str, dict[str, Any]]) -> None:
-    """Register Litestar route handlers: ``register(capability_name, *handlers)``.
-
-    Handlers are mounted only when the capability is enabled, behind the ``api`` scope guard.
-    ``settings[name]`` is the ``[plugin.<name>]`` table from config (empty when absent).
-    """
-
-
-@hookspec
-def llmlb_register_schemas(register: Callable[[str, str, type], None]) -> None:
-    """Register msgspec request schemas: ``register(capability_name, name, struct_type)``.
-
-    They are published as JSON Schema at ``/v0/schemas`` for enabled capabilities.
-    """
-
-
-@hookspec
-def llmlb_startup(services: RouterServices) -> Awaitable[None] | None:
-    """Called once the router is ready (HTTP client, stores, nodes). May return an awaitable."""
-
-
-@hookspec
-def llmlb_shutdown(services: RouterServices) -> Awaitable[None] | None:
-    """Called when the router stops. May return an awaitable."""
+def llmlb_register_commands(cli: click.Group) -> None:
+    """Add commands to the ``llmlb`` command line (``@cli.command()``), as ``llmlb node`` is."""

@@ -9,14 +9,15 @@ registered model that no online node serves is known (503 ``no_capable_nodes``),
 
 from __future__ import annotations
 
+import builtins
 import time
 from typing import Any
 
 import msgspec
 
-from llmlb_core.errors import OpenAIError
+from llmlb_core.errors import ModelNotFound, NoCapableNodes
 from llmlb_core.nodes import NodeRegistry
-from llmlb_core.store import ModelRow, Store
+from llmlb_core.storage import ModelRow, ModelStore
 
 
 class ModelObject(msgspec.Struct, kw_only=True):
@@ -33,7 +34,7 @@ class ModelObject(msgspec.Struct, kw_only=True):
 
 
 class ModelRegistry:
-    def __init__(self, store: Store, nodes: NodeRegistry) -> None:
+    def __init__(self, store: ModelStore, nodes: NodeRegistry) -> None:
         self._store = store
         self._nodes = nodes
         self._registered: dict[str, ModelRow] = {m.id: m for m in store.list_models()}
@@ -97,9 +98,15 @@ class ModelRegistry:
         for model in self.list(enabled_flags):
             if model.id == model_id:
                 return model
-        raise OpenAIError(
-            404, f"The model '{model_id}' does not exist", param="model", code="model_not_found"
-        )
+        raise ModelNotFound(model_id)
+
+    def online(self, flags: frozenset[str]) -> builtins.list[str]:
+        """Ids of the models that an online node serves with any of ``flags``, sorted."""
+        return sorted({m.id for m in self.list(flags)})
+
+    def idle_nodes(self, model: str, flags: frozenset[str]) -> int:
+        """How many online nodes serving ``model`` have a free slot now."""
+        return sum(1 for node in self._nodes.candidates(model, flags) if node.free > 0)
 
     # --- resolution ----------------------------------------------------------------------
     def ensure_servable(self, model_id: str, flags: frozenset[str]) -> None:
@@ -111,13 +118,5 @@ class ModelRegistry:
             row is not None and bool(flags.intersection(row.capabilities))
         )
         if not known:
-            raise OpenAIError(
-                404, f"The model '{model_id}' does not exist", param="model", code="model_not_found"
-            )
-        raise OpenAIError(
-            503,
-            f"No online node can serve model '{model_id}' right now",
-            type="server_error",
-            param="model",
-            code="no_capable_nodes",
-        )
+            raise ModelNotFound(model_id)
+        raise NoCapableNodes(model_id)

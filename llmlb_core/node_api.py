@@ -7,6 +7,11 @@ Who may act on a node id (anyone else gets an OpenAI-shaped 403 and the entry is
 - A node id belongs to the key that first registered it: only that key or an admin key may
   re-register, heartbeat, drain, resume or deregister it. An admin frees an id with
   ``DELETE /v0/nodes/{id}`` (:mod:`llmlb_core.admin_api`).
+
+The models a node advertises get their flags here, as the router sees them: aliases expanded, and
+a model of an OpenAI-compatible server that nobody declared flags for (an ``openai_compatible``
+runtime advertises it with none) gets what the enabled capabilities give it
+(:class:`~llmlb_core.openai_upstream.FlagRules`).
 """
 
 from __future__ import annotations
@@ -21,9 +26,10 @@ from llmlb_core.bodies import decode_json
 from llmlb_core.endpoints import NODE_ID_PREFIX as ENDPOINT_ID_PREFIX
 from llmlb_core.errors import OpenAIError
 from llmlb_core.nodes import NodeRegistry
+from llmlb_core.openai_upstream import FlagRules
 from llmlb_core.protocol import Heartbeat, HeartbeatReply, NodeRegistration, RegistrationReply
-from llmlb_core.services import get_services
-from llmlb_core.store import KeyRow
+from llmlb_core.state import router_state
+from llmlb_core.storage import KeyRow
 from llmlb_core.tls import require_https
 
 # Nodes are told to beat several times per timeout window.
@@ -72,7 +78,7 @@ def authorize(nodes: NodeRegistry, key: KeyRow, node_id: str, action: Action) ->
 
 @post("/register", status_code=200)
 async def register_node(request: Request[Any, Any, Any]) -> RegistrationReply:
-    services = get_services(request)
+    state = router_state(request)
     reg = await decode_json(request, NodeRegistration)
     if reg.node_id.startswith(ENDPOINT_ID_PREFIX):
         raise OpenAIError(
@@ -81,10 +87,11 @@ async def register_node(request: Request[Any, Any, Any]) -> RegistrationReply:
             param="node_id",
         )
     key = request_key(request)
-    authorize(services.nodes, key, reg.node_id, "register")
-    require_https(reg.base_url, services.settings.require_node_tls)
-    services.nodes.register(reg, owner_key_id=key.id)
-    timeout = services.settings.node_timeout_s
+    authorize(state.nodes, key, reg.node_id, "register")
+    require_https(reg.base_url, state.settings.require_node_tls)
+    reg.models = FlagRules(state.plugins).adverts(reg.models)
+    state.nodes.register(reg, owner_key_id=key.id)
+    timeout = state.settings.node_timeout_s
     return RegistrationReply(
         node_id=reg.node_id,
         heartbeat_interval_s=min(10.0, timeout / HEARTBEATS_PER_TIMEOUT),
@@ -94,15 +101,17 @@ async def register_node(request: Request[Any, Any, Any]) -> RegistrationReply:
 
 @post("/heartbeat", status_code=200)
 async def heartbeat(request: Request[Any, Any, Any]) -> HeartbeatReply:
-    services = get_services(request)
+    state = router_state(request)
     hb = await decode_json(request, Heartbeat)
-    authorize(services.nodes, request_key(request), hb.node_id, "heartbeat")
-    known = services.nodes.heartbeat(hb)
+    authorize(state.nodes, request_key(request), hb.node_id, "heartbeat")
+    if hb.models is not None:
+        hb.models = FlagRules(state.plugins).adverts(hb.models)
+    known = state.nodes.heartbeat(hb)
     return HeartbeatReply(ok=known, reregister=not known)
 
 
 def _act(request: Request[Any, Any, Any], node_id: str, action: Action) -> NodeRegistry:
-    nodes = get_services(request).nodes
+    nodes = router_state(request).nodes
     authorize(nodes, request_key(request), node_id, action)
     if nodes.get(node_id) is None:
         raise OpenAIError(404, f"Unknown node '{node_id}'", param="node_id", code="node_not_found")

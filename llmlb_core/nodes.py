@@ -24,7 +24,7 @@ from typing import Any, Literal
 import msgspec
 
 from llmlb_core.protocol import Heartbeat, ModelAdvert, NodeRegistration
-from llmlb_core.store import Store
+from llmlb_core.storage import NodeStore
 
 log = logging.getLogger("llmlb.nodes")
 
@@ -122,7 +122,7 @@ class NodeView(msgspec.Struct, kw_only=True):
 class NodeRegistry:
     def __init__(
         self,
-        store: Store,
+        store: NodeStore,
         *,
         timeout_s: float,
         clock: Callable[[], float] = time.monotonic,

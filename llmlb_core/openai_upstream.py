@@ -1,4 +1,4 @@
-"""OpenAI-compatible upstream servers: kinds, model discovery and the capability flags of models.
+"""OpenAI-compatible upstream servers: their kinds, model discovery, and their models' flags.
 
 Shared by the router (endpoints an admin registers, ``/v0/endpoints``) and by the node's
 ``openai_compatible`` runtime (a node fronting a local server), so both advertise a given
@@ -6,22 +6,22 @@ server's models the same way.
 
 Capability flags of a model, first match wins:
 
-1. ``model_capabilities[model]`` declared by the admin;
-2. ``capabilities`` declared by the admin for every model of the server;
-3. a guess from the kind and the model id: kind ``whisper_cpp``, or an id containing
-   ``whisper`` or ``transcribe``: ``speech_to_text``; an id containing ``embed``:
-   ``embeddings``; an id containing ``tts``: ``text_to_speech``; anything else:
-   ``chat_completion`` and ``text_completion``.
+1. ``model_capabilities[model]`` declared by the admin (or the node's operator);
+2. ``capabilities`` declared for every model of the server;
+3. nothing declared: the advert carries no flags and names the server's kind
+   (``details["kind"]``). The router fills them in when it takes the advert in
+   (:class:`FlagRules`), from what the enabled capabilities declare
+   (``Capability.upstream_flags``): the core knows no flag names, so a model id containing
+   ``whisper`` gets ``speech_to_text`` because the audio capability says so.
 
-Flag aliases accepted from admins (what earlier llmlb versions called them):
-``text_generation`` = ``chat_completion`` + ``text_completion``, ``embedding`` = ``embeddings``.
+Declared flags may use the aliases capabilities accept (``Capability.flag_aliases``, e.g. the
+text capability's ``text_generation``); the router expands them.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import httpx
 import msgspec
@@ -29,31 +29,24 @@ import msgspec
 from llmlb_core.protocol import ModelAdvert
 from llmlb_core.upstream import BadAnswer, close_response, is_timeout, read_answer
 
+if TYPE_CHECKING:
+    from llmlb_core.plugins import LoadedPlugins
+
 # Most bytes of a model list read from an endpoint (a hostile one could send any amount).
 MAX_MODEL_LIST_BYTES = 4 * 1024 * 1024
 
+# The kinds of server llmlb knows (``generic``: any other OpenAI-compatible server).
 Kind = Literal["llama_cpp", "vllm", "ollama", "whisper_cpp", "generic"]
-KINDS: tuple[str, ...] = ("llama_cpp", "vllm", "ollama", "whisper_cpp", "generic")
-
-CHAT = "chat_completion"
-COMPLETION = "text_completion"
-EMBEDDINGS = "embeddings"
-STT = "speech_to_text"
-TTS = "text_to_speech"
-# Every flag an OpenAI-compatible server can serve through the text and audio capabilities.
-FLAGS: frozenset[str] = frozenset({CHAT, COMPLETION, EMBEDDINGS, STT, TTS})
-FLAG_ALIASES: dict[str, tuple[str, ...]] = {
-    "text_generation": (CHAT, COMPLETION),
-    "embedding": (EMBEDDINGS,),
-}
-
-_EMBED = re.compile(r"embed", re.IGNORECASE)
-_STT = re.compile(r"whisper|transcri", re.IGNORECASE)
-_TTS = re.compile(r"(^|[^a-z])tts|text-to-speech", re.IGNORECASE)
+KINDS: tuple[str, ...] = get_args(Kind)
 
 
 class UpstreamError(Exception):
     """The upstream's model list could not be read (unreachable, error status, bad body)."""
+
+
+class ModelListTimeout(UpstreamError):
+    """The upstream did not answer ``GET /v1/models`` in time: maybe down, maybe only busy (a
+    llama-cpp-python server answers it only between generations)."""
 
 
 class _UpstreamModel(msgspec.Struct):
@@ -71,40 +64,6 @@ def normalize_url(url: str) -> str:
     """``http://host:8000/v1/`` and ``http://host:8000`` both become ``http://host:8000``."""
     url = url.strip().rstrip("/")
     return url.removesuffix("/v1").rstrip("/")
-
-
-def expand_flags(flags: Iterable[str]) -> list[str]:
-    out: list[str] = []
-    for flag in flags:
-        out.extend(FLAG_ALIASES.get(flag, (flag,)))
-    return sorted(set(out))
-
-
-def unknown_flags(flags: Iterable[str], known: Iterable[str]) -> list[str]:
-    return sorted(set(expand_flags(flags)) - set(known))
-
-
-def guess_flags(model_id: str, kind: str) -> list[str]:
-    if kind == "whisper_cpp" or _STT.search(model_id):
-        return [STT]
-    if _EMBED.search(model_id):
-        return [EMBEDDINGS]
-    if _TTS.search(model_id):
-        return [TTS]
-    return [CHAT, COMPLETION]
-
-
-def model_flags(
-    model_id: str,
-    kind: str,
-    capabilities: Iterable[str] | None = None,
-    model_capabilities: Mapping[str, Iterable[str]] | None = None,
-) -> list[str]:
-    if model_capabilities and model_id in model_capabilities:
-        return expand_flags(model_capabilities[model_id])
-    if capabilities:
-        return expand_flags(capabilities)
-    return guess_flags(model_id, kind)
 
 
 def auth_headers(api_key: str | None) -> dict[str, str]:
@@ -131,7 +90,7 @@ async def fetch_model_ids(
             await close_response(response)
     except httpx.HTTPError as exc:
         if is_timeout(exc):
-            raise UpstreamError(f"timed out after {timeout_s:g}s") from exc
+            raise ModelListTimeout(f"timed out after {timeout_s:g}s") from exc
         raise UpstreamError(f"unreachable ({type(exc.__cause__ or exc).__name__})") from exc
     except BadAnswer as exc:
         raise UpstreamError(f"GET /v1/models: {exc}") from None
@@ -140,6 +99,17 @@ async def fetch_model_ids(
     except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise UpstreamError(f"GET /v1/models answered an unreadable model list: {exc}") from None
     return list(dict.fromkeys(m.id for m in listed.data))
+
+
+def declared_flags(
+    model_id: str,
+    capabilities: Iterable[str] | None = None,
+    model_capabilities: Mapping[str, Iterable[str]] | None = None,
+) -> list[str]:
+    """The flags declared for ``model_id`` (rules 1 and 2 above), sorted; empty: none."""
+    if model_capabilities and model_id in model_capabilities:
+        return sorted(set(model_capabilities[model_id]))
+    return sorted(set(capabilities or ()))
 
 
 def build_adverts(
@@ -153,7 +123,8 @@ def build_adverts(
     details: dict[str, Any] | None = None,
 ) -> list[ModelAdvert]:
     """The models to advertise: those listed (filtered to ``models`` when given), or ``models``
-    when the server lists none; raises :class:`UpstreamError` when there is nothing to go on."""
+    when the server lists none; raises :class:`UpstreamError` when there is nothing to go on.
+    A model without declared flags is advertised with none (the router fills them in)."""
     if listed is None:
         if not models:
             raise UpstreamError(
@@ -166,9 +137,55 @@ def build_adverts(
     return [
         ModelAdvert(
             id=model_id,
-            capabilities=model_flags(model_id, kind, caps, model_capabilities),
+            capabilities=declared_flags(model_id, caps, model_capabilities),
             runtime=runtime,
             details={"kind": kind, **(details or {})},
         )
         for model_id in ids
     ]
+
+
+class FlagRules:
+    """The router's half of the flag rules, built from what the installed capabilities declare:
+    flag aliases (merged from every ``Capability.flag_aliases``) and the flags of models nobody
+    declared any for (``LoadedPlugins.upstream_flags``, from the enabled capabilities).
+
+    Used where adverts enter the router: an endpoint's health check and a node's registration
+    or heartbeat (a node's ``openai_compatible`` runtime cannot know the capabilities)."""
+
+    def __init__(self, plugins: LoadedPlugins) -> None:
+        self._plugins = plugins
+        aliases: dict[str, set[str]] = {}
+        for capability in plugins.capabilities.values():
+            for alias, flags in capability.flag_aliases.items():
+                aliases.setdefault(alias, set()).update(flags)
+        self.aliases: dict[str, frozenset[str]] = {a: frozenset(f) for a, f in aliases.items()}
+
+    def expand(self, flags: Iterable[str]) -> list[str]:
+        """``flags`` with aliases replaced by what they stand for, sorted."""
+        out: set[str] = set()
+        for flag in flags:
+            out |= self.aliases.get(flag, {flag})
+        return sorted(out)
+
+    def unknown(self, flags: Iterable[str]) -> list[str]:
+        """The flags (aliases expanded) that no installed capability serves."""
+        return sorted(set(self.expand(flags)) - self._plugins.known_flags)
+
+    def advert(self, advert: ModelAdvert) -> ModelAdvert:
+        """``advert`` as the router keeps it: declared flags with aliases expanded; none declared
+        and an upstream kind named (``kind``, or ``upstream_kind`` from older nodes): the flags
+        the enabled capabilities give such a model. Anything else is kept as it is."""
+        if advert.capabilities:
+            if not any(flag in self.aliases for flag in advert.capabilities):
+                return advert
+            flags = self.expand(advert.capabilities)
+        else:
+            kind = advert.details.get("kind", advert.details.get("upstream_kind"))
+            if not isinstance(kind, str):
+                return advert
+            flags = self._plugins.upstream_flags(advert.id, kind)
+        return msgspec.structs.replace(advert, capabilities=flags)
+
+    def adverts(self, adverts: list[ModelAdvert]) -> list[ModelAdvert]:
+        return [self.advert(advert) for advert in adverts]

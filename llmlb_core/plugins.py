@@ -1,120 +1,145 @@
-"""The router's plugin manager: built-in capability plugins, entry-point plugins, enabled set.
+"""The router's plugin manager: plugins from entry points, their capabilities, the enabled set.
 
-Built-in capabilities are ordinary plugins registered from ``BUILTIN_PLUGINS``; third parties
-add theirs through the ``llmlb.plugins`` entry-point group. After loading, ``check_pending()``
-makes an implementation of a hook that does not exist fail loudly at start-up, and so does a
-route or schema registered for an unknown capability, or an enabled capability nobody provides.
+Every plugin, built-in or not, is an entry point of the ``llmlb.plugins`` group; the built-in
+ones are the ``llmlb`` distribution's own (``pyproject.toml`` composes the product), so the core
+names none of them. ``load_entry_points = false`` keeps the built-ins and skips third parties.
+
+Start-up refuses (:class:`PluginError`, one line) a plugin that fails to import (naming its entry
+point), an implementation of a hook that does not exist (pluggy's ``check_pending``), a
+capability registered twice, and an enabled capability nobody provides.
 """
 
 from __future__ import annotations
 
-import importlib
+import importlib.metadata
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
 import pluggy
-from litestar.handlers import BaseRouteHandler
 
 from llmlb_core import hookspecs
-from llmlb_core.capability import Capability
+from llmlb_core.capability import Capability, UpstreamFlags
 
 log = logging.getLogger("llmlb.plugins")
 
 ENTRY_POINT_GROUP = "llmlb.plugins"
-BUILTIN_PLUGINS: tuple[str, ...] = (
-    "llmlb_plugins.text.plugin", "llmlb_plugins.audio.plugin", "llmlb_plugins.images.plugin",
-)
+DISTRIBUTION = "llmlb"
 
 
 class PluginError(RuntimeError):
     """A plugin broke the contract; the router refuses to start."""
 
 
-@dataclass
-class LoadedPlugins:
-    manager: pluggy.PluginManager
-    capabilities: dict[str, Capability]
-    enabled: list[str]
-    routes: dict[str, list[BaseRouteHandler]] = field(default_factory=dict)
-    schemas: dict[str, dict[str, type]] = field(default_factory=dict)
-
-    @property
-    def enabled_flags(self) -> frozenset[str]:
-        flags: set[str] = set()
-        for name in self.enabled:
-            flags |= self.capabilities[name].model_flags
-        return frozenset(flags)
-
-    @property
-    def enabled_runtime_types(self) -> frozenset[str]:
-        types: set[str] = set()
-        for name in self.enabled:
-            types |= self.capabilities[name].runtime_types
-        return frozenset(types)
-
-    def json_schemas(self) -> dict[str, dict[str, Any]]:
-        return {
-            cap: {name: msgspec.json.schema(struct) for name, struct in schemas.items()}
-            for cap, schemas in self.schemas.items()
-            if cap in self.enabled
-        }
+def _is_builtin(entry_point: importlib.metadata.EntryPoint) -> bool:
+    dist = entry_point.dist
+    return dist is not None and dist.name.lower().replace("_", "-") == DISTRIBUTION
 
 
-def _builtin_modules() -> list[Any]:
-    modules = []
-    for dotted in BUILTIN_PLUGINS:
+def load_entry_points(pm: pluggy.PluginManager, group: str, *, third_party: bool) -> int:
+    """Register the plugins of an entry-point group (the ``llmlb`` distribution's own, and with
+    ``third_party`` everybody's). A plugin that fails to import is a :class:`PluginError` that
+    names its entry point and distribution. Returns how many were registered."""
+    count = 0
+    for entry_point in importlib.metadata.entry_points(group=group):
+        builtin = _is_builtin(entry_point)
+        if not (builtin or third_party) or pm.get_plugin(entry_point.name) is not None:
+            continue
+        dist = entry_point.dist.name if entry_point.dist is not None else "unknown distribution"
         try:
-            modules.append(importlib.import_module(dotted))
-        except ModuleNotFoundError as exc:
-            if exc.name and dotted.startswith(exc.name):
-                continue  # this checkout does not ship that capability
-            raise
-    return modules
+            plugin = entry_point.load()
+        except Exception as exc:
+            raise PluginError(
+                f"plugin {entry_point.name!r} ({entry_point.value}, from {dist}, entry-point group "
+                f"{group}) failed to import: {type(exc).__name__}: {exc}"
+            ) from exc
+        pm.register(plugin, name=entry_point.name)
+        count += 1
+        if not builtin:
+            log.info("loaded plugin %r from %s (%s)", entry_point.name, dist, entry_point.value)
+    return count
 
 
-def build_manager(
-    extra_plugins: Iterable[object] = (), *, load_entry_points: bool = True
-) -> pluggy.PluginManager:
+def build_manager(extra_plugins: Iterable[object] = (), *, third_party: bool = True) -> pluggy.PluginManager:
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
-    for module in _builtin_modules():
-        pm.register(module, name=module.__name__)
-    if load_entry_points:
-        count = pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
-        if count:
-            log.info("loaded %d plugin(s) from entry points %s", count, ENTRY_POINT_GROUP)
+    load_entry_points(pm, ENTRY_POINT_GROUP, third_party=third_party)
     for plugin in extra_plugins:
         pm.register(plugin)
     try:
         pm.check_pending()
     except pluggy.PluginValidationError as exc:
-        raise PluginError(f"plugin implements an unknown hook: {exc}") from exc
+        raise PluginError(f"a plugin implements an unknown hook: {exc}") from exc
     return pm
+
+
+@dataclass
+class LoadedPlugins:
+    manager: pluggy.PluginManager
+    capabilities: dict[str, Capability[Any]]
+    enabled: list[str]
+
+    def _enabled(self) -> list[Capability[Any]]:
+        return [self.capabilities[name] for name in self.enabled]
+
+    @property
+    def enabled_flags(self) -> frozenset[str]:
+        flags: set[str] = set()
+        for capability in self._enabled():
+            flags |= capability.model_flags
+        return frozenset(flags)
+
+    @property
+    def known_flags(self) -> frozenset[str]:
+        """Flags of every installed capability (enabled or not)."""
+        return frozenset(f for c in self.capabilities.values() for f in c.model_flags)
+
+    def json_schemas(self) -> dict[str, dict[str, Any]]:
+        return {
+            c.name: {name: msgspec.json.schema(struct) for name, struct in c.schemas.items()}
+            for c in self._enabled()
+        }
+
+    def upstream_flags(self, model_id: str, kind: str) -> list[str]:
+        """The flags of an OpenAI-compatible server's model that nobody declared: what the
+        installed capabilities claim for it, else their fallbacks (see :class:`UpstreamFlags`).
+        Installed, not only enabled: a speech model must not fall back to chat because the audio
+        capability is off (flags of disabled capabilities are filtered out where models are
+        listed and routed)."""
+        rules: list[UpstreamFlags] = [
+            c.upstream_flags for c in self.capabilities.values() if c.upstream_flags
+        ]
+        claimed: set[str] = set()
+        for rule in rules:
+            claimed |= rule.match(model_id, kind)
+        if not claimed:
+            for rule in rules:
+                claimed |= rule.fallback
+        return sorted(claimed)
 
 
 def load_plugins(
     enabled: Iterable[str] | None,
-    plugin_settings: dict[str, dict[str, Any]],
     *,
     extra_plugins: Iterable[object] = (),
-    load_entry_points: bool = True,
+    third_party: bool = True,
 ) -> LoadedPlugins:
-    pm = build_manager(extra_plugins, load_entry_points=load_entry_points)
+    pm = build_manager(extra_plugins, third_party=third_party)
+    capabilities: dict[str, Capability[Any]] = {}
 
-    capabilities: dict[str, Capability] = {}
-
-    def register_capability(capability: Capability) -> None:
+    def register(capability: Capability[Any]) -> None:
         if not isinstance(capability, Capability):
-            raise PluginError(f"register_capabilities expects Capability, got {capability!r}")
+            raise PluginError(f"llmlb_register_capabilities expects a Capability, got {capability!r}")
         if capability.name in capabilities:
             raise PluginError(f"capability {capability.name!r} registered twice")
+        for name, struct in capability.schemas.items():
+            if not (isinstance(struct, type) and issubclass(struct, msgspec.Struct)):
+                raise PluginError(f"{capability.name}: schema {name!r} must be a msgspec.Struct subclass")
         capabilities[capability.name] = capability
 
-    pm.hook.llmlb_register_capabilities(register=register_capability)
-
+    pm.hook.llmlb_register_capabilities(register=register)
     enabled_list = list(dict.fromkeys(capabilities if enabled is None else enabled))
     unknown = [name for name in enabled_list if name not in capabilities]
     if unknown:
@@ -122,34 +147,5 @@ def load_plugins(
             f"enabled capabilities {unknown} are not provided by any plugin "
             f"(available: {sorted(capabilities)})"
         )
-    loaded = LoadedPlugins(manager=pm, capabilities=capabilities, enabled=enabled_list)
-
-    def _known(cap: str) -> None:
-        if cap not in capabilities:
-            raise PluginError(f"route/schema registered for unknown capability {cap!r}")
-
-    def register_routes(cap: str, *handlers: BaseRouteHandler) -> None:
-        _known(cap)
-        for handler in handlers:
-            if not isinstance(handler, BaseRouteHandler):
-                raise PluginError(f"{cap}: {handler!r} is not a Litestar route handler")
-        loaded.routes.setdefault(cap, []).extend(handlers)
-
-    pm.hook.llmlb_register_routes(register=register_routes, settings=_SettingsView(plugin_settings))
-
-    def register_schema(cap: str, name: str, struct: type) -> None:
-        _known(cap)
-        if not (isinstance(struct, type) and issubclass(struct, msgspec.Struct)):
-            raise PluginError(f"{cap}: schema {name!r} must be a msgspec.Struct subclass")
-        loaded.schemas.setdefault(cap, {})[name] = struct
-
-    pm.hook.llmlb_register_schemas(register=register_schema)
-    log.info("capabilities: available=%s enabled=%s", sorted(capabilities), loaded.enabled)
-    return loaded
-
-
-class _SettingsView(dict[str, dict[str, Any]]):
-    """All plugin tables; ``view[name]`` is that capability's table (empty if none)."""
-
-    def __missing__(self, key: str) -> dict[str, Any]:
-        return {}
+    log.info("capabilities: available=%s enabled=%s", sorted(capabilities), enabled_list)
+    return LoadedPlugins(manager=pm, capabilities=capabilities, enabled=enabled_list)

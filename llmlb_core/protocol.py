@@ -1,6 +1,7 @@
 """Wire messages between nodes and the router (registration, heartbeats).
 
-Shared by ``llmlb_core`` (router side) and ``node_runtimes`` (node side).
+Shared by ``llmlb_core`` (router side) and ``llmlb_node`` (node side, through
+:mod:`llmlb_core.api`).
 """
 
 from __future__ import annotations
@@ -26,7 +27,11 @@ PLAIN_TEXT_PATTERN = r"^[^\x00-\x1f\x7f-\x9f\u2028\u2029]*\Z"
 
 
 class ModelAdvert(msgspec.Struct, kw_only=True):
-    """A model a node can serve."""
+    """A model a node can serve.
+
+    ``capabilities`` may be empty for a model of an OpenAI-compatible server that nobody declared
+    flags for: ``details["kind"]`` then names the server's kind, and the router gives the model
+    the flags its capabilities declare (:class:`llmlb_core.openai_upstream.FlagRules`)."""
 
     id: NonEmpty
     capabilities: list[str]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -107,19 +108,28 @@ _FIELD_RE = re.compile(r"at `\$\.(\w+)")
 _UNKNOWN_RE = re.compile(r"unknown field `(\w+)`")
 
 
-def load_plugin_settings(name: str, table: dict[str, Any], type_: type[T]) -> T:
-    """A plugin's ``[plugin.<name>]`` table as its settings struct (strings from the environment
-    are converted: "true", "2"). A bad value is a :class:`SettingsError` naming the plugin, the
-    key and its environment variable, which ``llmlb serve`` reports in one line (exit 2)."""
+def load_plugin_settings(
+    name: str,
+    table: Mapping[str, Any],
+    type_: type[T],
+    *,
+    section: str = "plugin",
+    env_prefix: str = f"{ENV_PREFIX}PLUGIN__",
+) -> T:
+    """A plugin's ``[plugin.<name>]`` table (a node runtime's: ``section="runtime"``) as its
+    settings struct; strings from the environment are converted ("true", "2"). A bad value is a
+    :class:`SettingsError` naming the table, the key and its environment variable
+    (``<env_prefix><NAME>__<KEY>``), which ``llmlb serve`` / ``llmlb node`` report in one line
+    (exit 2)."""
     try:
-        return msgspec.convert(table, type_, strict=False)
+        return msgspec.convert(dict(table), type_, strict=False)
     except msgspec.ValidationError as exc:
         text = str(exc)
         match = _FIELD_RE.search(text) or _UNKNOWN_RE.search(text)
-        where = f"[plugin.{name}]"
+        where = f"[{section}.{name}]"
         if match:
             key = match.group(1)
-            where += f" {key} (env {ENV_PREFIX}PLUGIN__{name.upper()}__{key.upper()})"
+            where += f" {key} (env {env_prefix}{name.upper()}__{key.upper()})"
         raise SettingsError(f"invalid setting {where}: {text}") from None
 
 

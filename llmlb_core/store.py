@@ -1,4 +1,5 @@
-"""SQLite persistence for API keys, nodes and admin-registered models (one file in data_dir).
+"""SQLite persistence for API keys, nodes, admin-registered models and endpoints (one file in
+data_dir): the :class:`~llmlb_core.storage.Storage` the router uses today.
 
 Writes are rare (admin actions, node registration), so a plain ``sqlite3`` connection in WAL
 mode is used from the event loop; each write is one short transaction. Hot paths (auth, node
@@ -15,11 +16,10 @@ import stat
 import threading
 import time
 from pathlib import Path
-from typing import Any
-
-import msgspec
+from typing import TYPE_CHECKING, Any
 
 from llmlb_core.secretbox import HOW_TO_SET, SecretBox, SecretKeyError
+from llmlb_core.storage import EndpointEntry, KeyRow, ModelRow, NodeRow, Storage
 
 log = logging.getLogger("llmlb.store")
 
@@ -60,36 +60,13 @@ MIGRATIONS: tuple[tuple[str, str, str], ...] = (
 )
 
 
-class KeyRow(msgspec.Struct, kw_only=True):
-    id: str
-    name: str
-    key_hash: str
-    prefix: str
-    scopes: list[str]
-    created_at: float
-    expires_at: float | None = None
-    revoked_at: float | None = None
-    node_id: str | None = None  # bound: the key may act on this node id only
-
-
-class NodeRow(msgspec.Struct, kw_only=True):
-    id: str
-    record: dict[str, Any]
-    registered_at: float
-    last_seen_at: float
-    owner_key_id: str | None = None
-    deregistered_at: float | None = None
-
-
-class ModelRow(msgspec.Struct, kw_only=True):
-    id: str
-    capabilities: list[str]
-    defaults: dict[str, Any]
-    description: str = ""
-    created_at: float = 0.0
-
-
 class Store:
+    """The router's :class:`~llmlb_core.storage.Storage` in one SQLite file (mode 0600).
+
+    Beyond the protocol it seals endpoint keys (``endpoint_box``, set by
+    :func:`llmlb_core.secretbox.protect_endpoint_keys`) and keeps small facts in ``store_meta``.
+    """
+
     def __init__(self, path: Path) -> None:
         existed = path.exists()
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -187,9 +164,6 @@ class Store:
         """The node left: no longer listed, but its id stays claimed by its owner."""
         self._exec("UPDATE nodes SET deregistered_at = ? WHERE id = ?", (now, node_id))
 
-    def touch_node(self, node_id: str, now: float) -> None:
-        self._exec("UPDATE nodes SET last_seen_at = ? WHERE id = ?", (now, node_id))
-
     def delete_node(self, node_id: str) -> bool:
         return self._exec("DELETE FROM nodes WHERE id = ?", (node_id,)).rowcount > 0
 
@@ -258,7 +232,7 @@ class Store:
         self._endpoints_table()
         return self._exec("DELETE FROM endpoints WHERE name = ?", (name,)).rowcount > 0
 
-    def list_endpoints(self) -> list[tuple[str, dict[str, Any], float]]:
+    def list_endpoints(self) -> list[EndpointEntry]:
         """Every endpoint with its key in clear (:class:`SecretKeyError` when one cannot be opened)."""
         return [(name, self._open(name, record), created) for name, record, created in self._endpoint_rows()]
 
@@ -302,7 +276,7 @@ class Store:
             (key, value),
         )
 
-    def _endpoint_rows(self) -> list[tuple[str, dict[str, Any], float]]:
+    def _endpoint_rows(self) -> list[EndpointEntry]:
         self._endpoints_table()
         rows = self._exec("SELECT name, record, created_at FROM endpoints ORDER BY created_at").fetchall()
         return [(r[0], json.loads(r[1]), r[2]) for r in rows]
@@ -329,6 +303,10 @@ class Store:
             )
         record["api_key"] = self.endpoint_box.open(token, what=f"the key of endpoint '{name}'")
         return record
+
+
+if TYPE_CHECKING:
+    _implements_storage: type[Storage] = Store  # mypy: Store provides every Storage method
 
 
 ENDPOINTS_SCHEMA = """

@@ -26,28 +26,50 @@ from llmlb_core.disconnect import DisconnectMiddleware
 from llmlb_core.errors import OpenAIError, exception_handlers
 from llmlb_node.agent import RouterLink
 from llmlb_node.plugins import RuntimePluginError, load_runtime_types
-from llmlb_node.runtime import Runtime
-from llmlb_node.settings import NodeSettings
+from llmlb_node.runtime import Runtime, RuntimeConfigError, RuntimeContext
+from llmlb_node.settings import NodeSettings, load_runtime_settings
 
 log = logging.getLogger("llmlb.node")
 
-# Multipart uploads (image + mask, 4 MB each) plus form fields.
+# Multipart uploads (image + mask, 4 MB each) plus form fields. A runtime's route may set its own
+# limit (`request_max_body_size=`), as the stable_diffusion runtime does from its upload settings.
 NODE_MAX_BODY_BYTES = 32 * 1024 * 1024
 
 
 def build_runtimes(settings: NodeSettings, *, extra_plugins: Iterable[object] = ()) -> list[Runtime]:
+    """The runtimes to serve: those named with ``--runtime`` (each must have something to
+    serve), else every installed one that has something to serve here. Each runtime's settings
+    table is converted to its settings type here, once."""
     types = load_runtime_types(extra_plugins)
-    wanted = settings.runtimes or list(types)
-    unknown = [name for name in wanted if name not in types]
+    requested = settings.runtimes
+    unknown = [name for name in requested if name not in types]
     if unknown:
         raise RuntimePluginError(f"unknown runtime(s) {unknown}; installed: {sorted(types)}")
+    unused = sorted(set(settings.runtime_settings) - set(types))
+    if unused:
+        log.warning("config: no installed runtime reads [runtime.%s]; ignored", ", ".join(unused))
     runtimes: list[Runtime] = []
-    for name in wanted:
-        runtime = types[name].factory(settings)
-        if runtime is None:
-            log.info("runtime %s has nothing to serve here; not started", name)
-            continue
-        runtimes.append(runtime)
+    for name in requested or list(types):
+        runtime_type = types[name]
+        table = settings.runtime_settings.get(name, {})
+        context = RuntimeContext(
+            name=name,
+            settings=load_runtime_settings(name, table, runtime_type.settings),
+            node_id=settings.id,
+            node_name=settings.display_name,
+            models_dir=settings.models_path,
+            requested=name in requested,
+        )
+        runtime = runtime_type.factory(context)
+        if runtime is not None:
+            runtimes.append(runtime)
+        elif context.requested:
+            raise RuntimeConfigError(
+                f"runtime {name} was asked for (--runtime {name}) but has nothing to serve "
+                f"(models dir: {settings.models_path})"
+            )
+        else:
+            log.debug("runtime %s has nothing to serve here; not started", name)
     if not runtimes:
         log.warning("no runtime has anything to serve (models dir: %s)", settings.models_path)
     return runtimes

@@ -1,58 +1,66 @@
-"""The node's plugin manager: built-in runtime plugins plus the ``llmlb.node_runtimes`` group."""
+"""The node's plugin manager: runtime types from the ``llmlb.node_runtimes`` entry-point group.
+
+The built-in runtimes are entry points of the ``llmlb`` distribution itself (``pyproject.toml``
+composes the product), so the node names none of them; with ``load_entry_points=False`` only
+those load. Start-up refuses (:class:`RuntimePluginError`, one line) a runtime plugin that fails
+to import (naming its entry point), an implementation of a hook that does not exist, and a
+runtime type registered twice or that is not a :class:`RuntimeType`.
+"""
 
 from __future__ import annotations
 
-import importlib
 import logging
 from collections.abc import Iterable
+from typing import Any
 
 import pluggy
 
+from llmlb_core import plugins as core_plugins
 from llmlb_node import hookspecs
 from llmlb_node.runtime import RuntimeType
 
 log = logging.getLogger("llmlb.node.plugins")
 
 ENTRY_POINT_GROUP = "llmlb.node_runtimes"
-BUILTIN_PLUGINS: tuple[str, ...] = (
-    "llmlb_node.stable_diffusion.plugin",
-    "llmlb_node.openai_compatible.plugin",
-)
 
 
-class RuntimePluginError(RuntimeError):
+class RuntimePluginError(core_plugins.PluginError):
     """A runtime plugin broke the contract; the node refuses to start."""
 
 
-def load_runtime_types(
+def build_runtime_manager(
     extra_plugins: Iterable[object] = (), *, load_entry_points: bool = True
-) -> dict[str, RuntimeType]:
+) -> pluggy.PluginManager:
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
-    for dotted in BUILTIN_PLUGINS:
-        try:
-            module = importlib.import_module(dotted)
-        except ModuleNotFoundError as exc:
-            if exc.name and dotted.startswith(exc.name):
-                continue  # not shipped in this checkout
-            raise
-        pm.register(module, name=dotted)
-    if load_entry_points:
-        pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
+    core_plugins.load_entry_points(pm, ENTRY_POINT_GROUP, third_party=load_entry_points)
     for plugin in extra_plugins:
         pm.register(plugin)
     try:
         pm.check_pending()
     except pluggy.PluginValidationError as exc:
         raise RuntimePluginError(f"runtime plugin implements an unknown hook: {exc}") from exc
+    return pm
 
-    types: dict[str, RuntimeType] = {}
 
-    def register(runtime_type: RuntimeType) -> None:
+def load_runtime_types(
+    extra_plugins: Iterable[object] = (), *, load_entry_points: bool = True
+) -> dict[str, RuntimeType[Any]]:
+    """Every installed runtime type by name (``load_entry_points``: third parties' too)."""
+    pm = build_runtime_manager(extra_plugins, load_entry_points=load_entry_points)
+    types: dict[str, RuntimeType[Any]] = {}
+
+    def register(runtime_type: RuntimeType[Any]) -> None:
         if not isinstance(runtime_type, RuntimeType):
-            raise RuntimePluginError(f"expected RuntimeType, got {runtime_type!r}")
+            raise RuntimePluginError(
+                f"llmlb_node_register_runtimes expects a RuntimeType, got {runtime_type!r}"
+            )
         if runtime_type.name in types:
             raise RuntimePluginError(f"runtime type {runtime_type.name!r} registered twice")
+        if not isinstance(runtime_type.settings, type):
+            raise RuntimePluginError(
+                f"runtime type {runtime_type.name!r}: settings must be a type, got {runtime_type.settings!r}"
+            )
         types[runtime_type.name] = runtime_type
 
     pm.hook.llmlb_node_register_runtimes(register=register)

@@ -1,18 +1,31 @@
-"""What a node runtime is: it advertises models, serves routes, reports its load."""
+"""What a node runtime is, what a plugin registers for it, and what the node gives it.
+
+A plugin registers a :class:`RuntimeType` (name, settings type, factory). When the node starts,
+it parses the runtime's own settings table once (``[runtime.<name>]`` of the node config,
+``LLMLB_NODE_RUNTIME__<NAME>__<KEY>``, and the runtime's ``llmlb node`` flags) into that type and
+calls the factory with a :class:`RuntimeContext`. The factory returns a :class:`Runtime`, or
+None when the runtime has nothing to serve on this node. Handlers close over their runtime, as
+capabilities' handlers close over their context on the router: no app state, no string keys.
+"""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import Generic, TypeVar
 
 from litestar.handlers import BaseRouteHandler
 
-from llmlb_core.protocol import ModelAdvert
+from llmlb_core.api import ModelAdvert, NoSettings, SettingsError
 
-if TYPE_CHECKING:
-    from llmlb_node.settings import NodeSettings
+S = TypeVar("S")
+
+
+class RuntimeConfigError(SettingsError):
+    """A runtime cannot start as configured: e.g. it was named with ``--runtime`` and has nothing
+    to serve, or it lacks a setting it needs. ``llmlb node`` prints it in one line, exit 2."""
 
 
 @dataclass
@@ -49,10 +62,32 @@ class Runtime(ABC):
 
 
 @dataclass(frozen=True)
-class RuntimeType:
-    """A runtime implementation registered by a plugin."""
+class RuntimeContext(Generic[S]):
+    """Everything the node gives a runtime's factory: typed, built once per runtime."""
 
+    # The runtime type's name, e.g. "stable_diffusion".
     name: str
-    factory: Callable[[NodeSettings], Runtime | None]
+    # Its settings table, converted to `RuntimeType.settings`.
+    settings: S
+    # The node's id and display name, as the router knows them.
+    node_id: str
+    node_name: str
+    # The node's models directory (`--models-dir`).
+    models_dir: Path
+    # The operator named this runtime with `--runtime`: a factory that has nothing to serve
+    # should raise RuntimeConfigError saying why, instead of returning None.
+    requested: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class RuntimeType(Generic[S]):
+    """A runtime implementation, registered by a plugin (``llmlb_node_register_runtimes``)."""
+
+    # Name operators use in `--runtime <name>` and `[runtime.<name>]`, e.g. "openai_compatible".
+    name: str
+    # Builds the runtime; returns None when it has nothing to serve on this node.
+    factory: Callable[[RuntimeContext[S]], Runtime | None]
+    # The runtime's settings table is converted to this type once, at start-up; a bad value stops
+    # `llmlb node` with one line naming the runtime, the key and its environment variable.
+    settings: type[S] = NoSettings  # type: ignore[assignment]
     description: str = ""
-    # Return None from the factory when the runtime has nothing to serve on this node.

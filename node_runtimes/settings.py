@@ -1,4 +1,12 @@
-"""Node settings: CLI flags and ``LLMLB_NODE_*`` environment variables, with working defaults."""
+"""Node settings: embedded defaults, a TOML file, ``LLMLB_NODE_*`` variables, CLI flags.
+
+Precedence (lowest first): the defaults below, the TOML file (``llmlb node --config`` or
+``LLMLB_NODE_CONFIG``), environment variables ``LLMLB_NODE_<FIELD>`` (and ``LLMLB_API_KEY``),
+then the command's flags. Each runtime has a table of its own: ``[runtime.<name>]`` in TOML,
+``LLMLB_NODE_RUNTIME__<NAME>__<KEY>`` in the environment, plus the runtime's flags (e.g.
+``--upstream``, ``--threads``). A table is converted to its runtime's settings type once, when
+the node starts (:func:`load_runtime_settings`); the node knows no runtime's keys.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +14,21 @@ import os
 import re
 import secrets
 import socket
+import tomllib
+from collections.abc import Mapping
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import msgspec
 
 from llmlb_core.protocol import NodeName
-from llmlb_core.settings import SettingsError
+from llmlb_core.settings import SettingsError, load_plugin_settings
+
+T = TypeVar("T")
+
+ENV_PREFIX = "LLMLB_NODE_"
+RUNTIME_ENV_PREFIX = f"{ENV_PREFIX}RUNTIME__"
 
 
 def sanitized_hostname(hostname: str | None = None, max_length: int = 40) -> str:
@@ -24,7 +39,7 @@ def sanitized_hostname(hostname: str | None = None, max_length: int = 40) -> str
 
 
 # dict=True: room for the cached default id (one random id per settings object, i.e. process).
-class NodeSettings(msgspec.Struct, kw_only=True, dict=True):
+class NodeSettings(msgspec.Struct, kw_only=True, dict=True, forbid_unknown_fields=True):
     router_url: str = "http://127.0.0.1:8080"
     # Node-scope API key used to register and heartbeat (env LLMLB_API_KEY).
     api_key: str | None = None
@@ -42,14 +57,9 @@ class NodeSettings(msgspec.Struct, kw_only=True, dict=True):
     runtimes: list[str] = msgspec.field(default_factory=list)
     # Heartbeat interval; None: what the router asks for at registration.
     heartbeat_interval_s: float | None = None
-    # StableDiffusion runtime: unload a model unused for this long (0: never).
-    idle_unload_s: Annotated[float, msgspec.Meta(ge=0)] = 600.0
-    # Threads for stable-diffusion.cpp (0: all cores).
-    threads: Annotated[int, msgspec.Meta(ge=0)] = 0
-    # Weights format when a model folder holds several: auto (by environment), safetensors, gguf.
-    weights_preference: str = "auto"
-    # Per-runtime settings tables, e.g. {"openai_compatible": {...}}.
-    runtime_settings: dict[str, dict[str, Any]] = msgspec.field(default_factory=dict)
+    # Per-runtime settings tables, e.g. {"openai_compatible": {"url": ...}}: `[runtime.<name>]`
+    # in TOML. Each runtime converts its own (see RuntimeType.settings).
+    runtime_settings: dict[str, dict[str, Any]] = msgspec.field(default_factory=dict, name="runtime")
     # Slow and idle clients, as the router's client_* settings (llmlb_core/slow_clients.py).
     # Keep-alive outlasts the router's pooled connections to nodes (60 s idle), so the node never
     # closes one just as the router sends a request on it (that would count as a node failure).
@@ -83,16 +93,60 @@ class NodeSettings(msgspec.Struct, kw_only=True, dict=True):
         return f"{'https' if self.tls_cert else 'http'}://{host}:{self.port}"
 
 
-def node_settings_from_env(**overrides: Any) -> NodeSettings:
-    """Settings from ``LLMLB_NODE_<FIELD>`` variables (plus ``LLMLB_API_KEY``) and overrides."""
+def load_runtime_settings(name: str, table: Mapping[str, Any], type_: type[T]) -> T:
+    """A runtime's ``[runtime.<name>]`` table as its settings type: the router's one settings
+    loader, naming ``LLMLB_NODE_RUNTIME__<NAME>__<KEY>`` in its one-line error."""
+    return load_plugin_settings(name, table, type_, section="runtime", env_prefix=RUNTIME_ENV_PREFIX)
+
+
+def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
     raw: dict[str, Any] = {}
+    for key, value in environ.items():
+        if key.startswith(RUNTIME_ENV_PREFIX):
+            runtime, _, setting = key[len(RUNTIME_ENV_PREFIX) :].lower().partition("__")
+            if runtime and setting:
+                raw.setdefault("runtime", {}).setdefault(runtime, {})[setting] = value
     for field in NodeSettings.__struct_fields__:
-        value = os.environ.get(f"LLMLB_NODE_{field.upper()}")
-        if value is not None:
-            raw[field] = value.split(",") if field == "runtimes" else value
-    if "api_key" not in raw and os.environ.get("LLMLB_API_KEY"):
-        raw["api_key"] = os.environ["LLMLB_API_KEY"]
-    raw.update({k: v for k, v in overrides.items() if v is not None})
+        text = environ.get(f"{ENV_PREFIX}{field.upper()}")
+        if text is not None and field != "runtime_settings":
+            raw[field] = [v.strip() for v in text.split(",") if v.strip()] if field == "runtimes" else text
+    if "api_key" not in raw and environ.get("LLMLB_API_KEY"):
+        raw["api_key"] = environ["LLMLB_API_KEY"]
+    return raw
+
+
+def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_node_settings(
+    config: str | Path | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    runtime_settings: Mapping[str, Mapping[str, Any]] | None = None,
+    **overrides: Any,
+) -> NodeSettings:
+    """Settings from the defaults, the TOML file, the environment and the flags (``overrides``
+    and ``runtime_settings``, whose tables are merged key by key into the others; None values
+    are unset flags)."""
+    environ = os.environ if environ is None else environ
+    config = config or environ.get(f"{ENV_PREFIX}CONFIG")
+    raw: dict[str, Any] = {}
+    if config:
+        path = Path(config).expanduser()
+        try:
+            raw = tomllib.loads(path.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise SettingsError(f"cannot read node config {path}: {exc}") from None
+    raw = _merge(raw, _env_overrides(environ))
+    raw = _merge(raw, {k: v for k, v in overrides.items() if v is not None})
+    raw = _merge(raw, {"runtime": runtime_settings or {}})
     try:
         return msgspec.convert(raw, NodeSettings, strict=False)
     except msgspec.ValidationError as exc:

@@ -1,17 +1,20 @@
 """A node runtime that fronts a local OpenAI-compatible server (llama.cpp, vLLM, Ollama, ...).
 
-Configured by ``NodeSettings.runtime_settings["openai_compatible"]`` (the ``llmlb node`` flags
-``--upstream``, ``--upstream-key``, ``--upstream-kind``, ``--upstream-model``,
-``--upstream-capability``, ``--upstream-slots`` fill it):
+Configured by its ``[runtime.openai_compatible]`` table
+(:class:`~llmlb_node.openai_compatible.settings.OpenAICompatibleSettings`; the ``llmlb node``
+flags ``--upstream``, ``--upstream-key``, ... fill it):
 
 - It polls ``GET {url}/v1/models`` every ``poll_interval_s`` and advertises those models to the
-  router (capability flags chosen as in :mod:`llmlb_core.openai_upstream`); a change reaches
+  router, with the capability flags the operator declared; models without declared flags are
+  advertised without any, and the router gives them flags (by its capabilities' rules for the
+  model id and the server's kind, as it does for endpoints an admin registers). A change reaches
   the router with the next heartbeat. While the server cannot be reached, the last known list
   stays advertised (requests then fail over to other nodes).
 - It proxies the text and audio routes to the server: the request body is streamed through
-  (an audio upload is never held whole), the answer is streamed back chunk by chunk (server-sent
-  events, audio bytes) with the server's status, and a router that disconnects closes the
-  upstream request. The router's credential stays here; the server gets the upstream key.
+  (an audio upload is never held whole), the answer is relayed chunk by chunk (server-sent
+  events, audio bytes; :class:`~llmlb_node.api.Relay`, the router's own relay) with the server's
+  status, and a router that disconnects closes the upstream request. The router's credential
+  stays here; the server gets the upstream key.
 """
 
 from __future__ import annotations
@@ -19,28 +22,29 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import Any
 
 import httpx
-import msgspec
 from litestar import Request, Response, post
 from litestar.handlers import BaseRouteHandler
 
-from llmlb_core.errors import OpenAIError
-from llmlb_core.openai_upstream import (
-    Kind,
+from llmlb_node.api import (
+    ModelAdvert,
+    OpenAIError,
+    Relay,
+    RelayStream,
+    Runtime,
+    RuntimeLoad,
     UpstreamError,
     auth_headers,
     build_adverts,
     fetch_model_ids,
+    is_timeout,
     normalize_url,
+    passed_headers,
+    upstream_client,
 )
-from llmlb_core.protocol import ModelAdvert
-from llmlb_core.streaming import PASSED_HEADERS, RelayStream
-from llmlb_core.upstream import close_response, is_timeout, upstream_client
-from llmlb_node.runtime import Runtime, RuntimeLoad
-from llmlb_node.settings import NodeSettings
+from llmlb_node.openai_compatible.settings import OpenAICompatibleSettings
 
 log = logging.getLogger("llmlb.node.openai_compatible")
 
@@ -58,56 +62,11 @@ FORWARDED_REQUEST_HEADERS = ("content-type", "content-length", "accept")
 MAX_BODY_BYTES = 64 * 1024 * 1024
 
 
-class OpenAICompatibleSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    url: str | None = None
-    api_key: str | None = None
-    kind: Kind = "generic"
-    capabilities: list[str] | None = None
-    model_capabilities: dict[str, list[str]] = msgspec.field(default_factory=dict)
-    models: list[str] | None = None
-    slots: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 4
-    poll_interval_s: Annotated[float, msgspec.Meta(gt=0)] = 10.0
-    connect_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 5.0
-    read_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 900.0
-
-
-def load_runtime_settings(table: dict[str, Any]) -> OpenAICompatibleSettings:
-    try:
-        return msgspec.convert(table, OpenAICompatibleSettings, strict=False)
-    except msgspec.ValidationError as exc:
-        raise SystemExit(f"invalid openai_compatible runtime settings: {exc}") from exc
-
-
-class _Relay:
-    """The server's answer, streamed back; the response closed and the job counted down once."""
-
-    def __init__(self, runtime: OpenAICompatibleRuntime, response: httpx.Response) -> None:
-        self._runtime = runtime
-        self._response = response
-        self._closed = False
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        try:
-            async for chunk in self._response.aiter_raw():
-                if chunk:
-                    yield chunk
-        finally:
-            await self.aclose()
-
-    async def aclose(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        self._runtime.active -= 1
-        await close_response(self._response)
-
-
 class OpenAICompatibleRuntime(Runtime):
     type_name = TYPE_NAME
 
-    def __init__(self, settings: NodeSettings, cfg: OpenAICompatibleSettings) -> None:
+    def __init__(self, cfg: OpenAICompatibleSettings) -> None:
         assert cfg.url
-        self.settings = settings
         self.cfg = cfg
         self.url = normalize_url(cfg.url)
         self.slots = cfg.slots
@@ -152,7 +111,6 @@ class OpenAICompatibleRuntime(Runtime):
                 models=self.cfg.models,
                 capabilities=self.cfg.capabilities,
                 model_capabilities=self.cfg.model_capabilities,
-                details={"upstream_kind": self.cfg.kind},
             )
         except UpstreamError as exc:
             if str(exc) != self._last_error:
@@ -192,11 +150,13 @@ class OpenAICompatibleRuntime(Runtime):
         except BaseException:
             self.active -= 1
             raise
-        passed = {name: response.headers[name] for name in PASSED_HEADERS if name in response.headers}
+        passed = passed_headers(response)
         media_type = passed.pop("content-type", "application/octet-stream")
-        return RelayStream(
-            _Relay(self, response), status_code=response.status_code, media_type=media_type, headers=passed
-        )
+        relay = Relay(response, on_close=self._job_done)
+        return RelayStream(relay, status_code=response.status_code, media_type=media_type, headers=passed)
+
+    def _job_done(self, relay: Relay) -> None:
+        self.active -= 1
 
     def routes(self) -> list[BaseRouteHandler]:
         runtime = self

@@ -30,7 +30,7 @@ from typing import Any
 
 from PIL import Image
 
-from llmlb_core.errors import OpenAIError
+from llmlb_node.api import OpenAIError
 from llmlb_node.stable_diffusion.model_folder import ModelFolder, WeightsChoice, choose_weights
 
 log = logging.getLogger("llmlb.node.sd")

@@ -1,39 +1,47 @@
-"""Registers the built-in ``stable_diffusion`` runtime with the node's plugin manager."""
+"""Registers the built-in ``stable_diffusion`` runtime (entry point of the ``llmlb`` distribution)."""
 
 from __future__ import annotations
 
 import importlib.util
 import logging
 from collections.abc import Callable
+from typing import Any
 
-from llmlb_node.hookspecs import hookimpl
-from llmlb_node.runtime import Runtime, RuntimeType
-from llmlb_node.settings import NodeSettings
+from llmlb_node.api import Runtime, RuntimeConfigError, RuntimeContext, RuntimeType, hookimpl
 from llmlb_node.stable_diffusion.model_folder import scan_models
+from llmlb_node.stable_diffusion.settings import StableDiffusionSettings
 
 log = logging.getLogger("llmlb.node.sd")
 
+NAME = "stable_diffusion"
+NOT_INSTALLED = "stable-diffusion-cpp-python is not installed (pip install 'llmlb[sd]')"
 
-def create_runtime(settings: NodeSettings) -> Runtime | None:
+
+def create_runtime(context: RuntimeContext[StableDiffusionSettings]) -> Runtime | None:
     if importlib.util.find_spec("stable_diffusion_cpp") is None:
-        log.warning(
-            "stable-diffusion-cpp-python is not installed: no stable_diffusion runtime "
-            "(pip install 'llmlb[sd]')"
-        )
+        if context.requested:
+            raise RuntimeConfigError(f"runtime {NAME}: {NOT_INSTALLED}")
+        log.warning("%s: no %s runtime", NOT_INSTALLED, NAME)
         return None
-    if not scan_models(settings.models_path):
+    if not scan_models(context.models_dir):
+        if context.requested:
+            raise RuntimeConfigError(
+                f"runtime {NAME}: no model folder in {context.models_dir} (--models-dir; "
+                f"`llmlb demo-model {context.models_dir / 'demo'}` writes a small one)"
+            )
         return None
     from llmlb_node.stable_diffusion.runtime import StableDiffusionRuntime
 
-    return StableDiffusionRuntime(settings)
+    return StableDiffusionRuntime(context)
 
 
 @hookimpl
-def llmlb_node_register_runtimes(register: Callable[[RuntimeType], None]) -> None:
+def llmlb_node_register_runtimes(register: Callable[[RuntimeType[Any]], None]) -> None:
     register(
         RuntimeType(
-            name="stable_diffusion",
+            name=NAME,
             factory=create_runtime,
+            settings=StableDiffusionSettings,
             description="Stable Diffusion through stable-diffusion.cpp, in-process",
         )
     )

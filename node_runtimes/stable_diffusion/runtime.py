@@ -15,14 +15,20 @@ from litestar import Request, Response, post
 from litestar.handlers import BaseRouteHandler
 from PIL import Image
 
-from llmlb_core.bodies import decode_json_bytes
-from llmlb_core.errors import OpenAIError
-from llmlb_core.protocol import ModelAdvert
-from llmlb_node.runtime import Runtime, RuntimeLoad
-from llmlb_node.settings import NodeSettings
+from llmlb_node.api import (
+    ModelAdvert,
+    OpenAIError,
+    Runtime,
+    RuntimeContext,
+    RuntimeLoad,
+    convert_fields,
+    decode_json_bytes,
+    parse_multipart,
+)
 from llmlb_node.stable_diffusion.engine import EngineJob, SDEngine
 from llmlb_node.stable_diffusion.model_folder import ModelFolder, scan_models
 from llmlb_node.stable_diffusion.params import engine_settings
+from llmlb_node.stable_diffusion.settings import StableDiffusionSettings
 from llmlb_plugins.images.decoding import MAX_IMAGES, ImageDecoder, ImageLimits
 from llmlb_plugins.images.protocol import (
     MAX_SEED,
@@ -34,15 +40,12 @@ from llmlb_plugins.images.protocol import (
     ImageVariationFields,
     parse_size,
 )
-from llmlb_plugins.images.settings import MB, ImagesSettings
-from llmlb_plugins.images.uploads import convert_fields, parse_multipart
 from llmlb_plugins.images.validation import require_prompt, resolve_size
 
 log = logging.getLogger("llmlb.node.sd")
 
 TYPE_NAME = "stable_diffusion"
 CAPABILITIES = ["image_generation"]
-MAX_UPLOAD_BYTES = 4 * MB
 EDIT_STRENGTH = 0.75
 INPAINT_STRENGTH = 1.0
 VARIATION_STRENGTH = 0.6
@@ -78,8 +81,11 @@ class StableDiffusionRuntime(Runtime):
     type_name = TYPE_NAME
     slots = 1  # one generation at a time per node process
 
-    def __init__(self, settings: NodeSettings, engine: SDEngine | None = None) -> None:
-        self.settings = settings
+    def __init__(
+        self, context: RuntimeContext[StableDiffusionSettings], engine: SDEngine | None = None
+    ) -> None:
+        self.models_dir = context.models_dir
+        self.settings = settings = context.settings
         self.engine = engine or SDEngine(
             threads=settings.threads,
             idle_unload_s=settings.idle_unload_s,
@@ -91,7 +97,7 @@ class StableDiffusionRuntime(Runtime):
 
     # --- models --------------------------------------------------------------------------
     def rescan(self) -> None:
-        self._folders = {f.id: f for f in scan_models(self.settings.models_path)}
+        self._folders = {f.id: f for f in scan_models(self.models_dir)}
         self._scanned_at = time.monotonic()
 
     def folder(self, model: str | None) -> ModelFolder:
@@ -211,8 +217,20 @@ class StableDiffusionRuntime(Runtime):
 
     def routes(self) -> list[BaseRouteHandler]:
         runtime = self
-        # Decodes uploads off the event loop within the images plugin's default limits.
-        decoder = ImageDecoder(ImageLimits.of(ImagesSettings()))
+        cfg = self.settings
+        # Decodes uploads off the event loop, within this node's limits (>= the router's).
+        decoder = ImageDecoder(
+            ImageLimits(
+                max_bytes=cfg.max_upload_bytes,
+                max_pixels=cfg.max_pixels,
+                max_request_pixels=cfg.max_request_pixels,
+                decodes_at_once=cfg.max_concurrent_decodes,
+            )
+        )
+        # Whole bodies: an edit carries up to MAX_IMAGES images and a mask, a variation one image
+        # (with room for the form fields). They follow max_upload_bytes, not the node's default.
+        edits_max = 8 * cfg.max_upload_bytes
+        variations_max = 2 * cfg.max_upload_bytes
 
         @post("/v1/images/generations", status_code=200)
         async def generations(request: Request[Any, Any, Any]) -> Response[Any]:
@@ -221,10 +239,10 @@ class StableDiffusionRuntime(Runtime):
                 req, prompt=require_prompt(req.prompt), quality=req.quality, style=req.style
             )
 
-        @post("/v1/images/edits", status_code=200)
+        @post("/v1/images/edits", status_code=200, request_max_body_size=edits_max)
         async def edits(request: Request[Any, Any, Any]) -> Response[Any]:
             form = await parse_multipart(
-                request, max_file_bytes=MAX_UPLOAD_BYTES, max_total_bytes=8 * MAX_UPLOAD_BYTES
+                request, max_file_bytes=cfg.max_upload_bytes, max_total_bytes=edits_max, file_label="Image"
             )
             req = convert_fields(form.fields, ImageEditFields)
             prompt = require_prompt(req.prompt)
@@ -240,10 +258,13 @@ class StableDiffusionRuntime(Runtime):
                 default_strength=INPAINT_STRENGTH if mask is not None else EDIT_STRENGTH,
             )
 
-        @post("/v1/images/variations", status_code=200)
+        @post("/v1/images/variations", status_code=200, request_max_body_size=variations_max)
         async def variations(request: Request[Any, Any, Any]) -> Response[Any]:
             form = await parse_multipart(
-                request, max_file_bytes=MAX_UPLOAD_BYTES, max_total_bytes=2 * MAX_UPLOAD_BYTES
+                request,
+                max_file_bytes=cfg.max_upload_bytes,
+                max_total_bytes=variations_max,
+                file_label="Image",
             )
             req = convert_fields(form.fields, ImageVariationFields)
             inputs = await decoder.read(form, max_images=1, mask_allowed=False, keep_pixels=True)

@@ -4,6 +4,9 @@ Model capability flags: ``speech_to_text`` (``/v1/audio/transcriptions`` and
 ``/v1/audio/translations``) and ``text_to_speech`` (``/v1/audio/speech``). They are served by
 nodes running the ``openai_compatible`` runtime and by registered OpenAI-compatible endpoints
 (e.g. a whisper.cpp server, any OpenAI-compatible TTS server).
+
+This module only composes the capability: routes (``routes``), settings (``settings``),
+schemas (``protocol``) and how upstream models get their flags (``upstream``).
 """
 
 from __future__ import annotations
@@ -11,8 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from llmlb_core.capability import Capability
-from llmlb_core.hookspecs import hookimpl
+from llmlb_core.api import Capability, hookimpl
 from llmlb_plugins.audio.protocol import (
     SPEECH_TO_TEXT,
     TEXT_TO_SPEECH,
@@ -22,34 +24,26 @@ from llmlb_plugins.audio.protocol import (
     TranslationFields,
 )
 from llmlb_plugins.audio.routes import build_routes
-from llmlb_plugins.audio.settings import load_audio_settings
+from llmlb_plugins.audio.settings import AudioSettings
+from llmlb_plugins.audio.upstream import UPSTREAM_FLAGS
 
-NAME = "audio"
-FLAGS = frozenset({SPEECH_TO_TEXT, TEXT_TO_SPEECH})
-RUNTIME_TYPES = frozenset({"openai_compatible", "whisper_cpp", "generic"})
-
-
-@hookimpl
-def llmlb_register_capabilities(register: Callable[[Capability], None]) -> None:
-    register(
-        Capability(
-            name=NAME,
-            model_flags=FLAGS,
-            runtime_types=RUNTIME_TYPES,
-            description="OpenAI audio: transcriptions, translations (uploads streamed), speech (streamed)",
-            defaults_schema="AudioModelDefaults",
-        )
-    )
-
-
-@hookimpl
-def llmlb_register_routes(register: Callable[..., None], settings: dict[str, dict[str, Any]]) -> None:
-    register(NAME, *build_routes(load_audio_settings(settings[NAME])))
+CAPABILITY = Capability(
+    name="audio",
+    model_flags=frozenset({SPEECH_TO_TEXT, TEXT_TO_SPEECH}),
+    build_routes=build_routes,
+    settings=AudioSettings,
+    description="OpenAI audio: transcriptions, translations (uploads streamed), speech (streamed)",
+    schemas={
+        "TranscriptionFields": TranscriptionFields,
+        "TranslationFields": TranslationFields,
+        "SpeechRequest": SpeechRequest,
+        "AudioModelDefaults": AudioModelDefaults,
+    },
+    defaults_schema=AudioModelDefaults,
+    upstream_flags=UPSTREAM_FLAGS,
+)
 
 
 @hookimpl
-def llmlb_register_schemas(register: Callable[[str, str, type], None]) -> None:
-    register(NAME, "TranscriptionFields", TranscriptionFields)
-    register(NAME, "TranslationFields", TranslationFields)
-    register(NAME, "SpeechRequest", SpeechRequest)
-    register(NAME, "AudioModelDefaults", AudioModelDefaults)
+def llmlb_register_capabilities(register: Callable[[Capability[Any]], None]) -> None:
+    register(CAPABILITY)

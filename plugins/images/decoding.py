@@ -1,7 +1,8 @@
 """Uploaded images for edits and variations: checked and decoded within bounds, off the event loop.
 
-Shared by the router, which only checks uploads before sending them on, and the node, which needs
-the pixels of the first image and of the mask.
+Shared by the router (``routes``), which only checks uploads before sending them on, and the
+node's stable_diffusion runtime, which needs the pixels of the first image and of the mask. The
+form itself is read by ``llmlb_core.api.parse_multipart``; this module judges its files.
 
 - Images are recognised by content, not by name or MIME type: PNG, JPEG and WebP only.
 - Every step that parses image data runs on the decoder's own worker threads (as many as
@@ -26,23 +27,37 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
-from llmlb_core.errors import OpenAIError
+from llmlb_core.api import OpenAIError, ParsedForm, Upload, file_too_large
 from llmlb_plugins.images.png_check import check_png_data
-from llmlb_plugins.images.settings import ImagesSettings
-from llmlb_plugins.images.uploads import IMAGE_FIELDS, ParsedForm, Upload, too_large_file
 
 T = TypeVar("T")
 
 SUPPORTED_FORMATS = {"PNG": "png", "JPEG": "jpeg", "WEBP": "webp"}
 SUPPORTED_LIST = "png, jpeg, webp"
+# The file parts that carry images (the SDK sends "image[]" for a list).
+IMAGE_FIELDS = ("image", "image[]")
 # Most image[] parts accepted by /v1/images/edits.
 MAX_IMAGES = 4
 # JPEGs are checked at this fraction of their size (libjpeg decodes every block either way).
 JPEG_CHECK_SCALE = 8
+
+
+class UploadLimitSettings(Protocol):
+    """What the router's `[plugin.images]` and the node's `[runtime.stable_diffusion]` settings
+    both hold: the upload limits (the node's should be at least the router's)."""
+
+    @property
+    def max_upload_bytes(self) -> int: ...
+    @property
+    def max_pixels(self) -> int: ...
+    @property
+    def max_request_pixels(self) -> int: ...
+    @property
+    def max_concurrent_decodes(self) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -53,7 +68,7 @@ class ImageLimits:
     decodes_at_once: int
 
     @classmethod
-    def of(cls, cfg: ImagesSettings) -> ImageLimits:
+    def of(cls, cfg: UploadLimitSettings) -> ImageLimits:
         return cls(
             max_bytes=cfg.max_upload_bytes,
             max_pixels=cfg.max_pixels,
@@ -102,14 +117,14 @@ def _image_errors(param: str) -> Iterator[None]:
         raise OpenAIError(
             400, f"'{param}' decompresses to too many pixels: {exc}", param=param, code="image_too_large"
         ) from None
+    except UnidentifiedImageError:
+        raise OpenAIError(
+            400,
+            f"'{param}' is not a recognised image. Supported formats: {SUPPORTED_LIST}",
+            param=param,
+            code="unsupported_image_format",
+        ) from None
     except (OSError, SyntaxError, ValueError) as exc:
-        if "cannot identify image file" in str(exc):
-            raise OpenAIError(
-                400,
-                f"'{param}' is not a recognised image. Supported formats: {SUPPORTED_LIST}",
-                param=param,
-                code="unsupported_image_format",
-            ) from None
         raise OpenAIError(
             400, f"'{param}' is corrupt or truncated: {exc}", param=param, code="invalid_image"
         ) from None
@@ -118,7 +133,7 @@ def _image_errors(param: str) -> Iterator[None]:
 def read_header(upload: Upload, param: str, limits: ImageLimits) -> CheckedImage:
     """Format, size and alpha of an upload from its header (nothing decoded), with the file limits."""
     if len(upload.data) > limits.max_bytes:
-        raise too_large_file(param, limits.max_bytes)
+        raise file_too_large(param, limits.max_bytes, label="Image")
     if not upload.data:
         raise OpenAIError(400, f"'{param}' is an empty file", param=param, code="invalid_image")
     with _image_errors(param), Image.open(io.BytesIO(upload.data)) as image:

@@ -1,6 +1,6 @@
 """Per-model defaults an admin may set for an image model (``POST /v0/models``).
 
-They fill the request fields a client left out (``llmlb_plugins.images.routes``), so they are checked
+They fill the request fields a client left out (``llmlb_plugins.images.dispatch``), so they are checked
 against this schema when the admin sets them: a bad value or an unknown key is a 400 then, not
 an error for the user whose request would have used it. The routing field (``model``) and the
 streaming fields (not supported) cannot be defaulted.

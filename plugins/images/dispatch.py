@@ -1,9 +1,17 @@
-"""Sending an image job to nodes: seed resolution, fan-out of ``n`` over idle nodes, merging,
-and turning the nodes' base64 images into stored URLs when the client asked for ``url``.
+"""Plan and dispatch an image job (the step between a route and ``context.forward``).
 
-A job of ``n`` images with seed ``s`` yields images with seeds ``s, s+1, ..., s+n-1`` no matter
-how it is split: part ``k`` covering images ``[i, i+c)`` is sent with seed ``s+i`` and ``n=c``,
-and stable-diffusion.cpp's batch gives image ``j`` of a part the seed ``seed + j``.
+Planning (:func:`plan_job`): the model (the request's, else ``default_model``, else the only
+image model online), the admin's per-model defaults for the fields the client left out, the
+size (an unsupported one mapped to the nearest with ``size_fallback``), the response format and
+the seed.
+
+Dispatching (:class:`ImageJobs`): ``n`` images are split over the idle nodes serving the model
+(:func:`split`), each part is sent with ``context.forward.call`` (its own balancing and
+failover), and the parts' answers are merged into one OpenAI images response, their images
+stored as files when the client asked for ``url``. A job of ``n`` images with seed ``s`` yields
+images with seeds ``s, s+1, ..., s+n-1`` however it is split: part ``k`` covering images
+``[i, i+c)`` is sent with seed ``s+i`` and ``n=c``, and stable-diffusion.cpp's batch gives image
+``j`` of a part the seed ``seed + j``.
 
 A node's answer is untrusted input. It is read up to a bound set by the size and the number of
 images asked for (:func:`answer_limit`), then decoded strictly (:func:`read_answer`): the
@@ -11,9 +19,9 @@ images schema and nothing else, exactly the images asked for, each one valid bas
 msgspec, which refuses any other character, bad padding or a bad length) whose bytes start as
 the announced ``output_format`` (png, jpeg or webp, the only file extensions ever written). An
 answer that fails any of this is a 502 ``bad_upstream_response``, the node is marked suspect and
-the part is tried on another node (``RouterServices.call_node``). A node's 4xx reaches the
-client OpenAI-shaped. A single part answered in ``b64_json`` is passed on as the node's bytes,
-once every one of them has been checked.
+the part is tried on another node (the forwarder's failover). A node's 4xx reaches the client
+OpenAI-shaped. A single part answered in ``b64_json`` is passed on as the node's bytes, once
+every one of them has been checked.
 """
 
 from __future__ import annotations
@@ -24,35 +32,132 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, Generic, TypeVar
 
 import msgspec
 from litestar import Response
 
-from llmlb_core.services import RouterServices, UpstreamResult
-from llmlb_core.upstream import BadAnswer
+from llmlb_core.api import BadAnswer, CapabilityContext, ModelCatalog, OpenAIError, UpstreamResult
 from llmlb_plugins.images.protocol import (
     MAX_SEED,
     SIZE_AUTO,
     SIZES,
     Background,
+    ImageOptions,
     OutputFormat,
     Prompt,
     Quality,
     parse_size,
 )
+from llmlb_plugins.images.settings import ImagesSettings
 from llmlb_plugins.images.url_store import ImageUrlStore
+from llmlb_plugins.images.validation import resolve_size
+
+S = TypeVar("S", bound=ImageOptions)
 
 FLAGS = frozenset({"image_generation"})
 FILES_PATH = "/v1/images/files"
 
 # How each output format's files begin (what a node's image bytes must start with).
 _MAGIC = {"png": b"\x89PNG\r\n\x1a\n", "jpeg": b"\xff\xd8\xff", "webp": b"RIFF"}
+# A RIFF file is WebP only when its form type says so (WAV and AVI are RIFF too).
+_WEBP_FORM = (8, b"WEBP")
 # Room per image for what is not pixels (JSON, revised_prompt, file headers), and for the rest.
 _PER_IMAGE_OVERHEAD = 256 * 1024
 _ANSWER_OVERHEAD = 64 * 1024
 
 
+# --- planning ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class JobPlan(Generic[S]):
+    """A validated request with everything resolved that the nodes need."""
+
+    request: S
+    model: str
+    size: str
+    replaced_size: str | None
+    response_format: str
+    seed: int
+
+
+def new_seed() -> int:
+    return random.SystemRandom().randint(0, MAX_SEED - 16)
+
+
+def resolve_model(models: ModelCatalog, requested: str | None, cfg: ImagesSettings) -> str:
+    """The request's model, else ``default_model``, else the one image model online (400 if
+    there are none or several)."""
+    if requested is not None:
+        if not requested.strip():
+            raise OpenAIError(400, "model must not be empty", param="model", code="empty_model")
+        return requested
+    if cfg.default_model:
+        return cfg.default_model
+    online = models.online(FLAGS)
+    if len(online) == 1:
+        return online[0]
+    raise OpenAIError(
+        400,
+        "model is required" + (f"; image models online: {', '.join(online)}" if online else ""),
+        param="model",
+        code="missing_model",
+    )
+
+
+def with_model_defaults(models: ModelCatalog, request: S, model: str) -> S:
+    """Fill fields the client left unset from the admin's per-model defaults."""
+    defaults = models.defaults(model)
+    if not defaults:
+        return request
+    fields = set(type(request).__struct_fields__)
+    updates = {
+        key: value for key, value in defaults.items() if key in fields and getattr(request, key) is None
+    }
+    if not updates:
+        return request
+    try:
+        return msgspec.convert({**msgspec.to_builtins(request), **updates}, type(request))
+    except msgspec.ValidationError as exc:
+        # Defaults are checked when an admin sets them; only a row stored before that can be bad.
+        raise OpenAIError(
+            503, f"Model '{model}' has invalid defaults: {exc}", code="invalid_model_defaults"
+        ) from None
+
+
+def plan_job(models: ModelCatalog, req: S, cfg: ImagesSettings) -> JobPlan[S]:
+    model = resolve_model(models, req.model, cfg)
+    req = with_model_defaults(models, req, model)
+    size, replaced = resolve_size(req.size, fallback=cfg.size_fallback)
+    return JobPlan(
+        request=req,
+        model=model,
+        size=size,
+        replaced_size=replaced,
+        response_format=req.response_format or cfg.default_response_format,
+        seed=req.seed if req.seed is not None else new_seed(),
+    )
+
+
+# --- splitting --------------------------------------------------------------------------------
+@dataclass
+class Part:
+    offset: int
+    count: int
+
+
+def split(n: int, ways: int) -> list[Part]:
+    """Split ``n`` images into at most ``ways`` contiguous parts of near-equal size."""
+    ways = max(1, min(n, ways))
+    base, extra = divmod(n, ways)
+    parts, offset = [], 0
+    for i in range(ways):
+        count = base + (1 if i < extra else 0)
+        parts.append(Part(offset, count))
+        offset += count
+    return parts
+
+
+# --- a node's answer --------------------------------------------------------------------------
 class NodeImage(msgspec.Struct, kw_only=True, omit_defaults=True, forbid_unknown_fields=True):
     """One image of a node's answer (``b64_json`` decoded) or of the router's (``url``)."""
 
@@ -75,32 +180,6 @@ class NodeAnswer(msgspec.Struct, kw_only=True, omit_defaults=True, forbid_unknow
 
 
 _answer_decoder = msgspec.json.Decoder(NodeAnswer)
-
-
-@dataclass
-class Part:
-    offset: int
-    count: int
-
-
-def new_seed() -> int:
-    return random.SystemRandom().randint(0, MAX_SEED - 16)
-
-
-def split(n: int, ways: int) -> list[Part]:
-    """Split ``n`` images into at most ``ways`` contiguous parts of near-equal size."""
-    ways = max(1, min(n, ways))
-    base, extra = divmod(n, ways)
-    parts, offset = [], 0
-    for i in range(ways):
-        count = base + (1 if i < extra else 0)
-        parts.append(Part(offset, count))
-        offset += count
-    return parts
-
-
-def idle_nodes(services: RouterServices, model: str) -> int:
-    return sum(1 for n in services.nodes.candidates(model, FLAGS) if n.free > 0)
 
 
 def answer_limit(size: str, count: int) -> int:
@@ -126,44 +205,13 @@ def read_answer(content: bytes, *, count: int) -> NodeAnswer:
     for image in answer.data:
         if image.b64_json is None or image.url is not None:
             raise BadAnswer("an image without b64_json")
-        if not image.b64_json.startswith(magic):
+        webp_form_ok = image.b64_json[_WEBP_FORM[0] : _WEBP_FORM[0] + 4] == _WEBP_FORM[1]
+        if not image.b64_json.startswith(magic) or (answer.output_format == "webp" and not webp_form_ok):
             raise BadAnswer(f"an image that is not {answer.output_format or 'png'}")
     return answer
 
 
-def plan_parts(services: RouterServices, model: str, n: int, *, fan_out: bool) -> list[Part]:
-    """Split ``n`` images over the idle nodes serving ``model`` (one part when not fanning out)."""
-    return split(n, idle_nodes(services, model) if fan_out and n > 1 else 1)
-
-
-async def run_parts(
-    services: RouterServices,
-    *,
-    model: str,
-    path: str,
-    parts: list[Part],
-    build: Callable[[Part], tuple[bytes, str]],
-    size: str,
-) -> list[UpstreamResult]:
-    """Send every part (concurrently, each with its own balancing and failover), in order.
-    A 2xx result holds the checked :class:`NodeAnswer` in ``parsed``."""
-
-    async def one(part: Part) -> UpstreamResult:
-        content, content_type = build(part)
-        return await services.call_node(
-            model,
-            FLAGS,
-            path,
-            content=content,
-            content_type=content_type,
-            max_answer_bytes=answer_limit(size, part.count),
-            check=functools.partial(read_answer, count=part.count),
-        )
-
-    return list(await asyncio.gather(*(one(p) for p in parts)))
-
-
-def to_response(
+def merge(
     results: list[UpstreamResult],
     *,
     response_format: str,
@@ -171,8 +219,8 @@ def to_response(
     base_url: str,
     extra_headers: dict[str, str] | None = None,
 ) -> Response[Any]:
-    """Merge checked part results (:func:`run_parts`) into one OpenAI images response, or answer
-    a node's error (OpenAI-shaped by ``call_node``)."""
+    """Merge checked part results into one OpenAI images response, or answer a node's error
+    (OpenAI-shaped by the forwarder)."""
     headers: dict[str, str] = dict(extra_headers or {})
     for result in results:
         headers.update(result.headers)
@@ -201,3 +249,47 @@ def to_response(
         ]
     body = msgspec.structs.replace(first, created=int(time.time()), data=data)
     return Response(content=msgspec.json.encode(body), media_type="application/json", headers=headers)
+
+
+# --- dispatching ------------------------------------------------------------------------------
+class ImageJobs:
+    """Plans image jobs and sends them to nodes; one per router, closing over the images
+    capability's context and its URL store."""
+
+    def __init__(self, context: CapabilityContext[ImagesSettings], store: ImageUrlStore) -> None:
+        self._context = context
+        self._store = store
+
+    def plan(self, req: S) -> JobPlan[S]:
+        return plan_job(self._context.models, req, self._context.settings)
+
+    async def run(
+        self, plan: JobPlan[Any], path: str, build: Callable[[Part], tuple[bytes, str]]
+    ) -> Response[Any]:
+        """Send ``plan`` to ``path``: one part per idle node (with ``fan_out``), each built by
+        ``build`` (its body and content type), then merge the answers."""
+        context = self._context
+        n = plan.request.n
+        ways = context.models.idle_nodes(plan.model, FLAGS) if context.settings.fan_out and n > 1 else 1
+
+        async def send(part: Part) -> UpstreamResult:
+            content, content_type = build(part)
+            return await context.forward.call(
+                plan.model,
+                FLAGS,
+                path,
+                content=content,
+                content_type=content_type,
+                max_answer_bytes=answer_limit(plan.size, part.count),
+                check=functools.partial(read_answer, count=part.count),
+            )
+
+        results = list(await asyncio.gather(*(send(p) for p in split(n, ways))))
+        replaced = plan.replaced_size
+        return merge(
+            results,
+            response_format=plan.response_format,
+            store=self._store,
+            base_url=context.public_url,
+            extra_headers={"x-llmlb-size-replaced": f"{replaced}->{plan.size}"} if replaced else None,
+        )

@@ -1,15 +1,21 @@
-"""The images capability as a router plugin: routes, schemas, runtime types, model flags."""
+"""The images capability as a router plugin: OpenAI Images API (generations, edits, variations)
+served by nodes running the ``stable_diffusion`` runtime (stable-diffusion.cpp).
+
+This module only composes the capability. One image request passes through these files:
+``routes`` (decode and check the request) -> ``dispatch`` (plan it, split it over idle nodes,
+merge the answers) -> ``llmlb_core.forwarding`` (pick a node, send, fail over) -> the node's
+``llmlb_node.stable_diffusion.runtime`` -> ``llmlb_node.stable_diffusion.engine``. Helpers they
+call: ``protocol`` (schemas, shared with the node), ``validation`` and ``decoding`` (checks,
+shared with the node), ``url_store`` (``response_format=url`` files), ``settings``,
+``defaults`` (the admin's per-model defaults schema).
+"""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import Callable
 from typing import Any
 
-from llmlb_core.capability import Capability
-from llmlb_core.hookspecs import hookimpl
-from llmlb_core.services import RouterServices
+from llmlb_core.api import Capability, hookimpl
 from llmlb_plugins.images.defaults import ImageModelDefaults
 from llmlb_plugins.images.dispatch import FLAGS
 from llmlb_plugins.images.protocol import (
@@ -18,56 +24,26 @@ from llmlb_plugins.images.protocol import (
     ImagesResponse,
     ImageVariationFields,
 )
-from llmlb_plugins.images.routes import STORE_KEY, build_routes
-from llmlb_plugins.images.settings import load_images_settings
-from llmlb_plugins.images.url_store import ImageUrlStore
+from llmlb_plugins.images.routes import build_routes
+from llmlb_plugins.images.settings import ImagesSettings
 
-NAME = "images"
-PURGE_TASK_KEY = "images.purge_task"
-
-
-@hookimpl
-def llmlb_register_capabilities(register: Callable[[Capability], None]) -> None:
-    register(
-        Capability(
-            name=NAME,
-            model_flags=FLAGS,
-            runtime_types=frozenset({"stable_diffusion"}),
-            description="OpenAI Images API: generations, edits, variations (stable-diffusion.cpp)",
-            defaults_schema="ImageModelDefaults",
-        )
-    )
-
-
-@hookimpl
-def llmlb_register_routes(register: Callable[..., None], settings: dict[str, dict[str, Any]]) -> None:
-    register(NAME, *build_routes(load_images_settings(settings[NAME])))
+CAPABILITY = Capability(
+    name="images",
+    model_flags=FLAGS,
+    build_routes=build_routes,
+    settings=ImagesSettings,
+    description="OpenAI Images API: generations, edits, variations (stable-diffusion.cpp)",
+    schemas={
+        "ImageGenerationRequest": ImageGenerationRequest,
+        "ImageEditFields": ImageEditFields,
+        "ImageVariationFields": ImageVariationFields,
+        "ImagesResponse": ImagesResponse,
+        "ImageModelDefaults": ImageModelDefaults,
+    },
+    defaults_schema=ImageModelDefaults,
+)
 
 
 @hookimpl
-def llmlb_register_schemas(register: Callable[[str, str, type], None]) -> None:
-    register(NAME, "ImageGenerationRequest", ImageGenerationRequest)
-    register(NAME, "ImageEditFields", ImageEditFields)
-    register(NAME, "ImageVariationFields", ImageVariationFields)
-    register(NAME, "ImagesResponse", ImagesResponse)
-    register(NAME, "ImageModelDefaults", ImageModelDefaults)
-
-
-@hookimpl
-async def llmlb_startup(services: RouterServices) -> None:
-    if NAME not in services.plugins.enabled:
-        return
-    cfg = load_images_settings(services.settings.plugin_settings(NAME))
-    store = ImageUrlStore(services.settings.data_path / "images", cfg.url_ttl_minutes * 60)
-    services.extras[STORE_KEY] = store
-    interval = min(60.0, max(1.0, store.ttl_s / 4))
-    services.extras[PURGE_TASK_KEY] = asyncio.create_task(store.purge_forever(interval))
-
-
-@hookimpl
-async def llmlb_shutdown(services: RouterServices) -> None:
-    task = services.extras.pop(PURGE_TASK_KEY, None)
-    if task is not None:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+def llmlb_register_capabilities(register: Callable[[Capability[Any]], None]) -> None:
+    register(CAPABILITY)

@@ -1,15 +1,14 @@
-"""The images plugin's own settings: the ``[plugin.images]`` table of the router config.
+"""The images plugin's own settings: the ``[plugin.images]`` table of the router config, parsed
+once by the router into :class:`ImagesSettings` (``Capability.settings``).
 
 Environment: ``LLMLB_PLUGIN__IMAGES__<KEY>`` (e.g. ``LLMLB_PLUGIN__IMAGES__SIZE_FALLBACK=true``).
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 import msgspec
-
-from llmlb_core.settings import load_plugin_settings
 
 MB = 1024 * 1024
 
@@ -35,7 +34,3 @@ class ImagesSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_concurrent_decodes: Annotated[int, msgspec.Meta(ge=1, le=64)] = 2
     # Split `n > 1` over idle nodes serving the same model.
     fan_out: bool = True
-
-
-def load_images_settings(table: dict[str, Any]) -> ImagesSettings:
-    return load_plugin_settings("images", table, ImagesSettings)

@@ -1,10 +1,12 @@
-"""Images served by ``response_format=url``: stored under the router's data dir with an
+"""Images served by ``response_format=url``: stored in the images capability's data dir with an
 unguessable name, served at ``/v1/images/files/<name>`` without a key (like OpenAI's signed
-URLs), and deleted from disk when their lifetime ends."""
+URLs), and deleted from disk when their lifetime ends (a purge task the store starts and stops
+itself, from the capability's start-up and shut-down callbacks)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import re
@@ -23,6 +25,7 @@ class ImageUrlStore:
         self.directory = directory
         self.ttl_s = ttl_s
         directory.mkdir(parents=True, exist_ok=True)
+        self._purge: asyncio.Task[None] | None = None
 
     def save(self, data: bytes, extension: str) -> str:
         """Store ``data``; return the file name (43 random url-safe chars + extension)."""
@@ -66,3 +69,15 @@ class ImageUrlStore:
         while True:
             await asyncio.sleep(interval_s)
             await asyncio.to_thread(self.purge_expired)
+
+    async def start_purging(self) -> None:
+        """Delete expired files in the background (a quarter of their lifetime apart, 1-60 s)."""
+        interval = min(60.0, max(1.0, self.ttl_s / 4))
+        self._purge = asyncio.create_task(self.purge_forever(interval), name="llmlb-images-purge")
+
+    async def stop_purging(self) -> None:
+        task, self._purge = self._purge, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

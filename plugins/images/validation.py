@@ -1,11 +1,12 @@
-"""Checks shared by the router and the node: prompt, size, unsupported options."""
+"""Request checks shared by the router (routes, dispatch) and the node's stable_diffusion runtime:
+prompt, size, unsupported options."""
 
 from __future__ import annotations
 
 import math
 import re
 
-from llmlb_core.errors import OpenAIError
+from llmlb_core.api import OpenAIError
 from llmlb_plugins.images.protocol import SIZE_AUTO, SIZES, parse_size
 
 _SIZE_RE = re.compile(r"^\s*(\d{1,5})\s*[xX]\s*(\d{1,5})\s*$")

@@ -4,6 +4,9 @@ Model capability flags: ``chat_completion`` (``/v1/chat/completions``), ``text_c
 (``/v1/completions``) and ``embeddings`` (``/v1/embeddings``). They are served by nodes running
 the ``openai_compatible`` runtime and by OpenAI-compatible endpoints registered with the router
 (``/v0/endpoints``: llama.cpp, vLLM, Ollama or any other OpenAI-compatible server).
+
+This module only composes the capability: routes (``routes``), settings (``settings``),
+schemas (``protocol``) and how upstream models get their flags (``upstream``).
 """
 
 from __future__ import annotations
@@ -11,8 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from llmlb_core.capability import Capability
-from llmlb_core.hookspecs import hookimpl
+from llmlb_core.api import Capability, hookimpl
 from llmlb_plugins.text.protocol import (
     CHAT_COMPLETION,
     EMBEDDINGS,
@@ -23,34 +25,27 @@ from llmlb_plugins.text.protocol import (
     TextModelDefaults,
 )
 from llmlb_plugins.text.routes import build_routes
-from llmlb_plugins.text.settings import load_text_settings
+from llmlb_plugins.text.settings import TextSettings
+from llmlb_plugins.text.upstream import FLAG_ALIASES, UPSTREAM_FLAGS
 
-NAME = "text"
-FLAGS = frozenset({CHAT_COMPLETION, TEXT_COMPLETION, EMBEDDINGS})
-RUNTIME_TYPES = frozenset({"openai_compatible", "llama_cpp", "vllm", "ollama", "generic"})
-
-
-@hookimpl
-def llmlb_register_capabilities(register: Callable[[Capability], None]) -> None:
-    register(
-        Capability(
-            name=NAME,
-            model_flags=FLAGS,
-            runtime_types=RUNTIME_TYPES,
-            description="OpenAI chat completions, completions and embeddings (streaming relayed)",
-            defaults_schema="TextModelDefaults",
-        )
-    )
-
-
-@hookimpl
-def llmlb_register_routes(register: Callable[..., None], settings: dict[str, dict[str, Any]]) -> None:
-    register(NAME, *build_routes(load_text_settings(settings[NAME])))
+CAPABILITY = Capability(
+    name="text",
+    model_flags=frozenset({CHAT_COMPLETION, TEXT_COMPLETION, EMBEDDINGS}),
+    build_routes=build_routes,
+    settings=TextSettings,
+    description="OpenAI chat completions, completions and embeddings (streaming relayed)",
+    schemas={
+        "ChatCompletionRequest": ChatCompletionRequest,
+        "CompletionRequest": CompletionRequest,
+        "EmbeddingRequest": EmbeddingRequest,
+        "TextModelDefaults": TextModelDefaults,
+    },
+    defaults_schema=TextModelDefaults,
+    upstream_flags=UPSTREAM_FLAGS,
+    flag_aliases=FLAG_ALIASES,
+)
 
 
 @hookimpl
-def llmlb_register_schemas(register: Callable[[str, str, type], None]) -> None:
-    register(NAME, "ChatCompletionRequest", ChatCompletionRequest)
-    register(NAME, "CompletionRequest", CompletionRequest)
-    register(NAME, "EmbeddingRequest", EmbeddingRequest)
-    register(NAME, "TextModelDefaults", TextModelDefaults)
+def llmlb_register_capabilities(register: Callable[[Capability[Any]], None]) -> None:
+    register(CAPABILITY)

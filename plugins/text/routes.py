@@ -1,16 +1,20 @@
-"""The router's text routes: validate what routing needs, forward the client's bytes, relay."""
+"""The router's text routes: decode what routing needs, check it, forward the client's bytes.
+
+The three routes differ only in their path, request schema, model flag and the field that must
+not be empty, so they are one factory (:func:`forward_route`) over a table (:data:`ROUTES`):
+decode strictly (``llmlb_plugins.text.protocol``), check, and ``context.forward.json``, which
+fills the model's admin defaults and relays a streamed answer as it arrives.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from litestar import Request, Response, post
 from litestar.handlers import BaseRouteHandler
 
-from llmlb_core.bodies import decode_json_bytes
-from llmlb_core.errors import OpenAIError
-from llmlb_core.services import get_services
-from llmlb_core.streaming import forward_json
+from llmlb_core.api import CapabilityContext, OpenAIError, decode_json_bytes
 from llmlb_plugins.text.protocol import (
     CHAT_COMPLETION,
     EMBEDDINGS,
@@ -21,60 +25,52 @@ from llmlb_plugins.text.protocol import (
 )
 from llmlb_plugins.text.settings import TextSettings
 
-CHAT_FLAGS = frozenset({CHAT_COMPLETION})
-COMPLETION_FLAGS = frozenset({TEXT_COMPLETION})
-EMBEDDING_FLAGS = frozenset({EMBEDDINGS})
+TextRequest = ChatCompletionRequest | CompletionRequest | EmbeddingRequest
 
 
-def _require_text(value: str | list[Any], param: str, what: str) -> None:
+@dataclass(frozen=True)
+class TextRoute:
+    path: str
+    schema: type[TextRequest]
+    flag: str
+    # The field OpenAI refuses empty ("prompt", "input"), None: nothing to check.
+    required: str | None = None
+
+
+ROUTES = (
+    TextRoute("/v1/chat/completions", ChatCompletionRequest, CHAT_COMPLETION),
+    TextRoute("/v1/completions", CompletionRequest, TEXT_COMPLETION, required="prompt"),
+    TextRoute("/v1/embeddings", EmbeddingRequest, EMBEDDINGS, required="input"),
+)
+
+
+def require_text(value: str | list[Any], param: str) -> None:
     """OpenAI answers 400 for an empty prompt/input; so does llmlb, before any node is busy."""
     empty = not value.strip() if isinstance(value, str) else not value
     if empty or (isinstance(value, list) and any(v == "" or v == [] for v in value)):
-        raise OpenAIError(400, f"{what} must not be empty", param=param, code="empty_" + param)
+        raise OpenAIError(400, f"{param} must not be empty", param=param, code="empty_" + param)
 
 
-def build_routes(cfg: TextSettings) -> list[BaseRouteHandler]:
-    limit = cfg.max_body_bytes
+def forward_route(route: TextRoute, context: CapabilityContext[TextSettings]) -> BaseRouteHandler:
+    """The handler of one text route: decode -> check -> forward."""
+    flags = frozenset({route.flag})
 
-    @post("/v1/chat/completions", status_code=200, request_max_body_size=limit)
-    async def chat_completions(request: Request[Any, Any, Any]) -> Response[Any]:
+    async def handler(request: Request[Any, Any, Any]) -> Response[Any]:
         body = await request.body()
-        req = decode_json_bytes(body, ChatCompletionRequest)
-        return await forward_json(
-            get_services(request),
+        req = decode_json_bytes(body, route.schema)
+        if route.required is not None:
+            require_text(getattr(req, route.required), route.required)
+        return await context.forward.json(
             model=req.model,
-            flags=CHAT_FLAGS,
-            path="/v1/chat/completions",
+            flags=flags,
+            path=route.path,
             body=body,
-            stream=bool(req.stream),
+            stream=bool(getattr(req, "stream", None)),  # embeddings never stream
         )
 
-    @post("/v1/completions", status_code=200, request_max_body_size=limit)
-    async def completions(request: Request[Any, Any, Any]) -> Response[Any]:
-        body = await request.body()
-        req = decode_json_bytes(body, CompletionRequest)
-        _require_text(req.prompt, "prompt", "prompt")
-        return await forward_json(
-            get_services(request),
-            model=req.model,
-            flags=COMPLETION_FLAGS,
-            path="/v1/completions",
-            body=body,
-            stream=bool(req.stream),
-        )
+    handler.__name__ = handler.__qualname__ = route.path.strip("/").replace("/", "_")
+    return post(route.path, status_code=200, request_max_body_size=context.settings.max_body_bytes)(handler)
 
-    @post("/v1/embeddings", status_code=200, request_max_body_size=limit)
-    async def embeddings(request: Request[Any, Any, Any]) -> Response[Any]:
-        body = await request.body()
-        req = decode_json_bytes(body, EmbeddingRequest)
-        _require_text(req.input, "input", "input")
-        return await forward_json(
-            get_services(request),
-            model=req.model,
-            flags=EMBEDDING_FLAGS,
-            path="/v1/embeddings",
-            body=body,
-            stream=False,
-        )
 
-    return [chat_completions, completions, embeddings]
+def build_routes(context: CapabilityContext[TextSettings]) -> list[BaseRouteHandler]:
+    return [forward_route(route, context) for route in ROUTES]

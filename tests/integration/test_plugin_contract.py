@@ -11,9 +11,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from llmlb_core.hookspecs import hookimpl
+from llmlb_core.api import hookimpl
+from llmlb_core.app import create_app
 from llmlb_core.plugins import PluginError, load_plugins
-from llmlb_node.hookspecs import hookimpl as node_hookimpl
+from llmlb_core.settings import load_settings
+from llmlb_node.api import hookimpl as node_hookimpl
 from llmlb_node.plugins import RuntimePluginError, load_runtime_types
 from tests.support.echo_plugin import EchoCapability, EchoRuntimePlugin
 from tests.support.inproc import start_node, start_router
@@ -83,7 +85,7 @@ def test_unknown_hook_implementation_fails_loudly() -> None:
             pass
 
     with pytest.raises(PluginError, match="unknown hook"):
-        load_plugins(None, {}, extra_plugins=[Typo()], load_entry_points=False)
+        load_plugins(None, extra_plugins=[Typo()], third_party=False)
 
     class NodeTypo:
         @node_hookimpl
@@ -96,29 +98,47 @@ def test_unknown_hook_implementation_fails_loudly() -> None:
 
 def test_contract_violations_fail_loudly() -> None:
     with pytest.raises(PluginError, match="not provided"):
-        load_plugins(["nonexistent"], {}, load_entry_points=False)
+        load_plugins(["nonexistent"], third_party=False)
 
+    # Plugin API v1 (issue 9): routes come with the Capability (build_routes), so the old
+    # llmlb_register_routes hook is gone; a plugin still implementing it is refused at start-up.
     class RouteForUnknown:
         @hookimpl
         def llmlb_register_routes(self, register):
             register("ghost")
 
-    with pytest.raises(PluginError, match="unknown capability"):
-        load_plugins(None, {}, extra_plugins=[RouteForUnknown()], load_entry_points=False)
+    with pytest.raises(PluginError, match="unknown hook"):
+        load_plugins(None, extra_plugins=[RouteForUnknown()], third_party=False)
 
     class Twice(EchoCapability):
         pass
 
     with pytest.raises(PluginError, match="twice"):
-        load_plugins(None, {}, extra_plugins=[EchoCapability(), Twice()], load_entry_points=False)
+        load_plugins(None, extra_plugins=[EchoCapability(), Twice()], third_party=False)
+
+    class NotAType:
+        @node_hookimpl
+        def llmlb_node_register_runtimes(self, register):
+            register("echo")
+
+    with pytest.raises(RuntimePluginError, match="expects a RuntimeType"):
+        load_runtime_types([NotAType()], load_entry_points=False)
+
+    with pytest.raises(RuntimePluginError, match="twice"):
+        load_runtime_types([EchoRuntimePlugin(), EchoRuntimePlugin()], load_entry_points=False)
 
 
-def test_builtin_images_capability_is_an_ordinary_plugin() -> None:
-    loaded = load_plugins(None, {}, load_entry_points=False)
+def test_builtin_images_capability_is_an_ordinary_plugin(tmp_path: Path) -> None:
+    loaded = load_plugins(None, third_party=False)
     assert "images" in loaded.capabilities
     assert "image_generation" in loaded.capabilities["images"].model_flags
-    assert "stable_diffusion" in loaded.capabilities["images"].runtime_types
-    paths = {path for handler in loaded.routes["images"] for path in handler.paths}
+    # Capability.runtime_types was never used and is gone (issue 9); the built-in runtimes are
+    # entry points like the capabilities.
+    assert {"stable_diffusion", "openai_compatible"} <= set(load_runtime_types(load_entry_points=False))
+    settings = load_settings(
+        None, environ={}, data_dir=str(tmp_path), load_entry_points=False, admin_key=ADMIN_KEY
+    )
+    paths = {route.path for route in create_app(settings).routes}
     assert "/v1/images/generations" in paths
 
 
@@ -139,9 +159,7 @@ def test_a_bad_plugin_setting_stops_serve_with_one_line_and_exit_2(
     name, value = variable.split("=", 1)
     done = subprocess.run(
         [sys.executable, "-m", "llmlb_core.cli", "serve", "--port", str(free_port())],
-        env=base_env(
-            **{name: value, "LLMLB_ADMIN_KEY": ADMIN_KEY, "LLMLB_DATA_DIR": str(tmp_path / "data")}
-        ),
+        env=base_env(**{name: value, "LLMLB_ADMIN_KEY": ADMIN_KEY, "LLMLB_DATA_DIR": str(tmp_path / "data")}),
         capture_output=True,
         text=True,
         timeout=60,

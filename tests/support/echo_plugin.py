@@ -7,21 +7,16 @@ with its own route and model flag, served by a new runtime type ``echo`` on a no
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgspec
 from litestar import Request, Response, post
 from litestar.handlers import BaseRouteHandler
 
-from llmlb_core.bodies import decode_json_bytes
-from llmlb_core.capability import Capability
-from llmlb_core.hookspecs import hookimpl
-from llmlb_core.protocol import ModelAdvert
-from llmlb_core.services import get_services
-from llmlb_node.hookspecs import hookimpl as node_hookimpl
-from llmlb_node.runtime import Runtime, RuntimeLoad, RuntimeType
-from llmlb_node.settings import NodeSettings
+from llmlb_core.api import Capability, CapabilityContext, decode_json_bytes, hookimpl
+from llmlb_node.api import ModelAdvert, Runtime, RuntimeContext, RuntimeLoad, RuntimeType
+from llmlb_node.api import hookimpl as node_hookimpl
 
 FLAGS = frozenset({"echo"})
 
@@ -32,41 +27,39 @@ class EchoRequest(msgspec.Struct, kw_only=True):
     delay: float = 0.0
 
 
+def build_echo_routes(context: CapabilityContext[Any]) -> Sequence[BaseRouteHandler]:
+    @post("/v1/echo", status_code=200)
+    async def echo(request: Request[Any, Any, Any]) -> Response[Any]:
+        body = await request.body()
+        req = decode_json_bytes(body, EchoRequest)
+        result = await context.forward.call(
+            req.model, FLAGS, "/v1/echo", content=body, content_type="application/json"
+        )
+        return result.to_response()
+
+    return [echo]
+
+
 class EchoCapability:
     """Router side: capability ``echo`` with route ``POST /v1/echo``."""
 
     @hookimpl
-    def llmlb_register_capabilities(self, register: Callable[[Capability], None]) -> None:
-        register(Capability(name="echo", model_flags=FLAGS, runtime_types=frozenset({"echo"})))
-
-    @hookimpl
-    def llmlb_register_routes(self, register: Callable[..., None]) -> None:
-        @post("/v1/echo", status_code=200)
-        async def echo(request: Request[Any, Any, Any]) -> Response[Any]:
-            body = await request.body()
-            req = decode_json_bytes(body, EchoRequest)
-            result = await get_services(request).call_node(
-                req.model, FLAGS, "/v1/echo", content=body, content_type="application/json"
+    def llmlb_register_capabilities(self, register: Callable[[Capability[Any]], None]) -> None:
+        register(
+            Capability(
+                name="echo",
+                model_flags=FLAGS,
+                build_routes=build_echo_routes,
+                schemas={"EchoRequest": EchoRequest},
             )
-            return Response(
-                content=result.content,
-                status_code=result.status,
-                media_type=result.content_type,
-                headers=result.headers,
-            )
-
-        register("echo", echo)
-
-    @hookimpl
-    def llmlb_register_schemas(self, register: Callable[[str, str, type], None]) -> None:
-        register("echo", "EchoRequest", EchoRequest)
+        )
 
 
 class EchoRuntime(Runtime):
     type_name = "echo"
 
-    def __init__(self, settings: NodeSettings, slots: int = 1) -> None:
-        self.settings = settings
+    def __init__(self, context: RuntimeContext[Any], slots: int = 1) -> None:
+        self.context = context
         self.slots = slots
         self.active = 0
 
@@ -87,7 +80,7 @@ class EchoRuntime(Runtime):
                 await asyncio.sleep(req.delay)
             finally:
                 runtime.active -= 1
-            return {"echo": req.text, "node": runtime.settings.display_name}
+            return {"echo": req.text, "node": runtime.context.node_name}
 
         return [echo]
 
@@ -99,5 +92,5 @@ class EchoRuntimePlugin:
         self.slots = slots
 
     @node_hookimpl
-    def llmlb_node_register_runtimes(self, register: Callable[[RuntimeType], None]) -> None:
-        register(RuntimeType(name="echo", factory=lambda s: EchoRuntime(s, self.slots)))
+    def llmlb_node_register_runtimes(self, register: Callable[[RuntimeType[Any]], None]) -> None:
+        register(RuntimeType(name="echo", factory=lambda context: EchoRuntime(context, self.slots)))

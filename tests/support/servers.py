@@ -22,7 +22,7 @@ import httpx
 import uvicorn
 
 ADMIN_KEY = "sk-llmlb-test-admin-key-0123456789"
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def free_port() -> int:

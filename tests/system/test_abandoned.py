@@ -212,8 +212,7 @@ def lone_node(models_dir: Path) -> Iterator[tuple[ThreadServer, SDEngine, str]]:
         router_url="http://127.0.0.1:9",
         models_dir=str(models_dir),
         runtimes=["stable_diffusion"],
-        threads=2,
-        idle_unload_s=0,
+        runtime_settings={"stable_diffusion": {"threads": 2, "idle_unload_s": 0}},
     )
     app = create_node_app(settings, register=False)
     server = ThreadServer(app).start()

@@ -20,11 +20,11 @@ import httpx
 import pytest
 from PIL import Image
 
-from llmlb_node.hookspecs import hookimpl
-from llmlb_node.runtime import RuntimeType
+from llmlb_node.api import RuntimeType, hookimpl
 from llmlb_node.stable_diffusion.engine import EngineJob, SDEngine
 from llmlb_node.stable_diffusion.model_folder import ModelFolder
 from llmlb_node.stable_diffusion.runtime import StableDiffusionRuntime
+from llmlb_node.stable_diffusion.settings import StableDiffusionSettings
 from llmlb_plugins.images.protocol import SIZES
 from tests.support.images_util import decode_b64
 from tests.support.inproc import start_node, start_router
@@ -73,7 +73,11 @@ class RuntimePlugin:
     @hookimpl
     def llmlb_node_register_runtimes(self, register: Callable[[RuntimeType], None]) -> None:
         register(
-            RuntimeType(name="sd_under_test", factory=lambda s: StableDiffusionRuntime(s, engine=self.engine))
+            RuntimeType(
+                name="sd_under_test",
+                factory=lambda context: StableDiffusionRuntime(context, engine=self.engine),
+                settings=StableDiffusionSettings,
+            )
         )
 
 

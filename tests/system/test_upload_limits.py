@@ -20,10 +20,10 @@ import httpx
 import pytest
 from PIL import Image
 
+from llmlb_core.api import ParsedForm, Upload
 from llmlb_plugins.images import decoding
 from llmlb_plugins.images.decoding import CheckedImage, ImageDecoder, ImageLimits
 from llmlb_plugins.images.png_check import ADAM7, CHANNELS, check_png_data
-from llmlb_plugins.images.uploads import ParsedForm, Upload
 from tests.support.images_util import alpha_mask, gradient, png_bytes
 from tests.support.models import ImageSystem
 from tests.support.servers import Proc, create_key, router_proc

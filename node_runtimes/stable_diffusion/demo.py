@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import click
 import httpx
 
 DEMO_MODEL = "demo"
@@ -35,20 +36,50 @@ def _wait(url: str, proc: subprocess.Popen[bytes], timeout: float, what: str) ->
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise SystemExit(f"llmlb demo: {what} exited with code {proc.returncode}")
+            raise click.ClickException(f"{what} exited with code {proc.returncode}")
         try:
             if httpx.get(url, timeout=1).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
         time.sleep(0.2)
-    raise SystemExit(f"llmlb demo: {what} did not come up within {timeout:.0f}s")
+    raise click.ClickException(f"{what} did not come up within {timeout:.0f}s")
+
+
+def write_demo_model_with_progress(target: Path, *, force: bool = False) -> None:
+    """Write the synthetic checkpoint into ``target`` unless it is already complete, with a
+    progress bar on a terminal and a line every 2 s otherwise."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from llmlb_node.stable_diffusion.demo_checkpoint import demo_model_is_complete, write_demo_model
+
+    if demo_model_is_complete(target) and not force:
+        print(f"demo model present in {target}")
+        return
+    started = time.monotonic()
+    tty = sys.stderr.isatty()
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        disable=not tty,
+    ) as progress:
+        task = progress.add_task("writing tensors", total=None)
+        last_log = [0.0]
+
+        def report(step: int, total: int, label: str) -> None:
+            progress.update(task, completed=step, total=total, description=f"writing {label[:40]}")
+            if not tty and (time.monotonic() - last_log[0] > 2 or step == total):
+                last_log[0] = time.monotonic()
+                print(f"  demo-model: {step}/{total} tensors", file=sys.stderr, flush=True)
+
+        write_demo_model(target, progress=report)
+    print(f"demo model written to {target} in {time.monotonic() - started:.1f}s")
 
 
 def run_demo(*, host: str, port: int, node_port: int, data_dir: Path, models_dir: Path) -> int:
-    from llmlb_core.cli import cmd_demo_model_write
-
-    cmd_demo_model_write(models_dir / DEMO_MODEL)
+    write_demo_model_with_progress(models_dir / DEMO_MODEL)
     admin = _admin_key(data_dir)
     env = {**os.environ, "LLMLB_ADMIN_KEY": admin, "PYTHONUNBUFFERED": "1"}
     base = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
@@ -122,11 +153,12 @@ print(img.data[0].url)"
     except KeyboardInterrupt:
         return 0
     finally:
+        # The node first, so that it can deregister while the router still runs.
         for child in reversed(children):
             if child.poll() is None:
                 child.send_signal(signal.SIGINT)
-        for child in reversed(children):
             try:
                 child.wait(15)
             except subprocess.TimeoutExpired:
                 child.kill()
+                child.wait()

@@ -1,0 +1,118 @@
+"""llmlb's public plugin API: everything a capability plugin or a node runtime may import.
+
+``__all__`` below is the whole contract; anything else in ``llmlb_core`` is internal and may
+change in any release (``make test`` checks with import-linter that the built-in plugins keep to
+this module). See ``docs/plugins.md`` for a guide and ``examples/`` for two small plugins.
+
+A capability plugin implements ``llmlb_register_capabilities`` and registers a
+:class:`Capability`, whose ``build_routes(context)`` returns its Litestar handlers; the
+:class:`CapabilityContext` holds the plugin's parsed settings, its data dir, the public URL, the
+:class:`Forwarder` that sends work to nodes, and the :class:`ModelCatalog`.
+"""
+
+from __future__ import annotations
+
+from llmlb_core.auth import PUBLIC_OPT
+from llmlb_core.bodies import MAX_JSON_DEPTH, check_json_bytes, decode_json, decode_json_bytes
+from llmlb_core.capability import (
+    Capability,
+    CapabilityContext,
+    ModelCatalog,
+    NoSettings,
+    UpstreamFlags,
+)
+from llmlb_core.errors import (
+    BadUpstreamAnswer,
+    ModelNotFound,
+    NoCapableNodes,
+    NodeFailure,
+    OpenAIError,
+    UpstreamTimeout,
+    UpstreamUnreachable,
+    error_body,
+    exception_handlers,
+    from_msgspec_error,
+)
+from llmlb_core.forwarding import (
+    JSON_TYPES,
+    STREAM_TYPES,
+    Forwarder,
+    StreamBody,
+    UpstreamResult,
+    with_body_defaults,
+)
+from llmlb_core.hookspecs import hookimpl
+from llmlb_core.multipart import (
+    MultipartRelay,
+    ParsedForm,
+    Upload,
+    convert_fields,
+    encode_multipart,
+    file_too_large,
+    parse_multipart,
+)
+from llmlb_core.openai_upstream import (
+    KINDS,
+    UpstreamError,
+    auth_headers,
+    build_adverts,
+    fetch_model_ids,
+    normalize_url,
+)
+from llmlb_core.protocol import ModelAdvert
+from llmlb_core.relay import Relay, RelayStream, passed_headers
+from llmlb_core.settings import SettingsError, load_plugin_settings
+from llmlb_core.upstream import BadAnswer, close_response, is_timeout, upstream_client
+
+__all__ = [
+    "JSON_TYPES",
+    "KINDS",
+    "MAX_JSON_DEPTH",
+    "PUBLIC_OPT",
+    "STREAM_TYPES",
+    "BadAnswer",
+    "BadUpstreamAnswer",
+    "Capability",
+    "CapabilityContext",
+    "Forwarder",
+    "ModelAdvert",
+    "ModelCatalog",
+    "ModelNotFound",
+    "MultipartRelay",
+    "NoCapableNodes",
+    "NoSettings",
+    "NodeFailure",
+    "OpenAIError",
+    "ParsedForm",
+    "Relay",
+    "RelayStream",
+    "SettingsError",
+    "StreamBody",
+    "Upload",
+    "UpstreamError",
+    "UpstreamFlags",
+    "UpstreamResult",
+    "UpstreamTimeout",
+    "UpstreamUnreachable",
+    "auth_headers",
+    "build_adverts",
+    "check_json_bytes",
+    "close_response",
+    "convert_fields",
+    "decode_json",
+    "decode_json_bytes",
+    "encode_multipart",
+    "error_body",
+    "exception_handlers",
+    "fetch_model_ids",
+    "file_too_large",
+    "from_msgspec_error",
+    "hookimpl",
+    "is_timeout",
+    "load_plugin_settings",
+    "normalize_url",
+    "parse_multipart",
+    "passed_headers",
+    "upstream_client",
+    "with_body_defaults",
+]

@@ -1,0 +1,476 @@
+"""Sending a request to a node: the one forwarding path of every capability.
+
+:class:`Forwarder` resolves the model (404 ``model_not_found`` / 503 ``no_capable_nodes``),
+takes a slot through the balancer (queueing when busy), sends the request with the node's
+credential on the shared ``httpx.AsyncClient``, and answers in one of two ways:
+
+- :meth:`Forwarder.call` reads the whole answer (an images job, an embedding);
+- :meth:`Forwarder.stream` relays it as it arrives (:class:`llmlb_core.relay.Relay`: server-sent
+  events, audio); it returns as soon as the node's status line and headers are in.
+
+When a node fails before answering (connection refused or reset, timeout, 5xx, a bad answer),
+the request is tried on another node, ``settings.max_retries`` times (:meth:`failover`). A
+request body that is itself a stream (:class:`StreamBody`, an upload relayed as it arrives) is
+retried only while none of it was sent. A 4xx is the request's fault: it is answered with the
+node's status and an OpenAI-shaped body, never retried. After the first relayed byte nothing is
+retried: an upstream that breaks mid-stream ends a server-sent event stream with an
+OpenAI-shaped error event and aborts a binary one.
+
+A node's answer is untrusted: its status, content type, size (``max_upstream_answer_bytes``,
+routes may set a lower bound) and shape (``check``) are checked. An answer the route cannot use
+is a 502 ``bad_upstream_response`` that marks the node suspect (:meth:`reject_answer`) and is
+tried elsewhere. What a node says in a 5xx is logged, never shown to the client.
+
+The lease is released, and the node's response closed, exactly once: when the answer is done,
+when it fails, and when the client disconnects (the node's job may then still be running: the
+slot stays counted as ``abandoned`` until the node's heartbeat says it ended).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Collection, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import httpx
+import msgspec
+from litestar import Response
+
+from llmlb_core import request_id
+from llmlb_core.balancer import Balancer, Lease, job_left_running
+from llmlb_core.bodies import check_json_bytes
+from llmlb_core.errors import (
+    BadUpstreamAnswer,
+    NoCapableNodes,
+    NodeFailure,
+    OpenAIError,
+    UpstreamTimeout,
+    UpstreamUnreachable,
+)
+from llmlb_core.metrics import Metrics
+from llmlb_core.models import ModelRegistry
+from llmlb_core.nodes import NodeRegistry, NodeState
+from llmlb_core.relay import PASSED_HEADERS, SSE_HEADERS, Relay, RelayStream
+from llmlb_core.settings import RouterSettings
+from llmlb_core.upstream import (
+    RETRYABLE_STATUS,
+    BadAnswer,
+    accepts,
+    check_json_object,
+    close_response,
+    is_timeout,
+    node_failure,
+    one_line,
+    openai_error_content,
+    read_answer,
+    read_bounded,
+)
+
+log = logging.getLogger("llmlb.forward")
+
+T = TypeVar("T")
+
+JSON_TYPES = ("application/json",)
+# What a relayed answer may be by default (server-sent events, or JSON from a server that does
+# not stream).
+STREAM_TYPES = ("text/event-stream", "application/json")
+
+
+@dataclass
+class UpstreamResult:
+    """A node's whole answer (:meth:`Forwarder.call`)."""
+
+    status: int
+    content: bytes
+    content_type: str
+    node_id: str
+    headers: dict[str, str] = field(default_factory=dict)  # for the client (queue info)
+    parsed: Any = None  # what call's ``check`` made of a 2xx answer
+
+    def to_response(self) -> Response[bytes]:
+        """The answer as the client gets it, with the node named in ``x-llmlb-node``."""
+        return Response(
+            content=self.content,
+            status_code=self.status,
+            media_type=self.content_type,
+            headers={**self.headers, "x-llmlb-node": self.node_id},
+        )
+
+
+class StreamBody:
+    """A request body forwarded as it arrives (never held whole in memory).
+
+    It can be sent once. ``started`` tells whether the transport pulled any of it (after that a
+    failed attempt cannot be retried elsewhere); ``error`` keeps what the source raised (e.g. an
+    upload over its size limit), so the caller answers that instead of "upstream unreachable".
+    """
+
+    def __init__(self, source: AsyncIterable[bytes]) -> None:
+        self._source = source
+        self.started = False
+        self.error: BaseException | None = None
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        if self.started:
+            raise RuntimeError("a streamed request body can be sent only once")
+        self.started = True
+        try:
+            async for chunk in self._source:
+                yield chunk
+        except Exception as exc:
+            self.error = exc
+            raise
+
+
+def upstream_error_response(
+    status: int,
+    content: bytes,
+    *,
+    node_name: str = "",
+    content_type: str = "",
+    headers: Mapping[str, str] | None = None,
+) -> Response[bytes]:
+    """A 4xx from upstream, answered with its status and an OpenAI-shaped body."""
+    return Response(
+        content=openai_error_content(status, content, node_name=node_name, content_type=content_type),
+        status_code=status,
+        media_type="application/json",
+        headers=dict(headers or {}),
+    )
+
+
+def with_body_defaults(body: bytes, defaults: Mapping[str, Any]) -> bytes:
+    """Fill top-level JSON fields the client left out from a model's admin-set defaults.
+
+    The client's bytes are returned untouched when there is nothing to add; otherwise the body
+    is re-encoded with the missing keys added (the client's own values always win).
+    """
+    if not defaults:
+        return body
+    check_json_bytes(body)  # nesting and UTF-8 checked before any decoder sees the bytes
+    try:
+        data = msgspec.json.decode(body)  # refuses NaN and lone surrogates, which json accepts
+    except msgspec.DecodeError:
+        raise OpenAIError(400, "Request body is not valid JSON", code="invalid_json") from None
+    if not isinstance(data, dict):
+        raise OpenAIError(400, "Request body must be a JSON object", code="invalid_json")
+    missing = {k: v for k, v in defaults.items() if k not in data}
+    if not missing:
+        return body
+    return msgspec.json.encode({**data, **missing})
+
+
+def _answer_problem(response: httpx.Response, accept: Collection[str], limit: int) -> str | None:
+    """Why a relayed answer cannot be used (its head is all there is to judge), or None."""
+    status = response.status_code
+    if 400 <= status < 500:
+        return None  # the request's fault: answered as an OpenAI error
+    if not 200 <= status < 300:
+        return f"HTTP {status}"
+    media = response.headers.get("content-type", "")
+    if not accepts(media, accept):
+        return f"content type {media!r}, expected one of {sorted(accept)}"
+    declared = response.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        return f"answer of {declared} bytes is over the limit of {limit} bytes"
+    return None
+
+
+class Forwarder:
+    """Pick a node, send, fail over, answer (see the module doc). One per router."""
+
+    def __init__(
+        self,
+        *,
+        settings: RouterSettings,
+        models: ModelRegistry,
+        nodes: NodeRegistry,
+        balancer: Balancer,
+        http: httpx.AsyncClient,
+        metrics: Metrics,
+    ) -> None:
+        self._models = models
+        self._nodes = nodes
+        self._balancer = balancer
+        self._http = http
+        self._metrics = metrics
+        self._max_retries = settings.max_retries
+        self._cooldown_s = settings.suspect_cooldown_s
+        self.max_answer_bytes = settings.max_upstream_answer_bytes
+
+    # --- the node's side of an attempt ----------------------------------------------------
+    def reject_answer(self, node: NodeState, reason: str) -> NodeFailure:
+        """A node answered something the route cannot use: log it (one line), make the node
+        suspect, and fail the attempt with a retryable 502 ``bad_upstream_response``."""
+        reason = one_line(reason, 500)
+        log.warning("node %s sent a bad answer (request %s): %s", node.name, request_id.current(), reason)
+        node.record_failure(f"bad answer: {reason}", self._cooldown_s)
+        return BadUpstreamAnswer(node.name)
+
+    async def failover(
+        self,
+        model: str,
+        flags: frozenset[str],
+        attempt: Callable[[Lease], Awaitable[T]],
+        *,
+        can_retry: Callable[[], bool] = lambda: True,
+    ) -> T:
+        """Run ``attempt`` with a lease on a node serving ``model``; when the node fails
+        (:class:`NodeFailure`), run it again on another node, ``max_retries`` times.
+
+        ``attempt`` owns the lease: it releases it (at once on failure, or when its answer is
+        done). Unknown model: 404; no online node: 503 ``no_capable_nodes``.
+        """
+        self._models.ensure_servable(model, flags)
+        tried: list[str] = []
+        last_error: NodeFailure | None = None
+        for number in range(1, self._max_retries + 2):
+            try:
+                lease = await self._balancer.acquire(model, flags, exclude=tried)
+            except NoCapableNodes:
+                if last_error is not None:
+                    raise last_error from None  # every capable node failed this request
+                raise
+            tried.append(lease.node.id)
+            try:
+                return await attempt(lease)
+            except NodeFailure as exc:
+                if not can_retry():
+                    raise
+                last_error = exc
+                log.warning("attempt %d on node %s failed: %s", number, lease.node.name, exc.message)
+        assert last_error is not None
+        raise last_error
+
+    async def open(self, lease: Lease, path: str, body: Any, headers: Mapping[str, str]) -> httpx.Response:
+        """POST to the leased node; return its response with the body unread.
+
+        ``body`` is bytes or a :class:`StreamBody`; one whose ``error`` is set (what went wrong
+        while reading the client's upload) fails the request with that error, not the node.
+        A refused or reset connection takes the node out of traffic until it heartbeats again;
+        a timeout or a 5xx makes it suspect. Each raises :class:`NodeFailure`.
+        """
+        node = lease.node
+        if node.token:
+            headers = {**headers, "authorization": f"Bearer {node.token}"}
+        request = self._http.build_request("POST", node.base_url + path, content=body, headers=headers)
+        started = time.monotonic()
+        try:
+            response = await self._http.send(request, stream=True)
+        except httpx.HTTPError as exc:
+            self._metrics.observe_upstream(node.id, "failed", time.monotonic() - started)
+            body_error = getattr(body, "error", None)  # a relayed upload that failed on our side
+            if body_error is not None:
+                if isinstance(body_error, OpenAIError):
+                    raise body_error from None  # e.g. the client's upload went over the limit
+                raise OpenAIError(400, f"Reading the request body failed: {body_error}") from None
+            reason = type(exc.__cause__ or exc).__name__
+            log.warning(
+                "node %s: request failed (request %s): %s: %s", node.name, request_id.current(), reason, exc
+            )
+            if is_timeout(exc):
+                node.record_failure(f"timeout: {type(exc).__name__}", self._cooldown_s)
+                raise UpstreamTimeout(node.name) from exc
+            node.record_failure(f"unreachable: {reason}", self._cooldown_s)
+            self._nodes.mark_down(node, f"{reason}: {exc}")
+            raise UpstreamUnreachable(f"Node '{node.name}' is unreachable") from exc
+        if response.status_code in RETRYABLE_STATUS:
+            node.record_failure(f"HTTP {response.status_code}", self._cooldown_s)
+            try:
+                content = await read_bounded(response)
+            finally:
+                await close_response(response)
+            self._metrics.observe_upstream(node.id, "failed", time.monotonic() - started)
+            raise node_failure(response.status_code, content, node.name)
+        return response
+
+    def _limit(self, max_answer_bytes: int | None) -> int:
+        cap = self.max_answer_bytes
+        return min(max_answer_bytes, cap) if max_answer_bytes else cap
+
+    # --- buffered -----------------------------------------------------------------------
+    async def call(
+        self,
+        model: str,
+        flags: frozenset[str],
+        path: str,
+        *,
+        content: bytes,
+        content_type: str,
+        extra_headers: Mapping[str, str] | None = None,
+        accept: Collection[str] = JSON_TYPES,
+        max_answer_bytes: int | None = None,
+        check: Callable[[bytes], Any] = check_json_object,
+    ) -> UpstreamResult:
+        """POST ``content`` to ``path`` on a node serving ``model`` and read the whole answer.
+
+        A 4xx is returned with an OpenAI-shaped body. A 2xx must have a content type in
+        ``accept``, at most ``max_answer_bytes`` (never more than ``max_upstream_answer_bytes``),
+        and pass ``check`` (by default: a JSON object), whose result is kept in
+        :attr:`UpstreamResult.parsed`; ``check`` raises :class:`BadAnswer` otherwise."""
+        headers = {"content-type": content_type, **(extra_headers or {})}
+        limit = self._limit(max_answer_bytes)
+
+        async def read(response: httpx.Response, node: NodeState) -> UpstreamResult:
+            status = response.status_code
+            media = response.headers.get("content-type", "")
+            result = UpstreamResult(status, b"", "application/json", node.id)
+            if 400 <= status < 500:
+                error = await read_bounded(response)
+                result.content = openai_error_content(status, error, node_name=node.name, content_type=media)
+                return result
+            if not 200 <= status < 300:
+                raise BadAnswer(f"HTTP {status}")
+            if not accepts(media, accept):
+                raise BadAnswer(f"content type {media!r}, expected one of {sorted(accept)}")
+            result.content, result.content_type = await read_answer(response, limit), media
+            result.parsed = check(result.content)
+            return result
+
+        async def attempt(lease: Lease) -> UpstreamResult:
+            started = time.monotonic()
+            node = lease.node
+            try:
+                response = await self.open(lease, path, content, headers)
+            except BaseException as exc:
+                self._balancer.release(lease, abandoned=job_left_running(exc))
+                raise
+            done = False
+            left_running = False
+            try:
+                result = await read(response, node)
+                done = True
+            except asyncio.CancelledError:
+                left_running = True  # client gone mid-answer: the node may still be working
+                raise
+            except httpx.HTTPError as exc:  # the node died (or stalled) while sending its answer
+                left_running = is_timeout(exc)  # a stalled node may still be working
+                reason = type(exc.__cause__ or exc).__name__
+                log.warning(
+                    "node %s broke off its answer (request %s): %s", node.name, request_id.current(), reason
+                )
+                node.record_failure(f"answer cut: {reason}", self._cooldown_s)
+                self._nodes.mark_down(node, f"answer cut: {reason}")
+                raise UpstreamUnreachable(f"Node '{node.name}' broke off its answer") from exc
+            except BadAnswer as exc:
+                raise self.reject_answer(node, str(exc)) from None
+            finally:
+                await close_response(response)
+                elapsed = time.monotonic() - started
+                outcome = "failed" if not done else "ok" if response.status_code < 400 else "client_error"
+                self._metrics.observe_upstream(node.id, outcome, elapsed)
+                # A rejected or cut-off answer ended the job; a cancelled or timed-out read may not
+                # have (the node's next heartbeat says when it did).
+                self._balancer.release(lease, duration_s=elapsed if done else None, abandoned=left_running)
+            result.headers = lease.headers()
+            return result
+
+        return await self.failover(model, flags, attempt)
+
+    # --- relayed ------------------------------------------------------------------------
+    async def stream(
+        self,
+        model: str,
+        flags: frozenset[str],
+        path: str,
+        *,
+        content: bytes | StreamBody,
+        content_type: str,
+        content_length: int | None = None,
+        extra_headers: Mapping[str, str] | None = None,
+        accept: Collection[str] = STREAM_TYPES,
+    ) -> Response[Any]:
+        """POST to a node serving ``model`` and relay its answer as it arrives.
+        ``accept``: the content types (``"audio/*"`` allowed) a 2xx answer may have."""
+        limit = self.max_answer_bytes
+        headers = {"content-type": content_type}
+        if content_length is not None:
+            headers["content-length"] = str(content_length)
+        if extra_headers:
+            headers.update(extra_headers)
+
+        async def attempt(lease: Lease) -> Response[Any]:
+            started = time.monotonic()
+            try:
+                response = await self.open(lease, path, content, headers)
+            except BaseException as exc:
+                self._balancer.release(lease, abandoned=job_left_running(exc))
+                raise
+            client_headers = {**lease.headers(), "x-llmlb-node": lease.node.id}
+            status, media = response.status_code, response.headers.get("content-type", "")
+            problem = _answer_problem(response, accept, limit)
+            if problem is not None or status >= 400:
+                try:  # a client that leaves while a 4xx is read must not leak the slot
+                    error = await read_bounded(response) if problem is None else b""
+                finally:
+                    await close_response(response)
+                    self._balancer.release(lease)
+                outcome = "client_error" if problem is None else "failed"
+                self._metrics.observe_upstream(lease.node.id, outcome, time.monotonic() - started)
+                if problem is not None:
+                    raise self.reject_answer(lease.node, problem)
+                return upstream_error_response(
+                    status, error, node_name=lease.node.name, content_type=media, headers=client_headers
+                )
+            relay = self._relay(lease, response, started, limit)
+            for name in PASSED_HEADERS:
+                if name in response.headers and name != "content-type":
+                    client_headers[name] = response.headers[name]
+            if relay.sse:
+                client_headers.update(SSE_HEADERS)
+            return RelayStream(
+                relay,
+                status_code=response.status_code,
+                media_type=media or "application/octet-stream",
+                headers=client_headers,
+            )
+
+        def can_retry() -> bool:  # a relayed upload cannot be sent twice once it started
+            return not (isinstance(content, StreamBody) and (content.started or content.error is not None))
+
+        return await self.failover(model, flags, attempt, can_retry=can_retry)
+
+    def _relay(self, lease: Lease, response: httpx.Response, started: float, limit: int) -> Relay:
+        node = lease.node
+
+        def on_broken(exc: Exception) -> tuple[str, str]:
+            if isinstance(exc, BadAnswer):
+                failure = self.reject_answer(node, str(exc))
+                return failure.message, failure.code or "bad_upstream_response"
+            node.record_failure(f"stream broke: {type(exc).__name__}", self._cooldown_s)
+            log.warning("stream from node %s broke after %d bytes: %r", node.name, relay.bytes_sent, exc)
+            return f"Node '{node.name}' stopped streaming", "upstream_stream_broken"
+
+        def on_close(relay: Relay) -> None:
+            elapsed = time.monotonic() - started
+            outcome = "ok" if relay.completed else "failed" if relay.broken else "cancelled"
+            self._metrics.observe_upstream(node.id, outcome, elapsed)
+            self._balancer.release(
+                lease,
+                duration_s=elapsed if relay.completed else None,
+                abandoned=not relay.completed and not relay.broken,  # the node may still be sending
+            )
+            if not relay.completed:
+                log.info(
+                    "stream from node %s ended early after %d bytes (client gone or upstream broke)",
+                    node.name,
+                    relay.bytes_sent,
+                )
+
+        relay = Relay(response, limit=limit, on_broken=on_broken, on_close=on_close)
+        return relay
+
+    # --- JSON routes --------------------------------------------------------------------
+    async def json(
+        self, *, model: str, flags: frozenset[str], path: str, body: bytes, stream: bool
+    ) -> Response[Any]:
+        """Forward a client's JSON body (with the model's admin defaults filled in): relayed as
+        it streams, or answered whole."""
+        body = with_body_defaults(body, self._models.defaults(model))
+        if stream:
+            return await self.stream(model, flags, path, content=body, content_type="application/json")
+        result = await self.call(model, flags, path, content=body, content_type="application/json")
+        return result.to_response()

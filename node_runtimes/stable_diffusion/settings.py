@@ -1,0 +1,35 @@
+"""The ``stable_diffusion`` runtime's settings: its ``[runtime.stable_diffusion]`` table.
+
+Environment: ``LLMLB_NODE_RUNTIME__STABLE_DIFFUSION__<KEY>``; the ``llmlb node`` flags
+``--threads``, ``--idle-unload`` and ``--weights`` set ``threads``, ``idle_unload_s`` and
+``weights_preference``.
+
+The upload limits have the defaults of the router's ``[plugin.images]`` limits. Keep them at or
+above the router's: the router checks every upload first, and a node that refused what its router
+accepted would fail requests the client was told were fine. An operator who raises the router's
+limits raises these too.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import msgspec
+
+MB = 1024 * 1024
+
+
+class StableDiffusionSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    # Unload a model unused for this long, in seconds (0: never).
+    idle_unload_s: Annotated[float, msgspec.Meta(ge=0)] = 600.0
+    # Threads for stable-diffusion.cpp (0: all cores).
+    threads: Annotated[int, msgspec.Meta(ge=0)] = 0
+    # Weights format when a model folder holds several: auto (by environment), safetensors, gguf.
+    weights_preference: Literal["auto", "safetensors", "gguf"] = "auto"
+    # Upload limits of edits and variations (keep >= the router's [plugin.images] limits): bytes
+    # of one file, pixels of one image, pixels of all images and the mask of one request.
+    max_upload_bytes: Annotated[int, msgspec.Meta(gt=0)] = 4 * MB
+    max_pixels: Annotated[int, msgspec.Meta(gt=0)] = 4096 * 4096
+    max_request_pixels: Annotated[int, msgspec.Meta(gt=0)] = 4 * 4096 * 4096
+    # Images decoded at once (on worker threads, off the event loop).
+    max_concurrent_decodes: Annotated[int, msgspec.Meta(ge=1, le=64)] = 2

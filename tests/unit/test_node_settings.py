@@ -1,0 +1,154 @@
+"""The node's settings: the TOML file, ``LLMLB_NODE_*`` variables and flags, per-runtime tables
+parsed once with errors that name the runtime, the key and its variable, and which runtimes a
+node starts."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+
+from llmlb_core.settings import SettingsError
+from llmlb_node.api import NoSettings, Runtime, RuntimeConfigError, RuntimeContext, RuntimeType, hookimpl
+from llmlb_node.app import build_runtimes
+from llmlb_node.commands import runtime_tables
+from llmlb_node.openai_compatible.settings import OpenAICompatibleSettings
+from llmlb_node.settings import NodeSettings, load_node_settings, load_runtime_settings
+from tests.support.echo_plugin import EchoRuntime
+
+
+def test_file_then_environment_then_flags_with_runtime_tables_merged_by_key(tmp_path: Path) -> None:
+    config = tmp_path / "node.toml"
+    config.write_text(
+        'port = 9001\nname = "from-file"\n'
+        '[runtime.openai_compatible]\nurl = "http://file:1"\nslots = 2\n'
+        "[runtime.stable_diffusion]\nthreads = 3\n"
+    )
+    environ = {
+        "LLMLB_NODE_PORT": "9002",
+        "LLMLB_NODE_RUNTIMES": "openai_compatible, stable_diffusion",
+        "LLMLB_NODE_RUNTIME__OPENAI_COMPATIBLE__SLOTS": "5",
+        "LLMLB_API_KEY": "k",
+    }
+    settings = load_node_settings(
+        config,
+        environ=environ,
+        port=9003,
+        name=None,
+        runtime_settings={"openai_compatible": {"kind": "vllm"}},
+    )
+    assert (settings.port, settings.name, settings.api_key) == (9003, "from-file", "k")
+    assert settings.runtimes == ["openai_compatible", "stable_diffusion"]
+    assert settings.runtime_settings == {
+        "openai_compatible": {"url": "http://file:1", "slots": "5", "kind": "vllm"},
+        "stable_diffusion": {"threads": 3},
+    }
+    cfg = load_runtime_settings(
+        "openai_compatible", settings.runtime_settings["openai_compatible"], OpenAICompatibleSettings
+    )
+    assert (cfg.slots, cfg.kind) == (5, "vllm")
+
+
+@pytest.mark.parametrize(
+    ("table", "says"),
+    [
+        (
+            {"slots": "lots"},
+            "[runtime.openai_compatible] slots (env LLMLB_NODE_RUNTIME__OPENAI_COMPATIBLE__SLOTS)",
+        ),
+        ({"kind": "tgi"}, "[runtime.openai_compatible] kind"),
+        ({"no_such_key": 1}, "[runtime.openai_compatible] no_such_key"),
+    ],
+)
+def test_a_bad_runtime_setting_names_the_runtime_the_key_and_its_variable(
+    table: dict[str, Any], says: str
+) -> None:
+    with pytest.raises(SettingsError) as caught:
+        load_runtime_settings("openai_compatible", table, OpenAICompatibleSettings)
+    assert says in str(caught.value)
+
+
+def test_a_bad_node_setting_or_config_file_is_a_settings_error(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match="invalid node setting"):
+        load_node_settings(environ={"LLMLB_NODE_PORT": "many"})
+    broken = tmp_path / "node.toml"
+    broken.write_text("port = ")
+    with pytest.raises(SettingsError, match="cannot read node config"):
+        load_node_settings(broken, environ={})
+
+
+def test_runtime_flags_become_tables_only_when_given() -> None:
+    assert runtime_tables({}) == {}
+    assert runtime_tables({"upstream": "http://u:1", "upstream_model": ("a", "b"), "threads": 2}) == {
+        "openai_compatible": {"url": "http://u:1", "models": ["a", "b"]},
+        "stable_diffusion": {"threads": 2},
+    }
+
+
+class Counter(msgspec.Struct, forbid_unknown_fields=True):
+    slots: int = 1
+
+
+class Plugin:
+    """Runtime ``counted`` (serves when slots > 0) and runtime ``idle`` (never has anything)."""
+
+    def __init__(self) -> None:
+        self.contexts: list[RuntimeContext[Any]] = []
+
+    def counted(self, context: RuntimeContext[Counter]) -> Runtime | None:
+        self.contexts.append(context)
+        return EchoRuntime(context, context.settings.slots) if context.settings.slots else None
+
+    @hookimpl
+    def llmlb_node_register_runtimes(self, register: Any) -> None:
+        register(RuntimeType(name="counted", factory=self.counted, settings=Counter))
+        register(RuntimeType(name="idle", factory=lambda context: None, settings=NoSettings))
+
+
+def node(**settings: Any) -> NodeSettings:
+    return NodeSettings(name="n1", node_id="id-1", models_dir="/nowhere", **settings)
+
+
+def test_a_runtime_gets_its_own_settings_parsed_once_and_the_node_identity() -> None:
+    plugin = Plugin()
+    [runtime] = build_runtimes(
+        node(runtimes=["counted"], runtime_settings={"counted": {"slots": "3"}}), extra_plugins=[plugin]
+    )
+    assert runtime.slots == 3
+    [context] = plugin.contexts
+    assert context == RuntimeContext(
+        name="counted",
+        settings=Counter(slots=3),
+        node_id="id-1",
+        node_name="n1",
+        models_dir=Path("/nowhere"),
+        requested=True,
+    )
+
+
+def test_a_requested_runtime_with_nothing_to_serve_is_a_config_error() -> None:
+    with pytest.raises(RuntimeConfigError, match="idle was asked for"):
+        build_runtimes(node(runtimes=["idle"]), extra_plugins=[Plugin()])
+    with pytest.raises(RuntimeConfigError, match="openai_compatible needs the URL"):
+        build_runtimes(node(runtimes=["openai_compatible"]), extra_plugins=[Plugin()])
+    with pytest.raises(SettingsError, match=r"\[runtime.counted\] slots"):
+        build_runtimes(
+            node(runtimes=["counted"], runtime_settings={"counted": {"slots": "x"}}), extra_plugins=[Plugin()]
+        )
+
+
+def test_runtimes_not_asked_for_that_have_nothing_to_serve_are_skipped_quietly(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="llmlb.node")
+    runtimes = build_runtimes(
+        node(runtime_settings={"counted": {"slots": 0}, "ghost": {"x": 1}}), extra_plugins=[Plugin()]
+    )
+    assert runtimes == []
+    messages = [r.getMessage() for r in caplog.records if r.name == "llmlb.node"]
+    assert not any("nothing to serve here" in m for m in messages)
+    assert any("no runtime has anything to serve" in m for m in messages)
+    assert any("[runtime.ghost]" in m for m in messages)
