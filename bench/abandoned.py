@@ -6,7 +6,8 @@ Run: ``.venv/bin/python -m bench.abandoned`` (``--steps N`` sets the length of o
 The baseline is checked out with ``git worktree add`` into a temporary directory (removed at the
 end) and served from there with this venv: ``python -m llmlb_core.cli`` imports the code of the
 directory it starts in (``--serve-from``, a sub-mode of this module, puts that directory first on
-``sys.path``). For each version, one after the other, with real processes on loopback:
+``sys.path`` and keeps this checkout's editable install and entry points out of its way:
+``bench._common.import_from_tree``). For each version, one after the other, with real processes on loopback:
 
 1. a router (no queue timeout) and one StableDiffusion node (one slot; heartbeat interval as the
    router sets it, 10 s) serving the synthetic demo model at 64x64;

@@ -6,7 +6,8 @@ Run: ``.venv/bin/python -m bench.before_after REF [--runs 2] -- router_overhead 
 It exports ``REF`` with ``git archive`` into a temporary folder and runs ``python -m
 bench.<module> <args> --json ...`` there and here, in turn (before, after, before, after, ...),
 each run in its own processes. The older tree's packages come first on ``PYTHONPATH`` for its
-runs, so each side measures its own code with the same interpreter and libraries. Machine noise
+runs (through a ``sitecustomize`` shim, see ``bench._common.tree_pythonpath``), so each side
+measures its own code with the same interpreter and libraries. Machine noise
 hits both sides alike; compare the ratios, not the absolute numbers. It prints every
 ``derived`` number of the benchmark's JSON (means over the runs) before and after, and
 after / before.
@@ -25,6 +26,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from bench._common import tree_pythonpath
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -41,7 +44,10 @@ def export(ref: str, target: Path) -> str:
 
 
 def run_once(tree: Path, module: str, args: list[str], out: Path) -> dict[str, Any]:
-    env = {**os.environ, "PYTHONPATH": str(tree)}
+    # The older tree's code must win over this checkout's editable install in every process the
+    # run starts (bench._common.tree_pythonpath explains how).
+    pythonpath = str(tree) if tree == REPO else tree_pythonpath(tree, tree.parent / "shim")
+    env = {**os.environ, "PYTHONPATH": pythonpath}
     command = [sys.executable, "-m", f"bench.{module}", *args, "--json", str(out)]
     print(f"\n$ (in {tree}) {' '.join(command[1:])}", flush=True)
     subprocess.run(command, cwd=tree, env=env, check=True)

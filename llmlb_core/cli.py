@@ -169,9 +169,9 @@ def revoke(ctx: click.Context, key_id: str, router: str, admin_key: str | None) 
 
 
 # --- composition ---------------------------------------------------------------------------
-def build_cli() -> click.Group:
+def build_cli() -> tuple[click.Group, PluginError | None]:
     """The ``llmlb`` group: the core's commands, then every plugin's (``llmlb_register_commands``).
-    A third-party plugin that fails to import is reported and left out, so ``llmlb keys`` and
+    A third-party plugin that fails to import is left out (and returned), so ``llmlb keys`` and
     the built-in commands keep working (``llmlb serve`` then refuses to start, naming it)."""
 
     @click.group(context_settings=CONTEXT_SETTINGS)
@@ -181,18 +181,24 @@ def build_cli() -> click.Group:
 
     cli.add_command(serve)
     cli.add_command(keys)
+    error: PluginError | None = None
     try:
         manager = build_manager(third_party=True)
     except PluginError as exc:
-        print(f"llmlb: {exc}; its commands are left out", file=sys.stderr)
+        error = exc
         manager = build_manager(third_party=False)
     manager.hook.llmlb_register_commands(cli=cli)
-    return cli
+    return cli, error
 
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        result = build_cli().main(args=argv, prog_name="llmlb", standalone_mode=False)
+        cli, plugin_error = build_cli()
+        args = sys.argv[1:] if argv is None else argv
+        if plugin_error is not None and (not args or args[0] not in cli.commands):
+            # The command asked for may be the broken plugin's (`serve` names it by itself).
+            print(f"llmlb: {plugin_error}; its commands are left out", file=sys.stderr)
+        result = cli.main(args=args, prog_name="llmlb", standalone_mode=False)
     except click.ClickException as exc:
         exc.show()
         return exc.exit_code

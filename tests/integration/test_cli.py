@@ -106,3 +106,27 @@ def test_a_node_that_cannot_start_says_why_in_one_line_and_exits_2(
     assert code == 2, err
     [line] = err.strip().splitlines()
     assert line.startswith("llmlb: ") and says in line, line
+
+
+def test_a_plugin_that_fails_to_import_is_named_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A third-party distribution whose ``llmlb.plugins`` entry point raises on import: ``serve``
+    refuses to start with one line naming the entry point and its distribution (no traceback),
+    exit 2; the built-in commands are still there."""
+    site = tmp_path / "site"
+    dist_info = site / "llmlb_broken-0.1.dist-info"
+    dist_info.mkdir(parents=True)
+    (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: llmlb-broken\nVersion: 0.1\n")
+    (dist_info / "entry_points.txt").write_text("[llmlb.plugins]\nbroken = llmlb_broken_plugin\n")
+    (site / "llmlb_broken_plugin.py").write_text("import a_module_that_is_not_installed  # noqa\n")
+    monkeypatch.syspath_prepend(str(site))
+    code = main(["serve", "--data-dir", str(tmp_path / "data"), "--port", "0"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert lines[-1].startswith(
+        "llmlb: refusing to start: plugin 'broken' (llmlb_broken_plugin, from llmlb-broken"
+    )
+    assert "ModuleNotFoundError: No module named 'a_module_that_is_not_installed'" in lines[-1]
