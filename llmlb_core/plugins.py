@@ -15,6 +15,7 @@ import importlib.metadata
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any
 
 import msgspec
@@ -62,17 +63,34 @@ def load_entry_points(pm: pluggy.PluginManager, group: str, *, third_party: bool
     return count
 
 
-def build_manager(extra_plugins: Iterable[object] = (), *, third_party: bool = True) -> pluggy.PluginManager:
-    pm = pluggy.PluginManager(hookspecs.PROJECT)
-    pm.add_hookspecs(hookspecs)
-    load_entry_points(pm, ENTRY_POINT_GROUP, third_party=third_party)
+def new_manager(
+    project: str,
+    specs: ModuleType | type,
+    group: str,
+    *,
+    extra_plugins: Iterable[object] = (),
+    third_party: bool = True,
+    error: type[Exception] = PluginError,
+) -> pluggy.PluginManager:
+    """A pluggy manager for ``specs`` with the plugins of entry-point ``group`` (and
+    ``extra_plugins``); a hook implementation that matches no spec raises ``error``. The
+    router's and the node's plugin managers are both made here."""
+    pm = pluggy.PluginManager(project)
+    pm.add_hookspecs(specs)
+    load_entry_points(pm, group, third_party=third_party)
     for plugin in extra_plugins:
         pm.register(plugin)
     try:
         pm.check_pending()
     except pluggy.PluginValidationError as exc:
-        raise PluginError(f"a plugin implements an unknown hook: {exc}") from exc
+        raise error(f"a plugin implements an unknown hook: {exc}") from exc
     return pm
+
+
+def build_manager(extra_plugins: Iterable[object] = (), *, third_party: bool = True) -> pluggy.PluginManager:
+    return new_manager(
+        hookspecs.PROJECT, hookspecs, ENTRY_POINT_GROUP, extra_plugins=extra_plugins, third_party=third_party
+    )
 
 
 @dataclass

@@ -153,11 +153,13 @@ def _env_overrides(environ: dict[str, str], fields: set[str]) -> dict[str, Any]:
     return out
 
 
-def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+def merge_tables(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with ``extra`` laid over it, nested tables merged key by key (config layers:
+    defaults, TOML file, environment, flags)."""
     merged = dict(base)
     for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = merge_tables(merged[key], value)
         else:
             merged[key] = value
     return merged
@@ -180,8 +182,8 @@ def load_settings(
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise SettingsError(f"cannot read config {path}: {exc}") from exc
     fields = set(RouterSettings.__struct_fields__) - {"plugin"}
-    raw = _merge(raw, _env_overrides(environ, fields))
-    raw = _merge(raw, {k: v for k, v in overrides.items() if v is not None})
+    raw = merge_tables(raw, _env_overrides(environ, fields))
+    raw = merge_tables(raw, {k: v for k, v in overrides.items() if v is not None})
     try:
         return msgspec.convert(raw, RouterSettings, strict=False)
     except msgspec.ValidationError as exc:

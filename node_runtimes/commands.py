@@ -1,46 +1,33 @@
-"""The node's commands, added to ``llmlb`` through the core's ``llmlb_register_commands`` hook
-(this module is the ``node`` entry point of the ``llmlb.plugins`` group): ``llmlb node``, and
-the stable_diffusion runtime's ``demo``, ``demo-model`` and ``quantize``.
+"""``llmlb node``, added to ``llmlb`` through the core's ``llmlb_register_commands`` hook (this
+module is the ``node`` entry point of the ``llmlb.plugins`` group).
 
-``llmlb node`` builds :class:`~llmlb_node.settings.NodeSettings` from its flags, the
-``LLMLB_NODE_*`` variables and an optional TOML file; the flags of a runtime (``--upstream*``
-for openai_compatible, ``--threads``, ``--idle-unload``, ``--weights`` for stable_diffusion)
-set keys of that runtime's table (:data:`RUNTIME_FLAGS`), which the runtime converts itself.
+It builds :class:`~llmlb_node.settings.NodeSettings` from its flags, the ``LLMLB_NODE_*``
+variables and an optional TOML file. The node's own flags are defined here; each installed
+runtime type adds its own (``RuntimeType.cli_options``: ``--upstream*`` for openai_compatible,
+``--threads``, ``--idle-unload``, ``--weights`` for stable_diffusion), whose values set keys of
+that runtime's table, which the runtime converts itself. The node names no runtime.
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
 from collections.abc import Mapping
 from typing import Any
 
 import click
 
-from llmlb_core.api import KINDS, hookimpl
+from llmlb_core.api import hookimpl
 from llmlb_core.cli_support import default_of, given, setup_logging
 from llmlb_core.settings import SettingsError
-from llmlb_node.openai_compatible.settings import OpenAICompatibleSettings
+from llmlb_node.plugins import RuntimePluginError, load_runtime_types
+from llmlb_node.runtime import RuntimeType
 from llmlb_node.settings import NodeSettings
-from llmlb_node.stable_diffusion.commands import COMMANDS as STABLE_DIFFUSION_COMMANDS
-from llmlb_node.stable_diffusion.settings import StableDiffusionSettings
 
 CONTEXT_SETTINGS: dict[str, Any] = {
     "help_option_names": ["-h", "--help"],
     "show_default": True,
     "max_content_width": 100,
-}
-UPSTREAM = "openai_compatible"
-SD = "stable_diffusion"
-# `llmlb node` flags that set a key of a runtime's table: parameter -> (runtime, key).
-RUNTIME_FLAGS: dict[str, tuple[str, str]] = {
-    "upstream": (UPSTREAM, "url"),
-    "upstream_key": (UPSTREAM, "api_key"),
-    "upstream_kind": (UPSTREAM, "kind"),
-    "upstream_model": (UPSTREAM, "models"),
-    "upstream_capability": (UPSTREAM, "capabilities"),
-    "upstream_slots": (UPSTREAM, "slots"),
-    "threads": (SD, "threads"),
-    "idle_unload": (SD, "idle_unload_s"),
-    "weights": (SD, "weights_preference"),
 }
 
 
@@ -48,10 +35,34 @@ def node_default(field: str) -> str | None:
     return default_of(NodeSettings, field)
 
 
-def runtime_tables(params: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+# What an option's default is when its plugin gave none (None, or click's own sentinel).
+_NO_DEFAULT = click.Option(["--probe"]).default
+
+
+def runtime_options(types: Mapping[str, RuntimeType[Any]]) -> dict[str, tuple[click.Option, str, str]]:
+    """Every runtime's ``cli_options``, renamed ``<runtime>.<key>`` so that two runtimes' keys
+    cannot clash: ``{param name: (option, runtime, key)}``. An option without a default shows
+    the one of the runtime's settings field, and its help names the runtime."""
+    out: dict[str, tuple[click.Option, str, str]] = {}
+    for runtime_type in types.values():
+        for template in runtime_type.cli_options:
+            option = copy.copy(template)
+            key = template.name or ""
+            if option.default in (None, _NO_DEFAULT) and isinstance(runtime_type.settings, type):
+                with contextlib.suppress(KeyError, TypeError):
+                    option.default = default_of(runtime_type.settings, key)
+            option.name = f"{runtime_type.name}.{key}"
+            option.help = f"{runtime_type.name}: {template.help or key}"
+            out[option.name] = (option, runtime_type.name, key)
+    return out
+
+
+def runtime_tables(
+    params: Mapping[str, Any], options: Mapping[str, tuple[click.Option, str, str]]
+) -> dict[str, dict[str, Any]]:
     """The runtime flags in ``params`` as per-runtime tables (repeated flags as lists)."""
     tables: dict[str, dict[str, Any]] = {}
-    for param, (runtime, key) in RUNTIME_FLAGS.items():
+    for param, (_, runtime, key) in options.items():
         if param in params:
             value = params[param]
             tables.setdefault(runtime, {})[key] = list(value) if isinstance(value, tuple) else value
@@ -80,52 +91,10 @@ def runtime_tables(params: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
 @click.option("--tls-cert", help="serve HTTPS with this PEM certificate (or env LLMLB_NODE_TLS_CERT)")
 @click.option("--tls-key", help="private key of --tls-cert (or env LLMLB_NODE_TLS_KEY)")
 @click.option("--router-ca-bundle", help="PEM CA bundle to verify an HTTPS router against")
-@click.option("--upstream", metavar="URL", help="openai_compatible: front this OpenAI-compatible server")
-@click.option(
-    "--upstream-key", envvar="LLMLB_UPSTREAM_KEY", help="openai_compatible: the key the server wants"
-)
-@click.option(
-    "--upstream-kind",
-    type=click.Choice(KINDS),
-    default=default_of(OpenAICompatibleSettings, "kind"),
-    help="openai_compatible: kind of server",
-)
-@click.option("--upstream-model", multiple=True, help="openai_compatible: serve only this model (repeatable)")
-@click.option(
-    "--upstream-capability",
-    multiple=True,
-    help="openai_compatible: flag of its models (repeatable; default: the router assigns them)",
-)
-@click.option(
-    "--upstream-slots",
-    type=int,
-    default=default_of(OpenAICompatibleSettings, "slots"),
-    help="openai_compatible: requests sent to it at once",
-)
-@click.option(
-    "--threads",
-    type=int,
-    envvar="LLMLB_NODE_THREADS",
-    default=default_of(StableDiffusionSettings, "threads"),
-    help="stable_diffusion: threads (0: all cores)",
-)
-@click.option(
-    "--idle-unload",
-    type=float,
-    envvar="LLMLB_NODE_IDLE_UNLOAD_S",
-    default=default_of(StableDiffusionSettings, "idle_unload_s"),
-    help="stable_diffusion: unload a model idle this many seconds (0: never)",
-)
-@click.option(
-    "--weights",
-    type=click.Choice(["auto", "safetensors", "gguf"]),
-    envvar="LLMLB_NODE_WEIGHTS_PREFERENCE",
-    default=default_of(StableDiffusionSettings, "weights_preference"),
-    help="stable_diffusion: weights format when a model folder holds several",
-)
-@click.pass_context
-def node(ctx: click.Context, **params: Any) -> int:
+def node(**params: Any) -> int:
     """Run a node that serves models to a router."""
+    ctx = click.get_current_context()
+    options: dict[str, tuple[click.Option, str, str]] = ctx.meta.get(RUNTIME_OPTIONS, {})
     from llmlb_core.serving import run
     from llmlb_core.slow_clients import ClientTimeouts
     from llmlb_core.tls import check_server_cert
@@ -148,7 +117,7 @@ def node(ctx: click.Context, **params: Any) -> int:
         tls_cert=flags.get("tls_cert"),
         tls_key=flags.get("tls_key"),
         router_ca_bundle=flags.get("router_ca_bundle"),
-        runtime_settings=runtime_tables(flags),
+        runtime_settings=runtime_tables(flags, options),
     )
     setup_logging(params["log_level"])
     if not settings.api_key:
@@ -169,8 +138,31 @@ def node(ctx: click.Context, **params: Any) -> int:
     return 0
 
 
+RUNTIME_OPTIONS = "llmlb_node.runtime_options"
+
+
+def node_command() -> click.Command:
+    """``llmlb node`` with the flags of every installed runtime type. A third-party runtime that
+    fails to load leaves its flags out here; ``llmlb node`` then refuses to start, naming it."""
+    try:
+        types = load_runtime_types()
+    except RuntimePluginError:
+        types = load_runtime_types(load_entry_points=False)
+    options = runtime_options(types)
+
+    def callback(**params: Any) -> int:
+        click.get_current_context().meta[RUNTIME_OPTIONS] = options
+        return node.callback(**params) if node.callback else 0
+
+    return click.Command(
+        name="node",
+        callback=callback,
+        params=[*node.params, *(option for option, _, _ in options.values())],
+        help=node.help,
+        context_settings=CONTEXT_SETTINGS,
+    )
+
+
 @hookimpl
 def llmlb_register_commands(cli: click.Group) -> None:
-    cli.add_command(node)
-    for command in STABLE_DIFFUSION_COMMANDS:
-        cli.add_command(command)
+    cli.add_command(node_command())

@@ -31,16 +31,14 @@ class RuntimePluginError(core_plugins.PluginError):
 def build_runtime_manager(
     extra_plugins: Iterable[object] = (), *, load_entry_points: bool = True
 ) -> pluggy.PluginManager:
-    pm = pluggy.PluginManager(hookspecs.PROJECT)
-    pm.add_hookspecs(hookspecs)
-    core_plugins.load_entry_points(pm, ENTRY_POINT_GROUP, third_party=load_entry_points)
-    for plugin in extra_plugins:
-        pm.register(plugin)
-    try:
-        pm.check_pending()
-    except pluggy.PluginValidationError as exc:
-        raise RuntimePluginError(f"runtime plugin implements an unknown hook: {exc}") from exc
-    return pm
+    return core_plugins.new_manager(
+        hookspecs.PROJECT,
+        hookspecs,
+        ENTRY_POINT_GROUP,
+        extra_plugins=extra_plugins,
+        third_party=load_entry_points,
+        error=RuntimePluginError,
+    )
 
 
 def load_runtime_types(

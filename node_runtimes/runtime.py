@@ -11,11 +11,12 @@ capabilities' handlers close over their context on the router: no app state, no 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Generic, TypeVar
 
+import click
 from litestar.handlers import BaseRouteHandler
 
 from llmlb_core.api import ModelAdvert, NoSettings, SettingsError
@@ -91,3 +92,7 @@ class RuntimeType(Generic[S]):
     # `llmlb node` with one line naming the runtime, the key and its environment variable.
     settings: type[S] = NoSettings  # type: ignore[assignment]
     description: str = ""
+    # `llmlb node` flags that set keys of this runtime's settings table. Each option's name (its
+    # plain declaration, e.g. click.Option(["--threads", "threads"])) is the key; the node shows
+    # the settings field's default and prefixes the help with the runtime's name.
+    cli_options: Sequence[click.Option] = ()

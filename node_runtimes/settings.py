@@ -23,7 +23,7 @@ from typing import Annotated, Any, TypeVar
 import msgspec
 
 from llmlb_core.protocol import NodeName
-from llmlb_core.settings import SettingsError, load_plugin_settings
+from llmlb_core.settings import SettingsError, load_plugin_settings, merge_tables
 
 T = TypeVar("T")
 
@@ -115,16 +115,6 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
     return raw
 
 
-def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in extra.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
-
 def load_node_settings(
     config: str | Path | None = None,
     *,
@@ -144,9 +134,9 @@ def load_node_settings(
             raw = tomllib.loads(path.read_text())
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise SettingsError(f"cannot read node config {path}: {exc}") from None
-    raw = _merge(raw, _env_overrides(environ))
-    raw = _merge(raw, {k: v for k, v in overrides.items() if v is not None})
-    raw = _merge(raw, {"runtime": runtime_settings or {}})
+    raw = merge_tables(raw, _env_overrides(environ))
+    raw = merge_tables(raw, {k: v for k, v in overrides.items() if v is not None})
+    raw = merge_tables(raw, {"runtime": runtime_settings or {}})
     try:
         return msgspec.convert(raw, NodeSettings, strict=False)
     except msgspec.ValidationError as exc:

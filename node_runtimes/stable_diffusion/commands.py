@@ -1,4 +1,5 @@
-"""The stable_diffusion runtime's commands (``llmlb_node.commands`` adds them to ``llmlb``):
+"""The stable_diffusion runtime's commands, added to ``llmlb`` through the core's
+``llmlb_register_commands`` hook (the ``stable_diffusion`` entry point of ``llmlb.plugins``):
 ``demo-model`` writes the synthetic checkpoint, ``quantize`` a GGUF copy of a model's weights,
 and ``demo`` runs a router and a node serving the synthetic model."""
 
@@ -11,6 +12,7 @@ from typing import Any
 
 import click
 
+from llmlb_core.api import hookimpl
 from llmlb_node.stable_diffusion.demo import run_demo, write_demo_model_with_progress
 from llmlb_node.stable_diffusion.quantize import GGUF_TYPES
 
@@ -60,3 +62,9 @@ def demo(host: str, port: int, node_port: int, data_dir: Path, models_dir: Path)
 
 
 COMMANDS: tuple[click.Command, ...] = (demo, demo_model, quantize)
+
+
+@hookimpl
+def llmlb_register_commands(cli: click.Group) -> None:
+    for command in COMMANDS:
+        cli.add_command(command)

@@ -7,6 +7,8 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+import click
+
 from llmlb_node.api import Runtime, RuntimeConfigError, RuntimeContext, RuntimeType, hookimpl
 from llmlb_node.stable_diffusion.model_folder import scan_models
 from llmlb_node.stable_diffusion.settings import StableDiffusionSettings
@@ -14,6 +16,24 @@ from llmlb_node.stable_diffusion.settings import StableDiffusionSettings
 log = logging.getLogger("llmlb.node.sd")
 
 NAME = "stable_diffusion"
+# `llmlb node` flags (and the environment variables of earlier versions) for this runtime's table.
+CLI_OPTIONS = (
+    click.Option(
+        ["--threads", "threads"], type=int, envvar="LLMLB_NODE_THREADS", help="threads (0: all cores)"
+    ),
+    click.Option(
+        ["--idle-unload", "idle_unload_s"],
+        type=float,
+        envvar="LLMLB_NODE_IDLE_UNLOAD_S",
+        help="unload a model idle this many seconds (0: never)",
+    ),
+    click.Option(
+        ["--weights", "weights_preference"],
+        type=click.Choice(["auto", "safetensors", "gguf"]),
+        envvar="LLMLB_NODE_WEIGHTS_PREFERENCE",
+        help="weights format when a model folder holds several",
+    ),
+)
 NOT_INSTALLED = "stable-diffusion-cpp-python is not installed (pip install 'llmlb[sd]')"
 
 
@@ -43,5 +63,6 @@ def llmlb_node_register_runtimes(register: Callable[[RuntimeType[Any]], None]) -
             factory=create_runtime,
             settings=StableDiffusionSettings,
             description="Stable Diffusion through stable-diffusion.cpp, in-process",
+            cli_options=CLI_OPTIONS,
         )
     )

@@ -14,8 +14,9 @@ import pytest
 from llmlb_core.settings import SettingsError
 from llmlb_node.api import NoSettings, Runtime, RuntimeConfigError, RuntimeContext, RuntimeType, hookimpl
 from llmlb_node.app import build_runtimes
-from llmlb_node.commands import runtime_tables
+from llmlb_node.commands import runtime_options, runtime_tables
 from llmlb_node.openai_compatible.settings import OpenAICompatibleSettings
+from llmlb_node.plugins import load_runtime_types
 from llmlb_node.settings import NodeSettings, load_node_settings, load_runtime_settings
 from tests.support.echo_plugin import EchoRuntime
 
@@ -81,8 +82,19 @@ def test_a_bad_node_setting_or_config_file_is_a_settings_error(tmp_path: Path) -
 
 
 def test_runtime_flags_become_tables_only_when_given() -> None:
-    assert runtime_tables({}) == {}
-    assert runtime_tables({"upstream": "http://u:1", "upstream_model": ("a", "b"), "threads": 2}) == {
+    """Each runtime type brings its own `llmlb node` flags (RuntimeType.cli_options), renamed
+    <runtime>.<key>; the values given become keys of that runtime's table."""
+    options = runtime_options(load_runtime_types(load_entry_points=False))
+    assert {"openai_compatible.url", "openai_compatible.models", "stable_diffusion.threads"} <= set(options)
+    assert options["stable_diffusion.threads"][0].opts == ["--threads"]
+    assert options["stable_diffusion.threads"][0].default == 0  # the settings field's default
+    assert runtime_tables({}, options) == {}
+    given = {
+        "openai_compatible.url": "http://u:1",
+        "openai_compatible.models": ("a", "b"),
+        "stable_diffusion.threads": 2,
+    }
+    assert runtime_tables(given, options) == {
         "openai_compatible": {"url": "http://u:1", "models": ["a", "b"]},
         "stable_diffusion": {"threads": 2},
     }
