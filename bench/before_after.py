@@ -71,15 +71,15 @@ def mean(values: list[float]) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        usage="python -m bench.before_after REF [--runs N] -- MODULE [ARGS...]",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("ref", help="the older commit (before)")
     parser.add_argument("--runs", type=int, default=2, help="runs per side, alternating (default 2)")
-    parser.add_argument(
-        "bench", nargs=argparse.REMAINDER, help="-- MODULE [ARGS...], e.g. -- router_overhead"
-    )
-    args = parser.parse_args(argv)
-    bench = [a for a in args.bench if a != "--"]
+    argv = sys.argv[1:] if argv is None else argv
+    ours, bench = (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
+    args = parser.parse_args(ours)
     if not bench:
         parser.error("name the benchmark after --, e.g. -- router_overhead --quick")
     module, bench_args = bench[0], bench[1:]
