@@ -86,8 +86,13 @@ def run_demo(*, host: str, port: int, node_port: int, data_dir: Path, models_dir
     cli = [sys.executable, "-m", "llmlb_core.cli"]
     children: list[subprocess.Popen[bytes]] = []
     try:
+        # Children get a session of their own: the terminal's Ctrl-C reaches only this process,
+        # which then stops the node (one SIGINT: it deregisters cleanly) before the router. With
+        # the terminal's SIGINT too, each child got two and uvicorn cut the node's shutdown short.
         router = subprocess.Popen(
-            [*cli, "serve", "--host", host, "--port", str(port), "--data-dir", str(data_dir)], env=env
+            [*cli, "serve", "--host", host, "--port", str(port), "--data-dir", str(data_dir)],
+            env=env,
+            start_new_session=True,
         )
         children.append(router)
         _wait(f"{base}/health", router, 60, "router")
@@ -112,6 +117,7 @@ def run_demo(*, host: str, port: int, node_port: int, data_dir: Path, models_dir
                 "demo-node",
             ],
             env={**env, "LLMLB_API_KEY": node_key},
+            start_new_session=True,
         )
         children.append(node)
         _wait(f"http://127.0.0.1:{node_port}/health", node, 60, "node")
