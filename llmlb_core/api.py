@@ -59,7 +59,7 @@ from llmlb_core.openai_upstream import (
     fetch_model_ids,
     normalize_url,
 )
-from llmlb_core.protocol import ModelAdvert
+from llmlb_core.protocol import JobProgress, ModelAdvert
 from llmlb_core.relay import Relay, RelayStream, passed_headers
 from llmlb_core.settings import SettingsError, load_plugin_settings
 from llmlb_core.upstream import BadAnswer, close_response, is_timeout, upstream_client
@@ -75,6 +75,7 @@ __all__ = [
     "Capability",
     "CapabilityContext",
     "Forwarder",
+    "JobProgress",
     "ModelAdvert",
     "ModelCatalog",
     "ModelNotFound",

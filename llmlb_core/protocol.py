@@ -61,6 +61,22 @@ class NodeRegistration(msgspec.Struct, kw_only=True):
     draining: bool = False
 
 
+Count = Annotated[int, msgspec.Meta(ge=0, le=1_000_000)]
+MAX_REPORTED_JOBS = 64
+
+
+class JobProgress(msgspec.Struct, kw_only=True):
+    """A running job as a node reports it in its heartbeat (shown in ``/v0/nodes``): on image
+    ``image`` of ``images`` (1-based), at step ``step`` of ``steps``, running for ``elapsed_s``."""
+
+    model: NonEmpty
+    step: Count = 0
+    steps: Count = 0
+    image: Count = 1
+    images: Count = 1
+    elapsed_s: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+
+
 class Heartbeat(msgspec.Struct, kw_only=True):
     node_id: NodeId
     active_jobs: Annotated[int, msgspec.Meta(ge=0)] = 0
@@ -71,6 +87,10 @@ class Heartbeat(msgspec.Struct, kw_only=True):
     models: list[ModelAdvert] | None = None
     cpu_percent: float | None = None
     memory_used_bytes: int | None = None
+    # Progress of the running jobs (at most MAX_REPORTED_JOBS).
+    jobs: Annotated[list[JobProgress], msgspec.Meta(max_length=MAX_REPORTED_JOBS)] = msgspec.field(
+        default_factory=list
+    )
 
 
 class RegistrationReply(msgspec.Struct, kw_only=True):

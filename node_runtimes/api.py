@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from llmlb_core.api import (
     KINDS,
+    JobProgress,
     ModelAdvert,
     NoSettings,
     OpenAIError,
@@ -47,6 +48,7 @@ from llmlb_node.runtime import Runtime, RuntimeConfigError, RuntimeContext, Runt
 
 __all__ = [
     "KINDS",
+    "JobProgress",
     "ModelAdvert",
     "NoSettings",
     "OpenAIError",

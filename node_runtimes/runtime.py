@@ -19,7 +19,7 @@ from typing import Generic, TypeVar
 import click
 from litestar.handlers import BaseRouteHandler
 
-from llmlb_core.api import ModelAdvert, NoSettings, SettingsError
+from llmlb_core.api import JobProgress, ModelAdvert, NoSettings, SettingsError
 
 S = TypeVar("S")
 
@@ -34,6 +34,8 @@ class RuntimeLoad:
     active_jobs: int = 0
     queued_jobs: int = 0
     loaded_models: list[str] = field(default_factory=list)
+    # Progress of running jobs, reported in heartbeats and shown in the router's /v0/nodes.
+    jobs: list[JobProgress] = field(default_factory=list)
 
 
 class Runtime(ABC):
