@@ -43,7 +43,7 @@ def create_runtime(context: RuntimeContext[StableDiffusionSettings]) -> Runtime 
             raise RuntimeConfigError(f"runtime {NAME}: {NOT_INSTALLED}")
         log.warning("%s: no %s runtime", NOT_INSTALLED, NAME)
         return None
-    if not scan_models(context.models_dir):
+    if not scan_models(context.models_dir).models:
         if context.requested:
             raise RuntimeConfigError(
                 f"runtime {NAME}: no model folder in {context.models_dir} (--models-dir; "
