@@ -89,7 +89,14 @@ async def release_node(request: Request[Any, Any, Any], node_id: FromPath[str]) 
 
 @get("/models")
 async def list_registered_models(request: Request[Any, Any, Any]) -> dict[str, Any]:
-    return {"object": "list", "data": router_state(request).models.registered()}
+    """The registered models (``data``) and the models online now as ``/v1/models`` lists them,
+    with what each can do (``online``)."""
+    state = router_state(request)
+    return {
+        "object": "list",
+        "data": state.models.registered(),
+        "online": state.models.list(state.enabled_flags),
+    }
 
 
 @post("/models", status_code=201)

@@ -18,6 +18,7 @@ from llmlb_core.capability import (
     Capability,
     CapabilityContext,
     ModelCatalog,
+    ModelDescriber,
     NoSettings,
     UpstreamFlags,
 )
@@ -27,13 +28,16 @@ from llmlb_core.errors import (
     NoCapableNodes,
     NodeFailure,
     OpenAIError,
+    UpstreamStreamBroken,
     UpstreamTimeout,
     UpstreamUnreachable,
     error_body,
     exception_handlers,
     from_msgspec_error,
 )
+from llmlb_core.event_stream import EventCheck, EventStream
 from llmlb_core.forwarding import (
+    EVENT_STREAM_TYPES,
     JSON_TYPES,
     STREAM_TYPES,
     Forwarder,
@@ -60,24 +64,30 @@ from llmlb_core.openai_upstream import (
     normalize_url,
 )
 from llmlb_core.protocol import JobProgress, ModelAdvert
-from llmlb_core.relay import Relay, RelayStream, passed_headers
+from llmlb_core.relay import SSE_HEADERS, Relay, RelayStream, passed_headers
 from llmlb_core.settings import SettingsError, load_plugin_settings
+from llmlb_core.sse import SSEEvent, error_event, format_event, read_events
 from llmlb_core.upstream import BadAnswer, close_response, is_timeout, upstream_client
 
 __all__ = [
+    "EVENT_STREAM_TYPES",
     "JSON_TYPES",
     "KINDS",
     "MAX_JSON_DEPTH",
     "PUBLIC_OPT",
+    "SSE_HEADERS",
     "STREAM_TYPES",
     "BadAnswer",
     "BadUpstreamAnswer",
     "Capability",
     "CapabilityContext",
+    "EventCheck",
+    "EventStream",
     "Forwarder",
     "JobProgress",
     "ModelAdvert",
     "ModelCatalog",
+    "ModelDescriber",
     "ModelNotFound",
     "MultipartRelay",
     "NoCapableNodes",
@@ -87,12 +97,14 @@ __all__ = [
     "ParsedForm",
     "Relay",
     "RelayStream",
+    "SSEEvent",
     "SettingsError",
     "StreamBody",
     "Upload",
     "UpstreamError",
     "UpstreamFlags",
     "UpstreamResult",
+    "UpstreamStreamBroken",
     "UpstreamTimeout",
     "UpstreamUnreachable",
     "auth_headers",
@@ -104,9 +116,11 @@ __all__ = [
     "decode_json_bytes",
     "encode_multipart",
     "error_body",
+    "error_event",
     "exception_handlers",
     "fetch_model_ids",
     "file_too_large",
+    "format_event",
     "from_msgspec_error",
     "hookimpl",
     "is_timeout",
@@ -114,6 +128,7 @@ __all__ = [
     "normalize_url",
     "parse_multipart",
     "passed_headers",
+    "read_events",
     "upstream_client",
     "with_body_defaults",
 ]

@@ -22,7 +22,7 @@ from llmlb_core.endpoints import EndpointManager, endpoints_router
 from llmlb_core.errors import exception_handlers
 from llmlb_core.forwarding import Forwarder
 from llmlb_core.metrics import Metrics
-from llmlb_core.models import ModelObject, ModelRegistry
+from llmlb_core.models import Describer, ModelObject, ModelRegistry
 from llmlb_core.node_api import node_router
 from llmlb_core.nodes import NodeRegistry
 from llmlb_core.plugins import LoadedPlugins, PluginError, load_plugins
@@ -114,6 +114,13 @@ def create_app(
         )
     nodes = NodeRegistry(store, timeout_s=settings.node_timeout_s)
     models = ModelRegistry(store, nodes)
+    models.describe_with(
+        [
+            Describer(name, capability.model_flags, capability.describe_model)
+            for name, capability in ((n, plugins.capabilities[n]) for n in plugins.enabled)
+            if capability.describe_model is not None
+        ]
+    )
     balancer = Balancer(nodes, queue_max=settings.queue_max, queue_timeout_s=settings.queue_timeout_s)
     http = upstream_client(
         connect_timeout_s=settings.upstream_connect_timeout_s,

@@ -25,6 +25,10 @@ if TYPE_CHECKING:
 S = TypeVar("S")
 
 
+# Node adverts' details of one model (one mapping per online node) -> what /v1/models shows.
+ModelDescriber = Callable[[Sequence[Mapping[str, Any]]], dict[str, Any]]
+
+
 class NoSettings(msgspec.Struct, forbid_unknown_fields=True):
     """The settings of a capability that has none: its ``[plugin.<name>]`` table must be empty."""
 
@@ -42,6 +46,11 @@ class ModelCatalog(Protocol):
 
     def idle_nodes(self, model: str, flags: frozenset[str]) -> int:
         """How many online nodes serving ``model`` have a free slot now (for fan-out)."""
+        ...
+
+    def details(self, model: str, flags: frozenset[str]) -> list[Mapping[str, Any]]:
+        """The ``details`` of ``model``'s advert from every online node that serves it with one of
+        ``flags`` (what nodes say about it: untrusted, check every value you read)."""
         ...
 
 
@@ -82,6 +91,10 @@ class Capability(Generic[S]):
     upstream_flags: UpstreamFlags | None = None
     # Older flag names admins may still write, e.g. {"text_generation": {"chat_completion", ...}}.
     flag_aliases: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    # What /v1/models shows of a model this capability serves, in the model object's `details`:
+    # called with the `details` of the model's advert from every online node serving it
+    # (untrusted: check every value). None: nothing shown. See `ModelDescriber`.
+    describe_model: ModelDescriber | None = None
 
 
 Callback = Callable[[], Awaitable[None]]

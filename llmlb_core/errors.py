@@ -112,6 +112,14 @@ class BadUpstreamAnswer(NodeFailure):
         )
 
 
+class UpstreamStreamBroken(NodeFailure):
+    """A node's event stream broke off, or the node reported a failure in it, after its first
+    event: 502 ``upstream_stream_broken`` (``code`` may carry the node's own error code)."""
+
+    def __init__(self, node_name: str, code: str = "upstream_stream_broken") -> None:
+        super().__init__(502, f"Node '{node_name}' stopped streaming", type="server_error", code=code)
+
+
 class ModelNotFound(OpenAIError):
     """No node serves the model and no admin registered it: 404 ``model_not_found``."""
 

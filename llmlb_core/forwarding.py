@@ -2,11 +2,14 @@
 
 :class:`Forwarder` resolves the model (404 ``model_not_found`` / 503 ``no_capable_nodes``),
 takes a slot through the balancer (queueing when busy), sends the request with the node's
-credential on the shared ``httpx.AsyncClient``, and answers in one of two ways:
+credential on the shared ``httpx.AsyncClient``, and answers in one of three ways:
 
 - :meth:`Forwarder.call` reads the whole answer (an images job, an embedding);
 - :meth:`Forwarder.stream` relays it as it arrives (:class:`llmlb_core.relay.Relay`: server-sent
-  events, audio); it returns as soon as the node's status line and headers are in.
+  events, audio); it returns as soon as the node's status line and headers are in;
+- :meth:`Forwarder.events` reads server-sent events one by one, each checked (and rewritten) by
+  the route (:class:`llmlb_core.event_stream.EventStream`: streamed images, whose parts the route
+  merges); it returns once the first event is in and passed its check.
 
 When a node fails before answering (connection refused or reset, timeout, 5xx, a bad answer),
 the request is tried on another node, ``settings.max_retries`` times (:meth:`failover`). A
@@ -29,6 +32,7 @@ slot stays counted as ``abandoned`` until the node's heartbeat says it ended).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Collection, Mapping
@@ -47,9 +51,11 @@ from llmlb_core.errors import (
     NoCapableNodes,
     NodeFailure,
     OpenAIError,
+    UpstreamStreamBroken,
     UpstreamTimeout,
     UpstreamUnreachable,
 )
+from llmlb_core.event_stream import EventCheck, EventStream, NodeReportedError
 from llmlb_core.metrics import Metrics
 from llmlb_core.models import ModelRegistry
 from llmlb_core.nodes import NodeRegistry, NodeState
@@ -61,12 +67,15 @@ from llmlb_core.upstream import (
     accepts,
     check_json_object,
     close_response,
+    error_code,
     is_timeout,
+    log_snippet,
     node_failure,
     one_line,
     openai_error_content,
     read_answer,
     read_bounded,
+    upstream_client_error,
 )
 
 log = logging.getLogger("llmlb.forward")
@@ -77,6 +86,8 @@ JSON_TYPES = ("application/json",)
 # What a relayed answer may be by default (server-sent events, or JSON from a server that does
 # not stream).
 STREAM_TYPES = ("text/event-stream", "application/json")
+# What an answer read as events (:meth:`Forwarder.events`) must be.
+EVENT_STREAM_TYPES = ("text/event-stream",)
 
 
 @dataclass
@@ -462,6 +473,113 @@ class Forwarder:
 
         relay = Relay(response, limit=limit, on_broken=on_broken, on_close=on_close)
         return relay
+
+    # --- event streams, checked event by event -----------------------------------------------
+    async def events(
+        self,
+        model: str,
+        flags: frozenset[str],
+        path: str,
+        *,
+        content: bytes,
+        content_type: str,
+        check: Callable[[], EventCheck[T]],
+        max_event_bytes: int,
+        max_answer_bytes: int | None = None,
+        extra_headers: Mapping[str, str] | None = None,
+    ) -> EventStream[T]:
+        """POST ``content`` to ``path`` on a node serving ``model`` and read its answer as
+        server-sent events, each checked by ``check()`` (a fresh :class:`EventCheck` per attempt).
+
+        The first event is read and checked inside the failover attempt: a node that fails, or
+        answers anything but a ``text/event-stream`` whose first event passes, before it is in
+        is tried elsewhere. A 4xx before any event is raised as an :class:`OpenAIError`
+        (OpenAI-shaped, as :meth:`call` answers it, with ``x-llmlb-node``). The returned
+        :class:`EventStream` yields the checked events; after the first one, a break, an
+        invalid event (over ``max_event_bytes`` among others), an ``error`` event from the node
+        or a stream over ``max_answer_bytes`` raises a :class:`NodeFailure` and marks the node
+        suspect. The caller must ``aclose()`` it (which releases the lease)."""
+        headers = {"content-type": content_type, "accept": "text/event-stream", **(extra_headers or {})}
+        limit = self._limit(max_answer_bytes)
+
+        async def attempt(lease: Lease) -> EventStream[T]:
+            started = time.monotonic()
+            node = lease.node
+            try:
+                response = await self.open(lease, path, content, headers)
+            except BaseException as exc:
+                self._balancer.release(lease, abandoned=job_left_running(exc))
+                raise
+            status, media = response.status_code, response.headers.get("content-type", "")
+            problem = _answer_problem(response, EVENT_STREAM_TYPES, limit)
+            if problem is not None or status >= 400:
+                try:  # a client that leaves while a 4xx is read must not leak the slot
+                    error = await read_bounded(response) if problem is None else b""
+                finally:
+                    await close_response(response)
+                    self._balancer.release(lease)
+                outcome = "client_error" if problem is None else "failed"
+                self._metrics.observe_upstream(node.id, outcome, time.monotonic() - started)
+                if problem is not None:
+                    raise self.reject_answer(node, problem)
+                raise upstream_client_error(
+                    status,
+                    error,
+                    node_name=node.name,
+                    content_type=media,
+                    headers={**lease.headers(), "x-llmlb-node": node.id},
+                )
+            stream = EventStream(
+                response,
+                check(),
+                node_id=node.id,
+                headers=lease.headers(),
+                max_event_bytes=max_event_bytes,
+                max_total_bytes=limit,
+                fail=functools.partial(self._stream_failure, node),
+                on_close=functools.partial(self._stream_closed, lease, started),
+            )
+            try:
+                await stream.start()
+            except BaseException:
+                await stream.aclose()
+                raise
+            return stream
+
+        return await self.failover(model, flags, attempt)
+
+    def _stream_failure(self, node: NodeState, exc: Exception) -> NodeFailure:
+        """What ends a node's event stream, as the typed error the route gets (logged once,
+        the node marked suspect)."""
+        if isinstance(exc, BadAnswer):
+            return self.reject_answer(node, str(exc))
+        if isinstance(exc, NodeReportedError):
+            log.warning(
+                "node %s reported a failure in its event stream (request %s): %s",
+                node.name,
+                request_id.current(),
+                log_snippet(exc.data),
+            )
+            node.record_failure("stream error event", self._cooldown_s)
+            return UpstreamStreamBroken(node.name, code=error_code(exc.data))
+        reason = type(exc.__cause__ or exc).__name__
+        log.warning(
+            "event stream from node %s broke (request %s): %s", node.name, request_id.current(), reason
+        )
+        node.record_failure(f"stream broke: {reason}", self._cooldown_s)
+        if isinstance(exc, httpx.HTTPError) and is_timeout(exc):
+            return UpstreamTimeout(node.name)
+        return UpstreamStreamBroken(node.name)
+
+    def _stream_closed(self, lease: Lease, started: float, stream: EventStream[Any]) -> None:
+        elapsed = time.monotonic() - started
+        outcome = "ok" if stream.completed else "failed" if stream.node_ended else "cancelled"
+        self._metrics.observe_upstream(lease.node.id, outcome, elapsed)
+        # Closed before the node ended it (client gone, an event refused, a stall): the node may
+        # still be working until it sees the connection close; its heartbeat says when it ended.
+        self._balancer.release(
+            lease, duration_s=elapsed if stream.completed else None, abandoned=not stream.node_ended
+        )
 
     # --- JSON routes --------------------------------------------------------------------
     async def json(

@@ -5,19 +5,41 @@ flags of enabled capabilities. Admins may register a model to give it per-model 
 (opaque to the core; each capability plugin reads the keys it knows) and a description; a
 registered model that no online node serves is known (503 ``no_capable_nodes``), not unknown
 (404).
+
+What a model can do is the capabilities' business: each capability that serves a model and has
+a ``describe_model`` gets the ``details`` of the model's advert from every online node serving
+it, and what it returns is merged into the model object's ``details`` (a describer that fails
+or returns something that is not a JSON object is logged once and skipped: a node's odd
+details never break ``/v1/models``).
 """
 
 from __future__ import annotations
 
 import builtins
+import logging
 import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
 
+from llmlb_core.capability import ModelDescriber
 from llmlb_core.errors import ModelNotFound, NoCapableNodes
 from llmlb_core.nodes import NodeRegistry
+from llmlb_core.protocol import ModelAdvert
 from llmlb_core.storage import ModelRow, ModelStore
+
+log = logging.getLogger("llmlb.models")
+
+
+@dataclass(frozen=True)
+class Describer:
+    """An enabled capability's ``describe_model`` and the flags of the models it serves."""
+
+    capability: str
+    flags: frozenset[str]
+    describe: ModelDescriber
 
 
 class ModelObject(msgspec.Struct, kw_only=True):
@@ -31,6 +53,8 @@ class ModelObject(msgspec.Struct, kw_only=True):
     nodes: int
     defaults: dict[str, Any] = msgspec.field(default_factory=dict)
     description: str = ""
+    # What the capabilities serving it say it can do (e.g. images: family, native size, supports).
+    details: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
 class ModelRegistry:
@@ -38,6 +62,12 @@ class ModelRegistry:
         self._store = store
         self._nodes = nodes
         self._registered: dict[str, ModelRow] = {m.id: m for m in store.list_models()}
+        self._describers: list[Describer] = []
+        self._failed_describers: set[str] = set()
+
+    def describe_with(self, describers: Sequence[Describer]) -> None:
+        """The enabled capabilities' ``describe_model`` (set once, when the router is built)."""
+        self._describers = list(describers)
 
     # --- admin ---------------------------------------------------------------------------
     def register(
@@ -67,32 +97,58 @@ class ModelRegistry:
         return dict(row.defaults) if row else {}
 
     # --- listing -------------------------------------------------------------------------
-    def list(self, enabled_flags: frozenset[str]) -> list[ModelObject]:
-        flags: dict[str, set[str]] = {}
-        counts: dict[str, int] = {}
-        created: dict[str, float] = {}
+    def _online_adverts(
+        self, enabled_flags: frozenset[str]
+    ) -> dict[str, builtins.list[tuple[float, ModelAdvert]]]:
+        """Each model with a flag in ``enabled_flags``: (node registration time, advert) per node."""
+        adverts: dict[str, builtins.list[tuple[float, ModelAdvert]]] = {}
         for node in self._nodes.online():
             for advert in node.models.values():
-                usable = enabled_flags.intersection(advert.capabilities)
-                if not usable:
-                    continue
-                flags.setdefault(advert.id, set()).update(usable)
-                counts[advert.id] = counts.get(advert.id, 0) + 1
-                created[advert.id] = min(created.get(advert.id, node.registered_at), node.registered_at)
+                if enabled_flags.intersection(advert.capabilities):
+                    adverts.setdefault(advert.id, []).append((node.registered_at, advert))
+        return adverts
+
+    def list(self, enabled_flags: frozenset[str]) -> list[ModelObject]:
         out = []
-        for model_id in sorted(flags):
+        for model_id, served in sorted(self._online_adverts(enabled_flags).items()):
+            flags = sorted({f for _, a in served for f in enabled_flags.intersection(a.capabilities)})
             row = self._registered.get(model_id)
             out.append(
                 ModelObject(
                     id=model_id,
-                    created=int(row.created_at if row else created[model_id]),
-                    capabilities=sorted(flags[model_id]),
-                    nodes=counts[model_id],
+                    created=int(row.created_at if row else min(at for at, _ in served)),
+                    capabilities=flags,
+                    nodes=len(served),
                     defaults=dict(row.defaults) if row else {},
                     description=row.description if row else "",
+                    details=self._describe(model_id, frozenset(flags), [a.details for _, a in served]),
                 )
             )
         return out
+
+    def _describe(
+        self, model_id: str, flags: frozenset[str], details: builtins.list[dict[str, Any]]
+    ) -> dict[str, Any]:
+        merged: dict[str, Any] = {}
+        for describer in self._describers:
+            if not describer.flags.intersection(flags):
+                continue
+            try:
+                described = msgspec.to_builtins(describer.describe(details))
+                if not isinstance(described, dict):
+                    raise TypeError(f"returned {type(described).__name__}, not a dict")
+            except Exception as exc:
+                if describer.capability not in self._failed_describers:
+                    self._failed_describers.add(describer.capability)
+                    log.warning(
+                        "capability %s could not describe model %r (details left out; logged once): %r",
+                        describer.capability,
+                        model_id,
+                        exc,
+                    )
+                continue
+            merged.update(described)
+        return merged
 
     def get(self, model_id: str, enabled_flags: frozenset[str]) -> ModelObject:
         for model in self.list(enabled_flags):
@@ -102,7 +158,11 @@ class ModelRegistry:
 
     def online(self, flags: frozenset[str]) -> builtins.list[str]:
         """Ids of the models that an online node serves with any of ``flags``, sorted."""
-        return sorted({m.id for m in self.list(flags)})
+        return sorted(self._online_adverts(flags))
+
+    def details(self, model: str, flags: frozenset[str]) -> builtins.list[Mapping[str, Any]]:
+        """The ``details`` of ``model``'s advert from every online node serving it with ``flags``."""
+        return [node.models[model].details for node in self._nodes.candidates(model, flags)]
 
     def idle_nodes(self, model: str, flags: frozenset[str]) -> int:
         """How many online nodes serving ``model`` have a free slot now."""

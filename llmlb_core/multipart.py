@@ -16,9 +16,9 @@ Limits, the same in both modes, checked on every chunk as it arrives, so an over
 never read whole: a file part over ``max_file_bytes`` is a **413** ``file_too_large`` naming the
 field; a body over ``max_total_bytes`` (declared in ``Content-Length`` or counted) is a **413**
 ``request_too_large``; a plain field over 64 KB, more than 64 parts, a field sent twice (but
-``name[]`` fields), a field that is not UTF-8 or a malformed or incomplete body is a 400
-``invalid_multipart``. :func:`convert_fields` turns the plain fields into a typed struct
-(``"0.2"`` is a float; ``"hot"`` is a 400 naming the field).
+one whose name holds ``[]``: ``name[]``, ``loras[][name]``), a field that is not UTF-8 or a
+malformed or incomplete body is a 400 ``invalid_multipart``. :func:`convert_fields` turns the
+plain fields into a typed struct (``"0.2"`` is a float; ``"hot"`` is a 400 naming the field).
 
 Strict part headers (relay mode, :func:`check_part_headers`): the router accepts only a body
 that every parser reads the same way (cpp-httplib in whisper.cpp, python-multipart in FastAPI
@@ -35,7 +35,7 @@ from __future__ import annotations
 import contextlib
 import re
 import secrets
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -112,7 +112,7 @@ def check_part_headers(segment: multipart.MultipartSegment) -> None:
                 )
 
 
-def convert_fields(fields: dict[str, str], type_: type[T]) -> T:
+def convert_fields(fields: Mapping[str, Any], type_: type[T]) -> T:
     """Plain form fields to a typed struct ("0.2" becomes 0.2; "hot" is a 400 naming the field)."""
     try:
         return msgspec.convert(fields, type_, strict=False)
@@ -165,8 +165,12 @@ class Upload:
 
 @dataclass
 class ParsedForm:
+    # Plain fields by name (a ``name[]`` field sent several times: its last value).
     fields: dict[str, str] = field(default_factory=dict)
     files: list[Upload] = field(default_factory=list)
+    # Every plain field in the order sent, repeated ones included (the official SDKs send a
+    # list of objects as ``loras[][name]``, ``loras[][weight]``, ``loras[][name]``, ...).
+    items: list[tuple[str, str]] = field(default_factory=list)
 
     def uploads(self, *names: str) -> list[Upload]:
         """The files sent under any of ``names`` (e.g. ``"image", "image[]"``), in order."""
@@ -244,12 +248,14 @@ class _FormReader:
             if self.keep_files:
                 self.form.files.append(Upload(segment.name, segment.filename, segment.content_type, data))
         else:
-            if segment.name in self.form.fields and not segment.name.endswith("[]"):
+            if segment.name in self.form.fields and "[]" not in segment.name:
                 raise _field_error(segment.name, "is sent twice")
             try:
-                self.form.fields[segment.name] = data.decode("utf-8")
+                value = data.decode("utf-8")
             except UnicodeDecodeError:
                 raise _field_error(segment.name, "is not UTF-8") from None
+            self.form.fields[segment.name] = value
+            self.form.items.append((segment.name, value))
         self._segment, self._chunks = None, []
 
 

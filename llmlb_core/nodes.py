@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from llmlb_core.protocol import Heartbeat, ModelAdvert, NodeRegistration
+from llmlb_core.protocol import Heartbeat, JobProgress, ModelAdvert, NodeRegistration
 from llmlb_core.storage import NodeStore
 
 log = logging.getLogger("llmlb.nodes")
@@ -49,6 +49,8 @@ class NodeState:
     free_slots: int = 0
     queued_jobs: int = 0
     loaded_models: list[str] = field(default_factory=list)
+    # The running jobs' progress, as the last heartbeat reported it (at most MAX_REPORTED_JOBS).
+    jobs: list[JobProgress] = field(default_factory=list)
     draining: bool = False
     # Router-side accounting.
     inflight: int = 0
@@ -109,6 +111,7 @@ class NodeView(msgspec.Struct, kw_only=True):
     free_slots: int
     queued_jobs: int
     loaded_models: list[str]
+    jobs: list[JobProgress]
     accelerators: list[dict[str, Any]]
     registered_at: float
     last_seen_at: float | None
@@ -221,6 +224,7 @@ class NodeRegistry:
         state.free_slots = hb.free_slots
         state.queued_jobs = hb.queued_jobs
         state.loaded_models = list(hb.loaded_models)
+        state.jobs = list(hb.jobs)
         # The node runs active + queued jobs; those beyond the router's in-flight ones are what
         # is left of the abandoned ones (the rest ended): their slots come back now.
         still_running = min(state.abandoned, max(0, hb.active_jobs + hb.queued_jobs - state.inflight))
@@ -356,11 +360,12 @@ class NodeRegistry:
             self.changed()
 
     def view(self, node: NodeState) -> NodeView:
+        status = self.status(node)
         return NodeView(
             id=node.id,
             name=node.name,
             base_url=node.base_url,
-            status=self.status(node),
+            status=status,
             runtime_types=node.runtime_types,
             models=list(node.models.values()),
             slots=node.slots,
@@ -370,6 +375,7 @@ class NodeRegistry:
             free_slots=max(node.free, 0),
             queued_jobs=node.queued_jobs,
             loaded_models=node.loaded_models,
+            jobs=node.jobs if status != "offline" else [],  # an offline node's report is stale
             accelerators=node.accelerators,
             registered_at=node.registered_at,
             last_seen_at=node.last_seen_wall,

@@ -109,17 +109,10 @@ def one_line(text: str, limit: int = 2000) -> str:
     return " ".join(text.split())[:limit]
 
 
-def openai_error_content(
-    status: int, content: bytes, *, node_name: str = "", content_type: str = ""
-) -> bytes:
-    """An upstream 4xx body as OpenAI's ``{"error": {...}}``, rebuilt field by field.
-
-    Servers differ: OpenAI's shape, vLLM's older ``{"object": "error", "message": ...}``,
-    FastAPI's ``{"detail": ...}``, ``{"error": "text"}`` (Ollama), plain text. Their message,
-    type, param and code are kept where present, as short printable strings. Markup (an HTML
-    error page) and anything else unreadable becomes a message that only states the status. The
-    body of a 5xx is never shown (it is the node's business: ``node_failure`` logs it).
-    """
+def _error_fields(
+    status: int, content: bytes, *, node_name: str, content_type: str
+) -> tuple[str, str, str | None, str | None]:
+    """(message, type, param, code) of an upstream error body (see :func:`openai_error_content`)."""
     default_type = OpenAIError(status, "").type
     message: str | None = None
     err_type = default_type
@@ -145,15 +138,56 @@ def openai_error_content(
         message = f"The upstream server answered HTTP {status}"
     if node_name:
         message = f"{message} (node '{node_name}')"
+    return message, err_type, param, code
+
+
+def openai_error_content(
+    status: int, content: bytes, *, node_name: str = "", content_type: str = ""
+) -> bytes:
+    """An upstream 4xx body as OpenAI's ``{"error": {...}}``, rebuilt field by field.
+
+    Servers differ: OpenAI's shape, vLLM's older ``{"object": "error", "message": ...}``,
+    FastAPI's ``{"detail": ...}``, ``{"error": "text"}`` (Ollama), plain text. Their message,
+    type, param and code are kept where present, as short printable strings. Markup (an HTML
+    error page) and anything else unreadable becomes a message that only states the status. The
+    body of a 5xx is never shown (it is the node's business: ``node_failure`` logs it).
+    """
+    message, err_type, param, code = _error_fields(
+        status, content, node_name=node_name, content_type=content_type
+    )
     return msgspec.json.encode(error_body(message, type=err_type, param=param, code=code))
+
+
+def upstream_client_error(
+    status: int,
+    content: bytes,
+    *,
+    node_name: str = "",
+    content_type: str = "",
+    headers: dict[str, str] | None = None,
+) -> OpenAIError:
+    """An upstream 4xx as an :class:`OpenAIError` whose body is what
+    :func:`openai_error_content` makes of it (for a route that raises it)."""
+    message, err_type, param, code = _error_fields(
+        status, content, node_name=node_name, content_type=content_type
+    )
+    error = OpenAIError(status, message, type=err_type, param=param, headers=headers)
+    error.code = code  # the node's, or none (not the status's default)
+    return error
+
+
+def error_code(content: bytes) -> str:
+    """The error code of an upstream error body (``{"error": {"code": ...}}``) when it is a plain
+    token (e.g. ``model_load_failed``), else ``upstream_error``."""
+    data = _json_or_none(content)
+    error = data.get("error") if isinstance(data, dict) else None
+    code = _short(error.get("code"), numbers=True) if isinstance(error, dict) else None
+    return code if code is not None and _CODE_TOKEN.fullmatch(code) else "upstream_error"
 
 
 def node_failure(status: int, content: bytes, node_name: str) -> NodeFailure:
     """A node's 5xx as a retryable error: its body is logged (one line), never shown; only an
-    error code that is a plain token (e.g. ``model_load_failed``) is kept."""
-    data = _json_or_none(content)
-    error = data.get("error") if isinstance(data, dict) else None
-    code = _short(error.get("code"), numbers=True) if isinstance(error, dict) else None
+    error code that is a plain token is kept (:func:`error_code`)."""
     log.warning(
         "node %s answered HTTP %d (request %s): %s",
         node_name,
@@ -165,7 +199,7 @@ def node_failure(status: int, content: bytes, node_name: str) -> NodeFailure:
         status if status in SHOWN_5XX else 502,
         f"Node '{node_name}' failed (HTTP {status})",
         type="server_error",
-        code=code if code is not None and _CODE_TOKEN.fullmatch(code) else "upstream_error",
+        code=error_code(content),
     )
 
 

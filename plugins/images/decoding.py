@@ -33,6 +33,7 @@ from PIL import Image, UnidentifiedImageError
 
 from llmlb_core.api import OpenAIError, ParsedForm, Upload, file_too_large
 from llmlb_plugins.images.png_check import check_png_data
+from llmlb_plugins.images.protocol import MAX_EDIT_IMAGES
 
 T = TypeVar("T")
 
@@ -40,8 +41,10 @@ SUPPORTED_FORMATS = {"PNG": "png", "JPEG": "jpeg", "WEBP": "webp"}
 SUPPORTED_LIST = "png, jpeg, webp"
 # The file parts that carry images (the SDK sends "image[]" for a list).
 IMAGE_FIELDS = ("image", "image[]")
-# Most image[] parts accepted by /v1/images/edits.
-MAX_IMAGES = 4
+# Most image[] parts accepted by /v1/images/edits (OpenAI's limit). Memory stays bounded by the
+# other limits: each file by max_upload_bytes, the body by (MAX_IMAGES + 1) files, and the pixels
+# of all of them together by max_request_pixels, read from their headers before any decoding.
+MAX_IMAGES = MAX_EDIT_IMAGES
 # JPEGs are checked at this fraction of their size (libjpeg decodes every block either way).
 JPEG_CHECK_SCALE = 8
 

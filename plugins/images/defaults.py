@@ -3,7 +3,8 @@
 They fill the request fields a client left out (``llmlb_plugins.images.dispatch``), so they are checked
 against this schema when the admin sets them: a bad value or an unknown key is a 400 then, not
 an error for the user whose request would have used it. The routing field (``model``) and the
-streaming fields (not supported) cannot be defaulted.
+streaming fields (``stream``, ``partial_images``: how a client reads its answer) cannot be
+defaulted.
 """
 
 from __future__ import annotations

@@ -13,15 +13,16 @@ images with seeds ``s, s+1, ..., s+n-1`` however it is split: part ``k`` coverin
 ``[i, i+c)`` is sent with seed ``s+i`` and ``n=c``, and stable-diffusion.cpp's batch gives image
 ``j`` of a part the seed ``seed + j``.
 
-A node's answer is untrusted input. It is read up to a bound set by the size and the number of
-images asked for (:func:`answer_limit`), then decoded strictly (:func:`read_answer`): the
-images schema and nothing else, exactly the images asked for, each one valid base64 (decoded by
-msgspec, which refuses any other character, bad padding or a bad length) whose bytes start as
-the announced ``output_format`` (png, jpeg or webp, the only file extensions ever written). An
-answer that fails any of this is a 502 ``bad_upstream_response``, the node is marked suspect and
-the part is tried on another node (the forwarder's failover). A node's 4xx reaches the client
-OpenAI-shaped. A single part answered in ``b64_json`` is passed on as the node's bytes, once
-every one of them has been checked.
+A node's answer is untrusted input. It is read up to a bound set by the size (for ``auto``, the
+model's advertised native size) and the number of images asked for (:func:`answer_limit`),
+then decoded strictly (:func:`read_answer`): the images schema and nothing else, exactly the
+images asked for, each one valid base64 (decoded by msgspec, which refuses any other character,
+bad padding or a bad length) whose bytes start as the announced ``output_format`` (png, jpeg
+or webp, the only file extensions ever written: :func:`check_image`). An answer that fails any
+of this is a 502 ``bad_upstream_response``, the node is marked suspect and the part is tried on
+another node (the forwarder's failover). A node's 4xx reaches the client OpenAI-shaped. A
+single part answered in ``b64_json`` is passed on as the node's bytes, once every one of them
+has been checked.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ import msgspec
 from litestar import Response
 
 from llmlb_core.api import BadAnswer, CapabilityContext, ModelCatalog, OpenAIError, UpstreamResult
+from llmlb_plugins.images.model_info import FLAGS, MAX_SIDE, ModelInfo, check_loras, model_info
 from llmlb_plugins.images.protocol import (
     MAX_SEED,
     SIZE_AUTO,
@@ -55,7 +57,6 @@ from llmlb_plugins.images.validation import resolve_size
 
 S = TypeVar("S", bound=ImageOptions)
 
-FLAGS = frozenset({"image_generation"})
 FILES_PATH = "/v1/images/files"
 
 # How each output format's files begin (what a node's image bytes must start with).
@@ -78,6 +79,7 @@ class JobPlan(Generic[S]):
     replaced_size: str | None
     response_format: str
     seed: int
+    info: ModelInfo  # what the online nodes serving the model say it can do
 
 
 def new_seed() -> int:
@@ -128,6 +130,8 @@ def plan_job(models: ModelCatalog, req: S, cfg: ImagesSettings) -> JobPlan[S]:
     model = resolve_model(models, req.model, cfg)
     req = with_model_defaults(models, req, model)
     size, replaced = resolve_size(req.size, fallback=cfg.size_fallback)
+    info = model_info(models.details(model, FLAGS))
+    check_loras(model, info, req.loras)
     return JobPlan(
         request=req,
         model=model,
@@ -135,6 +139,7 @@ def plan_job(models: ModelCatalog, req: S, cfg: ImagesSettings) -> JobPlan[S]:
         replaced_size=replaced,
         response_format=req.response_format or cfg.default_response_format,
         seed=req.seed if req.seed is not None else new_seed(),
+        info=info,
     )
 
 
@@ -182,15 +187,28 @@ class NodeAnswer(msgspec.Struct, kw_only=True, omit_defaults=True, forbid_unknow
 _answer_decoder = msgspec.json.Decoder(NodeAnswer)
 
 
-def answer_limit(size: str, count: int) -> int:
+def answer_limit(size: str, count: int, native_size: tuple[int, int] | None = None) -> int:
     """Most bytes a node's answer of ``count`` images of ``size`` can take: every pixel as RGBA
-    (more than any PNG, JPEG or WebP of it), in base64, plus room for the rest. ``auto`` (the
-    model's native size) counts as the largest supported size."""
-    width, height = max((parse_size(s) for s in SIZES), key=lambda wh: wh[0] * wh[1])
+    (more than any PNG, JPEG or WebP of it), in base64, plus room for the rest. ``auto`` counts
+    as the model's advertised ``native_size`` (at most ``MAX_SIDE`` a side), or when none is
+    known as the largest supported size."""
     if size != SIZE_AUTO:
         width, height = parse_size(size)
+    elif native_size is not None:
+        width, height = min(native_size[0], MAX_SIDE), min(native_size[1], MAX_SIDE)
+    else:
+        width, height = max((parse_size(s) for s in SIZES), key=lambda wh: wh[0] * wh[1])
     per_image = width * height * 4 * 4 // 3 + _PER_IMAGE_OVERHEAD
     return count * per_image + _ANSWER_OVERHEAD
+
+
+def check_image(data: bytes, output_format: str) -> None:
+    """``BadAnswer`` unless ``data`` starts as an image of ``output_format`` (png, jpeg, webp)."""
+    magic = _MAGIC.get(output_format)
+    if magic is None or not data.startswith(magic):
+        raise BadAnswer(f"an image that is not {output_format}")
+    if output_format == "webp" and data[_WEBP_FORM[0] : _WEBP_FORM[0] + 4] != _WEBP_FORM[1]:
+        raise BadAnswer("an image that is not webp")
 
 
 def read_answer(content: bytes, *, count: int) -> NodeAnswer:
@@ -201,13 +219,10 @@ def read_answer(content: bytes, *, count: int) -> NodeAnswer:
         raise BadAnswer(f"not an images response: {exc}") from None
     if len(answer.data) != count:
         raise BadAnswer(f"{len(answer.data)} image(s) where {count} were asked for")
-    magic = _MAGIC[answer.output_format or "png"]
     for image in answer.data:
         if image.b64_json is None or image.url is not None:
             raise BadAnswer("an image without b64_json")
-        webp_form_ok = image.b64_json[_WEBP_FORM[0] : _WEBP_FORM[0] + 4] == _WEBP_FORM[1]
-        if not image.b64_json.startswith(magic) or (answer.output_format == "webp" and not webp_form_ok):
-            raise BadAnswer(f"an image that is not {answer.output_format or 'png'}")
+        check_image(image.b64_json, answer.output_format or "png")
     return answer
 
 
@@ -263,14 +278,18 @@ class ImageJobs:
     def plan(self, req: S) -> JobPlan[S]:
         return plan_job(self._context.models, req, self._context.settings)
 
+    def parts(self, plan: JobPlan[Any]) -> list[Part]:
+        """The parts of ``plan``: one per idle node serving the model (with ``fan_out``)."""
+        n = plan.request.n
+        models, cfg = self._context.models, self._context.settings
+        return split(n, models.idle_nodes(plan.model, FLAGS) if cfg.fan_out and n > 1 else 1)
+
     async def run(
         self, plan: JobPlan[Any], path: str, build: Callable[[Part], tuple[bytes, str]]
     ) -> Response[Any]:
-        """Send ``plan`` to ``path``: one part per idle node (with ``fan_out``), each built by
+        """Send ``plan`` to ``path``, one request per part (:meth:`parts`), each built by
         ``build`` (its body and content type), then merge the answers."""
         context = self._context
-        n = plan.request.n
-        ways = context.models.idle_nodes(plan.model, FLAGS) if context.settings.fan_out and n > 1 else 1
 
         async def send(part: Part) -> UpstreamResult:
             content, content_type = build(part)
@@ -280,11 +299,11 @@ class ImageJobs:
                 path,
                 content=content,
                 content_type=content_type,
-                max_answer_bytes=answer_limit(plan.size, part.count),
+                max_answer_bytes=answer_limit(plan.size, part.count, plan.info.native_size),
                 check=functools.partial(read_answer, count=part.count),
             )
 
-        results = list(await asyncio.gather(*(send(p) for p in split(n, ways))))
+        results = list(await asyncio.gather(*(send(p) for p in self.parts(plan))))
         replaced = plan.replaced_size
         return merge(
             results,

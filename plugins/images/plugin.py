@@ -7,7 +7,9 @@ merge the answers) -> ``llmlb_core.forwarding`` (pick a node, send, fail over) -
 ``llmlb_node.stable_diffusion.runtime`` -> ``llmlb_node.stable_diffusion.engine``. Helpers they
 call: ``protocol`` (schemas, shared with the node), ``validation`` and ``decoding`` (checks,
 shared with the node), ``url_store`` (``response_format=url`` files), ``settings``,
-``defaults`` (the admin's per-model defaults schema).
+``defaults`` (the admin's per-model defaults schema), ``model_info`` (what nodes say a model can
+do: ``/v1/models`` details and the checks before an edit is sent). ``stream: true`` goes from
+``routes`` to ``streaming`` (the nodes' events checked and merged) instead of ``dispatch.run``.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any
 
 from llmlb_core.api import Capability, hookimpl
 from llmlb_plugins.images.defaults import ImageModelDefaults
-from llmlb_plugins.images.dispatch import FLAGS
+from llmlb_plugins.images.model_info import FLAGS, describe_model
 from llmlb_plugins.images.protocol import (
     ImageEditFields,
     ImageGenerationRequest,
@@ -41,6 +43,7 @@ CAPABILITY = Capability(
         "ImageModelDefaults": ImageModelDefaults,
     },
     defaults_schema=ImageModelDefaults,
+    describe_model=describe_model,
 )
 
 

@@ -1,13 +1,21 @@
 """Request checks shared by the router (routes, dispatch) and the node's stable_diffusion runtime:
-prompt, size, unsupported options."""
+prompt, size, the form fields of edits and variations."""
 
 from __future__ import annotations
 
 import math
 import re
+from typing import Any, TypeVar
 
-from llmlb_core.api import OpenAIError
+import msgspec
+
+from llmlb_core.api import OpenAIError, ParsedForm, check_json_bytes, convert_fields
 from llmlb_plugins.images.protocol import SIZE_AUTO, SIZES, parse_size
+
+T = TypeVar("T")
+
+# The official SDKs send a list of objects in a form as one field per member and item.
+_SDK_LORA_FIELD = re.compile(r"loras\[\]\[(name|weight)\]")
 
 _SIZE_RE = re.compile(r"^\s*(\d{1,5})\s*[xX]\s*(\d{1,5})\s*$")
 
@@ -45,11 +53,47 @@ def resolve_size(size: str | None, *, fallback: bool) -> tuple[str, str | None]:
     )
 
 
-def reject_streaming(stream: bool | None) -> None:
-    if stream:
-        raise OpenAIError(
-            400,
-            "Streaming image generation (stream=true) is not supported",
-            param="stream",
-            code="unsupported_parameter",
-        )
+def form_loras(form: ParsedForm) -> Any:
+    """The ``loras`` extra of a form, unchecked (:func:`form_request` converts it): one ``loras``
+    field holding JSON (``[{"name": "x", "weight": 0.8}]``, what the router sends a node), or
+    the official SDK's fields ``loras[][name]``, ``loras[][weight]`` (an edit's ``extra_body``),
+    in the order sent: a ``name`` starts the next LoRA. None: the form has none."""
+    if "loras" in form.fields:
+        text = form.fields["loras"]
+        try:
+            check_json_bytes(text.encode())
+            loras = msgspec.json.decode(text)
+        except (OpenAIError, msgspec.DecodeError):
+            raise OpenAIError(
+                400, 'loras must be a JSON list: [{"name": "...", "weight": 1.0}]', param="loras"
+            ) from None
+        return loras
+    items: list[dict[str, Any]] = []
+    for name, value in form.items:
+        match = _SDK_LORA_FIELD.fullmatch(name)
+        if match is None:
+            continue
+        if match.group(1) == "name" or not items or "weight" in items[-1]:
+            items.append({})
+        items[-1][match.group(1)] = value
+    return items or None
+
+
+def form_request(form: ParsedForm, type_: type[T]) -> T:
+    """A form's plain fields as the typed request ``type_`` (``"0.2"`` is a float), its
+    ``loras`` extra included (:func:`form_loras`); a bad value is a 400 naming the field."""
+    fields: dict[str, Any] = {k: v for k, v in form.fields.items() if not k.startswith("loras")}
+    loras = form_loras(form)
+    if loras is not None:
+        fields["loras"] = loras
+    return convert_fields(fields, type_)
+
+
+def form_value(value: Any) -> str:
+    """A request field as the router writes it into a node's form: ``true``/``false``, JSON for
+    a list (``loras``), else the value's text."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, dict)):
+        return msgspec.json.encode(value).decode()
+    return str(value)

@@ -86,7 +86,9 @@ OK_BODY = {"model": "demo", "prompt": "a cat", "steps": 1}
         ({"strength": 1.5}, "strength", "<= 1"),
         ({"seed": -5}, "seed", ">= 0"),
         ({"negative_prompt": 5}, "negative_prompt", "str"),
-        ({"stream": True}, "stream", "not supported"),
+        ({"stream": "yes"}, "stream", "bool"),
+        ({"partial_images": 4}, "partial_images", "<= 3"),
+        ({"stream": True, "response_format": "url"}, "response_format", "cannot be streamed"),
     ],
 )
 def test_bad_generation_fields(
