@@ -17,9 +17,11 @@ import httpx
 import msgspec
 
 from llmlb_core.protocol import (
+    MAX_REPORTED_JOBS,
     Accelerator,
     Heartbeat,
     HeartbeatReply,
+    JobProgress,
     ModelAdvert,
     NodeRegistration,
     RegistrationReply,
@@ -88,11 +90,13 @@ class RouterLink:
     def heartbeat_message(self) -> Heartbeat:
         active = queued = 0
         loaded: list[str] = []
+        jobs: list[JobProgress] = []
         for runtime in self.runtimes:
             load = runtime.load()
             active += load.active_jobs
             queued += load.queued_jobs
             loaded.extend(load.loaded_models)
+            jobs.extend(load.jobs)
         slots = sum(r.slots for r in self.runtimes) or 1
         models = self.models()
         changed = models != self._last_models
@@ -104,6 +108,7 @@ class RouterLink:
             queued_jobs=queued,
             loaded_models=loaded,
             models=models if changed else None,
+            jobs=jobs[:MAX_REPORTED_JOBS],
         )
 
     async def register(self) -> None:

@@ -11,9 +11,14 @@ Start from the model profile (``model.toml``): ``steps``, ``cfg_scale``, ``sampl
 | style     | vivid                          | cfg_scale x 1.25 (models with cfg_scale > 1)    |
 | style     | natural                        | cfg_scale x 0.85, never below 1                 |
 
-Explicit extras (``steps``, ``cfg_scale``, ``sampler``, ``scheduler``, ``negative_prompt``) win
-over both. Guidance-free models (profile ``cfg_scale`` <= 1, e.g. sd-turbo) ignore ``style``:
-raising their cfg would double the work and spoil the image.
+Explicit extras (``steps``, ``cfg_scale``, ``sampler``, ``scheduler``, ``negative_prompt``,
+``guidance``, ``flow_shift``) win over both. ``guidance`` (distilled guidance of Flux-type models)
+and ``flow_shift`` stay unset when neither the request nor the profile sets them: the binding's
+defaults then apply (guidance 3.5; flow_shift "inf", the model's own). ``vae_tiling`` and
+``cache_mode`` come from the profile only (engine options of the operator's).
+
+Guidance-free models (profile ``cfg_scale`` <= 1, e.g. sd-turbo) ignore ``style``: raising their
+cfg would double the work and spoil the image.
 """
 
 from __future__ import annotations
@@ -35,6 +40,10 @@ class EngineSettings:
     sampler: str
     scheduler: str | None
     negative_prompt: str
+    guidance: float | None = None
+    flow_shift: float | None = None
+    vae_tiling: bool = False
+    cache_mode: str | None = None
 
 
 def engine_settings(
@@ -57,4 +66,8 @@ def engine_settings(
         negative_prompt=extras.negative_prompt
         if extras.negative_prompt is not None
         else profile.negative_prompt,
+        guidance=extras.guidance if extras.guidance is not None else profile.guidance,
+        flow_shift=extras.flow_shift if extras.flow_shift is not None else profile.flow_shift,
+        vae_tiling=profile.vae_tiling,
+        cache_mode=profile.cache_mode,
     )

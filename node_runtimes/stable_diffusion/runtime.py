@@ -1,13 +1,24 @@
-"""The ``stable_diffusion`` node runtime: OpenAI Images routes over stable-diffusion.cpp."""
+"""The ``stable_diffusion`` node runtime: OpenAI Images routes over stable-diffusion.cpp.
+
+- Generations, edits and variations answer JSON, or with ``stream: true`` (generations and
+  edits) server-sent events: ``partial_images`` previews then the completed image, per image
+  (:mod:`streaming`, :mod:`events`).
+- Edits: for a family that takes reference images (``Family.max_ref_images``: Flux Kontext,
+  Flux.2, Qwen-Image-Edit) every ``image[]`` is a reference (sd.cpp's ``-r``) and there is no
+  init image unless a mask is given; for the others the one image is the init image. More images
+  than a model takes, or a mask for a model without mask edits, is a 400.
+- LoRAs (``loras`` extra, ``<lora:name:weight>`` tags) are checked against the model's known
+  LoRA files before anything runs (:mod:`loras`).
+"""
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import io
 import logging
 import secrets
 import time
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -21,16 +32,21 @@ from llmlb_node.api import (
     Runtime,
     RuntimeContext,
     RuntimeLoad,
-    convert_fields,
     decode_json_bytes,
     parse_multipart,
 )
-from llmlb_node.stable_diffusion.engine import EngineJob, SDEngine
-from llmlb_node.stable_diffusion.model_folder import ModelFolder, scan_models
+from llmlb_node.stable_diffusion.engine import EngineJob, JobListener, SDEngine
+from llmlb_node.stable_diffusion.events import StreamFormat
+from llmlb_node.stable_diffusion.imaging import Output, fit_inputs
+from llmlb_node.stable_diffusion.loras import plan_loras, usable_path
+from llmlb_node.stable_diffusion.model_folder import ModelFolder, ScanResult, log_scan_changes, scan_models
 from llmlb_node.stable_diffusion.params import engine_settings
+from llmlb_node.stable_diffusion.previews import resolve_method
 from llmlb_node.stable_diffusion.settings import StableDiffusionSettings
-from llmlb_plugins.images.decoding import MAX_IMAGES, ImageDecoder, ImageLimits
+from llmlb_node.stable_diffusion.streaming import ImageStream
+from llmlb_plugins.images.decoding import IMAGE_FIELDS, EditInputs, ImageDecoder, ImageLimits, decode
 from llmlb_plugins.images.protocol import (
+    MAX_EDIT_IMAGES,
     MAX_SEED,
     SIZE_AUTO,
     ImageData,
@@ -40,7 +56,7 @@ from llmlb_plugins.images.protocol import (
     ImageVariationFields,
     parse_size,
 )
-from llmlb_plugins.images.validation import require_prompt, resolve_size
+from llmlb_plugins.images.validation import form_request, require_prompt, resolve_size
 
 log = logging.getLogger("llmlb.node.sd")
 
@@ -52,29 +68,45 @@ VARIATION_STRENGTH = 0.6
 # stable-diffusion.cpp regenerates where its mask is white (255): it blends
 # denoised * mask + init * (1 - mask) in latent space (tests/test_sd_engine.py proves it).
 SD_MASK_REGENERATE = 255
+# The node-wide LoRA folder when the settings name none: <models_dir>/loras.
+LORA_DIR_NAME = "loras"
+RESCAN_S = 5.0
 
 
-def encode_image(image: Image.Image, output_format: str, compression: int | None) -> str:
-    out = io.BytesIO()
-    if output_format == "png":
-        # output_compression 0-100 maps to zlib levels 0-9 for PNG.
-        level = 6 if compression is None else round(compression * 9 / 100)
-        image.save(out, format="PNG", compress_level=level)
-    else:
-        quality = 100 - compression if compression is not None else 90
-        image.convert("RGB").save(out, format=output_format.upper(), quality=max(1, quality))
-    return base64.b64encode(out.getvalue()).decode("ascii")
+def check_images(folder: ModelFolder, count: int, *, has_mask: bool) -> None:
+    """400 unless the model takes ``count`` edit images (and a mask, when one is given)."""
+    family = folder.family
+    if has_mask and not family.mask_edits:
+        raise OpenAIError(
+            400,
+            f"Model '{folder.id}' ({family.label}) does not support edits with a mask; "
+            "send the image without one",
+            param="mask",
+            code="mask_not_supported",
+        )
+    limit = family.max_ref_images
+    if limit == 0 and count > 1:
+        raise OpenAIError(
+            400,
+            f"{count} images were sent, but model '{folder.id}' ({family.label}) takes one image "
+            "and no reference images",
+            param="image",
+            code="too_many_images",
+        )
+    if limit and count > limit:
+        raise OpenAIError(
+            400,
+            f"{count} images were sent, but model '{folder.id}' ({family.label}) takes at most "
+            f"{limit} reference images",
+            param="image",
+            code="too_many_images",
+        )
 
 
-def _fit_inputs(
-    init: Image.Image | None, mask: Image.Image | None, size: tuple[int, int]
-) -> tuple[Image.Image | None, Image.Image | None]:
-    """The init image (RGB) and mask resized to the generation size."""
-    if init is not None:
-        init = init.convert("RGB").resize(size, Image.Resampling.LANCZOS)
-    if mask is not None:
-        mask = mask.resize(size, Image.Resampling.NEAREST)
-    return init, mask
+def _decode_rgb(inputs: EditInputs) -> list[Image.Image]:
+    """Every image of an edit, decoded, as RGB (the first one is decoded already)."""
+    assert inputs.init is not None
+    return [inputs.init.convert("RGB")] + [decode(c).convert("RGB") for c in inputs.images[1:]]
 
 
 class StableDiffusionRuntime(Runtime):
@@ -86,23 +118,32 @@ class StableDiffusionRuntime(Runtime):
     ) -> None:
         self.models_dir = context.models_dir
         self.settings = settings = context.settings
+        self.lora_dir = Path(settings.lora_dir) if settings.lora_dir else self.models_dir / LORA_DIR_NAME
         self.engine = engine or SDEngine(
             threads=settings.threads,
             idle_unload_s=settings.idle_unload_s,
             weights_preference=settings.weights_preference,
         )
         self._folders: dict[str, ModelFolder] = {}
+        self._scan: ScanResult | None = None
+        self._unusable_loras: set[Path] = set()
         self._scanned_at = 0.0
         self.rescan()
 
     # --- models --------------------------------------------------------------------------
     def rescan(self) -> None:
-        self._folders = {f.id: f for f in scan_models(self.models_dir)}
+        result = scan_models(self.models_dir, lora_dir=self.lora_dir)
+        log_scan_changes(self._scan, result)  # each model and each problem once, when it changes
+        self._scan = result
+        self._folders = {f.id: f for f in result.models}
         self._scanned_at = time.monotonic()
 
-    def folder(self, model: str | None) -> ModelFolder:
-        if time.monotonic() - self._scanned_at > 5:
+    def _fresh(self) -> None:
+        if time.monotonic() - self._scanned_at > RESCAN_S:
             self.rescan()
+
+    def folder(self, model: str | None) -> ModelFolder:
+        self._fresh()
         if model is None and len(self._folders) == 1:
             return next(iter(self._folders.values()))
         if model is None or model not in self._folders:
@@ -111,22 +152,55 @@ class StableDiffusionRuntime(Runtime):
             )
         return self._folders[model]
 
+    def loras(self, folder: ModelFolder) -> dict[str, Path]:
+        """The model's LoRAs that a request may name (a name the protocol accepts, a path that
+        fits in a tag); none when its family takes none."""
+        if not folder.family.loras:
+            return {}
+        usable = {}
+        for name, path in folder.loras.items():
+            if not usable_path(path):
+                if path not in self._unusable_loras:
+                    self._unusable_loras.add(path)
+                    log.warning("LoRA %s is not offered: its path holds ':', '<' or '>'; move it", path)
+            else:
+                usable[name] = path
+        return usable
+
+    def preview_method(self, folder: ModelFolder) -> str:
+        """The node's ``preview_method`` when set (not ``auto``), else the model's."""
+        return resolve_method(
+            self.settings.preview_method,
+            folder.profile.preview_method,
+            has_taesd="taesd_path" in folder.components,
+        )
+
+    def details(self, folder: ModelFolder) -> dict[str, Any]:
+        """The advert's details, read by the router (``/v1/models``; keep the key names)."""
+        profile, family = folder.profile, folder.family
+        return {
+            "family": family.name,
+            "label": family.label,
+            "native_size": profile.native_size,
+            "defaults": {
+                "steps": profile.steps,
+                "cfg_scale": profile.cfg_scale,
+                "guidance": profile.guidance,
+                "sampler": profile.sampler,
+            },
+            "supports": {
+                "mask": family.mask_edits,
+                "reference_images": family.max_ref_images,
+                "loras": sorted(self.loras(folder)),
+                "partial_images": self.preview_method(folder) != "none",
+            },
+            "weights": [p.name for p in folder.weights],
+        }
+
     def models(self) -> list[ModelAdvert]:
-        if time.monotonic() - self._scanned_at > 5:
-            self.rescan()
+        self._fresh()
         return [
-            ModelAdvert(
-                id=f.id,
-                capabilities=CAPABILITIES,
-                runtime=TYPE_NAME,
-                details={
-                    "native_size": f.profile.native_size,
-                    "steps": f.profile.steps,
-                    "cfg_scale": f.profile.cfg_scale,
-                    "sampler": f.profile.sampler,
-                    "weights": [p.name for p in f.weights],
-                },
-            )
+            ModelAdvert(id=f.id, capabilities=CAPABILITIES, runtime=TYPE_NAME, details=self.details(f))
             for f in self._folders.values()
         ]
 
@@ -136,6 +210,7 @@ class StableDiffusionRuntime(Runtime):
             active_jobs=self.engine.active_jobs,
             queued_jobs=self.engine.waiting_jobs,
             loaded_models=[loaded.id] if loaded else [],
+            jobs=self.engine.jobs(),
         )
 
     async def start(self) -> None:
@@ -162,21 +237,34 @@ class StableDiffusionRuntime(Runtime):
         style: str | None,
         init: Image.Image | None = None,
         mask: Image.Image | None = None,
+        refs: list[Image.Image] | None = None,
         default_strength: float = EDIT_STRENGTH,
+        edit: bool = False,
+        stream: bool = False,
+        partial_images: int = 0,
     ) -> Response[Any]:
         folder = self.folder(req.model)
         width, height, size = self._size(req.size, folder)
         settings = engine_settings(req, folder.profile, quality=quality, style=style)
+        loras = plan_loras(
+            prompt=prompt,
+            negative_prompt=settings.negative_prompt,
+            requested=req.loras,
+            available=self.loras(folder),
+            supported=folder.family.loras,
+            model=folder.id,
+            family_label=folder.family.label,
+        )
         seed = req.seed if req.seed is not None else secrets.randbelow(MAX_SEED - 16)
         if init is not None or mask is not None:
             # Resizing a large upload takes 100+ ms: off the event loop (heartbeats, /health).
-            init, mask = await asyncio.to_thread(_fit_inputs, init, mask, (width, height))
+            init, mask = await asyncio.to_thread(fit_inputs, init, mask, (width, height))
         sd_mask = None
         if mask is not None:
             sd_mask = mask if SD_MASK_REGENERATE == 255 else mask.point(lambda v: 255 - v)
         job = EngineJob(
-            prompt=prompt,
-            negative_prompt=settings.negative_prompt,
+            prompt=loras.prompt,
+            negative_prompt=loras.negative_prompt,
             width=width,
             height=height,
             steps=settings.steps,
@@ -188,23 +276,38 @@ class StableDiffusionRuntime(Runtime):
             init_image=init,
             mask_image=sd_mask,
             strength=req.strength if req.strength is not None else default_strength,
+            guidance=settings.guidance,
+            flow_shift=settings.flow_shift,
+            vae_tiling=settings.vae_tiling,
+            cache_mode=settings.cache_mode,
+            ref_images=refs or [],
+            loras=loras.loras,
         )
-        images = await self.engine.generate(folder, job)
         output_format = req.output_format or "png"
+        output = Output(
+            (width, height),
+            output_format,
+            req.output_compression,
+            init=init if mask is not None else None,
+            mask=mask if init is not None else None,
+        )
+        if stream:
+            fmt = StreamFormat(
+                edit=edit,
+                size=size,
+                quality=quality or "auto",
+                background="opaque",
+                output_format=output_format,
+                seed=seed,
+            )
+            job.partial_images, job.preview_method = partial_images, self.preview_method(folder)
 
-        def finish() -> list[str]:
-            out = []
-            for image in images:
-                image = image.convert("RGB")  # the binding returns RGBA
-                if image.size != (width, height):
-                    image = image.resize((width, height), Image.Resampling.LANCZOS)
-                if init is not None and mask is not None:
-                    # Keep every pixel outside the mask exactly as it was.
-                    image = Image.composite(image, init, mask)
-                out.append(encode_image(image, output_format, req.output_compression))
-            return out
+            async def run(listener: JobListener) -> list[Image.Image]:
+                return await self.engine.generate(folder, replace(job, listener=listener))
 
-        encoded = await asyncio.to_thread(finish)
+            return await ImageStream(run, fmt, output.render).response()
+        images = await self.engine.generate(folder, job)
+        encoded = await asyncio.to_thread(lambda: [output.render(image, False) for image in images])
         body = ImagesResponse(
             created=int(time.time()),
             data=[ImageData(b64_json=b64, seed=seed + i) for i, b64 in enumerate(encoded)],
@@ -227,16 +330,21 @@ class StableDiffusionRuntime(Runtime):
                 decodes_at_once=cfg.max_concurrent_decodes,
             )
         )
-        # Whole bodies: an edit carries up to MAX_IMAGES images and a mask, a variation one image
-        # (with room for the form fields). They follow max_upload_bytes, not the node's default.
-        edits_max = 8 * cfg.max_upload_bytes
+        # Whole bodies: an edit carries up to MAX_EDIT_IMAGES images and a mask, a variation one
+        # image (with room for the form fields). They follow max_upload_bytes, not the node's default.
+        edits_max = (MAX_EDIT_IMAGES + 2) * cfg.max_upload_bytes
         variations_max = 2 * cfg.max_upload_bytes
 
         @post("/v1/images/generations", status_code=200)
         async def generations(request: Request[Any, Any, Any]) -> Response[Any]:
             req = decode_json_bytes(await request.body(), ImageGenerationRequest)
             return await runtime._run(
-                req, prompt=require_prompt(req.prompt), quality=req.quality, style=req.style
+                req,
+                prompt=require_prompt(req.prompt),
+                quality=req.quality,
+                style=req.style,
+                stream=bool(req.stream),
+                partial_images=req.partial_images or 0,
             )
 
         @post("/v1/images/edits", status_code=200, request_max_body_size=edits_max)
@@ -244,18 +352,29 @@ class StableDiffusionRuntime(Runtime):
             form = await parse_multipart(
                 request, max_file_bytes=cfg.max_upload_bytes, max_total_bytes=edits_max, file_label="Image"
             )
-            req = convert_fields(form.fields, ImageEditFields)
+            req = form_request(form, ImageEditFields)
             prompt = require_prompt(req.prompt)
-            inputs = await decoder.read(form, max_images=MAX_IMAGES, mask_allowed=True, keep_pixels=True)
+            folder = runtime.folder(req.model)
+            check_images(folder, len(form.uploads(*IMAGE_FIELDS)), has_mask=bool(form.uploads("mask")))
+            inputs = await decoder.read(form, max_images=MAX_EDIT_IMAGES, mask_allowed=True, keep_pixels=True)
             mask = inputs.mask_pixels
+            init, refs = inputs.init, None
+            if folder.family.max_ref_images:
+                # Every image is a reference; the first is also the init image of a masked edit.
+                refs = await asyncio.to_thread(_decode_rgb, inputs)
+                init = inputs.init if mask is not None else None
             return await runtime._run(
                 req,
                 prompt=prompt,
                 quality=req.quality,
                 style=None,
-                init=inputs.init,
+                init=init,
                 mask=mask,
+                refs=refs,
                 default_strength=INPAINT_STRENGTH if mask is not None else EDIT_STRENGTH,
+                edit=True,
+                stream=bool(req.stream),
+                partial_images=req.partial_images or 0,
             )
 
         @post("/v1/images/variations", status_code=200, request_max_body_size=variations_max)
@@ -266,7 +385,7 @@ class StableDiffusionRuntime(Runtime):
                 max_total_bytes=variations_max,
                 file_label="Image",
             )
-            req = convert_fields(form.fields, ImageVariationFields)
+            req = form_request(form, ImageVariationFields)
             inputs = await decoder.read(form, max_images=1, mask_allowed=False, keep_pixels=True)
             init = inputs.init
             return await runtime._run(

@@ -4,6 +4,12 @@ Environment: ``LLMLB_NODE_RUNTIME__STABLE_DIFFUSION__<KEY>``; the ``llmlb node``
 ``--threads``, ``--idle-unload`` and ``--weights`` set ``threads``, ``idle_unload_s`` and
 ``weights_preference``.
 
+``lora_dir`` is the node-wide LoRA folder (default ``<models_dir>/loras``; each model folder's own
+``loras/`` subfolder adds to it). ``preview_method`` is how partial images of streamed requests
+are made: ``auto`` (default) leaves it to each model (its ``model.toml``, else ``tae`` with a
+TAESD file, ``proj`` without; see ``previews``); any other value holds for every model of the
+node (``none`` turns partial images off, ``proj`` makes them free).
+
 The upload limits have the defaults of the router's ``[plugin.images]`` limits. Keep them at or
 above the router's: the router checks every upload first, and a node that refused what its router
 accepted would fail requests the client was told were fine. An operator who raises the router's
@@ -16,6 +22,8 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from llmlb_node.stable_diffusion.model_folder import PreviewMethod
+
 MB = 1024 * 1024
 
 
@@ -26,6 +34,10 @@ class StableDiffusionSettings(msgspec.Struct, kw_only=True, forbid_unknown_field
     threads: Annotated[int, msgspec.Meta(ge=0)] = 0
     # Weights format when a model folder holds several: auto (by environment), safetensors, gguf.
     weights_preference: Literal["auto", "safetensors", "gguf"] = "auto"
+    # Node-wide LoRA folder (default: <models_dir>/loras).
+    lora_dir: str | None = None
+    # Partial images of streamed requests, for every model: auto (each model's own), none, proj, tae, vae.
+    preview_method: PreviewMethod = "auto"
     # Upload limits of edits and variations (keep >= the router's [plugin.images] limits): bytes
     # of one file, pixels of one image, pixels of all images and the mask of one request.
     max_upload_bytes: Annotated[int, msgspec.Meta(gt=0)] = 4 * MB

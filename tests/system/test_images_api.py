@@ -11,6 +11,7 @@ import io
 import time
 
 import httpx
+import openai
 import pytest
 from PIL import Image
 
@@ -130,17 +131,23 @@ def test_edit_without_mask_transforms_the_whole_image(image_system: ImageSystem)
         assert mean_abs_diff(out, init, (32, 0, 64, 64)) > 1.0
 
 
-def test_edit_with_several_images_uses_the_first_as_init(image_system: ImageSystem) -> None:
+def test_edit_with_several_images_for_a_model_without_references_is_a_400(image_system: ImageSystem) -> None:
+    """Before issue 10 the extra images were silently dropped; SD1 takes no reference images."""
     first, second = gradient(64, 64), Image.new("RGB", (64, 64), (0, 200, 0))
-    result = image_system.client().images.edit(
-        model="demo",
-        image=[("a.png", png_bytes(first), "image/png"), ("b.jpg", png_bytes(second, "JPEG"), "image/jpeg")],
-        prompt="combine",
-        response_format="b64_json",
-        extra_body={**FAST, "seed": 5, "strength": 0.3},
-    )
-    out = decode_b64(result.data[0].b64_json)
-    assert mean_abs_diff(out, first) < mean_abs_diff(out, second)
+    with pytest.raises(openai.BadRequestError) as refused:
+        image_system.client().images.edit(
+            model="demo",
+            image=[
+                ("a.png", png_bytes(first), "image/png"),
+                ("b.jpg", png_bytes(second, "JPEG"), "image/jpeg"),
+            ],
+            prompt="combine",
+            response_format="b64_json",
+            extra_body={**FAST, "seed": 5, "strength": 0.3},
+        )
+    error = refused.value
+    assert (error.status_code, error.code, error.param) == (400, "too_many_images", "image")
+    assert "no reference images" in error.message
 
 
 def test_variations_n3_distinct(image_system: ImageSystem) -> None:

@@ -1,12 +1,18 @@
 """The StableDiffusion engine in-process on the synthetic checkpoint: mask polarity, weights
-format choice, loading on first use, unloading when idle, freeing memory on model switch,
-and load failures that surface as OpenAI-shaped 500s without breaking the engine."""
+format choice, loading on first use, unloading when idle, freeing memory on model switch, load
+failures that surface as OpenAI-shaped 503s (remembered until the files change) without breaking
+the engine, previews of the chosen steps, job progress, the process-wide callbacks cleared after
+every call, and engine options passed on."""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
+import subprocess
+import sys
+import threading
 from pathlib import Path
 
 import psutil
@@ -14,11 +20,14 @@ import pytest
 from PIL import Image
 
 from llmlb_core.errors import OpenAIError
+from llmlb_core.protocol import JobProgress
 from llmlb_node.stable_diffusion.engine import EngineJob, SDEngine
-from llmlb_node.stable_diffusion.model_folder import ModelFolder, choose_weights, scan_models
+from llmlb_node.stable_diffusion.loras import plan_loras, prompt_with_loras
+from llmlb_node.stable_diffusion.model_folder import ModelFolder, ModelProfile, choose_weights, scan_models
 from llmlb_node.stable_diffusion.quantize import quantize
 from tests.support.images_util import gradient, mean_abs_diff
 from tests.support.models import DEMO_MODEL, MODEL_CACHE, copy_model
+from tests.support.servers import REPO
 
 MIB = 1024 * 1024
 
@@ -41,7 +50,7 @@ def job(**overrides: object) -> EngineJob:
 
 
 def folder(models_dir: Path, name: str = DEMO_MODEL) -> ModelFolder:
-    return {f.id: f for f in scan_models(models_dir)}[name]
+    return {f.id: f for f in scan_models(models_dir).models}[name]
 
 
 @pytest.fixture(scope="session")
@@ -116,7 +125,9 @@ async def test_node_loads_the_chosen_format_and_generates(
         assert engine.loaded is not None and engine.loaded.choice.path.suffix == suffix
         assert image.size == (64, 64)
         assert any(
-            "loading model dual from model" in r.message and suffix in r.message for r in caplog.records
+            r.message.startswith("loading model dual (Stable Diffusion 1.x) from model")
+            and suffix in r.message
+            for r in caplog.records
         )
     finally:
         await engine.stop()
@@ -166,38 +177,237 @@ async def test_idle_model_is_unloaded_and_reloaded_on_use(models_dir: Path) -> N
         await engine.stop()
 
 
-async def test_broken_weights_give_500_and_engine_keeps_serving(models_dir: Path, tmp_path: Path) -> None:
-    broken = tmp_path / "broken"
-    broken.mkdir()
-    data = (models_dir / DEMO_MODEL / "model.safetensors").open("rb").read(4 * MIB)
-    (broken / "model.safetensors").write_bytes(data)  # truncated checkpoint
+async def test_a_folder_that_cannot_load_is_a_503_remembered_until_its_files_change(
+    models_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The weights turn out truncated after the scan: 503 ``model_load_failed`` with the reason,
+    logged once; the next request gets the same answer at once (no new load); when the file is
+    fixed, the next request loads it."""
+    copy_model(models_dir, tmp_path, "broken")
+    broken = folder(tmp_path, "broken")
+    weights = tmp_path / "broken" / "model.safetensors"
+    good = models_dir / DEMO_MODEL / "model.safetensors"
+    weights.unlink()
+    weights.write_bytes(good.open("rb").read(4 * MIB))  # truncated checkpoint
     engine = SDEngine(threads=2, idle_unload_s=0)
     try:
-        with pytest.raises(OpenAIError) as failed:
-            await engine.generate(folder(tmp_path, "broken"), job())
-        assert failed.value.status == 500 and failed.value.code == "model_load_failed"
-        assert "broken" in failed.value.message
-        [image] = await engine.generate(folder(models_dir), job())
+        with caplog.at_level(logging.INFO, logger="llmlb.node.sd"):
+            for _ in range(2):
+                with pytest.raises(OpenAIError) as failed:
+                    await engine.generate(broken, job())
+                error = failed.value
+                assert (error.status, error.code, error.type) == (503, "model_load_failed", "server_error")
+                assert "'broken'" in error.message and "model.safetensors is truncated" in error.message
+        assert caplog.text.count("loading model broken") == 1  # the second request did not retry
+        assert caplog.text.count("model broken cannot be loaded") == 1
+        [image] = await engine.generate(folder(models_dir), job())  # the engine serves on
         assert image.size == (64, 64)
+        weights.unlink()
+        weights.hardlink_to(good)  # fixed: its files changed
+        [image] = await engine.generate(broken, job())
+        assert image.size == (64, 64) and engine.loaded is not None and engine.loaded.id == "broken"
     finally:
         await engine.stop()
 
 
-async def test_loader_failure_inside_stable_diffusion_cpp_is_a_500(models_dir: Path, tmp_path: Path) -> None:
-    """A complete safetensors file whose tensors are not a model: sd.cpp itself refuses it
-    (the binding would crash freeing the NULL context; the engine must not)."""
+async def test_a_failed_load_is_retried_after_the_backoff(models_dir: Path, tmp_path: Path) -> None:
+    copy_model(models_dir, tmp_path, "broken")
+    broken = folder(tmp_path, "broken")
+    weights = tmp_path / "broken" / "model.safetensors"
+    weights.unlink()
+    weights.write_bytes(b"\x00" * 64)
+    engine = SDEngine(threads=2, idle_unload_s=0, load_retry_s=0.2)
+    try:
+        tried_at = []
+        for _ in range(2):
+            with pytest.raises(OpenAIError):
+                await engine.generate(broken, job())
+            tried_at.append(engine._load_failures[broken.id].at)
+            await asyncio.sleep(0.3)
+        assert tried_at[1] > tried_at[0]  # tried again, failed again
+    finally:
+        await engine.stop()
+
+
+async def test_a_file_stable_diffusion_cpp_refuses_is_a_503_with_its_reason(
+    models_dir: Path, tmp_path: Path
+) -> None:
+    """A complete safetensors file whose tensors are not a model (the scan would not serve it;
+    here the folder is built by hand): sd.cpp itself refuses it (the binding would crash freeing
+    the NULL context; the engine must not), and its own error line is the reason given."""
     import numpy as np
     from safetensors.numpy import save_file
 
     bad = tmp_path / "notamodel"
     bad.mkdir()
-    save_file({"unrelated.weight": np.zeros((4, 4), dtype=np.float16)}, str(bad / "model.safetensors"))
+    weights = bad / "model.safetensors"
+    save_file({"unrelated.weight": np.zeros((4, 4), dtype=np.float16)}, str(weights))
+    refused = ModelFolder(
+        id="notamodel",
+        path=bad,
+        profile=ModelProfile(),
+        weights=(weights,),
+        weights_args={weights: "model_path"},
+    )
     engine = SDEngine(threads=2, idle_unload_s=0)
     try:
         with pytest.raises(OpenAIError) as failed:
-            await engine.generate(folder(tmp_path, "notamodel"), job())
-        assert failed.value.status == 500 and failed.value.code == "model_load_failed"
+            await engine.generate(refused, job())
+        error = failed.value
+        assert error.status == 503 and error.code == "model_load_failed"
+        assert "stable-diffusion.cpp refused model.safetensors" in error.message
+        assert "get sd version from file failed" in error.message  # sd.cpp's own error line
+        assert str(tmp_path) not in error.message  # files by name: no node paths for clients
         [image] = await engine.generate(folder(models_dir), job())
         assert image.size == (64, 64)
     finally:
         await engine.stop()
+
+
+class Recorder:
+    """A job listener that keeps what it hears (frames on the worker thread)."""
+
+    def __init__(self) -> None:
+        self.heard: list[tuple[str, int, int, tuple[int, int]]] = []
+
+    def partial(self, image_index: int, partial_index: int, frame: Image.Image) -> None:
+        assert threading.current_thread().name.startswith("sd-engine")
+        self.heard.append(("partial", image_index, partial_index, frame.size))
+
+    def completed(self, image_index: int, image: Image.Image) -> None:
+        self.heard.append(("completed", image_index, -1, image.size))
+
+
+async def test_previews_of_the_chosen_steps_and_progress_while_a_job_runs(models_dir: Path) -> None:
+    engine = SDEngine(threads=2, idle_unload_s=0)
+    recorder = Recorder()
+    try:
+        two = job(steps=3, batch_count=2, partial_images=2, preview_method="proj", listener=recorder)
+        running = asyncio.create_task(engine.generate(folder(models_dir), two))
+        seen: list[JobProgress] = []
+        while not running.done():
+            seen.extend(engine.jobs())
+            await asyncio.sleep(0.05)
+        images = await running
+        assert engine.jobs() == []
+        assert recorder.heard == [
+            ("partial", 0, 0, (8, 8)),  # proj: latent-sized
+            ("partial", 0, 1, (8, 8)),
+            ("completed", 0, -1, (64, 64)),
+            ("partial", 1, 0, (8, 8)),
+            ("partial", 1, 1, (8, 8)),
+            ("completed", 1, -1, (64, 64)),
+        ]
+        assert len(images) == 2
+        assert {p.model for p in seen} == {DEMO_MODEL} and {p.images for p in seen} == {2}
+        assert {p.image for p in seen} == {1, 2}
+        assert {p.steps for p in seen} == {3} and max(p.step for p in seen) >= 2
+        assert all(a.elapsed_s <= b.elapsed_s for a, b in itertools.pairwise(seen))
+    finally:
+        await engine.stop()
+
+
+CALLBACKS_SCRIPT = """
+import asyncio, sys
+from pathlib import Path
+import llmlb_node.stable_diffusion.engine as engine_module
+from llmlb_node.stable_diffusion.model_folder import scan_models
+from tests.system.test_sd_engine import Recorder, job
+
+if sys.argv[3] == "no-clearing":
+    engine_module.clear_callbacks = lambda: None
+
+async def main():
+    demo, other = ({f.id: f for f in scan_models(Path(p)).models} for p in sys.argv[1:3])
+    engine = engine_module.SDEngine(threads=2, idle_unload_s=0)
+    recorder = Recorder()
+    previewed = job(steps=2, partial_images=1, preview_method="proj", listener=recorder)
+    await engine.generate(demo["demo"], previewed)
+    print("previews", len(recorder.heard), flush=True)
+    await engine.generate(demo["demo"], job())
+    print("plain call", flush=True)
+    await engine.generate(other["other"], job())
+    print("load and call", flush=True)
+    await engine.stop()
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize("clearing", ["clearing", "no-clearing"])
+def test_callbacks_are_cleared_after_every_call(models_dir: Path, tmp_path: Path, clearing: str) -> None:
+    """A call with preview and progress callbacks, then a call without them, then a load: fine
+    when the engine clears both process-wide callbacks after each call; without that the process
+    dies (the control run shows the test can fail). In a child process: a crash is its exit."""
+    copy_model(models_dir, tmp_path, "other")
+    done = subprocess.run(
+        [sys.executable, "-c", CALLBACKS_SCRIPT, str(models_dir), str(tmp_path), clearing],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if clearing == "clearing":
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert "previews 2" in done.stdout and "load and call" in done.stdout
+    else:
+        assert done.returncode < 0 and "load and call" not in done.stdout  # killed by a signal
+
+
+async def test_engine_options_reach_stable_diffusion_cpp(models_dir: Path) -> None:
+    """guidance, flow_shift, vae_tiling and the LoRA tags the node builds are passed on (a spy
+    around the real binding call, which still runs); unset guidance/flow_shift are not passed."""
+    engine = SDEngine(threads=2, idle_unload_s=0)
+    calls: list[dict[str, object]] = []
+    try:
+        await engine.generate(folder(models_dir), job())
+        loaded = engine.loaded
+        assert loaded is not None
+        real = loaded.context.generate_image
+
+        def spy(**kwargs: object) -> object:
+            calls.append(kwargs)
+            return real(**kwargs)
+
+        loaded.context.generate_image = spy
+        await engine.generate(folder(models_dir), job())
+        await engine.generate(folder(models_dir), job(guidance=2.5, flow_shift=3.0, vae_tiling=True))
+        plain, tuned = calls
+        assert "guidance" not in plain and "flow_shift" not in plain and "cache_mode" not in plain
+        assert (tuned["guidance"], tuned["flow_shift"], tuned["vae_tiling"]) == (2.5, 3.0, True)
+        assert plain["prompt"] == "a cat"
+    finally:
+        await engine.stop()
+
+
+@pytest.mark.parametrize(
+    "prompt",
+    [
+        "<lora:known:0.5> a cat",
+        "a cat <lora:known:1> <lora",
+        "a cat<lora:known:0.5>>:1>",
+        "<lora:known:1>:/etc/passwd:1> <lora:known",
+        "<lora<lora:known:1>:x",
+    ],
+)
+def test_the_binding_parses_only_the_tags_the_node_built(prompt: str, tmp_path: Path) -> None:
+    """The binding's own parser (``_extract_and_build_loras``, which would open any path) run on
+    the prompt the engine passes: it finds exactly the node's tag, with the known file's
+    absolute path, and the client's text without tags."""
+    from stable_diffusion_cpp import StableDiffusion
+
+    known = tmp_path / "known.safetensors"
+    known.write_bytes(b"not opened here")
+    plan = plan_loras(
+        prompt=prompt,
+        negative_prompt="",
+        requested=None,
+        available={"known": known},
+        supported=True,
+        model="m",
+        family_label="test",
+    )
+    built = prompt_with_loras(plan.prompt, plan.loras)
+    text, loras, count, _buffers = StableDiffusion._extract_and_build_loras(None, built, str(tmp_path / "x"))
+    assert count == 1 and loras[0].path.decode() == str(known.resolve())
+    assert text == plan.prompt  # the client's text, as the node left it

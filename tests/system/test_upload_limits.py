@@ -33,10 +33,12 @@ MB = 1024 * 1024
 FAST = {"model": "demo", "prompt": "edit", "steps": "1", "response_format": "b64_json"}
 
 
-def flat_png(side: int, shade: int) -> bytes:
-    """A ``side`` x ``side`` PNG of one colour: large in pixels, tiny on the wire."""
+def flat_png(side: int, shade: int, mode: str = "RGB") -> bytes:
+    """A ``side`` x ``side`` PNG of one colour: large in pixels, tiny on the wire (``RGBA``: a
+    fully transparent mask)."""
     out = io.BytesIO()
-    Image.new("RGB", (side, side), (shade, 255 - shade, 128)).save(out, format="PNG", compress_level=1)
+    colour = (shade, 255 - shade, 128) if mode == "RGB" else (0, 0, 0, 0)
+    Image.new(mode, (side, side), colour).save(out, format="PNG", compress_level=1)
     return out.getvalue()
 
 
@@ -291,14 +293,17 @@ def _sample_peak(pid: int, stop: threading.Event, peak: list[int]) -> None:
 
 
 def test_large_edits_keep_router_memory_bounded_and_health_fast(image_system: ImageSystem) -> None:
-    """Four 4096x4096 PNGs per edit, 4 edits at once: the router checks them on worker threads
-    without holding their pixels (before: decoded on the event loop, /health waited seconds, and
-    hundreds of MB stayed in the process after the edits)."""
+    """A 4096x4096 PNG and its 4096x4096 mask per edit, 4 edits at once: the router checks them
+    on worker threads without holding their pixels (before: decoded on the event loop, /health
+    waited seconds, and hundreds of MB stayed in the process after the edits). (Four images per
+    edit until issue 10: an SD1 model now refuses extra images, which are reference images.)"""
     router = image_system.router
     assert router.popen is not None
     pid = router.popen.pid
-    images = [flat_png(4096, shade) for shade in (10, 90, 170, 250)]
-    files = [("image[]", (f"{i}.png", data, "image/png")) for i, data in enumerate(images)]
+    files = [
+        ("image", ("image.png", flat_png(4096, 90), "image/png")),
+        ("mask", ("mask.png", flat_png(4096, 0, "RGBA"), "image/png")),
+    ]
     warm = post_form(image_system, "/v1/images/edits", FAST, [("image", GOOD)])
     assert warm.status_code == 200, warm.text
     rest = rss(pid)
