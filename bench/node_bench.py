@@ -34,6 +34,14 @@ Real weights and a GPU (operators; the spec's target is one 1024x1024 image in <
     .venv/bin/python -c "import stable_diffusion_cpp as s; print(s.sd_get_system_info())"  # CUDA = 1
     .venv/bin/python -m bench.node_bench --model /models/sd-turbo --size 1024x1024 --steps 4 --cfg 1.0
 
+Engine speed per model family (no router, no node: load time, seconds per image and steps per
+second at several sizes, and the cost of each preview method; see ``bench/family_speed.py``)::
+
+    .venv/bin/python -m bench.node_bench --family flux --sizes 64,128,256 --steps 4
+    .venv/bin/python -m bench.node_bench --family sd1 --sizes 64,128 --steps 4 --preview none,proj,tae,vae
+    .venv/bin/python -m bench.node_bench --family flux --models-dir /models --model flux1-schnell \\
+        --sizes 512,1024 --steps 4 --preview none,tae
+
 ``--model`` takes a model folder (its ``model.toml`` taesd / vae / scheduler / negative prompt
 are kept; the weights file is picked the way the node picks it, and both paths use that file)
 or a weights file (``--taesd`` / ``--vae`` optional). On a GPU both the node and this process
@@ -61,6 +69,7 @@ from typing import Any
 
 import httpx
 
+from bench import family_speed
 from bench._common import (
     REPO,
     ServerProcess,
@@ -674,21 +683,32 @@ def build_parser() -> argparse.ArgumentParser:
         help="weights file when a folder has several (default auto, as the node)",
     )
     parser.add_argument("--size", help="WxH (default 128x128 for the demo, else the model's native size)")
-    parser.add_argument("--steps", type=int, default=4, help="sampling steps (default 4)")
-    parser.add_argument("--cfg", type=float, default=1.0, help="cfg scale (default 1.0)")
-    parser.add_argument("--sampler", default="euler", help="sampler (default euler)")
+    parser.add_argument(
+        "--steps", type=int, help="sampling steps (default 4; with --family: the model's default)"
+    )
+    parser.add_argument("--cfg", type=float, help="cfg scale (default 1.0; with --family: the model's)")
+    parser.add_argument("--sampler", help="sampler (default euler; with --family: the model's)")
     parser.add_argument("--threads", type=int, default=0, help="threads for both paths (0: all cores)")
     parser.add_argument(
-        "--reps", type=int, help="timed repetitions per path and n (default 5, 2 with --quick)"
+        "--reps",
+        type=int,
+        help="timed repetitions per path and n (default 5, 2 with --quick); --family: best of 3 (1)",
     )
     parser.add_argument("--n", default="1,4", help="comma-separated image counts per request (default 1,4)")
     parser.add_argument("--quick", action="store_true", help="short run (2 repetitions)")
     parser.add_argument("--json", metavar="PATH", help="also write the numbers as JSON")
+    family_speed.add_arguments(parser)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_bench(build_parser().parse_args(argv))
+    args = build_parser().parse_args(argv)
+    if family_speed.wanted(args):
+        return family_speed.run(args)
+    args.steps = 4 if args.steps is None else args.steps
+    args.cfg = 1.0 if args.cfg is None else args.cfg
+    args.sampler = args.sampler or "euler"
+    return run_bench(args)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.models import DEMO_MODEL, MODEL_CACHE, ImageSystem
+from tests.support.models import (
+    DEMO_MODEL,
+    FLUX_CACHE,
+    FLUX_LORA,
+    FLUX_MODEL,
+    LORA_CACHE,
+    MODEL_CACHE,
+    SD1_LORA,
+    ImageSystem,
+)
 from tests.support.servers import Proc, create_key, node_proc, router_proc
 
 
@@ -20,6 +29,32 @@ def models_dir() -> Path:
     if not demo_model_is_complete(folder):
         write_demo_model(folder)
     return MODEL_CACHE
+
+
+@pytest.fixture(scope="session")
+def flux_models_dir() -> Path:
+    """A models dir holding the synthetic multi-file FLUX.1 as model ``flux-schnell-tiny``:
+    ``flux1-schnell.safetensors`` (tiny DiT), ``clip_l.safetensors``, ``ae.safetensors``,
+    ``taef1.safetensors``, no model.toml (about 431 MB, written once)."""
+    from llmlb_node.stable_diffusion.demo_flux import demo_flux_is_complete, write_demo_flux
+
+    folder = FLUX_CACHE / FLUX_MODEL
+    if not demo_flux_is_complete(folder):
+        write_demo_flux(folder)
+    return FLUX_CACHE
+
+
+@pytest.fixture(scope="session")
+def lora_dir() -> Path:
+    """A LoRA folder with ``sd1-demo-lora.safetensors`` (for the SD1 demo model) and
+    ``flux-tiny-lora.safetensors`` (for flux-schnell-tiny)."""
+    from llmlb_node.stable_diffusion.demo_lora import lora_is_complete, write_flux_lora, write_sd1_lora
+
+    for name, family, write in ((SD1_LORA, "sd1", write_sd1_lora), (FLUX_LORA, "flux", write_flux_lora)):
+        path = LORA_CACHE / f"{name}.safetensors"
+        if not lora_is_complete(path, family):
+            write(path)
+    return LORA_CACHE
 
 
 @pytest.fixture

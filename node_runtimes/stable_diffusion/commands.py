@@ -1,7 +1,8 @@
 """The stable_diffusion runtime's commands, added to ``llmlb`` through the core's
 ``llmlb_register_commands`` hook (the ``stable_diffusion`` entry point of ``llmlb.plugins``):
-``demo-model`` writes the synthetic checkpoint, ``quantize`` a GGUF copy of a model's weights,
-and ``demo`` runs a router and a node serving the synthetic model."""
+``demo-model`` writes a synthetic model (SD1 checkpoint or split FLUX.1 folder), ``quantize``
+a GGUF copy of a model's weights, and ``demo`` runs a router and a node serving the synthetic
+model."""
 
 from __future__ import annotations
 
@@ -25,10 +26,17 @@ CONTEXT_SETTINGS: dict[str, Any] = {
 
 @click.command(name="demo-model", context_settings=CONTEXT_SETTINGS)
 @click.argument("directory", metavar="DIR", type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--family",
+    type=click.Choice(["sd1", "flux"]),
+    default="sd1",
+    help="sd1: one checkpoint + TAESD + model.toml (~850 MB); flux: FLUX.1 split into "
+    "flux1-schnell / clip_l / ae / taef1 files as downloaded, no model.toml (~431 MB)",
+)
 @click.option("--force", is_flag=True, help="write it again even if complete")
-def demo_model(directory: Path, force: bool) -> int:
-    """Write the synthetic random-weight SD checkpoint into DIR (a model folder)."""
-    write_demo_model_with_progress(directory, force=force)
+def demo_model(directory: Path, family: str, force: bool) -> int:
+    """Write a synthetic random-weight model into DIR (a model folder)."""
+    write_demo_model_with_progress(directory, force=force, family=family)
     return 0
 
 

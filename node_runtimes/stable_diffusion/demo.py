@@ -46,13 +46,18 @@ def _wait(url: str, proc: subprocess.Popen[bytes], timeout: float, what: str) ->
     raise click.ClickException(f"{what} did not come up within {timeout:.0f}s")
 
 
-def write_demo_model_with_progress(target: Path, *, force: bool = False) -> None:
-    """Write the synthetic checkpoint into ``target`` unless it is already complete, with a
-    progress bar on a terminal and a line every 2 s otherwise."""
+def write_demo_model_with_progress(target: Path, *, force: bool = False, family: str = "sd1") -> None:
+    """Write the synthetic model of ``family`` ("sd1": demo_checkpoint, "flux": demo_flux) into
+    ``target`` unless it is already complete, with a progress bar on a terminal and a line
+    every 2 s otherwise."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from llmlb_node.stable_diffusion.demo_checkpoint import demo_model_is_complete, write_demo_model
+    from llmlb_node.stable_diffusion import demo_checkpoint, demo_flux
 
+    write_demo_model, demo_model_is_complete = {
+        "sd1": (demo_checkpoint.write_demo_model, demo_checkpoint.demo_model_is_complete),
+        "flux": (demo_flux.write_demo_flux, demo_flux.demo_flux_is_complete),
+    }[family]
     if demo_model_is_complete(target) and not force:
         print(f"demo model present in {target}")
         return

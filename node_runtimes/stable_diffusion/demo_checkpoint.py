@@ -48,10 +48,11 @@ import math
 import os
 import struct
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -60,8 +61,25 @@ __all__ = [
     "MODEL_FILE",
     "PROFILE_FILE",
     "TAESD_FILE",
+    "Fill",
+    "Init",
+    "Normal",
+    "ProgressCallback",
+    "TensorSpec",
+    "check_seed",
+    "clip_text_specs",
+    "conv_specs",
     "demo_model_is_complete",
+    "linear_specs",
+    "norm_specs",
+    "numpy_dtype",
+    "safetensors_is_whole",
+    "taesd_specs",
+    "whole_safetensors_header",
     "write_demo_model",
+    "write_safetensors",
+    "write_text_atomic",
+    "write_weight_files",
 ]
 
 MODEL_FILE: Final = "model.safetensors"
@@ -83,10 +101,26 @@ taesd = "taesd.safetensors"
 
 ProgressCallback = Callable[[int, int, str], None]
 
-# How a tensor is initialised.
-_Init = Literal["normal", "zeros", "ones", "fan_in", "out_weight", "out_bias"]
+
+@dataclass(frozen=True)
+class Normal:
+    """Normal values with this standard deviation (for tensors that need another than 0.02)."""
+
+    std: float
+
+
+@dataclass(frozen=True)
+class Fill:
+    """Every value equal to this one (a LoRA's alpha, for example)."""
+
+    value: float
+
+
+# How a tensor is initialised: "normal" is std 0.02, "fan_in" std 1/sqrt(fan_in) (TAESD convs),
+# "out_weight" / "out_bias" the last TAESD decoder conv (see the module docstring).
+Init = Literal["normal", "zeros", "ones", "fan_in", "out_weight", "out_bias"] | Normal | Fill
 # (name, shape, init)
-_Spec = tuple[str, tuple[int, ...], _Init]
+TensorSpec = tuple[str, tuple[int, ...], Init]
 
 _WEIGHT_STD: Final = 0.02  # U-Net and CLIP weights
 _TAESD_OUT_STD_SCALE: Final = 0.1  # last TAESD decoder conv: std = scale / sqrt(fan_in)
@@ -101,61 +135,63 @@ _DTYPES: Final[dict[str, type[np.floating]]] = {"f16": np.float16, "f32": np.flo
 # ---------------------------------------------------------------------------------------------
 
 
-def _linear(prefix: str, n_in: int, n_out: int, *, bias: bool = True) -> Iterator[_Spec]:
-    yield f"{prefix}.weight", (n_out, n_in), "normal"
+def linear_specs(
+    prefix: str, n_in: int, n_out: int, *, bias: bool = True, init: Init = "normal"
+) -> Iterator[TensorSpec]:
+    yield f"{prefix}.weight", (n_out, n_in), init
     if bias:
         yield f"{prefix}.bias", (n_out,), "zeros"
 
 
-def _conv(prefix: str, n_in: int, n_out: int, kernel: int, *, bias: bool = True) -> Iterator[_Spec]:
+def conv_specs(prefix: str, n_in: int, n_out: int, kernel: int, *, bias: bool = True) -> Iterator[TensorSpec]:
     yield f"{prefix}.weight", (n_out, n_in, kernel, kernel), "normal"
     if bias:
         yield f"{prefix}.bias", (n_out,), "zeros"
 
 
-def _norm(prefix: str, channels: int) -> Iterator[_Spec]:
+def norm_specs(prefix: str, channels: int) -> Iterator[TensorSpec]:
     """GroupNorm32 / LayerNorm: weight 1, bias 0."""
     yield f"{prefix}.weight", (channels,), "ones"
     yield f"{prefix}.bias", (channels,), "zeros"
 
 
-def _res_block(prefix: str, channels: int, emb_channels: int, out_channels: int) -> Iterator[_Spec]:
+def _res_block(prefix: str, channels: int, emb_channels: int, out_channels: int) -> Iterator[TensorSpec]:
     """``ResBlock`` (common_block.hpp)."""
-    yield from _norm(f"{prefix}.in_layers.0", channels)
-    yield from _conv(f"{prefix}.in_layers.2", channels, out_channels, 3)
-    yield from _linear(f"{prefix}.emb_layers.1", emb_channels, out_channels)
-    yield from _norm(f"{prefix}.out_layers.0", out_channels)
-    yield from _conv(f"{prefix}.out_layers.3", out_channels, out_channels, 3)
+    yield from norm_specs(f"{prefix}.in_layers.0", channels)
+    yield from conv_specs(f"{prefix}.in_layers.2", channels, out_channels, 3)
+    yield from linear_specs(f"{prefix}.emb_layers.1", emb_channels, out_channels)
+    yield from norm_specs(f"{prefix}.out_layers.0", out_channels)
+    yield from conv_specs(f"{prefix}.out_layers.3", out_channels, out_channels, 3)
     if out_channels != channels:
-        yield from _conv(f"{prefix}.skip_connection", channels, out_channels, 1)
+        yield from conv_specs(f"{prefix}.skip_connection", channels, out_channels, 1)
 
 
-def _cross_attention(prefix: str, query_dim: int, context_dim: int, inner: int) -> Iterator[_Spec]:
+def _cross_attention(prefix: str, query_dim: int, context_dim: int, inner: int) -> Iterator[TensorSpec]:
     """``CrossAttention`` (common_block.hpp): q/k/v without bias, to_out.0 with bias."""
-    yield from _linear(f"{prefix}.to_q", query_dim, inner, bias=False)
-    yield from _linear(f"{prefix}.to_k", context_dim, inner, bias=False)
-    yield from _linear(f"{prefix}.to_v", context_dim, inner, bias=False)
-    yield from _linear(f"{prefix}.to_out.0", inner, query_dim)
+    yield from linear_specs(f"{prefix}.to_q", query_dim, inner, bias=False)
+    yield from linear_specs(f"{prefix}.to_k", context_dim, inner, bias=False)
+    yield from linear_specs(f"{prefix}.to_v", context_dim, inner, bias=False)
+    yield from linear_specs(f"{prefix}.to_out.0", inner, query_dim)
 
 
 def _spatial_transformer(
     prefix: str, channels: int, n_head: int, d_head: int, context_dim: int
-) -> Iterator[_Spec]:
+) -> Iterator[TensorSpec]:
     """``SpatialTransformer`` with depth 1 and conv (not linear) projections, as in SD 1.x."""
     inner = n_head * d_head
-    yield from _norm(f"{prefix}.norm", channels)
-    yield from _conv(f"{prefix}.proj_in", channels, inner, 1)
+    yield from norm_specs(f"{prefix}.norm", channels)
+    yield from conv_specs(f"{prefix}.proj_in", channels, inner, 1)
     block = f"{prefix}.transformer_blocks.0"  # BasicTransformerBlock
     yield from _cross_attention(f"{block}.attn1", inner, inner, inner)
     yield from _cross_attention(f"{block}.attn2", inner, context_dim, inner)
-    yield from _linear(f"{block}.ff.net.0.proj", inner, inner * 4 * 2)  # GEGLU, mult 4
-    yield from _linear(f"{block}.ff.net.2", inner * 4, inner)
+    yield from linear_specs(f"{block}.ff.net.0.proj", inner, inner * 4 * 2)  # GEGLU, mult 4
+    yield from linear_specs(f"{block}.ff.net.2", inner * 4, inner)
     for norm in ("norm1", "norm2", "norm3"):
-        yield from _norm(f"{block}.{norm}", inner)
-    yield from _conv(f"{prefix}.proj_out", inner, channels, 1)
+        yield from norm_specs(f"{block}.{norm}", inner)
+    yield from conv_specs(f"{prefix}.proj_out", inner, channels, 1)
 
 
-def _tiny_unet_specs(prefix: str = "model.diffusion_model") -> Iterator[_Spec]:
+def _tiny_unet_specs(prefix: str = "model.diffusion_model") -> Iterator[TensorSpec]:
     """``UnetModelBlock`` for ``VERSION_SD1_TINY_UNET`` (unet.hpp), index quirks included."""
     in_channels = out_channels = 4
     model_channels = 320
@@ -166,9 +202,9 @@ def _tiny_unet_specs(prefix: str = "model.diffusion_model") -> Iterator[_Spec]:
     num_heads = 8
     context_dim = 768
 
-    yield from _linear(f"{prefix}.time_embed.0", model_channels, time_embed_dim)
-    yield from _linear(f"{prefix}.time_embed.2", time_embed_dim, time_embed_dim)
-    yield from _conv(f"{prefix}.input_blocks.0.0", in_channels, model_channels, 3)
+    yield from linear_specs(f"{prefix}.time_embed.0", model_channels, time_embed_dim)
+    yield from linear_specs(f"{prefix}.time_embed.2", time_embed_dim, time_embed_dim)
+    yield from conv_specs(f"{prefix}.input_blocks.0.0", in_channels, model_channels, 3)
 
     inp, outp = f"{prefix}.input_blocks", f"{prefix}.output_blocks"
     input_block_chans = [model_channels]
@@ -186,7 +222,7 @@ def _tiny_unet_specs(prefix: str = "model.diffusion_model") -> Iterator[_Spec]:
             idx += 1  # tiny U-Net: the second res block's slot stays empty
         if i != len(channel_mult) - 1:
             idx += 1
-            yield from _conv(f"{inp}.{idx}.0.op", ch, ch, 3)  # DownSampleBlock
+            yield from conv_specs(f"{inp}.{idx}.0.op", ch, ch, 3)  # DownSampleBlock
             input_block_chans.append(ch)
             ds *= 2
 
@@ -209,15 +245,15 @@ def _tiny_unet_specs(prefix: str = "model.diffusion_model") -> Iterator[_Spec]:
                 out_idx += 1  # tiny U-Net quirk, mirrored from unet.hpp
                 if out_idx == 2:
                     up_sample_idx = 1
-                yield from _conv(f"{outp}.{out_idx}.{up_sample_idx}.conv", ch, ch, 3)
+                yield from conv_specs(f"{outp}.{out_idx}.{up_sample_idx}.conv", ch, ch, 3)
                 ds //= 2
             out_idx += 1
 
-    yield from _norm(f"{prefix}.out.0", ch)
-    yield from _conv(f"{prefix}.out.2", model_channels, out_channels, 3)
+    yield from norm_specs(f"{prefix}.out.0", ch)
+    yield from conv_specs(f"{prefix}.out.2", model_channels, out_channels, 3)
 
 
-def _clip_text_specs(prefix: str = "cond_stage_model.transformer.text_model") -> Iterator[_Spec]:
+def clip_text_specs(prefix: str = "cond_stage_model.transformer.text_model") -> Iterator[TensorSpec]:
     """``CLIPTextModel`` for ``OPENAI_CLIP_VIT_L_14`` (clip.hpp), with the final layer norm."""
     vocab_size, num_positions = 49408, 77
     hidden, intermediate, n_layer = 768, 3072, 12
@@ -226,30 +262,31 @@ def _clip_text_specs(prefix: str = "cond_stage_model.transformer.text_model") ->
     for layer in range(n_layer):
         p = f"{prefix}.encoder.layers.{layer}"
         for proj in ("q_proj", "k_proj", "v_proj", "out_proj"):
-            yield from _linear(f"{p}.self_attn.{proj}", hidden, hidden)
-        yield from _norm(f"{p}.layer_norm1", hidden)
-        yield from _norm(f"{p}.layer_norm2", hidden)
-        yield from _linear(f"{p}.mlp.fc1", hidden, intermediate)
-        yield from _linear(f"{p}.mlp.fc2", intermediate, hidden)
-    yield from _norm(f"{prefix}.final_layer_norm", hidden)
+            yield from linear_specs(f"{p}.self_attn.{proj}", hidden, hidden)
+        yield from norm_specs(f"{p}.layer_norm1", hidden)
+        yield from norm_specs(f"{p}.layer_norm2", hidden)
+        yield from linear_specs(f"{p}.mlp.fc1", hidden, intermediate)
+        yield from linear_specs(f"{p}.mlp.fc2", intermediate, hidden)
+    yield from norm_specs(f"{prefix}.final_layer_norm", hidden)
     # `embeddings.position_ids` is listed as unused in model.cpp, so it is not written.
 
 
-def _tae_block(prefix: str, channels: int) -> Iterator[_Spec]:
+def _tae_block(prefix: str, channels: int) -> Iterator[TensorSpec]:
     """``TAEBlock`` with n_in == n_out (no skip conv, no mid-block GroupNorm)."""
     for k in (0, 2, 4):
         yield from _tae_conv(f"{prefix}.conv.{k}", channels, channels, bias=True)
 
 
-def _tae_conv(prefix: str, n_in: int, n_out: int, *, bias: bool) -> Iterator[_Spec]:
+def _tae_conv(prefix: str, n_in: int, n_out: int, *, bias: bool) -> Iterator[TensorSpec]:
     yield f"{prefix}.weight", (n_out, n_in, 3, 3), "fan_in"
     if bias:
         yield f"{prefix}.bias", (n_out,), "zeros"
 
 
-def _taesd_specs() -> Iterator[_Spec]:
-    """``TAESD`` for SD 1.x (tae.hpp): ``TinyEncoder`` + ``TinyDecoder``, z_channels 4."""
-    ch, z, num_blocks = 64, 4, 3
+def taesd_specs(z_channels: int = 4) -> Iterator[TensorSpec]:
+    """``TAESD`` (tae.hpp): ``TinyEncoder`` + ``TinyDecoder``; z_channels 4 for SD 1.x/2.x/XL,
+    16 for FLUX.1 / SD3 ("taef1", "taesd3")."""
+    ch, z, num_blocks = 64, z_channels, 3
 
     # TinyEncoder: conv, block, 3 x (stride-2 conv without bias, 3 blocks), conv to latents.
     idx = 0
@@ -288,15 +325,19 @@ def _taesd_specs() -> Iterator[_Spec]:
 
 
 def _make_tensor(
-    seed_seq: np.random.SeedSequence, shape: tuple[int, ...], init: _Init, dtype: type[np.floating]
+    seed_seq: np.random.SeedSequence, shape: tuple[int, ...], init: Init, dtype: type[np.floating]
 ) -> npt.NDArray[np.floating]:
+    if isinstance(init, Fill):
+        return np.full(shape, init.value, dtype=dtype)
     if init == "zeros":
         return np.zeros(shape, dtype=dtype)
     if init == "ones":
         return np.ones(shape, dtype=dtype)
     if init == "out_bias":
         return np.full(shape, _TAESD_OUT_BIAS, dtype=dtype)
-    if init == "normal":
+    if isinstance(init, Normal):
+        std = init.std
+    elif init == "normal":
         std = _WEIGHT_STD
     else:  # "fan_in" / "out_weight": conv [out, in, kh, kw]
         fan_in = math.prod(shape[1:])
@@ -307,9 +348,9 @@ def _make_tensor(
     return values if dtype is np.float32 else values.astype(dtype)
 
 
-def _write_safetensors(
+def write_safetensors(
     path: Path,
-    specs: list[_Spec],
+    specs: list[TensorSpec],
     seed: int,
     file_key: int,
     dtype: type[np.floating],
@@ -323,7 +364,7 @@ def _write_safetensors(
     """
     from safetensors.numpy import save_file
 
-    def make(item: tuple[int, _Spec]) -> npt.NDArray[np.floating]:
+    def make(item: tuple[int, TensorSpec]) -> npt.NDArray[np.floating]:
         index, (_, shape, init) = item
         seed_seq = np.random.SeedSequence(seed, spawn_key=(file_key, index))
         return _make_tensor(seed_seq, shape, init, dtype)
@@ -351,7 +392,7 @@ def _write_safetensors(
         raise
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
+def write_text_atomic(path: Path, text: str) -> None:
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
     tmp = Path(tmp_name)
     try:
@@ -365,6 +406,50 @@ def _write_text_atomic(path: Path, text: str) -> None:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
+
+
+def write_weight_files(
+    directory: Path,
+    files: Sequence[tuple[str, list[TensorSpec]]],
+    *,
+    seed: int,
+    dtype: type[np.floating],
+    description: str,
+    progress: ProgressCallback | None,
+) -> None:
+    """Write each (file name, tensor specs) of `files` into `directory` with write_safetensors
+    (file i draws its tensors with file_key i), in order.
+
+    progress(step, total, label) is called once per tensor (label: the tensor name) and once per
+    finished file (label: "wrote FILE"); the last call has step == total.
+    """
+    total = sum(len(specs) for _, specs in files) + len(files)
+    step = 0
+
+    def tick(label: str) -> None:
+        nonlocal step
+        step += 1
+        if progress is not None:
+            progress(step, total, label)
+
+    # One key only: safetensors writes metadata from a hash map, so with several keys their
+    # order (and the file's bytes) would vary between runs.
+    metadata = {"description": description}
+    for file_key, (name, specs) in enumerate(files):
+        write_safetensors(directory / name, specs, seed, file_key, dtype, metadata, tick)
+        tick(f"wrote {name}")
+
+
+def numpy_dtype(dtype: str) -> type[np.floating]:
+    """The numpy type of a writer's `dtype` argument ("f16" or "f32")."""
+    if dtype not in _DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, not {dtype!r}")
+    return _DTYPES[dtype]
+
+
+def check_seed(seed: int) -> None:
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0, not {seed}")
 
 
 def write_demo_model(
@@ -385,65 +470,58 @@ def write_demo_model(
     `seed` must be >= 0; the same seed gives byte-identical files.
     `dtype` is "f16" (default, about 850 MiB) or "f32" (twice that).
     """
-    if dtype not in _DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, not {dtype!r}")
-    if seed < 0:
-        raise ValueError(f"seed must be >= 0, not {seed}")
-    np_dtype = _DTYPES[dtype]
+    np_dtype = numpy_dtype(dtype)
+    check_seed(seed)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     # Rewriting over an older model: drop the profile first, so that an interrupted run never
     # looks complete with weight files from two different runs.
     (directory / PROFILE_FILE).unlink(missing_ok=True)
 
-    taesd_specs = list(_taesd_specs())
-    model_specs = list(_clip_text_specs()) + list(_tiny_unet_specs())
-    total = len(taesd_specs) + len(model_specs) + 2
-    step = 0
-
-    def tick(label: str) -> None:
-        nonlocal step
-        step += 1
-        if progress is not None:
-            progress(step, total, label)
-
-    # One key only: safetensors writes metadata from a hash map, so with several keys their
-    # order (and the file's bytes) would vary between runs.
-    metadata = {
-        "description": f"llmlb demo model: synthetic random-weight SD1 tiny U-Net, seed {seed}",
-    }
-    _write_safetensors(directory / TAESD_FILE, taesd_specs, seed, 0, np_dtype, metadata, tick)
-    tick(f"wrote {TAESD_FILE}")
-    _write_safetensors(directory / MODEL_FILE, model_specs, seed, 1, np_dtype, metadata, tick)
-    tick(f"wrote {MODEL_FILE}")
-    _write_text_atomic(directory / PROFILE_FILE, PROFILE_TEXT)
+    write_weight_files(
+        directory,
+        [
+            (TAESD_FILE, list(taesd_specs())),
+            (MODEL_FILE, list(clip_text_specs()) + list(_tiny_unet_specs())),
+        ],
+        seed=seed,
+        dtype=np_dtype,
+        description=f"llmlb demo model: synthetic random-weight SD1 tiny U-Net, seed {seed}",
+        progress=progress,
+    )
+    write_text_atomic(directory / PROFILE_FILE, PROFILE_TEXT)
     return directory
 
 
-def _safetensors_is_whole(path: Path) -> bool:
-    """Cheap structural check: the header parses and the file is exactly as long as it says."""
+def whole_safetensors_header(path: Path) -> dict[str, Any] | None:
+    """The parsed safetensors header of `path` if the file is whole (cheap structural check:
+    the header parses and the file is exactly as long as it says), else None."""
     try:
         size = path.stat().st_size
         with path.open("rb") as fh:
             prefix = fh.read(8)
             if len(prefix) != 8:
-                return False
+                return None
             (header_len,) = struct.unpack("<Q", prefix)
             if header_len <= 0 or 8 + header_len > size:
-                return False
+                return None
             header = json.loads(fh.read(header_len))
     except (OSError, ValueError):
-        return False
+        return None
     if not isinstance(header, dict):
-        return False
+        return None
     end = 0
     for name, info in header.items():
         if name == "__metadata__":
             continue
         if not isinstance(info, dict) or "data_offsets" not in info:
-            return False
+            return None
         end = max(end, int(info["data_offsets"][1]))
-    return end > 0 and size == 8 + header_len + end
+    return header if end > 0 and size == 8 + header_len + end else None
+
+
+def safetensors_is_whole(path: Path) -> bool:
+    return whole_safetensors_header(path) is not None
 
 
 def demo_model_is_complete(directory: Path) -> bool:
@@ -452,6 +530,6 @@ def demo_model_is_complete(directory: Path) -> bool:
     directory = Path(directory)
     return (
         (directory / PROFILE_FILE).is_file()
-        and _safetensors_is_whole(directory / MODEL_FILE)
-        and _safetensors_is_whole(directory / TAESD_FILE)
+        and safetensors_is_whole(directory / MODEL_FILE)
+        and safetensors_is_whole(directory / TAESD_FILE)
     )

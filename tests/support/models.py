@@ -9,17 +9,26 @@ import openai
 
 from tests.support.servers import REPO, Proc
 
-# The synthetic checkpoint is deterministic (seed 0); it is written once into this ignored
+# The synthetic checkpoints are deterministic (seed 0); each is written once into an ignored
 # folder and reused while complete. Delete the folder to force a rewrite.
 MODEL_CACHE = REPO / ".cache" / "test-models"
 DEMO_MODEL = "demo"
+# The multi-file FLUX.1 folder (demo_flux: flux1-schnell, clip_l, ae, taef1; no model.toml),
+# in a models dir of its own so that the nodes serving MODEL_CACHE do not see it.
+FLUX_CACHE = REPO / ".cache" / "test-flux-models"
+FLUX_MODEL = "flux-schnell-tiny"
+# LoRA files (demo_lora), one folder: a node's lora_dir. A prompt names them <lora:NAME:W>.
+LORA_CACHE = REPO / ".cache" / "test-loras"
+SD1_LORA = "sd1-demo-lora"
+FLUX_LORA = "flux-tiny-lora"
 
 
-def copy_model(models_dir: Path, target: Path, name: str) -> Path:
-    """A second model folder sharing the demo weights (hard links: no extra disk)."""
+def copy_model(models_dir: Path, target: Path, name: str, source: str = DEMO_MODEL) -> Path:
+    """A second model folder sharing the weights of ``models_dir/source`` (hard links: no
+    extra disk)."""
     folder = target / name
     folder.mkdir(parents=True)
-    for item in (models_dir / DEMO_MODEL).iterdir():
+    for item in (models_dir / source).iterdir():
         try:
             (folder / item.name).hardlink_to(item)
         except OSError:
