@@ -15,6 +15,7 @@ Every call that passes a callback is followed by clearing sd.cpp's process-wide 
 from __future__ import annotations
 
 import gc
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ import pytest
 import stable_diffusion_cpp as sdc
 from PIL import Image
 
+from llmlb_node.stable_diffusion import sdcpp_log
 from llmlb_node.stable_diffusion.demo_flux import (
     AE_FILE,
     CLIP_L_FILE,
@@ -113,14 +115,19 @@ def test_flux_two_reference_images_differ_from_one(flux_sd: Any, flux_image: Ima
 
 
 def check_lora_changes_pixels(
-    sd: Any, baseline: Image.Image, lora: str, capfd: pytest.CaptureFixture[str]
+    sd: Any, baseline: Image.Image, lora: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """At weight 1 sd.cpp applies every tensor of the LoRA (its log says so) and the pixels
     change; at 0.5 they change less; without it they are back (up to f16 rounding: sd.cpp
-    merges LoRAs into the weights and subtracts them again)."""
-    capfd.readouterr()
+    merges LoRAs into the weights and subtracts them again).
+
+    sd.cpp's log callback is process-wide: the node's (``sdcpp_log``, Python logging) is
+    installed here whatever ran before, and its lines are read from the log records."""
+    sdcpp_log.install()
+    caplog.set_level(logging.DEBUG, logger=sdcpp_log.log.name)
+    caplog.clear()
     with_lora = generate(sd, f"a lighthouse<lora:{lora}:1>")
-    log = capfd.readouterr().err
+    log = "\n".join(r.getMessage() for r in caplog.records if r.name == sdcpp_log.log.name)
     half = generate(sd, f"a lighthouse<lora:{lora}:0.5>")
     without_again = generate(sd)
     applied = [line for line in log.splitlines() if "LoRA tensors have been applied" in line]
@@ -135,12 +142,12 @@ def check_lora_changes_pixels(
 
 
 def test_flux_lora_changes_pixels(
-    flux_sd: Any, flux_image: Image.Image, capfd: pytest.CaptureFixture[str]
+    flux_sd: Any, flux_image: Image.Image, caplog: pytest.LogCaptureFixture
 ) -> None:
-    check_lora_changes_pixels(flux_sd, flux_image, FLUX_LORA, capfd)
+    check_lora_changes_pixels(flux_sd, flux_image, FLUX_LORA, caplog)
 
 
-def test_sd1_lora_changes_pixels(models_dir: Path, lora_dir: Path, capfd: pytest.CaptureFixture[str]) -> None:
+def test_sd1_lora_changes_pixels(models_dir: Path, lora_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
     folder = models_dir / DEMO_MODEL
     sd = sdc.StableDiffusion(
         model_path=str(folder / "model.safetensors"),
@@ -150,7 +157,7 @@ def test_sd1_lora_changes_pixels(models_dir: Path, lora_dir: Path, capfd: pytest
         verbose=True,
     )
     try:
-        check_lora_changes_pixels(sd, generate(sd), SD1_LORA, capfd)
+        check_lora_changes_pixels(sd, generate(sd), SD1_LORA, caplog)
     finally:
         sd.close()
         gc.collect()
