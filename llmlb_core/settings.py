@@ -14,7 +14,7 @@ import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 
@@ -62,6 +62,9 @@ class RouterSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     client_body_timeout_s: Positive = 30.0
     client_keep_alive_s: Positive = 15.0
     log_level: str = "INFO"
+    # "text" (one human-readable line per record) or "json" (one JSON object per line, for log
+    # shippers: time, level, logger, message and the record's extra fields such as request_id).
+    log_format: Literal["text", "json"] = "text"
     # Serve /metrics without a key (default: an admin-scope key is required).
     metrics_public: bool = False
     # Retries on another node after a node failure (connection error, timeout, 5xx).

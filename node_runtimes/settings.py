@@ -18,7 +18,7 @@ import tomllib
 from collections.abc import Mapping
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 
@@ -72,6 +72,9 @@ class NodeSettings(msgspec.Struct, kw_only=True, dict=True, forbid_unknown_field
     tls_key: str | None = None
     # PEM CA bundle the router's certificate is verified against (None: the system trust store).
     router_ca_bundle: str | None = None
+    log_level: str = "INFO"
+    # "text" or "json" (one JSON object per line), as the router's log_format.
+    log_format: Literal["text", "json"] = "text"
 
     @property
     def models_path(self) -> Path:
