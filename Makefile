@@ -2,11 +2,13 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# The browser tests' chromium (Debian's package; see the chromium target).
+CHROMIUM := /usr/bin/chromium
 # llama-cpp-python (test extra) compiles llama.cpp: skip its examples, tests and tools.
 # stable-diffusion-cpp-python ignores these. GPU: CMAKE_ARGS="-DSD_CUDA=ON" make demo
 export CMAKE_ARGS := $(CMAKE_ARGS) -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF
 
-.PHONY: demo test test-unit lint bench install clean
+.PHONY: demo test test-unit lint bench install clean chromium
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,8 +32,22 @@ install: $(VENV)/.installed-test
 demo: $(VENV)/.installed-sd
 	$(BIN)/llmlb demo
 
+# The dashboard's browser tests (tests/browser) drive Debian's chromium with Playwright (never
+# `playwright install`). Installed here when missing, as root (CI); otherwise a hint, and the
+# browser tests skip (outside CI) saying why.
+chromium:
+	@if [ ! -x $(CHROMIUM) ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "make: installing Debian's chromium for tests/browser"; \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    apt-get install -y -q chromium || { apt-get update -q && apt-get install -y -q chromium; }; \
+	  else \
+	    echo "make: $(CHROMIUM) is missing: sudo apt-get install -y chromium (tests/browser skip without it)"; \
+	  fi; \
+	fi
+
 # The whole test suite (CI runs exactly this through .ci/run).
-test: $(VENV)/.installed-test
+test: $(VENV)/.installed-test chromium
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports

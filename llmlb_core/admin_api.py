@@ -9,11 +9,14 @@ import msgspec
 from litestar import Request, Router, delete, get, post
 from litestar.params import FromPath
 
+from llmlb_core.access_log import QUIET_LOG_OPT
 from llmlb_core.auth import ApiKeyInfo, require_scope
 from llmlb_core.bodies import decode_json
 from llmlb_core.endpoints import NODE_ID_PREFIX as ENDPOINT_ID_PREFIX
 from llmlb_core.errors import OpenAIError, from_msgspec_error
+from llmlb_core.models import ModelList
 from llmlb_core.nodes import NodeView
+from llmlb_core.openapi_docs import openapi_json_body
 from llmlb_core.protocol import PLAIN_TEXT_PATTERN, NodeName
 from llmlb_core.state import router_state
 
@@ -40,7 +43,7 @@ class RegisterModelRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=T
     description: str = ""
 
 
-@post("/keys", status_code=201)
+@post("/keys", status_code=201, operation_class=openapi_json_body(CreateKeyRequest))
 async def create_key(request: Request[Any, Any, Any]) -> CreatedKey:
     body = await decode_json(request, CreateKeyRequest)
     expires_at = body.expires_at
@@ -88,18 +91,15 @@ async def release_node(request: Request[Any, Any, Any], node_id: FromPath[str]) 
 
 
 @get("/models")
-async def list_registered_models(request: Request[Any, Any, Any]) -> dict[str, Any]:
-    """The registered models (``data``) and the models online now as ``/v1/models`` lists them,
-    with what each can do (``online``)."""
+async def list_all_models(request: Request[Any, Any, Any]) -> ModelList:
+    """Every model the router knows, served now or not, with where it runs (`nodes`) and its
+    `status`: registered by an admin, advertised by a listed node (online, draining or offline),
+    or by a node that left in the last day."""
     state = router_state(request)
-    return {
-        "object": "list",
-        "data": state.models.registered(),
-        "online": state.models.list(state.enabled_flags),
-    }
+    return ModelList(data=state.models.entries(state.enabled_flags))
 
 
-@post("/models", status_code=201)
+@post("/models", status_code=201, operation_class=openapi_json_body(RegisterModelRequest))
 async def register_model(request: Request[Any, Any, Any]) -> dict[str, Any]:
     state = router_state(request)
     body = await decode_json(request, RegisterModelRequest)
@@ -169,7 +169,7 @@ admin_router = Router(
         revoke_key,
         list_nodes,
         release_node,
-        list_registered_models,
+        list_all_models,
         register_model,
         delete_model,
         schemas,
@@ -177,3 +177,21 @@ admin_router = Router(
     ],
     guards=[require_scope("admin")],
 )
+
+
+@get("/status", opt={QUIET_LOG_OPT: True})
+async def status(request: Request[Any, Any, Any]) -> dict[str, Any]:
+    """What a live view polls, in one answer (the dashboard asks every 1.5 s, so a successful
+    call is logged at DEBUG): the nodes as ``/v0/nodes`` shows them, the endpoints as
+    ``/v0/endpoints``, the models as ``/v0/models``, and the wait queue's depth."""
+    state = router_state(request)
+    return {
+        "object": "status",
+        "queue_depth": state.balancer.queue_depth,
+        "nodes": [state.nodes.view(n) for n in state.nodes.all()],
+        "endpoints": [state.endpoints.view(name) for name in state.endpoints.names()],
+        "models": state.models.entries(state.enabled_flags),
+    }
+
+
+admin_router.register(status)

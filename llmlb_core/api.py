@@ -12,6 +12,7 @@ A capability plugin implements ``llmlb_register_capabilities`` and registers a
 
 from __future__ import annotations
 
+from llmlb_core.access_log import QUIET_LOG_OPT, RequestRecord, current_request, note_request
 from llmlb_core.auth import PUBLIC_OPT
 from llmlb_core.bodies import MAX_JSON_DEPTH, check_json_bytes, decode_json, decode_json_bytes
 from llmlb_core.capability import (
@@ -43,6 +44,7 @@ from llmlb_core.forwarding import (
     Forwarder,
     StreamBody,
     UpstreamResult,
+    report_generation,
     with_body_defaults,
 )
 from llmlb_core.hookspecs import hookimpl
@@ -63,6 +65,7 @@ from llmlb_core.openai_upstream import (
     fetch_model_ids,
     normalize_url,
 )
+from llmlb_core.openapi_docs import openapi_form_body, openapi_json_body
 from llmlb_core.protocol import JobProgress, ModelAdvert
 from llmlb_core.relay import SSE_HEADERS, Relay, RelayStream, passed_headers
 from llmlb_core.settings import SettingsError, load_plugin_settings
@@ -75,6 +78,7 @@ __all__ = [
     "KINDS",
     "MAX_JSON_DEPTH",
     "PUBLIC_OPT",
+    "QUIET_LOG_OPT",
     "SSE_HEADERS",
     "STREAM_TYPES",
     "BadAnswer",
@@ -97,6 +101,7 @@ __all__ = [
     "ParsedForm",
     "Relay",
     "RelayStream",
+    "RequestRecord",
     "SSEEvent",
     "SettingsError",
     "StreamBody",
@@ -112,6 +117,7 @@ __all__ = [
     "check_json_bytes",
     "close_response",
     "convert_fields",
+    "current_request",
     "decode_json",
     "decode_json_bytes",
     "encode_multipart",
@@ -126,9 +132,13 @@ __all__ = [
     "is_timeout",
     "load_plugin_settings",
     "normalize_url",
+    "note_request",
+    "openapi_form_body",
+    "openapi_json_body",
     "parse_multipart",
     "passed_headers",
     "read_events",
+    "report_generation",
     "upstream_client",
     "with_body_defaults",
 ]

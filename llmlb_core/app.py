@@ -10,9 +10,9 @@ from typing import Any
 
 from litestar import Litestar, Request, Router, get
 from litestar.handlers import BaseRouteHandler
-from litestar.openapi import OpenAPIConfig
 from litestar.params import FromPath
 
+from llmlb_core import access_log
 from llmlb_core.admin_api import admin_router
 from llmlb_core.auth import KeyManager, require_scope
 from llmlb_core.balancer import Balancer
@@ -25,8 +25,8 @@ from llmlb_core.metrics import Metrics
 from llmlb_core.models import Describer, ModelObject, ModelRegistry
 from llmlb_core.node_api import node_router
 from llmlb_core.nodes import NodeRegistry
+from llmlb_core.openapi_docs import openapi_config
 from llmlb_core.plugins import LoadedPlugins, PluginError, load_plugins
-from llmlb_core.request_id import RequestIdMiddleware
 from llmlb_core.secretbox import protect_endpoint_keys
 from llmlb_core.settings import RouterSettings, load_plugin_settings
 from llmlb_core.state import RouterState, router_state
@@ -189,14 +189,15 @@ def create_app(
 
     app = Litestar(
         route_handlers=[health, metrics_router, api_router, admin_router, node_router, *capability_routers],
-        # Outermost first: the request id is set for everything inside, metrics sees 499.
-        middleware=[RequestIdMiddleware, metrics_.middleware, DisconnectMiddleware],
+        # The request log (id, log line, metrics) wraps the whole app: access_log.install below.
+        middleware=[DisconnectMiddleware],
         exception_handlers=exception_handlers(),
         lifespan=[lifespan],
         request_max_body_size=settings.max_body_bytes,
-        openapi_config=OpenAPIConfig(title="llmlb router", version="0.2.0", path="/docs"),
+        openapi_config=openapi_config("llmlb router"),
         logging_config=None,
     )
     app.register(endpoints_router)
+    access_log.install(app, observe=metrics_.observe_request)  # outside routing: 404s logged too
     app.state.llmlb = state
     return app

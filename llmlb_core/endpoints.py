@@ -52,6 +52,7 @@ from llmlb_core.openai_upstream import (
     fetch_model_ids,
     normalize_url,
 )
+from llmlb_core.openapi_docs import openapi_json_body
 from llmlb_core.plugins import LoadedPlugins
 from llmlb_core.protocol import PLAIN_TEXT_PATTERN, Heartbeat, ModelAdvert, NodeName, NodeRegistration
 from llmlb_core.settings import RouterSettings
@@ -362,7 +363,7 @@ def endpoint_manager(request: Request[Any, Any, Any]) -> EndpointManager:
     return router_state(request).endpoints
 
 
-@post("/", status_code=201)
+@post("/", status_code=201, operation_class=openapi_json_body(CreateEndpointRequest))
 async def create_endpoint(request: Request[Any, Any, Any]) -> EndpointView:
     manager = endpoint_manager(request)
     body = await decode_json(request, CreateEndpointRequest)

@@ -128,12 +128,13 @@ class ModelNotFound(OpenAIError):
 
 
 class NoCapableNodes(OpenAIError):
-    """The model is known but no online node can take it now: 503 ``no_capable_nodes``."""
+    """The model is known but no online node can take it now: 503 ``no_capable_nodes``;
+    ``detail`` says why (e.g. where it was last seen)."""
 
-    def __init__(self, model: str) -> None:
+    def __init__(self, model: str, detail: str = "") -> None:
         super().__init__(
             503,
-            f"No online node can serve model '{model}' right now",
+            f"No online node can serve model '{model}' right now" + (f" ({detail})" if detail else ""),
             type="server_error",
             param="model",
             code="no_capable_nodes",

@@ -24,6 +24,11 @@ routes may set a lower bound) and shape (``check``) are checked. An answer the r
 is a 502 ``bad_upstream_response`` that marks the node suspect (:meth:`reject_answer`) and is
 tried elsewhere. What a node says in a 5xx is logged, never shown to the client.
 
+Every call to a node carries the request's ``x-request-id``, so the node's log lines say the
+same id as the router's. The request's log record (:mod:`llmlb_core.access_log`) gets the model,
+the node that answered and the time spent waiting for a slot; a node's report of the work a
+whole answer took (:func:`note_node_report`: generation seconds, steps) is added to it too.
+
 The lease is released, and the node's response closed, exactly once: when the answer is done,
 when it fails, and when the client disconnects (the node's job may then still be running: the
 slot stays counted as ``abandoned`` until the node's heartbeat says it ended).
@@ -44,10 +49,12 @@ import msgspec
 from litestar import Response
 
 from llmlb_core import request_id
+from llmlb_core.access_log import current_request, note_request
 from llmlb_core.balancer import Balancer, Lease, job_left_running
 from llmlb_core.bodies import check_json_bytes
 from llmlb_core.errors import (
     BadUpstreamAnswer,
+    ModelNotFound,
     NoCapableNodes,
     NodeFailure,
     OpenAIError,
@@ -88,6 +95,12 @@ JSON_TYPES = ("application/json",)
 STREAM_TYPES = ("text/event-stream", "application/json")
 # What an answer read as events (:meth:`Forwarder.events`) must be.
 EVENT_STREAM_TYPES = ("text/event-stream",)
+# What a node may report about the work an answer took (read by :meth:`Forwarder.call`; the
+# stable_diffusion runtime sends them with its images): seconds spent generating, steps run.
+GENERATION_SECONDS_HEADER = "x-llmlb-generation-seconds"
+STEPS_HEADER = "x-llmlb-steps"
+_MAX_REPORTED_SECONDS = 7 * 24 * 3600.0
+_MAX_REPORTED_STEPS = 10**9
 
 
 @dataclass
@@ -174,6 +187,31 @@ def with_body_defaults(body: bytes, defaults: Mapping[str, Any]) -> bytes:
     return msgspec.json.encode({**data, **missing})
 
 
+def report_generation(seconds: float, steps: int, *, images: int = 0) -> dict[str, str]:
+    """For a node runtime: note what an answer took in the node's request log (``images``
+    generated, ``seconds`` generating, ``steps`` run), and return the headers that tell the
+    router (:func:`note_node_report`), to send with the answer."""
+    note_request(images=images, generation_s=seconds, steps=steps)
+    return {GENERATION_SECONDS_HEADER: f"{seconds:.3f}", STEPS_HEADER: str(steps)}
+
+
+def note_node_report(headers: Mapping[str, str]) -> None:
+    """Add what a node says its answer took (:data:`GENERATION_SECONDS_HEADER`,
+    :data:`STEPS_HEADER`) to the request's log line and metrics. A node is untrusted: a value
+    that is not a plain finite number in range is ignored."""
+    seconds_text, steps_text = headers.get(GENERATION_SECONDS_HEADER), headers.get(STEPS_HEADER)
+    if seconds_text is None:
+        return
+    try:
+        seconds = float(seconds_text)
+    except ValueError:
+        return
+    if not 0.0 < seconds <= _MAX_REPORTED_SECONDS:  # also refuses nan and inf
+        return
+    steps = int(steps_text) if steps_text is not None and steps_text.isdigit() and len(steps_text) < 11 else 0
+    note_request(generation_s=seconds, steps=min(steps, _MAX_REPORTED_STEPS))
+
+
 def _answer_problem(response: httpx.Response, accept: Collection[str], limit: int) -> str | None:
     """Why a relayed answer cannot be used (its head is all there is to judge), or None."""
     status = response.status_code
@@ -235,7 +273,18 @@ class Forwarder:
         ``attempt`` owns the lease: it releases it (at once on failure, or when its answer is
         done). Unknown model: 404; no online node: 503 ``no_capable_nodes``.
         """
-        self._models.ensure_servable(model, flags)
+        record = current_request()
+        # A model the router knows (served, or seen lately: a 503) labels the request's metrics;
+        # a name it does not know (a 404) does not, so the label stays bounded.
+        known = True
+        try:
+            self._models.ensure_servable(model, flags)
+        except ModelNotFound:
+            known = False
+            raise
+        finally:
+            if record is not None and known:
+                record.model = model
         tried: list[str] = []
         last_error: NodeFailure | None = None
         for number in range(1, self._max_retries + 2):
@@ -246,13 +295,21 @@ class Forwarder:
                     raise last_error from None  # every capable node failed this request
                 raise
             tried.append(lease.node.id)
+            if record is not None and lease.queued:
+                record.waited(lease.wait_ms / 1000)
             try:
-                return await attempt(lease)
+                answer = await attempt(lease)
             except NodeFailure as exc:
+                if record is not None:
+                    record.add_node(lease.node.name, failed=True)
                 if not can_retry():
                     raise
                 last_error = exc
                 log.warning("attempt %d on node %s failed: %s", number, lease.node.name, exc.message)
+            else:
+                if record is not None:
+                    record.add_node(lease.node.name)
+                return answer
         assert last_error is not None
         raise last_error
 
@@ -265,8 +322,9 @@ class Forwarder:
         a timeout or a 5xx makes it suspect. Each raises :class:`NodeFailure`.
         """
         node = lease.node
+        headers = {**headers, request_id.HEADER: request_id.current() or request_id.new_id()}
         if node.token:
-            headers = {**headers, "authorization": f"Bearer {node.token}"}
+            headers["authorization"] = f"Bearer {node.token}"
         request = self._http.build_request("POST", node.base_url + path, content=body, headers=headers)
         started = time.monotonic()
         try:
@@ -339,6 +397,7 @@ class Forwarder:
                 raise BadAnswer(f"content type {media!r}, expected one of {sorted(accept)}")
             result.content, result.content_type = await read_answer(response, limit), media
             result.parsed = check(result.content)
+            note_node_report(response.headers)
             return result
 
         async def attempt(lease: Lease) -> UpstreamResult:

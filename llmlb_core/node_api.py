@@ -27,6 +27,7 @@ from llmlb_core.endpoints import NODE_ID_PREFIX as ENDPOINT_ID_PREFIX
 from llmlb_core.errors import OpenAIError
 from llmlb_core.nodes import NodeRegistry
 from llmlb_core.openai_upstream import FlagRules
+from llmlb_core.openapi_docs import openapi_json_body
 from llmlb_core.protocol import Heartbeat, HeartbeatReply, NodeRegistration, RegistrationReply
 from llmlb_core.state import router_state
 from llmlb_core.storage import KeyRow
@@ -76,7 +77,7 @@ def authorize(nodes: NodeRegistry, key: KeyRow, node_id: str, action: Action) ->
     raise _forbidden(f"Node '{node_id}' belongs to another key", "not_node_owner")
 
 
-@post("/register", status_code=200)
+@post("/register", status_code=200, operation_class=openapi_json_body(NodeRegistration))
 async def register_node(request: Request[Any, Any, Any]) -> RegistrationReply:
     state = router_state(request)
     reg = await decode_json(request, NodeRegistration)
@@ -99,7 +100,7 @@ async def register_node(request: Request[Any, Any, Any]) -> RegistrationReply:
     )
 
 
-@post("/heartbeat", status_code=200)
+@post("/heartbeat", status_code=200, operation_class=openapi_json_body(Heartbeat))
 async def heartbeat(request: Request[Any, Any, Any]) -> HeartbeatReply:
     state = router_state(request)
     hb = await decode_json(request, Heartbeat)

@@ -217,7 +217,7 @@ class NodeRegistry:
         state = self._nodes.get(hb.node_id)
         if state is None or state.token is None:
             return False  # unknown, or known from the database but not re-registered yet
-        was_online = state.status(self._clock(), self.timeout_s) == "online"
+        was_offline = state.status(self._clock(), self.timeout_s) == "offline"
         state.last_heartbeat = self._clock()
         state.last_seen_wall = time.time()
         state.active_jobs = hb.active_jobs
@@ -232,19 +232,30 @@ class NodeRegistry:
         state.abandoned = still_running
         if hb.models is not None:
             state.models = {m.id: m for m in hb.models}
-        if not was_online:
-            log.info("node %s (%s) is back online", state.name, state.id)
-        if not was_online or slots_freed:
+        if was_offline:
+            # A draining node stays draining: its heartbeats do not put it back in traffic.
+            log.info(
+                "node %s (%s) is back %s", state.name, state.id, "(draining)" if state.draining else "online"
+            )
+            self._last_status[state.id] = self.status(state)
+        if was_offline or slots_freed:
             self.changed()
         return True
 
     def mark_down(self, node: NodeState, reason: str) -> None:
         """Take a node out of traffic at once (connection refused/reset); its next heartbeat
-        or registration brings it back."""
+        or registration brings it back. Logged here, with the reason, and not again by
+        :meth:`sweep` as a missed heartbeat."""
         if node.last_heartbeat is None:
             return
         node.last_heartbeat = None
-        log.warning("node %s (%s) is down: %s", node.name, node.id, reason)
+        self._last_status[node.id] = "offline"
+        log.warning(
+            "node %s (%s) is down: %s (failover: no traffic to it until its next heartbeat)",
+            node.name,
+            node.id,
+            reason,
+        )
         self.changed()
 
     def set_draining(self, node_id: str, draining: bool = True) -> bool:
@@ -351,9 +362,12 @@ class NodeRegistry:
             previous = self._last_status.get(node.id)
             if previous is not None and previous != status:
                 changed = True
-                if status == "offline":
+                if status == "offline" and node.last_heartbeat is not None:
                     log.warning(
-                        "node %s (%s) is offline: no heartbeat for %.1fs", node.name, node.id, self.timeout_s
+                        "node %s (%s) is offline: no heartbeat for %.1fs",
+                        node.name,
+                        node.id,
+                        now - node.last_heartbeat,
                     )
             self._last_status[node.id] = status
         if changed:

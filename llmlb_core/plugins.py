@@ -52,9 +52,15 @@ def load_entry_points(pm: pluggy.PluginManager, group: str, *, third_party: bool
         try:
             plugin = entry_point.load()
         except Exception as exc:
+            if builtin:
+                remedy = f"reinstall {dist} (pip install --force-reinstall {dist})"
+            else:
+                remedy = f"fix or uninstall {dist}"
+                if group == ENTRY_POINT_GROUP:
+                    remedy += ", or skip third-party plugins (load_entry_points = false)"
             raise PluginError(
                 f"plugin {entry_point.name!r} ({entry_point.value}, from {dist}, entry-point group "
-                f"{group}) failed to import: {type(exc).__name__}: {exc}"
+                f"{group}) failed to import: {type(exc).__name__}: {exc}; {remedy}"
             ) from exc
         pm.register(plugin, name=entry_point.name)
         count += 1

@@ -37,6 +37,8 @@ class ModelAdvert(msgspec.Struct, kw_only=True):
     capabilities: list[str]
     runtime: str
     details: dict[str, Any] = msgspec.field(default_factory=dict)
+    # What the operator says the model is (model.toml's ``description``): shown in /v1/models.
+    description: str = ""
 
 
 class Accelerator(msgspec.Struct, kw_only=True):

@@ -12,17 +12,34 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 
+from llmlb_core.settings_problems import describe_invalid, unknown_variables
+
 T = TypeVar("T")
 
 ENV_PREFIX = "LLMLB_"
+CONFIG_ENV = f"{ENV_PREFIX}CONFIG"
+# LLMLB_PLUGIN__<NAME>__<KEY>: a key of a plugin's [plugin.<name>] table.
+PLUGIN_ENV_RE = re.compile(rf"{ENV_PREFIX}PLUGIN__(?:(?!__)\w)+__(?:(?!__)\w)+", re.IGNORECASE)
+# The node's variables (checked by `llmlb node`), except the router's own node_* settings.
+NODE_ENV_PREFIX = f"{ENV_PREFIX}NODE_"
 
 Positive = Annotated[float, msgspec.Meta(gt=0)]
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def checked_log_level(value: str) -> str:
+    """``value`` as a logging level name (any case), upper-cased; else a ValueError that
+    msgspec reports at ``log_level`` (:func:`~llmlb_core.settings_problems.describe_invalid`)."""
+    if value.upper() not in LOG_LEVELS:
+        raise ValueError(f"expected one of {', '.join(LOG_LEVELS).lower()} - at `$.log_level`")
+    return value.upper()
 
 
 class RouterSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -88,6 +105,9 @@ class RouterSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # Per-plugin settings: [plugin.images] etc.; each plugin validates its own table.
     plugin: dict[str, dict[str, Any]] = msgspec.field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        self.log_level = checked_log_level(self.log_level)
+
     @property
     def data_path(self) -> Path:
         return Path(self.data_dir).expanduser()
@@ -107,10 +127,6 @@ class SettingsError(ValueError):
     """The configuration could not be read or is invalid."""
 
 
-_FIELD_RE = re.compile(r"at `\$\.(\w+)")
-_UNKNOWN_RE = re.compile(r"unknown field `(\w+)`")
-
-
 def load_plugin_settings(
     name: str,
     table: Mapping[str, Any],
@@ -127,13 +143,11 @@ def load_plugin_settings(
     try:
         return msgspec.convert(dict(table), type_, strict=False)
     except msgspec.ValidationError as exc:
-        text = str(exc)
-        match = _FIELD_RE.search(text) or _UNKNOWN_RE.search(text)
-        where = f"[{section}.{name}]"
-        if match:
-            key = match.group(1)
-            where += f" {key} (env {env_prefix}{name.upper()}__{key.upper()})"
-        raise SettingsError(f"invalid setting {where}: {text}") from None
+        raise SettingsError(
+            describe_invalid(
+                exc, table, type_, where=f"[{section}.{name}]", env_prefix=f"{env_prefix}{name.upper()}__"
+            )
+        ) from None
 
 
 def _env_overrides(environ: dict[str, str], fields: set[str]) -> dict[str, Any]:
@@ -156,6 +170,19 @@ def _env_overrides(environ: dict[str, str], fields: set[str]) -> dict[str, Any]:
     return out
 
 
+def router_env_problems(environ: Mapping[str, str], also_known: Iterable[str] = ()) -> list[str]:
+    """A line per ``LLMLB_*`` variable that the router does not read (``also_known``: those the
+    command line reads, e.g. ``LLMLB_ROUTER``). ``LLMLB_NODE_*`` are the node's to check."""
+    fields = set(RouterSettings.__struct_fields__) - {"plugin"}
+    return unknown_variables(
+        environ,
+        prefix=ENV_PREFIX,
+        known={*(f"{ENV_PREFIX}{f.upper()}" for f in fields), CONFIG_ENV, *also_known},
+        patterns=[PLUGIN_ENV_RE],
+        ignore_prefixes=[NODE_ENV_PREFIX],
+    )
+
+
 def merge_tables(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
     """``base`` with ``extra`` laid over it, nested tables merged key by key (config layers:
     defaults, TOML file, environment, flags)."""
@@ -168,6 +195,27 @@ def merge_tables(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str,
     return merged
 
 
+def read_toml(path: str | Path, what: str = "config") -> dict[str, Any]:
+    """A TOML file as a table; one that cannot be read or parsed is a :class:`SettingsError`."""
+    path = Path(path).expanduser()
+    try:
+        return tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise SettingsError(f"cannot read {what} {path}: {exc}") from None
+
+
+def raw_settings(
+    config: str | Path | None = None, *, environ: Mapping[str, str], **overrides: Any
+) -> dict[str, Any]:
+    """The router's settings table before conversion: the TOML file (``config``, else
+    ``LLMLB_CONFIG``), the environment and the overrides laid over each other."""
+    config = config or environ.get(CONFIG_ENV)
+    raw = read_toml(config) if config else {}
+    fields = set(RouterSettings.__struct_fields__) - {"plugin"}
+    raw = merge_tables(raw, _env_overrides(dict(environ), fields))
+    return merge_tables(raw, {k: v for k, v in overrides.items() if v is not None})
+
+
 def load_settings(
     config: str | Path | None = None,
     *,
@@ -175,19 +223,8 @@ def load_settings(
     **overrides: Any,
 ) -> RouterSettings:
     """Build settings from defaults, the TOML file, the environment and explicit overrides."""
-    environ = dict(os.environ if environ is None else environ)
-    config = config or environ.get(f"{ENV_PREFIX}CONFIG")
-    raw: dict[str, Any] = {}
-    if config:
-        path = Path(config)
-        try:
-            raw = tomllib.loads(path.read_text())
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise SettingsError(f"cannot read config {path}: {exc}") from exc
-    fields = set(RouterSettings.__struct_fields__) - {"plugin"}
-    raw = merge_tables(raw, _env_overrides(environ, fields))
-    raw = merge_tables(raw, {k: v for k, v in overrides.items() if v is not None})
+    raw = raw_settings(config, environ=os.environ if environ is None else environ, **overrides)
     try:
         return msgspec.convert(raw, RouterSettings, strict=False)
     except msgspec.ValidationError as exc:
-        raise SettingsError(f"invalid settings: {exc}") from exc
+        raise SettingsError(describe_invalid(exc, raw, RouterSettings, env_prefix=ENV_PREFIX)) from None

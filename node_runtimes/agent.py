@@ -1,8 +1,11 @@
 """The node's link to its router: register, heartbeat, re-register, drain, deregister.
 
 Registration retries with capped backoff until the router answers (it may start after the
-node). A heartbeat the router answers with ``reregister`` (it restarted and lost the node's
-credential) or 404 triggers a new registration at once.
+node), logging one line per change of state (not per retry). A 401 or 403 at registration (a
+wrong, revoked or under-scoped key, or a node id that is another key's) will not change by
+retrying: the link stops and sets :attr:`RouterLink.fatal`, which ends the node with that line
+(exit 2: the node app's ``llmlb_core.serving.STOP_WHEN``). A heartbeat the router answers with
+``reregister`` (it restarted and lost the node's credential) triggers a new registration at once.
 """
 
 from __future__ import annotations
@@ -33,6 +36,41 @@ from llmlb_node.settings import NodeSettings
 log = logging.getLogger("llmlb.node.agent")
 
 MAX_BACKOFF_S = 5.0
+KEY_HINT = (
+    "make a node key with `llmlb keys create NAME --scope node` (`--node NODE_ID` binds it to one "
+    "node id; an admin key is needed) and start the node with --api-key KEY or LLMLB_API_KEY"
+)
+
+
+def _router_message(response: httpx.Response) -> str:
+    """The router's error message (OpenAI-shaped), else the start of its body."""
+    try:
+        error = response.json()["error"]
+        return f"{error['message']}".rstrip(".")
+    except (ValueError, KeyError, TypeError):
+        return response.text[:300].strip() or response.reason_phrase
+
+
+def _error_code(response: httpx.Response) -> str | None:
+    try:
+        code = response.json()["error"]["code"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return code if isinstance(code, str) else None
+
+
+def refusal(response: httpx.Response, router_url: str, node_id: str) -> str:
+    """What a 401 or 403 at registration means, and what to do about it (one line)."""
+    message = _router_message(response)
+    if _error_code(response) in ("node_id_taken", "not_node_owner"):
+        return (
+            f"the router {router_url} refused node id {node_id}: {message} (HTTP {response.status_code}); "
+            "start the node with another --node-id, or with the key that registered it"
+        )
+    return (
+        f"the router {router_url} refused this node's key: {message} (HTTP {response.status_code}); "
+        f"{KEY_HINT}"
+    )
 
 
 def detect_accelerators() -> list[Accelerator]:
@@ -68,6 +106,16 @@ class RouterLink:
         self._task: asyncio.Task[None] | None = None
         self._last_models: list[ModelAdvert] = []
         self._beat_now = asyncio.Event()
+        # Set when the router refused the node for good (see the module docstring).
+        self.fatal: str | None = None
+        # The last problem logged, so that a problem that lasts is one line, not one per retry.
+        self._problem: str | None = None
+
+    def _report(self, problem: str | None, level: int, message: str, *args: object) -> None:
+        """Log ``message`` when the link's state changes to ``problem`` (None: all is well)."""
+        if problem != self._problem:
+            log.log(level, message, *args)
+        self._problem = problem
 
     def models(self) -> list[ModelAdvert]:
         return [m for runtime in self.runtimes for m in runtime.models()]
@@ -112,6 +160,8 @@ class RouterLink:
         )
 
     async def register(self) -> None:
+        """Register, retrying until the router answers 200; on a 401 or 403, set :attr:`fatal`
+        and return without registering."""
         backoff = 0.2
         while True:
             try:
@@ -130,27 +180,42 @@ class RouterLink:
                         reply.node_id,
                         self.interval_s,
                     )
+                    self._problem = None
                     self.registered.set()
                     return
-                log.error(
-                    "router refused registration: HTTP %d %s", response.status_code, response.text[:300]
+                if response.status_code in (401, 403):
+                    # Printed by `llmlb node` as it exits (one line, not logged twice).
+                    self.fatal = refusal(response, self.settings.router_url, self.settings.id)
+                    log.debug("registration refused: %s", self.fatal)
+                    return
+                self._report(
+                    f"http {response.status_code}",
+                    logging.ERROR,
+                    "router refused registration: HTTP %d %s; retrying (up to every %.0fs)",
+                    response.status_code,
+                    _router_message(response),
+                    MAX_BACKOFF_S,
                 )
             except httpx.HTTPError as exc:
                 tls = tls_failure(exc)
                 if tls is not None:
-                    log.error(
+                    self._report(
+                        f"tls {tls}",
+                        logging.ERROR,
                         "TLS to router %s failed (%s); give its CA with --router-ca-bundle; "
-                        "retrying in %.1fs",
+                        "retrying (up to every %.0fs)",
                         self.settings.router_url,
                         tls,
-                        backoff,
+                        MAX_BACKOFF_S,
                     )
                 else:
-                    log.warning(
-                        "router %s not reachable (%s); retrying in %.1fs",
+                    self._report(
+                        f"unreachable {type(exc).__name__}",
+                        logging.WARNING,
+                        "router %s not reachable (%s); retrying (up to every %.0fs) until it is",
                         self.settings.router_url,
                         type(exc).__name__,
-                        backoff,
+                        MAX_BACKOFF_S,
                     )
             await asyncio.sleep(backoff)
             backoff = min(MAX_BACKOFF_S, backoff * 2)
@@ -163,22 +228,43 @@ class RouterLink:
                 headers={"content-type": "application/json"},
             )
         except httpx.HTTPError as exc:
-            log.warning("heartbeat failed: %s", type(exc).__name__)
+            self._report(
+                f"heartbeat {type(exc).__name__}",
+                logging.WARNING,
+                "heartbeat to router %s failed (%s); still trying every %.1fs",
+                self.settings.router_url,
+                type(exc).__name__,
+                self.interval_s,
+            )
             return
         if response.status_code == 200:
             reply = msgspec.json.decode(response.content, type=HeartbeatReply)
             if reply.reregister:
                 log.info("router does not know this node (restarted?); re-registering")
+                self._problem = None
                 self.registered.clear()
                 await self.register()
+            else:
+                self._report(None, logging.INFO, "heartbeats reach the router again")
         elif response.status_code in (401, 403):
-            log.error("router refused heartbeat: HTTP %d %s", response.status_code, response.text[:300])
+            self._report(
+                f"heartbeat {response.status_code}",
+                logging.ERROR,
+                "%s",
+                refusal(response, self.settings.router_url, self.settings.id),
+            )
         else:
-            log.warning("heartbeat answered HTTP %d", response.status_code)
+            self._report(
+                f"heartbeat {response.status_code}",
+                logging.WARNING,
+                "heartbeat answered HTTP %d: %s",
+                response.status_code,
+                _router_message(response),
+            )
 
     async def run(self) -> None:
         await self.register()
-        while True:
+        while self.fatal is None:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.interval_s):
                     await self._beat_now.wait()
@@ -197,10 +283,17 @@ class RouterLink:
     async def drain(self) -> None:
         """Tell the router to stop sending new work (the node finishes what it has)."""
         self.draining = True
+        if not self.registered.is_set():
+            return  # the registration in progress says draining=True
         try:
-            await self._client.post(f"/v0/nodes/{self.settings.id}/drain")
+            response = await self._client.post(f"/v0/nodes/{self.settings.id}/drain")
         except httpx.HTTPError as exc:
-            log.warning("could not announce drain: %s", type(exc).__name__)
+            log.warning("could not tell the router of the drain (%s)", type(exc).__name__)
+            return
+        if response.status_code != 200:
+            log.warning(
+                "router refused the drain: HTTP %d: %s", response.status_code, _router_message(response)
+            )
 
     async def stop(self, *, deregister: bool = True) -> None:
         if self._task is not None:
@@ -208,9 +301,20 @@ class RouterLink:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
         if deregister and self.registered.is_set():
-            try:
-                await self._client.post(f"/v0/nodes/{self.settings.id}/deregister")
-                log.info("deregistered from router")
-            except httpx.HTTPError as exc:
-                log.warning("could not deregister: %s", type(exc).__name__)
+            await self._deregister()
         await self._client.aclose()
+
+    async def _deregister(self) -> None:
+        try:
+            response = await self._client.post(f"/v0/nodes/{self.settings.id}/deregister")
+        except httpx.TransportError as exc:
+            # The router is gone or going (stopped with the node, e.g. `llmlb demo`): it takes the
+            # node offline when heartbeats stop. Nothing for the operator to do.
+            log.debug("router not reachable to deregister (%s); it will mark this node offline", exc)
+            return
+        if response.status_code in (200, 204):
+            log.info("deregistered from router")
+        elif response.status_code == 404:
+            log.debug("router no longer lists this node; nothing to deregister")
+        else:
+            log.warning("could not deregister: HTTP %d: %s", response.status_code, _router_message(response))

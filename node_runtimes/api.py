@@ -41,6 +41,7 @@ from llmlb_core.api import (
     normalize_url,
     parse_multipart,
     passed_headers,
+    report_generation,
     upstream_client,
 )
 from llmlb_node.hookspecs import hookimpl
@@ -73,5 +74,6 @@ __all__ = [
     "normalize_url",
     "parse_multipart",
     "passed_headers",
+    "report_generation",
     "upstream_client",
 ]

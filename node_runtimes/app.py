@@ -14,6 +14,7 @@ import hmac
 import logging
 import secrets
 from collections.abc import AsyncIterator, Iterable
+from pathlib import Path
 from typing import Any
 
 from litestar import Litestar, Router, get
@@ -21,9 +22,11 @@ from litestar.connection import ASGIConnection
 from litestar.handlers import BaseRouteHandler
 from litestar.middleware import DefineMiddleware
 
+from llmlb_core import access_log
 from llmlb_core.auth import key_from_headers
 from llmlb_core.disconnect import DisconnectMiddleware
 from llmlb_core.errors import OpenAIError, exception_handlers
+from llmlb_core.serving import STOP_WHEN
 from llmlb_node.agent import RouterLink
 from llmlb_node.plugins import RuntimePluginError, load_runtime_types
 from llmlb_node.runtime import Runtime, RuntimeConfigError, RuntimeContext
@@ -71,8 +74,27 @@ def build_runtimes(settings: NodeSettings, *, extra_plugins: Iterable[object] = 
         else:
             log.debug("runtime %s has nothing to serve here; not started", name)
     if not runtimes:
-        log.warning("no runtime has anything to serve (models dir: %s)", settings.models_path)
+        raise RuntimeConfigError(nothing_to_serve(settings.models_path))
+    if not settings.models_path.is_dir() and settings.models_dir != DEFAULT_MODELS_DIR:
+        log.warning(
+            "models dir %s does not exist (--models-dir); serving %s only",
+            settings.models_path,
+            ", ".join(r.type_name for r in runtimes),
+        )
     return runtimes
+
+
+DEFAULT_MODELS_DIR = NodeSettings().models_dir
+
+
+def nothing_to_serve(models_path: Path) -> str:
+    """Why a node has nothing to serve, and what to do (one line)."""
+    demo = f"`llmlb demo-model {models_path / 'demo'}` writes a small one"
+    if not models_path.is_dir():
+        where = f"the models dir {models_path} does not exist (--models-dir: one folder per model; {demo})"
+    else:
+        where = f"no model folder in {models_path} (--models-dir: one folder per model; {demo})"
+    return f"this node has nothing to serve: {where}, and no server to front (--upstream URL)"
 
 
 def _router_credential_guard(token: str) -> Any:
@@ -144,7 +166,10 @@ def create_node_app(
             await asyncio.sleep(poll_s)
         log.info("drained: no job left")
 
+    access_log.install(app)  # the request log, with the router's request id (outside routing)
     app.state.node_drain = drain
+    # Why the node must stop (the router refused its key), polled by llmlb_core.serving.run.
+    app.state[STOP_WHEN] = lambda: link.fatal
     app.state.node_link = link
     app.state.node_runtimes = runtimes
     app.state.node_token = token

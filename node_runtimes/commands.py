@@ -12,27 +12,31 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import logging
+import os
 from collections.abc import Mapping
 from typing import Any
 
 import click
 
 from llmlb_core.api import hookimpl
-from llmlb_core.cli_support import default_of, given, setup_logging
+from llmlb_core.cli_config import add_config_kind
+from llmlb_core.cli_support import (
+    CONTEXT_SETTINGS,
+    LOG_LEVEL_CHOICE,
+    click_envvars,
+    default_of,
+    given,
+    settings_option,
+    setup_logging,
+)
 from llmlb_core.settings import SettingsError
+from llmlb_node.config_check import NODE
 from llmlb_node.plugins import RuntimePluginError, load_runtime_types
 from llmlb_node.runtime import RuntimeType
-from llmlb_node.settings import NodeSettings
+from llmlb_node.settings import CONFIG_ENV, ENV_PREFIX, NodeSettings, node_env_problems
 
-CONTEXT_SETTINGS: dict[str, Any] = {
-    "help_option_names": ["-h", "--help"],
-    "show_default": True,
-    "max_content_width": 100,
-}
-
-
-def node_default(field: str) -> str | None:
-    return default_of(NodeSettings, field)
+log = logging.getLogger("llmlb.config")
 
 
 # What an option's default is when its plugin gave none (None, or click's own sentinel).
@@ -52,6 +56,7 @@ def runtime_options(types: Mapping[str, RuntimeType[Any]]) -> dict[str, tuple[cl
                 with contextlib.suppress(KeyError, TypeError):
                     option.default = default_of(runtime_type.settings, key)
             option.name = f"{runtime_type.name}.{key}"
+            option.show_envvar = True
             option.help = f"{runtime_type.name}: {template.help or key}"
             out[option.name] = (option, runtime_type.name, key)
     return out
@@ -69,30 +74,81 @@ def runtime_tables(
     return tables
 
 
+def node_option(*decls: str, field: str, help: str, **attrs: Any) -> Any:
+    return settings_option(
+        *decls, struct=NodeSettings, field=field, env_prefix=ENV_PREFIX, help=help, **attrs
+    )
+
+
+NEED_A_KEY = (
+    "llmlb node needs a node-scope API key: pass --api-key or set LLMLB_API_KEY "
+    "(an admin makes one with `llmlb keys create NAME --scope node`)"
+)
+
+
 @click.command(context_settings=CONTEXT_SETTINGS)
-@click.option("--router", default=node_default("router_url"), help="router URL")
-@click.option("--host", default=node_default("host"), help="address to listen on")
-@click.option("--port", type=int, default=node_default("port"), help="port to listen on")
-@click.option("--advertise-host", help="address the router uses to reach this node (default: --host)")
-@click.option("--models-dir", default=node_default("models_dir"), help="one folder per model")
-@click.option("--api-key", help="node-scope key (or env LLMLB_API_KEY)")
-@click.option("--name", help="name shown in /v0/nodes and logs (default: <hostname>-<port>)")
-@click.option("--node-id", help="stable node id (default: <hostname>-<port>-<random>, new every start)")
-@click.option(
+@node_option("--router", field="router_url", help="router URL")
+@node_option("--host", field="host", help="address to listen on")
+@node_option("--port", field="port", type=int, help="port to listen on")
+@node_option(
+    "--advertise-host",
+    field="advertise_host",
+    help="address the router uses to reach this node  [default: --host, 127.0.0.1 for 0.0.0.0]",
+)
+@node_option("--models-dir", field="models_dir", help="one folder per model (`llmlb demo-model DIR/demo`)")
+@node_option(
+    "--api-key",
+    field="api_key",
+    env="LLMLB_API_KEY or LLMLB_NODE_API_KEY",
+    help="node-scope API key (`llmlb keys create NAME --scope node`)",
+)
+@node_option("--name", field="name", help="name shown in /v0/nodes and logs  [default: <hostname>-<port>]")
+@node_option(
+    "--node-id",
+    field="node_id",
+    help="stable node id  [default: <hostname>-<port>-<random>, new every start]",
+)
+@node_option(
     "--runtime",
+    field="runtimes",
     multiple=True,
-    help="runtime type to start (repeatable; default: every installed one with something to serve)",
+    show_default=False,
+    help="runtime type to start (repeatable; comma-separated in the variable)  "
+    "[default: every installed one with something to serve]",
 )
-@click.option("--heartbeat-interval", type=float, help="seconds (default: what the router asks for)")
+@node_option(
+    "--heartbeat-interval",
+    field="heartbeat_interval_s",
+    type=float,
+    help="seconds between heartbeats  [default: what the router asks for]",
+)
 @click.option(
-    "--config", help="TOML node config: node settings and [runtime.<name>] tables (or env LLMLB_NODE_CONFIG)"
+    "--config",
+    type=click.Path(dir_okay=False),
+    help="TOML node config: node settings and [runtime.<name>] tables "
+    f"(check one with `llmlb config check FILE`)  [env var: {CONFIG_ENV}]",
 )
-@click.option("--log-level", default="info", help="debug, info, warning, error")
-@click.option("--tls-cert", help="serve HTTPS with this PEM certificate (or env LLMLB_NODE_TLS_CERT)")
-@click.option("--tls-key", help="private key of --tls-cert (or env LLMLB_NODE_TLS_KEY)")
-@click.option("--router-ca-bundle", help="PEM CA bundle to verify an HTTPS router against")
+@node_option("--log-level", field="log_level", type=LOG_LEVEL_CHOICE, help="least severe log level shown")
+@node_option(
+    "--log-format",
+    field="log_format",
+    type=click.Choice(["text", "json"]),
+    help="text lines, or one JSON object per line (for log shippers)",
+)
+@node_option("--tls-cert", field="tls_cert", help="serve HTTPS with this PEM certificate (chain first)")
+@node_option("--tls-key", field="tls_key", help="private key of --tls-cert")
+@node_option(
+    "--router-ca-bundle",
+    field="router_ca_bundle",
+    help="PEM CA bundle to verify an HTTPS router against  [default: the system's trust store]",
+)
 def node(**params: Any) -> int:
-    """Run a node that serves models to a router."""
+    """Run a node that serves models to a router.
+
+    Each setting is taken from its flag, else its LLMLB_NODE_* variable, else the config file,
+    else the default shown here. Every setting, its variable and its TOML key:
+    docs/configuration.md.
+    """
     ctx = click.get_current_context()
     options: dict[str, tuple[click.Option, str, str]] = ctx.meta.get(RUNTIME_OPTIONS, {})
     from llmlb_core.serving import run
@@ -102,33 +158,26 @@ def node(**params: Any) -> int:
     from llmlb_node.settings import load_node_settings
 
     flags = given(ctx, params)
+    node_flags: dict[str, Any] = {
+        name: list(value) if isinstance(value, tuple) else value
+        for name, value in flags.items()
+        if name in NodeSettings.__struct_fields__
+    }
     settings = load_node_settings(
-        flags.get("config"),
-        router_url=flags.get("router"),
-        port=flags.get("port"),
-        host=flags.get("host"),
-        models_dir=flags.get("models_dir"),
-        api_key=flags.get("api_key"),
-        name=flags.get("name"),
-        node_id=flags.get("node_id"),
-        advertise_host=flags.get("advertise_host"),
-        heartbeat_interval_s=flags.get("heartbeat_interval"),
-        runtimes=list(flags.get("runtime", ())) or None,
-        tls_cert=flags.get("tls_cert"),
-        tls_key=flags.get("tls_key"),
-        router_ca_bundle=flags.get("router_ca_bundle"),
-        runtime_settings=runtime_tables(flags, options),
+        flags.get("config"), runtime_settings=runtime_tables(flags, options), **node_flags
     )
-    setup_logging(params["log_level"])
+    setup_logging(settings.log_level, settings.log_format)
+    for line in node_env_problems(os.environ, click_envvars(ctx.find_root().command)):
+        log.warning("config: %s", line)
     if not settings.api_key:
-        raise SettingsError("llmlb node needs a node-scope API key (--api-key or LLMLB_API_KEY)")
+        raise SettingsError(NEED_A_KEY)
     check_server_cert(settings.tls_cert, settings.tls_key)
     app = create_node_app(settings)
     run(
         app,
         host=settings.host,
         port=settings.port,
-        log_level=params["log_level"],
+        log_level=settings.log_level,
         drain=app.state.node_drain,
         graceful_timeout_s=900,
         ssl_certfile=settings.tls_cert,
@@ -159,6 +208,7 @@ def node_command() -> click.Command:
         callback=callback,
         params=[*node.params, *(option for option, _, _ in options.values())],
         help=node.help,
+        short_help="Run a node that serves models to a router.",
         context_settings=CONTEXT_SETTINGS,
     )
 
@@ -166,3 +216,4 @@ def node_command() -> click.Command:
 @hookimpl
 def llmlb_register_commands(cli: click.Group) -> None:
     cli.add_command(node_command())
+    add_config_kind(cli, NODE)

@@ -14,8 +14,7 @@ import os
 import re
 import secrets
 import socket
-import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
@@ -23,12 +22,26 @@ from typing import Annotated, Any, Literal, TypeVar
 import msgspec
 
 from llmlb_core.protocol import NodeName
-from llmlb_core.settings import SettingsError, load_plugin_settings, merge_tables
+from llmlb_core.settings import ENV_PREFIX as ROUTER_ENV_PREFIX
+from llmlb_core.settings import (
+    RouterSettings,
+    SettingsError,
+    checked_log_level,
+    load_plugin_settings,
+    merge_tables,
+    read_toml,
+)
+from llmlb_core.settings_problems import describe_invalid, unknown_variables
 
 T = TypeVar("T")
 
 ENV_PREFIX = "LLMLB_NODE_"
+CONFIG_ENV = f"{ENV_PREFIX}CONFIG"
 RUNTIME_ENV_PREFIX = f"{ENV_PREFIX}RUNTIME__"
+# LLMLB_NODE_RUNTIME__<NAME>__<KEY>: a key of a runtime's [runtime.<name>] table.
+RUNTIME_ENV_RE = re.compile(rf"{RUNTIME_ENV_PREFIX}(?:(?!__)\w)+__(?:(?!__)\w)+", re.IGNORECASE)
+# The node's key may also come from LLMLB_API_KEY (as the node's other clients name it).
+API_KEY_ENV = f"{ROUTER_ENV_PREFIX}API_KEY"
 
 
 def sanitized_hostname(hostname: str | None = None, max_length: int = 40) -> str:
@@ -76,6 +89,9 @@ class NodeSettings(msgspec.Struct, kw_only=True, dict=True, forbid_unknown_field
     # "text" or "json" (one JSON object per line), as the router's log_format.
     log_format: Literal["text", "json"] = "text"
 
+    def __post_init__(self) -> None:
+        self.log_level = checked_log_level(self.log_level)
+
     @property
     def models_path(self) -> Path:
         return Path(self.models_dir).expanduser()
@@ -113,9 +129,45 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
         text = environ.get(f"{ENV_PREFIX}{field.upper()}")
         if text is not None and field != "runtime_settings":
             raw[field] = [v.strip() for v in text.split(",") if v.strip()] if field == "runtimes" else text
-    if "api_key" not in raw and environ.get("LLMLB_API_KEY"):
-        raw["api_key"] = environ["LLMLB_API_KEY"]
+    if "api_key" not in raw and environ.get(API_KEY_ENV):
+        raw["api_key"] = environ[API_KEY_ENV]
     return raw
+
+
+def node_env_problems(environ: Mapping[str, str], also_known: Iterable[str] = ()) -> list[str]:
+    """A line per ``LLMLB_NODE_*`` variable that the node does not read (``also_known``: those
+    its command line reads, e.g. a runtime flag's ``LLMLB_NODE_THREADS``). The router's own
+    ``LLMLB_NODE_TIMEOUT_S`` and ``LLMLB_NODE_CA_BUNDLE`` are known, not the node's to flag."""
+    fields = set(NodeSettings.__struct_fields__) - {"runtime_settings"}
+    router_fields = set(RouterSettings.__struct_fields__)
+    return unknown_variables(
+        environ,
+        prefix=ENV_PREFIX,
+        known={
+            *(f"{ENV_PREFIX}{f.upper()}" for f in fields),
+            *(f"{ROUTER_ENV_PREFIX}{f.upper()}" for f in router_fields),
+            CONFIG_ENV,
+            *also_known,
+        },
+        patterns=[RUNTIME_ENV_RE],
+    )
+
+
+def raw_node_settings(
+    config: str | Path | None = None,
+    *,
+    environ: Mapping[str, str],
+    runtime_settings: Mapping[str, Mapping[str, Any]] | None = None,
+    **overrides: Any,
+) -> dict[str, Any]:
+    """The node's settings table before conversion: the TOML file (``config``, else
+    ``LLMLB_NODE_CONFIG``), the environment, the flags (``overrides``, None: unset) and the
+    runtime flags' tables, merged key by key."""
+    config = config or environ.get(CONFIG_ENV)
+    raw = read_toml(config, "node config") if config else {}
+    raw = merge_tables(raw, _env_overrides(environ))
+    raw = merge_tables(raw, {k: v for k, v in overrides.items() if v is not None})
+    return merge_tables(raw, {"runtime": runtime_settings or {}})
 
 
 def load_node_settings(
@@ -125,22 +177,17 @@ def load_node_settings(
     runtime_settings: Mapping[str, Mapping[str, Any]] | None = None,
     **overrides: Any,
 ) -> NodeSettings:
-    """Settings from the defaults, the TOML file, the environment and the flags (``overrides``
-    and ``runtime_settings``, whose tables are merged key by key into the others; None values
-    are unset flags)."""
-    environ = os.environ if environ is None else environ
-    config = config or environ.get(f"{ENV_PREFIX}CONFIG")
-    raw: dict[str, Any] = {}
-    if config:
-        path = Path(config).expanduser()
-        try:
-            raw = tomllib.loads(path.read_text())
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise SettingsError(f"cannot read node config {path}: {exc}") from None
-    raw = merge_tables(raw, _env_overrides(environ))
-    raw = merge_tables(raw, {k: v for k, v in overrides.items() if v is not None})
-    raw = merge_tables(raw, {"runtime": runtime_settings or {}})
+    """Settings from the defaults, the TOML file, the environment and the flags
+    (:func:`raw_node_settings`)."""
+    raw = raw_node_settings(
+        config,
+        environ=os.environ if environ is None else environ,
+        runtime_settings=runtime_settings,
+        **overrides,
+    )
     try:
         return msgspec.convert(raw, NodeSettings, strict=False)
     except msgspec.ValidationError as exc:
-        raise SettingsError(f"invalid node setting: {exc}") from None
+        raise SettingsError(
+            describe_invalid(exc, raw, NodeSettings, noun="node setting", env_prefix=ENV_PREFIX)
+        ) from None

@@ -24,7 +24,7 @@ CONTEXT_SETTINGS: dict[str, Any] = {
 }
 
 
-@click.command(name="demo-model", context_settings=CONTEXT_SETTINGS)
+@click.command(name="demo-model", context_settings=CONTEXT_SETTINGS, short_help="Write a synthetic model.")
 @click.argument("directory", metavar="DIR", type=click.Path(file_okay=False, path_type=Path))
 @click.option(
     "--family",
@@ -40,11 +40,13 @@ def demo_model(directory: Path, family: str, force: bool) -> int:
     return 0
 
 
-@click.command(context_settings=CONTEXT_SETTINGS)
+@click.command(context_settings=CONTEXT_SETTINGS, short_help="Write a quantised GGUF copy of a model.")
 @click.argument("model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--type", "output_type", type=click.Choice(GGUF_TYPES), default="q8_0", help="GGUF type")
 def quantize(model_dir: Path, output_type: str) -> int:
-    """Write a quantised GGUF next to a model's weights (the node then chooses by environment)."""
+    """Write a quantised GGUF copy of a model's weights.
+
+    The GGUF is written next to the weights; the node then chooses one (--weights)."""
     from llmlb_node.stable_diffusion.model_folder import read_profile, weight_files
     from llmlb_node.stable_diffusion.quantize import quantize as write_gguf
 
@@ -58,14 +60,17 @@ def quantize(model_dir: Path, output_type: str) -> int:
     return 0
 
 
-@click.command(context_settings=CONTEXT_SETTINGS)
+@click.command(context_settings=CONTEXT_SETTINGS, short_help="Run a router and a node on a demo model.")
 @click.option("--host", default="127.0.0.1", help="address of the router")
 @click.option("--port", type=int, default=8080, help="port of the router")
 @click.option("--node-port", type=int, default=8090, help="port of the node")
 @click.option("--data-dir", default="./llmlb-data", type=click.Path(path_type=Path), help="router data")
 @click.option("--models-dir", default="./models", type=click.Path(path_type=Path), help="node models")
 def demo(host: str, port: int, node_port: int, data_dir: Path, models_dir: Path) -> int:
-    """Run a router and one local node serving the synthetic demo model, until Ctrl-C."""
+    """Run a router and a node serving a synthetic model, to try llmlb.
+
+    Makes the demo model in MODELS_DIR/demo if missing, starts `llmlb serve` and `llmlb node`,
+    prints an API key and examples, and runs until Ctrl-C."""
     return run_demo(host=host, port=port, node_port=node_port, data_dir=data_dir, models_dir=models_dir)
 
 

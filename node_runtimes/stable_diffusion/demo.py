@@ -7,9 +7,11 @@ until Ctrl-C (stopping both children).
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -19,6 +21,39 @@ import click
 import httpx
 
 DEMO_MODEL = "demo"
+
+
+class DemoError(click.ClickException):
+    """An ordinary reason the demo cannot start (``llmlb: ...``, exit 2)."""
+
+    exit_code = 2
+
+
+def check_port_free(host: str, port: int, flag: str) -> None:
+    """A :class:`DemoError` naming ``flag`` when ``host:port`` cannot be listened on."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            reason = "in use" if exc.errno == errno.EADDRINUSE else f"not available ({exc.strerror})"
+            raise DemoError(f"port {port} on {host} is {reason}: pick another with {flag}") from None
+
+
+def _create_key(base: str, admin: str, name: str, scope: str) -> str:
+    response = httpx.post(
+        f"{base}/v0/keys",
+        headers={"authorization": f"Bearer {admin}"},
+        json={"name": name, "scopes": [scope]},
+        timeout=30,
+    )
+    if response.status_code != 201:
+        raise DemoError(
+            f"the router at {base} did not create the demo's {scope} key ({response.status_code}: "
+            f"{response.text[:200]}): is another router answering there? Pick another --port"
+        )
+    return str(response.json()["key"])
 
 
 def _admin_key(data_dir: Path) -> str:
@@ -36,14 +71,14 @@ def _wait(url: str, proc: subprocess.Popen[bytes], timeout: float, what: str) ->
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise click.ClickException(f"{what} exited with code {proc.returncode}")
+            raise DemoError(f"{what} exited with code {proc.returncode} (its reason is above)")
         try:
             if httpx.get(url, timeout=1).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
         time.sleep(0.2)
-    raise click.ClickException(f"{what} did not come up within {timeout:.0f}s")
+    raise DemoError(f"{what} did not come up within {timeout:.0f} s (its log is above)")
 
 
 def write_demo_model_with_progress(target: Path, *, force: bool = False, family: str = "sd1") -> None:
@@ -84,6 +119,10 @@ def write_demo_model_with_progress(target: Path, *, force: bool = False, family:
 
 
 def run_demo(*, host: str, port: int, node_port: int, data_dir: Path, models_dir: Path) -> int:
+    if port == node_port:
+        raise DemoError(f"--port and --node-port are both {port}: give them different ports")
+    check_port_free(host, port, "--port")
+    check_port_free("127.0.0.1", node_port, "--node-port")
     write_demo_model_with_progress(models_dir / DEMO_MODEL)
     admin = _admin_key(data_dir)
     env = {**os.environ, "LLMLB_ADMIN_KEY": admin, "PYTHONUNBUFFERED": "1"}
@@ -101,13 +140,8 @@ def run_demo(*, host: str, port: int, node_port: int, data_dir: Path, models_dir
         )
         children.append(router)
         _wait(f"{base}/health", router, 60, "router")
-        admin_headers = {"authorization": f"Bearer {admin}"}
-        node_key = httpx.post(
-            f"{base}/v0/keys", headers=admin_headers, json={"name": "demo node", "scopes": ["node"]}
-        ).json()["key"]
-        api_key = httpx.post(
-            f"{base}/v0/keys", headers=admin_headers, json={"name": "demo client", "scopes": ["api"]}
-        ).json()["key"]
+        node_key = _create_key(base, admin, "demo node", "node")
+        api_key = _create_key(base, admin, "demo client", "api")
         node = subprocess.Popen(
             [
                 *cli,

@@ -18,8 +18,12 @@
   interrupted: the C call has no abort hook and runs on the worker thread, so a cancelled job
   holds the engine (and counts as active) until that call returns, then ends.
 - The running job's progress (image ``i`` of ``n``, step of steps, from the progress callback)
-  is :meth:`SDEngine.jobs`, which heartbeats report. Steps are logged at debug level; each
-  image of a job of several and each job at info.
+  is :meth:`SDEngine.jobs`, which heartbeats report. A step is logged at info level when
+  ``progress_log_interval_s`` has passed since the job's last progress line (so a slow job shows
+  its pace and a 1000-step job is not 1000 lines), the other steps at debug level; each image of
+  a job of several and each job at info. The callbacks run on the worker thread while the
+  library works; nothing redirects the process's output meanwhile (see ``sdcpp_log``), so every
+  thread's log lines keep flowing during a generation.
 - LoRAs come as the job's file -> weight map (checked by ``loras.plan_loras``); the binding gets
   them as tags the engine builds (``loras.prompt_with_loras``), applied at run time
   (``lora_apply_mode="at_runtime"``), so they never change the loaded weights of later jobs.
@@ -55,6 +59,7 @@ from llmlb_node.stable_diffusion.previews import preview_steps
 log = logging.getLogger("llmlb.node.sd")
 
 LOAD_RETRY_S = 30.0
+PROGRESS_LOG_INTERVAL_S = 2.0
 # "stable-diffusion.cpp:299  - " in front of sd.cpp's log lines.
 SOURCE_LOCATION = re.compile(r"^[\w.-]+\.(?:cpp|hpp|h):\d+\s+-\s+")
 # JobProgress counts are bounded (protocol.Count).
@@ -267,12 +272,14 @@ class SDEngine:
         weights_preference: str = "auto",
         accelerator: bool | None = None,
         load_retry_s: float = LOAD_RETRY_S,
+        progress_log_interval_s: float = PROGRESS_LOG_INTERVAL_S,
     ) -> None:
         self.threads = threads or (os.cpu_count() or 1)
         self.idle_unload_s = idle_unload_s
         self.weights_preference = weights_preference
         self.accelerator = has_accelerator() if accelerator is None else accelerator
         self.load_retry_s = load_retry_s
+        self.progress_log_interval_s = progress_log_interval_s
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sd-engine")
         self._lock = asyncio.Lock()
         self.loaded: LoadedModel | None = None
@@ -432,19 +439,38 @@ class SDEngine:
         # of steps the sampler reports first (img2img samples fewer than asked).
         planned: dict[int, int] = {}
         replanned = False
+        images = running.images if running is not None else 1
+        of_images = f" (image {index + 1}/{images})" if images > 1 else ""
+        last_line = time.monotonic()
 
         def plan(steps: int) -> None:
             planned.clear()
             planned.update({step: i for i, step in enumerate(preview_steps(steps, job.partial_images))})
 
         def progress(step: int, steps: int, seconds: float) -> None:
-            nonlocal replanned
+            nonlocal replanned, last_line
             if running is not None:
                 running.step, running.steps = step, steps
             if step == 0 and not replanned:
                 replanned = True
                 plan(steps)
-            log.debug("job %d (%s): step %d/%d (%.2fs/it)", job_id, model.id, step, steps, seconds)
+            if step <= 0:
+                return
+            now = time.monotonic()
+            due = now - last_line >= self.progress_log_interval_s
+            if due:
+                last_line = now
+            log.log(
+                logging.INFO if due else logging.DEBUG,
+                "job %d (%s): step %d/%d%s, %.2f s/step, about %.0fs left",
+                job_id,
+                model.id,
+                step,
+                steps,
+                of_images,
+                seconds,
+                max(0, (images - index - 1) * steps + steps - step) * seconds,  # the job's
+            )
 
         def preview(step: int, frames: list[Image.Image], is_noisy: bool) -> None:
             partial_index = planned.get(step)

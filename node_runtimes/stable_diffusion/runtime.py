@@ -34,6 +34,7 @@ from llmlb_node.api import (
     RuntimeLoad,
     decode_json_bytes,
     parse_multipart,
+    report_generation,
 )
 from llmlb_node.stable_diffusion.engine import EngineJob, JobListener, SDEngine
 from llmlb_node.stable_diffusion.events import StreamFormat
@@ -123,6 +124,7 @@ class StableDiffusionRuntime(Runtime):
             threads=settings.threads,
             idle_unload_s=settings.idle_unload_s,
             weights_preference=settings.weights_preference,
+            progress_log_interval_s=settings.progress_log_interval_s,
         )
         self._folders: dict[str, ModelFolder] = {}
         self._scan: ScanResult | None = None
@@ -200,7 +202,13 @@ class StableDiffusionRuntime(Runtime):
     def models(self) -> list[ModelAdvert]:
         self._fresh()
         return [
-            ModelAdvert(id=f.id, capabilities=CAPABILITIES, runtime=TYPE_NAME, details=self.details(f))
+            ModelAdvert(
+                id=f.id,
+                capabilities=CAPABILITIES,
+                runtime=TYPE_NAME,
+                details=self.details(f),
+                description=f.profile.description,
+            )
             for f in self._folders.values()
         ]
 
@@ -306,7 +314,9 @@ class StableDiffusionRuntime(Runtime):
                 return await self.engine.generate(folder, replace(job, listener=listener))
 
             return await ImageStream(run, fmt, output.render).response()
+        started = time.monotonic()
         images = await self.engine.generate(folder, job)
+        report = self._report(started, job, len(images))
         encoded = await asyncio.to_thread(lambda: [output.render(image, False) for image in images])
         body = ImagesResponse(
             created=int(time.time()),
@@ -316,7 +326,17 @@ class StableDiffusionRuntime(Runtime):
             output_format=output_format,
             background="opaque",
         )
-        return Response(content=msgspec.json.encode(body), media_type="application/json")
+        return Response(content=msgspec.json.encode(body), media_type="application/json", headers=report)
+
+    def _report(self, started: float, job: EngineJob, images: int) -> dict[str, str]:
+        """What a finished job took, for the node's request log and the router's metrics
+        (:func:`report_generation`): the seconds since the job started or, when it had to load
+        its model, since the model was loaded; and the sampling steps run for its images (from
+        an init image, sd.cpp samples only the last ``strength`` part of the steps)."""
+        loaded = self.engine.loaded
+        since = max(started, loaded.loaded_at) if loaded is not None else started
+        steps = job.steps if job.init_image is None else max(1, int(job.steps * job.strength))
+        return report_generation(time.monotonic() - since, steps * images, images=images)
 
     def routes(self) -> list[BaseRouteHandler]:
         runtime = self

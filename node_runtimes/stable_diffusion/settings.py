@@ -45,3 +45,6 @@ class StableDiffusionSettings(msgspec.Struct, kw_only=True, forbid_unknown_field
     max_request_pixels: Annotated[int, msgspec.Meta(gt=0)] = 4 * 4096 * 4096
     # Images decoded at once (on worker threads, off the event loop).
     max_concurrent_decodes: Annotated[int, msgspec.Meta(ge=1, le=64)] = 2
+    # Seconds between a running job's progress lines at info level ("step 3/20 ... s/step");
+    # 0: one per step. The other steps are logged at debug level.
+    progress_log_interval_s: Annotated[float, msgspec.Meta(ge=0)] = 2.0

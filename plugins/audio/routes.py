@@ -17,6 +17,8 @@ from llmlb_core.api import (
     StreamBody,
     convert_fields,
     decode_json_bytes,
+    openapi_form_body,
+    openapi_json_body,
     with_body_defaults,
 )
 from llmlb_plugins.audio.protocol import (
@@ -76,9 +78,15 @@ def build_routes(context: CapabilityContext[AudioSettings]) -> list[BaseRouteHan
                 await relay.aclose()
 
         handler.__name__ = handler.__qualname__ = path.strip("/").replace("/", "_")
-        return post(path, status_code=200, request_max_body_size=max_total)(handler)
+        docs = openapi_form_body(fields_type, {"file": "The audio file"}, required_files=["file"])
+        return post(path, status_code=200, request_max_body_size=max_total, operation_class=docs)(handler)
 
-    @post("/v1/audio/speech", status_code=200, request_max_body_size=SPEECH_BODY_LIMIT)
+    @post(
+        "/v1/audio/speech",
+        status_code=200,
+        request_max_body_size=SPEECH_BODY_LIMIT,
+        operation_class=openapi_json_body(SpeechRequest),
+    )
     async def speech(request: Request[Any, Any, Any]) -> Response[Any]:
         body = await request.body()
         req = decode_json_bytes(body, SpeechRequest)

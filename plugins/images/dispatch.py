@@ -38,7 +38,14 @@ from typing import Annotated, Any, Generic, TypeVar
 import msgspec
 from litestar import Response
 
-from llmlb_core.api import BadAnswer, CapabilityContext, ModelCatalog, OpenAIError, UpstreamResult
+from llmlb_core.api import (
+    BadAnswer,
+    CapabilityContext,
+    ModelCatalog,
+    OpenAIError,
+    UpstreamResult,
+    note_request,
+)
 from llmlb_plugins.images.model_info import FLAGS, MAX_SIDE, ModelInfo, check_loras, model_info
 from llmlb_plugins.images.protocol import (
     MAX_SEED,
@@ -304,6 +311,7 @@ class ImageJobs:
             )
 
         results = list(await asyncio.gather(*(send(p) for p in self.parts(plan))))
+        note_request(images=sum(len(r.parsed.data) for r in results if r.parsed is not None))
         replaced = plan.replaced_size
         return merge(
             results,

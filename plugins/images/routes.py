@@ -31,6 +31,8 @@ from llmlb_core.api import (
     OpenAIError,
     decode_json_bytes,
     encode_multipart,
+    openapi_form_body,
+    openapi_json_body,
     parse_multipart,
 )
 from llmlb_plugins.images.decoding import IMAGE_FIELDS, MAX_IMAGES, ImageDecoder, ImageLimits
@@ -50,6 +52,13 @@ from llmlb_plugins.images.validation import form_request, form_value, require_pr
 S = TypeVar("S", bound=ImageOptions)
 
 JSON_BODY_LIMIT = 1 * MB
+# The file parts of edits and variations, as the API docs show them (/docs).
+EDIT_FILES = {
+    "image": "The image to edit (PNG, JPEG or WebP); or send image[] instead",
+    "image[]": "Several images: the first is edited, the others are reference images (models that take them)",
+    "mask": "Optional: a PNG whose transparent pixels mark where to edit (same size as the image)",
+}
+VARIATION_FILES = {"image": "The image to vary (PNG, JPEG or WebP)"}
 
 
 def streamed(req: ImageOptions) -> bool:
@@ -83,7 +92,12 @@ def build_routes(context: CapabilityContext[ImagesSettings]) -> list[BaseRouteHa
             return await run_streamed(context, plan, jobs.parts(plan), path, build, edit=edit)
         return await jobs.run(plan, path, build)
 
-    @post("/v1/images/generations", status_code=200, request_max_body_size=JSON_BODY_LIMIT)
+    @post(
+        "/v1/images/generations",
+        status_code=200,
+        request_max_body_size=JSON_BODY_LIMIT,
+        operation_class=openapi_json_body(ImageGenerationRequest),
+    )
     async def generations(request: Request[Any, Any, Any]) -> Response[Any]:
         req = decode_json_bytes(await request.body(), ImageGenerationRequest)
         require_prompt(req.prompt)
@@ -144,11 +158,21 @@ def build_routes(context: CapabilityContext[ImagesSettings]) -> list[BaseRouteHa
 
         return await run(plan, path, build, stream=stream, edit=edit)
 
-    @post("/v1/images/edits", status_code=200, request_max_body_size=max_total_bytes)
+    @post(
+        "/v1/images/edits",
+        status_code=200,
+        request_max_body_size=max_total_bytes,
+        operation_class=openapi_form_body(ImageEditFields, EDIT_FILES),
+    )
     async def edits(request: Request[Any, Any, Any]) -> Response[Any]:
         return await multipart_job(request, ImageEditFields, "/v1/images/edits", edit=True)
 
-    @post("/v1/images/variations", status_code=200, request_max_body_size=max_total_bytes)
+    @post(
+        "/v1/images/variations",
+        status_code=200,
+        request_max_body_size=max_total_bytes,
+        operation_class=openapi_form_body(ImageVariationFields, VARIATION_FILES, required_files=["image"]),
+    )
     async def variations(request: Request[Any, Any, Any]) -> Response[Any]:
         return await multipart_job(request, ImageVariationFields, "/v1/images/variations", edit=False)
 

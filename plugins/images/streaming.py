@@ -50,6 +50,7 @@ from llmlb_core.api import (
     SSEEvent,
     error_event,
     format_event,
+    note_request,
 )
 from llmlb_plugins.images.dispatch import JobPlan, Part, answer_limit, check_image
 from llmlb_plugins.images.model_info import FLAGS, MAX_SIDE
@@ -158,6 +159,7 @@ class PartCheck:
             if event.usage is None or event.partial_image_index is not None:
                 raise BadAnswer("a completed event without usage, or with partial_image_index")
             self.completed[index] = True
+            note_request(images=1)
         if event.output_format != self.spec.output_format:
             raise BadAnswer(
                 f"output_format {event.output_format} where {self.spec.output_format} was asked for"

@@ -14,7 +14,7 @@ from typing import Any
 from litestar import Request, Response, post
 from litestar.handlers import BaseRouteHandler
 
-from llmlb_core.api import CapabilityContext, OpenAIError, decode_json_bytes
+from llmlb_core.api import CapabilityContext, OpenAIError, decode_json_bytes, openapi_json_body
 from llmlb_plugins.text.protocol import (
     CHAT_COMPLETION,
     EMBEDDINGS,
@@ -69,7 +69,12 @@ def forward_route(route: TextRoute, context: CapabilityContext[TextSettings]) ->
         )
 
     handler.__name__ = handler.__qualname__ = route.path.strip("/").replace("/", "_")
-    return post(route.path, status_code=200, request_max_body_size=context.settings.max_body_bytes)(handler)
+    return post(
+        route.path,
+        status_code=200,
+        request_max_body_size=context.settings.max_body_bytes,
+        operation_class=openapi_json_body(route.schema),
+    )(handler)
 
 
 def build_routes(context: CapabilityContext[TextSettings]) -> list[BaseRouteHandler]:

@@ -1,18 +1,33 @@
 """The ``llmlb`` command line: click, the core's commands plus those of plugins (``node`` and
-the stable_diffusion commands come through ``llmlb_register_commands``), defaults shown in
-``--help``, options after the command's name, and one line and exit 2 for a bad setting."""
+the stable_diffusion commands come through ``llmlb_register_commands``), defaults and variables
+shown in ``--help``, options after the command's name, and one line and exit 2 for a bad setting
+(the admin commands: tests/integration/test_cli_admin.py; config: test_cli_config.py)."""
 
 from __future__ import annotations
 
 import json
+import logging
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from llmlb_core.cli import main
+from tests.support.cli_runs import run_cli
 from tests.support.inproc import start_router
-from tests.support.servers import ADMIN_KEY, ThreadServer
+from tests.support.servers import ADMIN_KEY, ThreadServer, free_port
+
+
+@pytest.fixture(autouse=True)
+def root_logging_restored() -> Iterator[None]:
+    """``main(["node", ...])`` in-process sets up logging on stderr (capsys's, closed after the
+    test): the root logger's handlers and level are put back, for the tests that follow."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 @pytest.fixture
@@ -31,14 +46,33 @@ def test_version_and_help_list_the_plugins_commands_and_the_defaults(
     assert "llmlb, version" in capsys.readouterr().out
     assert main(["--help"]) == 0
     listed = capsys.readouterr().out
-    for command in ("serve", "keys", "node", "demo", "demo-model", "quantize"):
+    commands = ("serve", "keys", "models", "nodes", "config", "node", "demo", "demo-model", "quantize")
+    for command in commands:
         assert f"\n  {command} " in listed
+    assert "``" not in listed and "..." not in listed.split("Commands:")[1]  # no RST, no cut summary
+    assert "LLMLB_ROUTER" in listed and "LLMLB_ADMIN_KEY" in listed and "--debug" in listed
     assert main(["node", "--help"]) == 0
-    node_help = capsys.readouterr().out
-    assert "[default: 8090]" in node_help and "[default: ./models]" in node_help
-    assert "--upstream-kind" in node_help and "--threads" in node_help
+    node_help = " ".join(capsys.readouterr().out.split())
+    for shown in (
+        "[default: 8090]",
+        "[default: ./models]",
+        "[env var: LLMLB_NODE_PORT]",
+        "[env var: LLMLB_API_KEY or LLMLB_NODE_API_KEY]",
+        "[default: INFO]",
+        "--log-format [text|json]",
+        "env var: LLMLB_NODE_THREADS",
+        "--upstream-kind",
+    ):
+        assert shown in node_help, shown
     assert main(["serve", "--help"]) == 0
-    assert "[default: 8080]" in capsys.readouterr().out
+    serve_help = " ".join(capsys.readouterr().out.split())
+    for shown in ("[default: 8080]", "[env var: LLMLB_PORT]", "[default: INFO]", "--log-format [text|json]"):
+        assert shown in serve_help, shown
+    for command in (["keys", "create"], ["keys", "list"], ["nodes"], ["models"]):
+        assert main([*command, "--help"]) == 0
+        admin_help = " ".join(capsys.readouterr().out.split())
+        assert "[env var: LLMLB_ROUTER; default: http://127.0.0.1:8080]" in admin_help, command
+        assert "[env var: LLMLB_ADMIN_KEY]" in admin_help, command
 
 
 def test_keys_options_work_before_and_after_the_command_name(
@@ -46,10 +80,10 @@ def test_keys_options_work_before_and_after_the_command_name(
 ) -> None:
     monkeypatch.delenv("LLMLB_ADMIN_KEY", raising=False)
     after = ["keys", "create", "late", "--router", router.url, "--admin-key", ADMIN_KEY]
-    assert main([*after, "--scope", "node", "--node", "gpu-9"]) == 0
+    assert main([*after, "--scope", "node", "--node", "gpu-9", "--json"]) == 0
     created = json.loads(capsys.readouterr().out)
     assert created["info"]["scopes"] == ["node"] and created["info"]["node_id"] == "gpu-9"
-    assert main(["keys", "--router", router.url, "--admin-key", ADMIN_KEY, "list"]) == 0
+    assert main(["keys", "--router", router.url, "--admin-key", ADMIN_KEY, "list", "--json"]) == 0
     assert "late" in {k["name"] for k in json.loads(capsys.readouterr().out)["data"]}
     # The command's own flag wins over the group's.
     assert (
@@ -69,7 +103,8 @@ def test_keys_options_work_before_and_after_the_command_name(
     )
     capsys.readouterr()
     assert main(["keys", "list", "--router", router.url]) == 2
-    assert "an admin key is required" in capsys.readouterr().err
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith("llmlb: an admin key is required: pass --admin-key or set LLMLB_ADMIN_KEY")
 
 
 @pytest.mark.parametrize(
@@ -120,13 +155,57 @@ def test_a_plugin_that_fails_to_import_is_named_in_one_line(
     (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: llmlb-broken\nVersion: 0.1\n")
     (dist_info / "entry_points.txt").write_text("[llmlb.plugins]\nbroken = llmlb_broken_plugin\n")
     (site / "llmlb_broken_plugin.py").write_text("import a_module_that_is_not_installed  # noqa\n")
-    monkeypatch.syspath_prepend(str(site))
-    code = main(["serve", "--data-dir", str(tmp_path / "data"), "--port", "0"])
-    err = capsys.readouterr().err
-    assert code == 2, err
-    assert "Traceback" not in err
-    lines = err.strip().splitlines()
+    # A process: `serve` sets up logging, which must not outlive it in this one.
+    serve = run_cli("serve", "--data-dir", "data", "--port", "0", cwd=tmp_path, env={"PYTHONPATH": str(site)})
+    assert serve.code == 2, serve.err
+    assert "Traceback" not in serve.err
+    lines = serve.err_lines
     assert lines[-1].startswith(
         "llmlb: refusing to start: plugin 'broken' (llmlb_broken_plugin, from llmlb-broken"
     )
     assert "ModuleNotFoundError: No module named 'a_module_that_is_not_installed'" in lines[-1]
+    assert lines[-1].endswith(
+        "; fix or uninstall llmlb-broken, or skip third-party plugins (load_entry_points = false)"
+    )
+    # The core's other commands still run; a command that is not there names the plugin.
+    monkeypatch.syspath_prepend(str(site))
+    assert main(["config", "check", "--no-env", str(tmp_path / "missing.toml")]) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("llmlb: cannot read config ")
+    assert main(["broken-command"]) == 2
+    first, *_ = capsys.readouterr().err.strip().splitlines()
+    assert first.startswith("llmlb: plugin 'broken' (") and first.endswith("; its commands are left out")
+
+
+def test_demo_on_a_taken_port_and_a_bad_plugin_value_are_one_line(tmp_path: Path) -> None:
+    """Processes, as a user runs them: the demo checks its ports before it writes the model or
+    starts anything; a bad ``LLMLB_PLUGIN__*`` value names the table, the key, the variable, the
+    type expected and the value given."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        demo = run_cli(
+            "demo", "--port", str(port), "--data-dir", "data", "--models-dir", "models", cwd=tmp_path
+        )
+        assert demo.code == 2, demo.err
+        assert demo.err_lines == [f"llmlb: port {port} on 127.0.0.1 is in use: pick another with --port"]
+        node_port = run_cli("demo", "--port", str(free_port()), "--node-port", str(port), cwd=tmp_path)
+        assert node_port.err_lines == [
+            f"llmlb: port {port} on 127.0.0.1 is in use: pick another with --node-port"
+        ]
+    assert not (tmp_path / "models").exists() and not (tmp_path / "data").exists()
+    serve = run_cli(
+        "serve",
+        "--port",
+        "0",
+        "--data-dir",
+        "data",
+        cwd=tmp_path,
+        env={"LLMLB_PLUGIN__IMAGES__SIZE_FALLBACK": "yes"},
+    )
+    assert serve.code == 2 and "Traceback" not in serve.err, serve.err
+    assert serve.err_lines[-1] == (
+        "llmlb: refusing to start: invalid setting [plugin.images] size_fallback "
+        "(env LLMLB_PLUGIN__IMAGES__SIZE_FALLBACK): expected true or false, got 'yes'"
+    )

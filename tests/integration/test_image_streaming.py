@@ -402,7 +402,7 @@ def test_models_list_what_each_model_can_do(system: System) -> None:
         "supports": {"mask": True, "reference_images": 0, "loras": ["ink", "pixel"], "partial_images": True},
     }
     admin = admin_get(system.router.url, "/v0/models")
-    assert [m["details"] for m in admin["online"] if m["id"] == "img"] == [details]
+    assert [m["details"] for m in admin["data"] if m["id"] == "img"] == [details]
 
 
 def test_a_node_with_hostile_details_cannot_break_models(system: System) -> None:

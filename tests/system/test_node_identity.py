@@ -258,7 +258,7 @@ def test_cli_creates_a_bound_node_key(router: Proc) -> None:
                 "--admin-key",
                 ADMIN_KEY,
             ),
-            *("create", "gpu-7 key", "--scope", "node", "--node", "gpu-7"),
+            *("create", "gpu-7 key", "--scope", "node", "--node", "gpu-7", "--json"),
         ],
         capture_output=True,
         text=True,

@@ -7,10 +7,23 @@ from __future__ import annotations
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
+from litestar import Litestar, Request, Response, post
 
-from tests.support.servers import ADMIN_KEY, Proc, create_key, node_status, router_proc, wait_until
+from tests.support.servers import (
+    ADMIN_KEY,
+    Proc,
+    ThreadServer,
+    admin_get,
+    create_key,
+    free_port,
+    node_proc,
+    node_status,
+    router_proc,
+    wait_until,
+)
 
 
 def test_missed_heartbeats_take_node_offline_and_resumed_ones_bring_it_back(
@@ -78,7 +91,6 @@ def test_a_model_that_cannot_load_is_an_openai_503_and_node_keeps_serving(
     from safetensors.numpy import save_file
 
     from tests.support.models import copy_model
-    from tests.support.servers import node_proc
 
     own_models = tmp_path / "models"
     copy_model(models_dir, own_models, "demo")
@@ -120,3 +132,78 @@ def test_a_model_that_cannot_load_is_an_openai_503_and_node_keeps_serving(
     )
     assert ok.status_code == 200, ok.text
     assert node.popen is not None and node.popen.poll() is None
+
+
+def test_a_node_whose_key_the_router_refuses_stops_saying_how_to_make_one(
+    tmp_path: Path, router: Proc, api_key: str, models_dir: Path, procs: list[Proc]
+) -> None:
+    """401 (unknown key) and 403 (a key without the node scope): one line, exit 2, no retries."""
+    for key, reason in (
+        ("sk-llmlb-no-such-key", "Incorrect API key provided (HTTP 401)"),
+        (api_key, "This API key lacks the 'node' scope required here (HTTP 403)"),
+    ):
+        node = node_proc(tmp_path, router.url, models_dir, key)
+        procs.append(node)
+        assert node.start().popen is not None
+        assert node.popen.wait(60) == 2, node.log()
+        last = node.log().strip().splitlines()[-1]
+        assert last.startswith(f"llmlb: the router {router.url} refused this node's key: {reason}"), last
+        assert "llmlb keys create NAME --scope node" in last and "--api-key" in last
+        assert "Traceback" not in node.log() and "retrying" not in node.log()
+
+
+def test_a_missing_models_dir_stops_the_node_suggesting_the_demo_model(
+    tmp_path: Path, router: Proc, node_key: str, procs: list[Proc]
+) -> None:
+    missing = tmp_path / "no-models-here"
+    node = node_proc(tmp_path, router.url, missing, node_key)
+    procs.append(node)
+    assert node.start().popen is not None
+    assert node.popen.wait(60) == 2, node.log()
+    assert node.log().strip().splitlines() == [
+        f"llmlb: this node has nothing to serve: the models dir {missing} does not exist (--models-dir: "
+        f"one folder per model; `llmlb demo-model {missing / 'demo'}` writes a small one), and no server "
+        "to front (--upstream URL)"
+    ]
+    assert admin_get(router.url, "/v0/nodes")["data"] == []
+
+
+def test_registration_problems_are_one_line_per_state_not_per_retry(
+    tmp_path: Path, models_dir: Path, procs: list[Proc]
+) -> None:
+    """A node whose router is not up yet, then answers 503 four times, then takes it: one line
+    for each state, then "registered"."""
+    registrations: list[float] = []
+
+    @post("/v0/nodes/register", status_code=200)
+    async def register(request: Request[Any, Any, Any]) -> Response[Any]:
+        registrations.append(time.monotonic())
+        if len(registrations) <= 4:
+            error = {"message": "starting up", "type": "server_error", "param": None, "code": None}
+            return Response({"error": error}, status_code=503)
+        node_id = (await request.json())["node_id"]
+        return Response({"node_id": node_id, "heartbeat_interval_s": 10.0, "node_timeout_s": 40.0})
+
+    @post("/v0/nodes/heartbeat", status_code=200)
+    async def heartbeat() -> dict[str, bool]:
+        return {"ok": True}
+
+    @post("/v0/nodes/{node_id:str}/deregister", status_code=200)
+    async def deregister() -> dict[str, bool]:
+        return {"deregistered": True}
+
+    port = free_port()
+    node = node_proc(tmp_path, f"http://127.0.0.1:{port}", models_dir, "sk-llmlb-any")
+    procs.append(node)
+    node.start().wait_healthy(60)
+    wait_until(lambda: "not reachable" in node.log(), 30, "the unreachable router's line")
+    fake = ThreadServer(Litestar([register, heartbeat, deregister]), port=port).start()
+    try:
+        wait_until(lambda: "registered with router" in node.log(), 60, "the registration")
+    finally:
+        fake.stop()
+    log = node.log()
+    assert len(registrations) == 5
+    assert log.count("not reachable (ConnectError)") == 1
+    assert log.count("router refused registration: HTTP 503 starting up") == 1
+    assert log.index("not reachable") < log.index("HTTP 503") < log.index("registered with router")

@@ -208,8 +208,10 @@ def test_node_reaches_an_https_router_only_with_the_router_ca(
     procs.append(router)
     router.start()
     wait_until(
-        lambda: _alive(router)
-        and httpx.get(f"{router.url}/health", verify=pki.context, timeout=1).status_code == 200,
+        lambda: (
+            _alive(router)
+            and httpx.get(f"{router.url}/health", verify=pki.context, timeout=1).status_code == 200
+        ),
         30,
         "the HTTPS router",
     )

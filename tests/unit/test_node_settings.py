@@ -157,10 +157,22 @@ def test_runtimes_not_asked_for_that_have_nothing_to_serve_are_skipped_quietly(
 ) -> None:
     caplog.set_level(logging.INFO, logger="llmlb.node")
     runtimes = build_runtimes(
-        node(runtime_settings={"counted": {"slots": 0}, "ghost": {"x": 1}}), extra_plugins=[Plugin()]
+        node(runtime_settings={"counted": {"slots": 1}, "ghost": {"x": 1}}), extra_plugins=[Plugin()]
     )
-    assert runtimes == []
+    assert len(runtimes) == 1  # counted; idle and openai_compatible have nothing to serve
     messages = [r.getMessage() for r in caplog.records if r.name == "llmlb.node"]
-    assert not any("nothing to serve here" in m for m in messages)
-    assert any("no runtime has anything to serve" in m for m in messages)
+    assert not any("nothing to serve" in m for m in messages)
     assert any("[runtime.ghost]" in m for m in messages)
+
+
+def test_a_node_with_nothing_to_serve_is_a_config_error_suggesting_the_demo_model(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-dir"
+    idle = {"counted": {"slots": 0}}
+    with pytest.raises(RuntimeConfigError, match="nothing to serve") as raised:
+        build_runtimes(NodeSettings(models_dir=str(missing), runtime_settings=idle), extra_plugins=[Plugin()])
+    assert f"the models dir {missing} does not exist" in str(raised.value)
+    assert f"llmlb demo-model {missing / 'demo'}" in str(raised.value)
+    with pytest.raises(RuntimeConfigError, match=f"no model folder in {tmp_path}"):
+        build_runtimes(
+            NodeSettings(models_dir=str(tmp_path), runtime_settings=idle), extra_plugins=[Plugin()]
+        )

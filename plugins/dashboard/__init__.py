@@ -1,0 +1,1 @@
+"""The web dashboard and image playground at ``/dashboard`` (a capability plugin)."""
