@@ -38,7 +38,10 @@ def _missing(reason: str) -> None:
     pytest.skip(reason)
 
 
-@pytest.fixture(scope="session")
+# Package scope, not session: Playwright's sync API keeps an asyncio loop marked running on the
+# main thread while it is started, which breaks every pytest-asyncio test that runs after it
+# ("Runner.run() cannot be called from a running event loop"). It stops after this folder.
+@pytest.fixture(scope="package")
 def browser() -> Iterator[Browser]:
     try:
         from playwright.sync_api import sync_playwright
