@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,33 @@ def export(ref: str, target: Path) -> str:
     subprocess.run(["git", "archive", "--format=tar", "-o", str(archive), commit], cwd=REPO, check=True)
     with tarfile.open(archive) as tar:
         tar.extractall(target, filter="data")
+    stub_new_entry_points(target)
     return commit
+
+
+# Where the installed packages' modules live in a tree (pyproject's package-dir mapping).
+PACKAGE_DIRS = {"llmlb_plugins": "plugins", "llmlb_node": "node_runtimes", "llmlb_core": "llmlb_core"}
+
+
+def stub_new_entry_points(tree: Path) -> None:
+    """The installed metadata is this checkout's: an entry point added since ``tree`` (e.g. the
+    dashboard plugin) names a module the older tree lacks, and its router would refuse to
+    start. Such a module gets an empty stub in ``tree`` (no hooks: the older tree behaves as it
+    did)."""
+    for group in ("llmlb.plugins", "llmlb.node_runtimes"):
+        for entry in metadata.entry_points(group=group):
+            if entry.dist is None or entry.dist.name != "llmlb":
+                continue
+            package, *rest = entry.module.split(".")
+            path = tree / PACKAGE_DIRS.get(package, package) / Path(*rest)
+            if path.with_suffix(".py").exists() or (path / "__init__.py").exists():
+                continue
+            for parent in [p for p in path.parents if tree in p.parents]:
+                if not (parent / "__init__.py").exists():
+                    parent.mkdir(parents=True, exist_ok=True)
+                    (parent / "__init__.py").write_text("")
+            path.with_suffix(".py").write_text(f'"""Stub of {entry.module} (bench.before_after)."""\n')
+            print(f"(older tree: stub for entry point {entry.name} = {entry.module})", flush=True)
 
 
 def run_once(tree: Path, module: str, args: list[str], out: Path) -> dict[str, Any]:

@@ -9,6 +9,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+from llmlb_core.durations import ago
+
 Row = Mapping[str, Any]
 Column = tuple[str, Callable[[Row], str]]
 
@@ -26,16 +28,9 @@ def table(rows: Iterable[Row], columns: Sequence[Column]) -> str:
 
 
 def span(seconds: float) -> str:
-    """A duration in the largest unit that keeps it readable: ``40 s``, ``12 min``, ``5 h``,
-    ``3 days``."""
-    seconds = abs(seconds)
-    if seconds < 90:
-        return f"{round(seconds)} s"
-    if seconds < 90 * 60:
-        return f"{round(seconds / 60)} min"
-    if seconds < 48 * 3600:
-        return f"{round(seconds / 3600)} h"
-    return f"{round(seconds / 86400)} days"
+    """A duration in the largest unit that keeps it readable (``40 s``, ``12 min``, ``5 h``,
+    ``3 days``), the wording of the router's own messages."""
+    return ago(abs(seconds))
 
 
 def relative(at: float | None, *, now: float | None = None, never: str = "-") -> str:

@@ -36,6 +36,7 @@ from typing import Any, Literal, Protocol
 import msgspec
 
 from llmlb_core.capability import ModelDescriber
+from llmlb_core.durations import ago
 from llmlb_core.errors import ModelNotFound, NoCapableNodes, OpenAIError
 from llmlb_core.nodes import NodeRegistry, NodeState
 from llmlb_core.protocol import ModelAdvert, NodeRegistration
@@ -148,17 +149,6 @@ class ModelList(msgspec.Struct, kw_only=True):
     data: list[ModelEntry]
 
 
-def ago(seconds: float) -> str:
-    """``"12 s"``, ``"3 min"``, ``"5 h"``, ``"2 days"``: how long ago, for a message."""
-    if seconds < 90:
-        return f"{max(0, round(seconds))} s"
-    if seconds < 90 * 60:
-        return f"{round(seconds / 60)} min"
-    if seconds < 36 * 3600:
-        return f"{round(seconds / 3600)} h"
-    return f"{round(seconds / 86400)} days"
-
-
 def _description(advert: ModelAdvert) -> str:
     """A node's description of a model, on one printable line and bounded (nodes are untrusted)."""
     text = advert.description[: MAX_DESCRIPTION_CHARS * 2]
@@ -205,8 +195,11 @@ class ModelRegistry:
             if node_id not in listed:
                 seen = node.last_seen_wall or node.registered_at
                 self._gone[node_id] = GoneNode(node.id, node.name, dict(node.models), seen)
-        for node_id in listed.keys() & self._gone.keys():
-            del self._gone[node_id]  # back under the same id
+        # Back under the same id, or restarted under a new one with the same name (a node's id
+        # is random per start unless set; its name is <host>-<port> by default): not "gone".
+        names = {n.name for n in listed.values()}
+        for node_id in [i for i, g in self._gone.items() if i in listed or g.name in names]:
+            del self._gone[node_id]
         self._listed = listed
 
     def _recently_gone(self) -> builtins.list[GoneNode]:

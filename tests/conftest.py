@@ -125,8 +125,9 @@ def image_system(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark each test by its folder: ``unit`` (pure functions, no I/O), ``integration``
     (in-process servers on loopback) or ``system`` (real processes, stable-diffusion.cpp, the
-    llama server). ``make test-unit`` runs the first kind alone."""
+    llama server) or ``browser`` (the dashboard in headless Chromium). ``make test-unit`` runs
+    the first kind alone."""
     for item in items:
         kind = item.path.parent.name
-        if kind in ("unit", "integration", "system"):
+        if kind in ("unit", "integration", "system", "browser"):
             item.add_marker(getattr(pytest.mark, kind))

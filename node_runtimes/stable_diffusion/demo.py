@@ -175,6 +175,10 @@ def run_demo(*, host: str, port: int, node_port: int, data_dir: Path, models_dir
  API key:   {api_key}
  Admin key: stored in {data_dir / "demo-admin-key"}
 
+ Dashboard and image playground: {base}/dashboard  (sign in with the admin key)
+ API docs (Swagger UI, offline):  {base}/docs
+ Admin from the shell: LLMLB_ROUTER={base} LLMLB_ADMIN_KEY=$(cat {data_dir / "demo-admin-key"}) llmlb nodes
+
  curl {base}/v1/images/generations \\
    -H "Authorization: Bearer {api_key}" -H "Content-Type: application/json" \\
    -d '{{"model": "{DEMO_MODEL}", "prompt": "a white cat", "size": "256x256", "response_format": "url"}}'

@@ -20,30 +20,14 @@ from pathlib import Path
 
 import pytest
 
-from llmlb_node.stable_diffusion.engine import EngineJob, SDEngine
+from llmlb_node.stable_diffusion.engine import SDEngine
 from llmlb_node.stable_diffusion.model_folder import ModelFolder, scan_models
+from tests.support.engine_jobs import job
 from tests.support.images_util import gradient
 from tests.support.models import DEMO_MODEL
 
 SD_CPP = "llmlb.node.sd.cpp"
 ENGINE = "llmlb.node.sd"
-
-
-def job(**overrides: object) -> EngineJob:
-    base: dict[str, object] = dict(
-        prompt="a cat",
-        negative_prompt="",
-        width=64,
-        height=64,
-        steps=3,
-        cfg_scale=1.0,
-        sampler="euler",
-        scheduler=None,
-        seed=5,
-        batch_count=1,
-    )
-    base.update(overrides)
-    return EngineJob(**base)  # type: ignore[arg-type]
 
 
 def demo(models_dir: Path) -> ModelFolder:

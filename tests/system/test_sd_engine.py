@@ -21,32 +21,16 @@ from PIL import Image
 
 from llmlb_core.errors import OpenAIError
 from llmlb_core.protocol import JobProgress
-from llmlb_node.stable_diffusion.engine import EngineJob, SDEngine
+from llmlb_node.stable_diffusion.engine import SDEngine
 from llmlb_node.stable_diffusion.loras import plan_loras, prompt_with_loras
 from llmlb_node.stable_diffusion.model_folder import ModelFolder, ModelProfile, choose_weights, scan_models
 from llmlb_node.stable_diffusion.quantize import quantize
+from tests.support.engine_jobs import job
 from tests.support.images_util import gradient, mean_abs_diff
 from tests.support.models import DEMO_MODEL, MODEL_CACHE, copy_model
 from tests.support.servers import REPO
 
 MIB = 1024 * 1024
-
-
-def job(**overrides: object) -> EngineJob:
-    base = dict(
-        prompt="a cat",
-        negative_prompt="",
-        width=64,
-        height=64,
-        steps=1,
-        cfg_scale=1.0,
-        sampler="euler",
-        scheduler=None,
-        seed=5,
-        batch_count=1,
-    )
-    base.update(overrides)
-    return EngineJob(**base)  # type: ignore[arg-type]
 
 
 def folder(models_dir: Path, name: str = DEMO_MODEL) -> ModelFolder:

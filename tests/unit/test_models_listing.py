@@ -45,10 +45,11 @@ class Registries:
         self.nodes = NodeRegistry(self.store, timeout_s=TIMEOUT_S, clock=lambda: clocks.mono)
         self.models = ModelRegistry(self.store, self.nodes, clock=lambda: clocks.wall)
 
-    def add_node(self, name: str, adverts: list[ModelAdvert]) -> None:
+    def add_node(self, name: str, adverts: list[ModelAdvert], node_id: str | None = None) -> None:
+        node_id = node_id or name
         self.nodes.register(
             NodeRegistration(
-                node_id=name,
+                node_id=node_id,
                 name=name,
                 base_url=f"http://{name}",
                 token="t",
@@ -58,7 +59,7 @@ class Registries:
             owner_key_id="key-1",
         )
         # The registry stamps last_seen_wall with the real time; the test's wall clock rules here.
-        node = self.nodes.get(name)
+        node = self.nodes.get(node_id)
         assert node is not None
         node.last_seen_wall = self.clocks.wall
 
@@ -207,6 +208,17 @@ def test_a_node_back_under_its_id_serves_again_and_is_no_longer_gone(reg: Regist
     [entry] = reg.models.entries(IMAGES)
     assert [(p.node_id, p.status) for p in entry.nodes] == [("n1", "online")]
     assert entry.status == "online" and entry.last_seen_at == clocks.wall
+
+
+def test_a_node_restarted_under_a_new_id_with_its_name_replaces_its_gone_entry(reg: Registries) -> None:
+    # A node without --node-id picks a new random id at every start; its name stays.
+    reg.add_node("n1", [image("demo")], node_id="n1-aaaa")
+    reg.add_node("n2", [image("demo")], node_id="n2-bbbb")
+    reg.nodes.deregister("n1-aaaa")
+    reg.nodes.deregister("n2-bbbb")
+    reg.add_node("n1", [image("demo")], node_id="n1-cccc")
+    [entry] = reg.models.entries(IMAGES)
+    assert [(p.node_id, p.status) for p in entry.nodes] == [("n1-cccc", "online"), ("n2-bbbb", "gone")]
 
 
 @pytest.mark.parametrize(
