@@ -12,10 +12,9 @@ from litestar.params import FromPath
 from llmlb_core.access_log import QUIET_LOG_OPT
 from llmlb_core.auth import ApiKeyInfo, require_scope
 from llmlb_core.bodies import decode_json
-from llmlb_core.endpoints import NODE_ID_PREFIX as ENDPOINT_ID_PREFIX
 from llmlb_core.errors import OpenAIError, from_msgspec_error
 from llmlb_core.models import ModelList
-from llmlb_core.nodes import NodeView
+from llmlb_core.nodes import ENDPOINT_ID_PREFIX, NodeView
 from llmlb_core.openapi_docs import openapi_json_body
 from llmlb_core.protocol import PLAIN_TEXT_PATTERN, NodeName
 from llmlb_core.state import router_state

@@ -42,7 +42,7 @@ from litestar.params import FromPath
 from llmlb_core.auth import require_scope
 from llmlb_core.bodies import decode_json
 from llmlb_core.errors import OpenAIError
-from llmlb_core.nodes import NodeRegistry
+from llmlb_core.nodes import ENDPOINT_ID_PREFIX, NodeRegistry
 from llmlb_core.openai_upstream import (
     FlagRules,
     Kind,
@@ -61,7 +61,6 @@ from llmlb_core.storage import EndpointStore
 
 log = logging.getLogger("llmlb.endpoints")
 
-NODE_ID_PREFIX = "endpoint:"
 _URL_RE = re.compile(r"^https?://[^/\s@]+(/[^\s]*)?$")
 
 EndpointName = NodeName
@@ -131,7 +130,7 @@ class _Health(msgspec.Struct, kw_only=True):
 
 
 def node_id_of(name: str) -> str:
-    return NODE_ID_PREFIX + name
+    return ENDPOINT_ID_PREFIX + name
 
 
 class EndpointManager:

@@ -322,7 +322,12 @@ class Forwarder:
         a timeout or a 5xx makes it suspect. Each raises :class:`NodeFailure`.
         """
         node = lease.node
-        headers = {**headers, request_id.HEADER: request_id.current() or request_id.new_id()}
+        headers = dict(headers)
+        if not node.is_endpoint:
+            # Our nodes log with it and quote it. Not sent to registered OpenAI-compatible
+            # servers: some refuse an id that is not theirs (llama-cpp-python's server answers
+            # 400 to any x-request-id that is not a UUID).
+            headers[request_id.HEADER] = request_id.current() or request_id.new_id()
         if node.token:
             headers["authorization"] = f"Bearer {node.token}"
         request = self._http.build_request("POST", node.base_url + path, content=body, headers=headers)

@@ -192,13 +192,19 @@ class ModelRegistry:
         """Called on every change of the node list: remember what the nodes that left served."""
         listed = {n.id: n for n in self._nodes.all()}
         for node_id, node in self._listed.items():
-            if node_id not in listed:
+            if node_id not in listed and self._nodes.deregistered(node_id):
                 seen = node.last_seen_wall or node.registered_at
                 self._gone[node_id] = GoneNode(node.id, node.name, dict(node.models), seen)
-        # Back under the same id, or restarted under a new one with the same name (a node's id
-        # is random per start unless set; its name is <host>-<port> by default): not "gone".
+        # Not "gone" any more: back under the same id, restarted under a new one with the same
+        # name (a node's id is random per start unless set; its name is <host>-<port> by
+        # default), or released by an admin (DELETE /v0/nodes/{id}, a deleted endpoint): an
+        # admin's removal makes its models unknown (404), not unavailable (503).
         names = {n.name for n in listed.values()}
-        for node_id in [i for i, g in self._gone.items() if i in listed or g.name in names]:
+        for node_id in [
+            i
+            for i, g in self._gone.items()
+            if i in listed or g.name in names or not self._nodes.deregistered(i)
+        ]:
             del self._gone[node_id]
         self._listed = listed
 

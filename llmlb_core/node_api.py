@@ -23,9 +23,8 @@ from litestar.params import FromPath
 
 from llmlb_core.auth import request_key, require_scope
 from llmlb_core.bodies import decode_json
-from llmlb_core.endpoints import NODE_ID_PREFIX as ENDPOINT_ID_PREFIX
 from llmlb_core.errors import OpenAIError
-from llmlb_core.nodes import NodeRegistry
+from llmlb_core.nodes import ENDPOINT_ID_PREFIX, NodeRegistry
 from llmlb_core.openai_upstream import FlagRules
 from llmlb_core.openapi_docs import openapi_json_body
 from llmlb_core.protocol import Heartbeat, HeartbeatReply, NodeRegistration, RegistrationReply

@@ -31,6 +31,11 @@ log = logging.getLogger("llmlb.nodes")
 NodeStatus = Literal["online", "offline", "draining"]
 
 
+# The ids of OpenAI-compatible endpoints an admin registered (llmlb_core.endpoints): servers
+# that are not llmlb nodes, which the router calls as nodes.
+ENDPOINT_ID_PREFIX = "endpoint:"
+
+
 @dataclass(eq=False)
 class NodeState:
     id: str
@@ -61,6 +66,11 @@ class NodeState:
     failures: deque[tuple[float, str]] = field(default_factory=lambda: deque(maxlen=20))
     suspect_until: float = 0.0  # monotonic
     avg_duration_s: float | None = None
+
+    @property
+    def is_endpoint(self) -> bool:
+        """A registered OpenAI-compatible server, not an llmlb node."""
+        return self.id.startswith(ENDPOINT_ID_PREFIX)
 
     def status(self, now: float, timeout: float) -> NodeStatus:
         if self.token is None or self.last_heartbeat is None or now - self.last_heartbeat > timeout:
@@ -288,7 +298,7 @@ class NodeRegistry:
         existed = self._store.delete_node(node_id)
         if state is not None or claim is not None or existed:
             log.info("node id %s released", node_id)
-        if state is not None:
+        if state is not None or claim is not None:
             self.changed()
         return state is not None or claim is not None or existed
 
@@ -325,6 +335,11 @@ class NodeRegistry:
             return state.owner_key_id
         claim = self._claims.get(node_id)
         return claim.owner_key_id if claim is not None else None
+
+    def deregistered(self, node_id: str) -> bool:
+        """Whether ``node_id`` left by deregistering and its id is still claimed (not released by
+        an admin, nor replaced by its owner's restarted node)."""
+        return node_id in self._claims and node_id not in self._nodes
 
     # --- queries -------------------------------------------------------------------------
     def get(self, node_id: str) -> NodeState | None:

@@ -208,10 +208,12 @@ def test_a_nodes_report_of_its_work_is_taken_only_when_it_is_a_sane_number(
 def emit(fmt: str, logger: str, message: str, *args: Any, rid: str | None = None, **kw: Any) -> str:
     """What the handler that ``log_format.configure`` installs writes for one record."""
     stream = io.StringIO()
-    root, httpx_logger = logging.getLogger(), logging.getLogger("httpx")
-    saved = (root.level, list(root.handlers), httpx_logger.level)
+    root, httpx_logger, target = logging.getLogger(), logging.getLogger("httpx"), logging.getLogger(logger)
+    saved = (root.level, list(root.handlers), httpx_logger.level, target.level)
     try:
         log_format.configure("DEBUG", fmt, stream=stream)
+        # Other tests' uvicorn servers set uvicorn's loggers to their own level (WARNING).
+        target.setLevel(logging.DEBUG)
         token = request_id.bind(rid) if rid else None
         try:
             logging.getLogger(logger).info(message, *args, **kw)
@@ -223,6 +225,7 @@ def emit(fmt: str, logger: str, message: str, *args: Any, rid: str | None = None
             root.removeHandler(handler)
         root.setLevel(saved[0])
         httpx_logger.setLevel(saved[2])
+        target.setLevel(saved[3])
     return stream.getvalue()
 
 

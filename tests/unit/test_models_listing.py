@@ -210,6 +210,21 @@ def test_a_node_back_under_its_id_serves_again_and_is_no_longer_gone(reg: Regist
     assert entry.status == "online" and entry.last_seen_at == clocks.wall
 
 
+def test_an_admin_releasing_the_node_makes_its_models_unknown_again(reg: Registries) -> None:
+    # A node that left is "unavailable" (503); an admin's removal (DELETE /v0/nodes/{id}, or a
+    # deleted endpoint) is deliberate: its models are unknown (404).
+    reg.add_node("n1", [image("demo")])
+    reg.add_node("n2", [image("other")])
+    reg.nodes.deregister("n1")
+    reg.nodes.deregister("n2")
+    reg.nodes.release("n1")
+    assert isinstance(refusal(reg.models, "demo"), ModelNotFound)
+    assert isinstance(refusal(reg.models, "other"), NoCapableNodes)
+    reg.nodes.release("n2")  # released after it had been remembered as gone
+    assert isinstance(refusal(reg.models, "other"), ModelNotFound)
+    assert reg.models.entries(IMAGES) == []
+
+
 def test_a_node_restarted_under_a_new_id_with_its_name_replaces_its_gone_entry(reg: Registries) -> None:
     # A node without --node-id picks a new random id at every start; its name stays.
     reg.add_node("n1", [image("demo")], node_id="n1-aaaa")
