@@ -73,8 +73,8 @@ def _contexts(
 ) -> list[tuple[Capability[Any], CapabilityContext[Any]]]:
     """One context per enabled capability, its ``[plugin.<name>]`` table parsed once."""
     unused = sorted(set(settings.plugin) - set(plugins.capabilities))
-    if unused:
-        log.warning("config: no installed capability reads [plugin.%s]; ignored", ", ".join(unused))
+    for name in unused:
+        log.warning("config: no installed capability reads [plugin.%s]; ignored", name)
     out = []
     for name in plugins.enabled:
         capability = plugins.capabilities[name]

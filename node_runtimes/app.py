@@ -49,8 +49,8 @@ def build_runtimes(settings: NodeSettings, *, extra_plugins: Iterable[object] = 
     if unknown:
         raise RuntimePluginError(f"unknown runtime(s) {unknown}; installed: {sorted(types)}")
     unused = sorted(set(settings.runtime_settings) - set(types))
-    if unused:
-        log.warning("config: no installed runtime reads [runtime.%s]; ignored", ", ".join(unused))
+    for name in unused:
+        log.warning("config: no installed runtime reads [runtime.%s]; ignored", name)
     runtimes: list[Runtime] = []
     for name in requested or list(types):
         runtime_type = types[name]
