@@ -56,14 +56,34 @@ def _create_key(base: str, admin: str, name: str, scope: str) -> str:
     return str(response.json()["key"])
 
 
+def _write_secret(path: Path, text: str) -> None:
+    """``text`` into ``path``, readable by its owner only from the first byte."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
+
+
 def _admin_key(data_dir: Path) -> str:
     path = data_dir / "demo-admin-key"
     if path.exists():
         return path.read_text().strip()
-    data_dir.mkdir(parents=True, exist_ok=True)
     key = "sk-llmlb-demo-admin-" + secrets.token_urlsafe(24)
-    path.write_text(key)
-    path.chmod(0o600)
+    _write_secret(path, key)
+    return key
+
+
+def _demo_key(base: str, admin: str, data_dir: Path, name: str, scope: str) -> str:
+    """The demo's ``scope`` key, kept in the data dir and reused while the router knows it, so
+    that every demo run does not add two keys."""
+    path = data_dir / f"demo-{scope}-key"
+    if path.exists():
+        key = path.read_text().strip()
+        answer = httpx.get(f"{base}/v1/models", headers={"authorization": f"Bearer {key}"}, timeout=30)
+        if answer.status_code != 401:  # a node key is known but lacks the api scope: 403
+            return key
+    key = _create_key(base, admin, name, scope)
+    _write_secret(path, key)
     return key
 
 
@@ -140,8 +160,8 @@ def run_demo(*, host: str, port: int, node_port: int, data_dir: Path, models_dir
         )
         children.append(router)
         _wait(f"{base}/health", router, 60, "router")
-        node_key = _create_key(base, admin, "demo node", "node")
-        api_key = _create_key(base, admin, "demo client", "api")
+        node_key = _demo_key(base, admin, data_dir, "demo node", "node")
+        api_key = _demo_key(base, admin, data_dir, "demo client", "api")
         node = subprocess.Popen(
             [
                 *cli,
