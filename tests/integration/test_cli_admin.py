@@ -68,7 +68,8 @@ def test_admin_lists_are_readable_tables_and_json_on_request(
     revoked = run_cli("keys", "revoke", gone_id, cwd=tmp_path, env=env)
     assert (revoked.code, revoked.out.strip()) == (0, f"revoked key {gone_id}"), revoked.err
 
-    wait_until(lambda: time.time() > short_lived["expires_at"], 5, "the short-lived key's expiry")
+    # A second past its expiry: the table says "1 s ago", not "now" (under a second away).
+    wait_until(lambda: time.time() > short_lived["expires_at"] + 1.1, 5, "the short-lived key's expiry")
     listing = run_cli("keys", "list", cwd=tmp_path, env=env)
     assert listing.code == 0, listing.err
     header = listing.out.splitlines()[0].split()
