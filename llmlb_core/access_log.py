@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
 from llmlb_core import request_id as ids
+from llmlb_core.log_format import log_field
 
 if TYPE_CHECKING:
     from litestar import Litestar
@@ -103,14 +104,15 @@ class RequestRecord:
         return out
 
     def line(self) -> str:
-        """The record as one text line (see the module doc)."""
-        parts = [self.method, self.route, str(self.status), f"{self.duration_s:.3f}s"]
+        """The record as one text line (see the module doc); every value that came from outside
+        (method, path, model, node names, extras, id) passes :func:`log_field`."""
+        parts = [log_field(self.method), log_field(self.route), str(self.status), f"{self.duration_s:.3f}s"]
         if self.model is not None:
-            parts.append(f"model={self.model}")
+            parts.append(f"model={log_field(self.model)}")
         if self.nodes:
-            parts.append(f"node={','.join(self.nodes)}")
+            parts.append(f"node={log_field(','.join(self.nodes))}")
         if self.failed:
-            parts.append(f"failed={','.join(self.failed)}")
+            parts.append(f"failed={log_field(','.join(self.failed))}")
         if self.queue_wait_s:
             parts.append(f"queue={self.queue_wait_s:.3f}s")
         parts.append(f"in={self.bytes_in} out={self.bytes_out}")
@@ -120,8 +122,8 @@ class RequestRecord:
             parts.append(f"gen={self.generation_s:.3f}s")
         if self.steps:
             parts.append(f"steps={self.steps}")
-        parts.extend(f"{key}={value}" for key, value in self.extra.items())
-        parts.append(f"id={self.request_id}")
+        parts.extend(f"{log_field(key)}={log_field(value)}" for key, value in self.extra.items())
+        parts.append(f"id={log_field(self.request_id)}")
         return " ".join(parts)
 
 

@@ -10,6 +10,7 @@ from datetime import datetime
 from typing import Any
 
 from llmlb_core.durations import ago
+from llmlb_core.log_format import escape_text
 
 Row = Mapping[str, Any]
 Column = tuple[str, Callable[[Row], str]]
@@ -19,7 +20,9 @@ def table(rows: Iterable[Row], columns: Sequence[Column]) -> str:
     """``rows`` as a left-aligned table under upper-case headers, a column per ``(header, cell)``
     (two spaces apart; the last column is not padded)."""
     cells = [[header.upper() for header, _ in columns]]
-    cells += [[" ".join(str(cell(row)).split()) or "-" for _, cell in columns] for row in rows]
+    # One line per row, and nothing a node or an earlier version stored can reach the terminal
+    # as a control sequence (escape_text).
+    cells += [[escape_text(" ".join(str(cell(row)).split())) or "-" for _, cell in columns] for row in rows]
     widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
     return "\n".join(
         "  ".join(value.ljust(width) for value, width in zip(line, widths, strict=True)).rstrip()

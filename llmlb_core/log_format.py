@@ -11,13 +11,23 @@
 
 uvicorn's own lines (``Started server process``, ``Uvicorn running on ...``) are logged under
 ``uvicorn.error`` whatever they say; they are shown as ``llmlb.server`` (:class:`ServerNames`).
+
+Nothing a client, a node or an endpoint sends can forge a line. :func:`log_field` is the one
+escaping function for a value in a line (the request log's ``key=value`` fields, ids and names in
+messages): a value that is not one printable word comes out double-quoted, with quotes,
+backslashes, control, format and line-breaking characters written as escapes (``\n``,
+``\x1b``, ``\u2028``). As a second guard, the text format writes every message with those
+characters escaped (:func:`escape_text`; a traceback that follows it is the process's own), and
+the JSON format escapes them inside its strings.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import IO, Any, Literal
 
@@ -39,6 +49,56 @@ _STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) 
     "request_id",
     "access",
 }
+
+
+# Characters written as escapes: controls, line and paragraph separators, format characters
+# (bidirectional overrides), unassigned and private-use code points: whatever str.isprintable()
+# refuses, besides the space.
+_NAMED_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t", '"': '\\"', "\\": "\\\\"}
+# A value that must be quoted in a key=value line: empty, or holding a space, a quote or a backslash.
+_NEEDS_QUOTES = re.compile(r'[\s"\\]')
+
+
+def _escape(char: str) -> str:
+    named = _NAMED_ESCAPES.get(char)
+    if named is not None:
+        return named
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+def _json_escape(char: str) -> str:
+    code = ord(char)
+    if code < 0x10000:
+        return f"\\u{code:04x}"
+    code -= 0x10000
+    return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"
+
+
+def escape_text(text: str) -> str:
+    """``text`` on one line: every character :meth:`str.isprintable` refuses (but the space)
+    written as an escape. Printable text is returned as it is (the common case costs one C call)."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else _escape(c) for c in text)
+
+
+def log_field(value: object) -> str:
+    """One value of a log line, safe whatever it holds: as it is when it is one printable word,
+    else in double quotes with quotes, backslashes and unprintable characters escaped."""
+    text = value if isinstance(value, str) else str(value)
+    if text and text.isprintable() and _NEEDS_QUOTES.search(text) is None:
+        return text
+    return '"' + "".join(c if c.isprintable() and c not in '"\\' else _escape(c) for c in text) + '"'
+
+
+def log_list(values: Iterable[object], limit: int = 10) -> str:
+    """Values for one log line, each through :func:`log_field`, the first ``limit`` of them:
+    ``a, b, c`` or ``a, b, c (+990 more)``; ``-`` when there are none."""
+    items = list(values)
+    shown = ", ".join(log_field(v) for v in items[:limit])
+    more = len(items) - limit
+    return (shown or "-") + (f" (+{more} more)" if more > 0 else "")
 
 
 class RequestIds(logging.Filter):
@@ -65,6 +125,7 @@ class TextFormatter(logging.Formatter):
         super().__init__(TEXT_FORMAT)
 
     def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = escape_text(record.message)
         line = super().formatMessage(record)
         rid = getattr(record, "request_id", None)
         if rid and rid not in record.message:
@@ -96,7 +157,12 @@ class JsonFormatter(logging.Formatter):
             out["exception"] = record.exc_text
         if record.stack_info:
             out["stack"] = self.formatStack(record.stack_info)
-        return json.dumps(out, default=str, ensure_ascii=False)
+        line = json.dumps(out, default=str, ensure_ascii=False)
+        # JSON escapes control characters; the rest of what isprintable() refuses (line
+        # separators, bidi overrides) it leaves raw, and viewers may break lines or reorder text at them.
+        if line.isprintable():
+            return line
+        return "".join(c if c.isprintable() else _json_escape(c) for c in line)
 
 
 def formatter(fmt: str) -> logging.Formatter:
