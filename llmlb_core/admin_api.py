@@ -16,7 +16,7 @@ from llmlb_core.errors import OpenAIError, from_msgspec_error
 from llmlb_core.models import ModelList
 from llmlb_core.nodes import ENDPOINT_ID_PREFIX, NodeView
 from llmlb_core.openapi_docs import openapi_json_body
-from llmlb_core.protocol import PLAIN_TEXT_PATTERN, NodeName
+from llmlb_core.protocol import PLAIN_TEXT_PATTERN, Description, ModelId, NodeName, Token
 from llmlb_core.state import router_state
 
 
@@ -36,10 +36,10 @@ class CreatedKey(msgspec.Struct, kw_only=True):
 
 
 class RegisterModelRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    id: Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
-    capabilities: list[str]
+    id: ModelId
+    capabilities: list[Token]
     defaults: dict[str, Any] = msgspec.field(default_factory=dict)
-    description: str = ""
+    description: Description = ""
 
 
 @post("/keys", status_code=201, operation_class=openapi_json_body(CreateKeyRequest))

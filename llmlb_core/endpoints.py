@@ -39,9 +39,11 @@ import msgspec
 from litestar import Request, Router, delete, get, post
 from litestar.params import FromPath
 
+from llmlb_core.advert_limits import AdvertLimits
 from llmlb_core.auth import require_scope
 from llmlb_core.bodies import decode_json
 from llmlb_core.errors import OpenAIError
+from llmlb_core.log_format import log_field, log_list
 from llmlb_core.nodes import ENDPOINT_ID_PREFIX, NodeRegistry
 from llmlb_core.openai_upstream import (
     FlagRules,
@@ -54,7 +56,15 @@ from llmlb_core.openai_upstream import (
 )
 from llmlb_core.openapi_docs import openapi_json_body
 from llmlb_core.plugins import LoadedPlugins
-from llmlb_core.protocol import PLAIN_TEXT_PATTERN, Heartbeat, ModelAdvert, NodeName, NodeRegistration
+from llmlb_core.protocol import (
+    PLAIN_TEXT_PATTERN,
+    Heartbeat,
+    ModelAdvert,
+    ModelId,
+    NodeName,
+    NodeRegistration,
+    Token,
+)
 from llmlb_core.settings import RouterSettings
 from llmlb_core.state import router_state
 from llmlb_core.storage import EndpointStore
@@ -78,12 +88,12 @@ class CreateEndpointRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=
     kind: Kind = "generic"
     # Capability flags of every model of this endpoint (default: what the enabled capabilities
     # give a model of this kind and id, see llmlb_core.openai_upstream).
-    capabilities: list[str] | None = None
+    capabilities: list[Token] | None = None
     # Flags of single models; wins over `capabilities`.
-    model_capabilities: dict[str, list[str]] = msgspec.field(default_factory=dict)
+    model_capabilities: dict[ModelId, list[Token]] = msgspec.field(default_factory=dict)
     # Models to serve: a filter on what GET /v1/models lists, or the list itself when the
     # server has no /v1/models (e.g. whisper.cpp's server).
-    models: list[Annotated[str, msgspec.Meta(min_length=1, max_length=256)]] | None = None
+    models: list[ModelId] | None = None
     # Requests the router sends to it at once (more wait in the router's queue).
     slots: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 4
 
@@ -127,6 +137,7 @@ class _Health(msgspec.Struct, kw_only=True):
     last_check_at: float | None = None
     last_ok_at: float | None = None
     last_error: str | None = None
+    left_out: list[str] = msgspec.field(default_factory=list)  # models not served, and why
 
 
 def node_id_of(name: str) -> str:
@@ -150,6 +161,7 @@ class EndpointManager:
         self._http = http
         self._plugins = plugins
         self._flags = FlagRules(plugins)
+        self._limits = AdvertLimits.of(settings)
         self._cooldown_s = settings.suspect_cooldown_s
         self.interval_s = settings.endpoint_check_interval_s
         self.timeout_s = min(10.0, max(2.0, self.interval_s))
@@ -298,11 +310,17 @@ class EndpointManager:
             except UpstreamError as exc:
                 self._failed(record, health, exc)
                 return
-            adverts = self._flags.adverts(adverts)
+            adverts, left_out = self._limits.within(self._flags.adverts(adverts))
             if name not in self._records:
                 return  # deleted while the check ran
+            if left_out != health.left_out:
+                if left_out:
+                    log.warning(
+                        "endpoint %s: models not served: %s", name, ", ".join(map(log_field, left_out))
+                    )
+                health.left_out = left_out
             if health.last_error is not None or health.last_ok_at is None:
-                log.info("endpoint %s is healthy: models %s", name, [a.id for a in adverts])
+                log.info("endpoint %s is healthy: models %s", name, log_list(a.id for a in adverts))
             health.last_ok_at = time.time()
             health.last_error = None
             self._alive(record, adverts)

@@ -39,7 +39,7 @@ from llmlb_core.capability import ModelDescriber
 from llmlb_core.durations import ago
 from llmlb_core.errors import ModelNotFound, NoCapableNodes, OpenAIError
 from llmlb_core.nodes import NodeRegistry, NodeState
-from llmlb_core.protocol import ModelAdvert, NodeRegistration
+from llmlb_core.protocol import ModelAdvert, NodeRegistration, plain_description
 from llmlb_core.storage import ModelRow, ModelStore, NodeStore
 
 log = logging.getLogger("llmlb.models")
@@ -48,8 +48,6 @@ log = logging.getLogger("llmlb.models")
 # they were last seen, then 404 again (a day: a node restarted for an upgrade, or moved, comes
 # back well within it; a model removed for good stops being "known" by the next day).
 FORGET_GONE_AFTER_S = 24 * 3600
-# A node-given description longer than this is cut (it is shown, never interpreted).
-MAX_DESCRIPTION_CHARS = 1000
 
 # Where a model runs, best first: an online node takes requests now, a draining one finishes its
 # jobs, an offline one may come back, a gone one left (deregistered or released).
@@ -150,9 +148,9 @@ class ModelList(msgspec.Struct, kw_only=True):
 
 
 def _description(advert: ModelAdvert) -> str:
-    """A node's description of a model, on one printable line and bounded (nodes are untrusted)."""
-    text = advert.description[: MAX_DESCRIPTION_CHARS * 2]
-    return "".join(c if c.isprintable() else " " if c.isspace() else "" for c in text)[:MAX_DESCRIPTION_CHARS]
+    """A node's description of a model, on one printable line and bounded (nodes are untrusted;
+    the schema checked it at registration, an endpoint's advert is the router's own)."""
+    return plain_description(advert.description)
 
 
 class ModelRegistry:

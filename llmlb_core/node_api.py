@@ -21,8 +21,9 @@ from typing import Any, Literal
 from litestar import Request, Router, post
 from litestar.params import FromPath
 
+from llmlb_core.advert_limits import AdvertLimits
 from llmlb_core.auth import request_key, require_scope
-from llmlb_core.bodies import decode_json
+from llmlb_core.bodies import decode_json_bytes
 from llmlb_core.errors import OpenAIError
 from llmlb_core.nodes import ENDPOINT_ID_PREFIX, NodeRegistry
 from llmlb_core.openai_upstream import FlagRules
@@ -76,10 +77,19 @@ def authorize(nodes: NodeRegistry, key: KeyRow, node_id: str, action: Action) ->
     raise _forbidden(f"Node '{node_id}' belongs to another key", "not_node_owner")
 
 
+async def _advert_body(request: Request[Any, Any, Any], limits: AdvertLimits) -> bytes:
+    """The body of a registration or heartbeat, refused (413) over ``max_advert_bytes``."""
+    body = await request.body()
+    limits.check_body(body)
+    return body
+
+
 @post("/register", status_code=200, operation_class=openapi_json_body(NodeRegistration))
 async def register_node(request: Request[Any, Any, Any]) -> RegistrationReply:
     state = router_state(request)
-    reg = await decode_json(request, NodeRegistration)
+    limits = AdvertLimits.of(state.settings)
+    reg = decode_json_bytes(await _advert_body(request, limits), NodeRegistration)
+    limits.check(reg.models)
     if reg.node_id.startswith(ENDPOINT_ID_PREFIX):
         raise OpenAIError(
             400,
@@ -102,9 +112,11 @@ async def register_node(request: Request[Any, Any, Any]) -> RegistrationReply:
 @post("/heartbeat", status_code=200, operation_class=openapi_json_body(Heartbeat))
 async def heartbeat(request: Request[Any, Any, Any]) -> HeartbeatReply:
     state = router_state(request)
-    hb = await decode_json(request, Heartbeat)
+    limits = AdvertLimits.of(state.settings)
+    hb = decode_json_bytes(await _advert_body(request, limits), Heartbeat)
     authorize(state.nodes, request_key(request), hb.node_id, "heartbeat")
     if hb.models is not None:
+        limits.check(hb.models)
         hb.models = FlagRules(state.plugins).adverts(hb.models)
     known = state.nodes.heartbeat(hb)
     return HeartbeatReply(ok=known, reregister=not known)

@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 import msgspec
 
+from llmlb_core.log_format import log_list
 from llmlb_core.protocol import Heartbeat, JobProgress, ModelAdvert, NodeRegistration
 from llmlb_core.storage import NodeStore
 
@@ -215,8 +216,8 @@ class NodeRegistry:
             reg.name,
             reg.node_id,
             state.base_url,
-            reg.runtime_types,
-            sorted(state.models),
+            log_list(reg.runtime_types),
+            log_list(sorted(state.models)),
             reg.slots,
         )
         self.changed()

@@ -6,11 +6,10 @@ Shared by ``llmlb_core`` (router side) and ``llmlb_node`` (node side, through
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any
 
 import msgspec
-
-NonEmpty = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
 
 # Node ids and names: a strict charset, so nothing a node sends can forge a log line or a header.
 # (``\Z``, not ``$``: msgspec matches with ``re.search``, and ``$`` also matches before a final
@@ -24,6 +23,47 @@ NodeId = Annotated[str, msgspec.Meta(pattern=NODE_ID_PATTERN)]
 BaseUrl = Annotated[str, msgspec.Meta(pattern=r"^https?://[!-~]+\Z", max_length=2048)]
 # Free text from an admin (key names, upstream keys): no control or line-breaking characters.
 PLAIN_TEXT_PATTERN = r"^[^\x00-\x1f\x7f-\x9f\u2028\u2029]*\Z"
+# Model ids, as nodes, endpoints and admins name them: what OpenAI-compatible servers use
+# (``org/name``, ``name:tag``, ``ft:base:org::id``, a file path), and no character that could
+# forge a log line, split a header or reach a page as markup (no spaces, quotes, brackets or
+# control characters).
+MODEL_ID_PATTERN = r"^[A-Za-z0-9._:/@+=~-]{1,256}\Z"
+ModelId = Annotated[str, msgspec.Meta(pattern=MODEL_ID_PATTERN)]
+# Names a node gives things the router keys or shows (capability flags, runtime types,
+# accelerator kinds): short tokens.
+TOKEN_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}\Z"
+Token = Annotated[str, msgspec.Meta(pattern=TOKEN_PATTERN)]
+# Printable text a node describes something with (a model's description, an accelerator's name):
+# no control or line-breaking characters, bounded.
+MAX_DESCRIPTION_CHARS = 1000
+Description = Annotated[str, msgspec.Meta(max_length=MAX_DESCRIPTION_CHARS, pattern=PLAIN_TEXT_PATTERN)]
+ShortText = Annotated[str, msgspec.Meta(max_length=200, pattern=PLAIN_TEXT_PATTERN)]
+# The router's credential for a node: sent in a header on every request, so header-safe.
+NodeToken = Annotated[str, msgspec.Meta(max_length=4096, pattern=r"^[ -~]*\Z")]
+# Most entries in a node's lists the router keeps whatever its settings (the models a node may
+# advertise are bounded lower by the router's ``max_models_per_node``).
+MAX_LISTED = 100_000
+MAX_TOKENS = 64
+
+
+MODEL_ID_RULE = "1-256 characters from A-Z a-z 0-9 and . _ : / @ + = ~ -"
+_MODEL_ID = re.compile(MODEL_ID_PATTERN)
+
+
+def valid_model_id(model_id: str) -> bool:
+    """Whether ``model_id`` is one the router accepts (:data:`MODEL_ID_PATTERN`)."""
+    return _MODEL_ID.match(model_id) is not None
+
+
+def plain_description(text: str) -> str:
+    """A description as an advert carries it (:data:`Description`): one line (each run of
+    whitespace, line breaks included, one space; other unprintable characters dropped), at most
+    :data:`MAX_DESCRIPTION_CHARS`."""
+    if text.isprintable() and len(text) <= MAX_DESCRIPTION_CHARS and "  " not in text:
+        return text.strip()
+    head = text[: MAX_DESCRIPTION_CHARS * 4]
+    kept = "".join(c if c.isprintable() else " " if c.isspace() else "" for c in head)
+    return " ".join(kept.split())[:MAX_DESCRIPTION_CHARS]
 
 
 class ModelAdvert(msgspec.Struct, kw_only=True):
@@ -33,18 +73,20 @@ class ModelAdvert(msgspec.Struct, kw_only=True):
     flags for: ``details["kind"]`` then names the server's kind, and the router gives the model
     the flags its capabilities declare (:class:`llmlb_core.openai_upstream.FlagRules`)."""
 
-    id: NonEmpty
-    capabilities: list[str]
-    runtime: str
+    id: ModelId
+    capabilities: Annotated[list[Token], msgspec.Meta(max_length=MAX_TOKENS)]
+    runtime: Token
+    # What the capabilities read (untrusted: each checks what it uses); bounded in bytes by the
+    # router's ``max_model_advert_bytes``.
     details: dict[str, Any] = msgspec.field(default_factory=dict)
     # What the operator says the model is (model.toml's ``description``): shown in /v1/models.
-    description: str = ""
+    description: Description = ""
 
 
 class Accelerator(msgspec.Struct, kw_only=True):
-    kind: str  # "cpu", "cuda", "vulkan", "metal", ...
-    name: str = ""
-    memory_bytes: int | None = None
+    kind: Token  # "cpu", "cuda", "vulkan", "metal", ...
+    name: ShortText = ""
+    memory_bytes: Annotated[int, msgspec.Meta(ge=0)] | None = None
 
 
 class NodeRegistration(msgspec.Struct, kw_only=True):
@@ -53,12 +95,14 @@ class NodeRegistration(msgspec.Struct, kw_only=True):
     base_url: BaseUrl
     # Credential the router must present on every inference request it sends to the node
     # (for a registered OpenAI-compatible endpoint: its upstream API key, possibly empty).
-    token: str
-    runtime_types: list[str]
-    models: list[ModelAdvert]
+    token: NodeToken
+    runtime_types: Annotated[list[Token], msgspec.Meta(max_length=MAX_TOKENS)]
+    models: Annotated[list[ModelAdvert], msgspec.Meta(max_length=MAX_LISTED)]
     slots: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 1
-    accelerators: list[Accelerator] = msgspec.field(default_factory=list)
-    version: str = ""
+    accelerators: Annotated[list[Accelerator], msgspec.Meta(max_length=MAX_TOKENS)] = msgspec.field(
+        default_factory=list
+    )
+    version: Annotated[str, msgspec.Meta(max_length=64, pattern=r"^[!-~]*\Z")] = ""
     # A node that re-registers while it drains (e.g. its router restarted) stays drained.
     draining: bool = False
 
@@ -71,7 +115,7 @@ class JobProgress(msgspec.Struct, kw_only=True):
     """A running job as a node reports it in its heartbeat (shown in ``/v0/nodes``): on image
     ``image`` of ``images`` (1-based), at step ``step`` of ``steps``, running for ``elapsed_s``."""
 
-    model: NonEmpty
+    model: ModelId
     step: Count = 0
     steps: Count = 0
     image: Count = 1
@@ -81,12 +125,14 @@ class JobProgress(msgspec.Struct, kw_only=True):
 
 class Heartbeat(msgspec.Struct, kw_only=True):
     node_id: NodeId
-    active_jobs: Annotated[int, msgspec.Meta(ge=0)] = 0
-    free_slots: Annotated[int, msgspec.Meta(ge=0)] = 0
-    loaded_models: list[str] = msgspec.field(default_factory=list)
-    queued_jobs: Annotated[int, msgspec.Meta(ge=0)] = 0
+    active_jobs: Count = 0
+    free_slots: Count = 0
+    loaded_models: Annotated[list[ModelId], msgspec.Meta(max_length=MAX_LISTED)] = msgspec.field(
+        default_factory=list
+    )
+    queued_jobs: Count = 0
     # Sent when the node's model list changed since registration.
-    models: list[ModelAdvert] | None = None
+    models: Annotated[list[ModelAdvert], msgspec.Meta(max_length=MAX_LISTED)] | None = None
     cpu_percent: float | None = None
     memory_used_bytes: int | None = None
     # Progress of the running jobs (at most MAX_REPORTED_JOBS).

@@ -69,6 +69,12 @@ class RouterSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # Largest answer read from a node or endpoint (relayed streams included); a larger one is a
     # 502 bad_upstream_response and the node is marked suspect. Routes may set a lower bound.
     max_upstream_answer_bytes: Annotated[int, msgspec.Meta(gt=0)] = 64 * 1024 * 1024
+    # What a node may advertise (registration and heartbeats; a node is untrusted): at most
+    # max_models_per_node models, each at most max_model_advert_bytes of JSON (id, description,
+    # details), the whole message at most max_advert_bytes. Over a bound: 400 or 413 naming it.
+    max_models_per_node: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 1000
+    max_model_advert_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 64 * 1024
+    max_advert_bytes: Annotated[int, msgspec.Meta(ge=4096)] = 2 * 1024 * 1024
     # Slow and idle clients (llmlb_core/slow_clients.py). A request's headers must be complete
     # within client_header_timeout_s of the connection opening (or of the request's first byte on
     # a kept-alive connection; a connection that sends nothing is closed then too). While a body

@@ -19,8 +19,10 @@ from collections.abc import Callable
 import httpx
 import msgspec
 
+from llmlb_core.log_format import log_field
 from llmlb_core.protocol import (
     MAX_REPORTED_JOBS,
+    MODEL_ID_RULE,
     Accelerator,
     Heartbeat,
     HeartbeatReply,
@@ -28,6 +30,8 @@ from llmlb_core.protocol import (
     ModelAdvert,
     NodeRegistration,
     RegistrationReply,
+    plain_description,
+    valid_model_id,
 )
 from llmlb_core.tls import client_ssl_context, tls_failure
 from llmlb_node.runtime import Runtime
@@ -105,6 +109,7 @@ class RouterLink:
         self.draining = False
         self._task: asyncio.Task[None] | None = None
         self._last_models: list[ModelAdvert] = []
+        self._refused_ids: set[str] = set()
         self._beat_now = asyncio.Event()
         # Set when the router refused the node for good (see the module docstring).
         self.fatal: str | None = None
@@ -118,7 +123,26 @@ class RouterLink:
         self._problem = problem
 
     def models(self) -> list[ModelAdvert]:
-        return [m for runtime in self.runtimes for m in runtime.models()]
+        """What the runtimes advertise, as the router accepts it: a model whose id the router
+        would refuse is left out (one line each, the first time), descriptions on one line."""
+        adverts: list[ModelAdvert] = []
+        for runtime in self.runtimes:
+            for model in runtime.models():
+                if not valid_model_id(model.id):
+                    if model.id not in self._refused_ids:
+                        self._refused_ids.add(model.id)
+                        log.error(
+                            "model %s of runtime %s is not advertised: a model id must be %s",
+                            log_field(model.id),
+                            runtime.type_name,
+                            MODEL_ID_RULE,
+                        )
+                    continue
+                description = plain_description(model.description)
+                if description != model.description:
+                    model = msgspec.structs.replace(model, description=description)
+                adverts.append(model)
+        return adverts
 
     def registration(self) -> NodeRegistration:
         self._last_models = self.models()
@@ -143,8 +167,8 @@ class RouterLink:
             load = runtime.load()
             active += load.active_jobs
             queued += load.queued_jobs
-            loaded.extend(load.loaded_models)
-            jobs.extend(load.jobs)
+            loaded.extend(m for m in load.loaded_models if valid_model_id(m))
+            jobs.extend(j for j in load.jobs if valid_model_id(j.model))
         slots = sum(r.slots for r in self.runtimes) or 1
         models = self.models()
         changed = models != self._last_models

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from llmlb_core.errors import ModelNotFound, NoCapableNodes, OpenAIError
-from llmlb_core.models import FORGET_GONE_AFTER_S, MAX_DESCRIPTION_CHARS, ModelRegistry, ago
+from llmlb_core.models import FORGET_GONE_AFTER_S, ModelRegistry, ago
 from llmlb_core.nodes import NodeRegistry
-from llmlb_core.protocol import ModelAdvert, NodeRegistration
+from llmlb_core.protocol import MAX_DESCRIPTION_CHARS, ModelAdvert, NodeRegistration
 from llmlb_core.store import Store
 
 IMAGES = frozenset({"image_generation"})
