@@ -57,6 +57,8 @@ _STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) 
 _NAMED_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t", '"': '\\"', "\\": "\\\\"}
 # A value that must be quoted in a key=value line: empty, or holding a space, a quote or a backslash.
 _NEEDS_QUOTES = re.compile(r'[\s"\\]')
+# Printable ASCII but the space, the quote and the backslash: logged as it is.
+_PLAIN_ASCII_WORD = re.compile(r'[!#-\[\]-~]+').fullmatch
 
 
 def _escape(char: str) -> str:
@@ -87,6 +89,8 @@ def log_field(value: object) -> str:
     """One value of a log line, safe whatever it holds: as it is when it is one printable word,
     else in double quotes with quotes, backslashes and unprintable characters escaped."""
     text = value if isinstance(value, str) else str(value)
+    if _PLAIN_ASCII_WORD(text) is not None:  # the common case: one regex call
+        return text
     if text and text.isprintable() and _NEEDS_QUOTES.search(text) is None:
         return text
     return '"' + "".join(c if c.isprintable() and c not in '"\\' else _escape(c) for c in text) + '"'
