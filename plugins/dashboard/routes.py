@@ -144,7 +144,7 @@ def build_routes(context: CapabilityContext[DashboardSettings]) -> list[BaseRout
         if asset is None:
             raise OpenAIError(404, f"The dashboard has no file '{name}'", param="name", code="not_found")
         etag = f'"{asset.version}"'
-        headers = {"etag": etag, "cache-control": "no-cache", "x-content-type-options": "nosniff"}
+        headers = {"etag": etag, "cache-control": "no-cache"}
         if request.headers.get("if-none-match") == etag:
             return Response(b"", status_code=304, headers=headers)
         return Response(asset.body, media_type=asset.media_type, headers=headers)
@@ -184,7 +184,7 @@ def build_routes(context: CapabilityContext[DashboardSettings]) -> list[BaseRout
             sessions.end(session.id)  # the key was revoked or expired: sign in again
         headers = passed_headers(answer)
         media_type = headers.pop("content-type", "application/octet-stream")
-        headers.update({"cache-control": "no-store", "x-content-type-options": "nosniff"})
+        headers["cache-control"] = "no-store"
         return Response(
             answer.content, status_code=answer.status_code, media_type=media_type, headers=headers
         )
