@@ -102,6 +102,10 @@ def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
+PNG_SIG = b"\x89PNG\r\n\x1a\n"
+HTML = b"<html><body><script>fetch('/v0/keys')</script></body></html>"
+
+
 BAD_IMAGE_ANSWERS = {
     "garbage bytes": Answer(body=bytes(range(256)) * 4),
     "text/html": Answer(content_type="text/html", body=b"<html><body>hello</body></html>"),
@@ -110,6 +114,17 @@ BAD_IMAGE_ANSWERS = {
     "invalid base64": Answer.json({"created": 1, "data": [{"b64_json": "@@@not base64@@@"}]}),
     "truncated base64": Answer.json({"created": 1, "data": [{"b64_json": png_b64()[:-3]}]}),
     "not an image": Answer.json({"created": 1, "data": [{"b64_json": b64(b"<script>x</script>")}]}),
+    "a PNG signature, then HTML": Answer.json({"created": 1, "data": [{"b64_json": b64(PNG_SIG + HTML)}]}),
+    "HTML after a PNG's IEND": Answer.json(
+        {"created": 1, "data": [{"b64_json": b64(base64.b64decode(png_b64()) + HTML)}]}
+    ),
+    "HTML after a JPEG's end": Answer.json(
+        {
+            "created": 1,
+            "data": [{"b64_json": b64(png_bytes(gradient(8, 8), "JPEG") + HTML)}],
+            "output_format": "jpeg",
+        }
+    ),
     "html output_format": images_answer(output_format="html"),
     "CRLF output_format": images_answer(output_format="png\r\nx-evil: 1"),
     "url instead of b64_json": Answer.json({"created": 1, "data": [{"url": "http://evil.example/x.png"}]}),
