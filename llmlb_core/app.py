@@ -52,7 +52,7 @@ async def get_model(request: Request[Any, Any, Any], model_id: FromPath[str]) ->
     return state.models.get(model_id.lstrip("/"), state.enabled_flags)
 
 
-@get("/metrics", media_type="text/plain; version=0.0.4; charset=utf-8")
+@get("/metrics", media_type="text/plain; version=0.0.4")  # Litestar adds "; charset=utf-8"
 async def metrics(request: Request[Any, Any, Any]) -> bytes:
     return router_state(request).metrics.exposition()
 

@@ -183,7 +183,7 @@ def build_routes(context: CapabilityContext[DashboardSettings]) -> list[BaseRout
         if answer.status_code == 401:
             sessions.end(session.id)  # the key was revoked or expired: sign in again
         headers = passed_headers(answer)
-        media_type = headers.pop("content-type", "application/octet-stream")
+        media_type = headers.get("content-type", "application/octet-stream")  # stays a header, as sent
         headers["cache-control"] = "no-store"
         return Response(
             answer.content, status_code=answer.status_code, media_type=media_type, headers=headers
