@@ -1,14 +1,17 @@
-"""Pages under strict policies work in a real Chromium, and the policies hold (issue 17, items 5
-and 8): a router process and a FAKE images node (``tests.support.fake_node``) on loopback.
+"""Hardened pages work in a real Chromium, and the hardening holds (issue 17, items 5, 7 and 8): a
+router process (3 failed sign-ins a minute) and a FAKE images node (``tests.support.fake_node``)
+on loopback.
 
 - ``/docs``: Swagger UI loads every operation, tries a route and opens **Authorize** with no
   policy violation (any would be a console error, which fails the test); another site cannot
   frame it.
 - A stored image opened on its own is shown as an image, in its sandbox, with no violation.
+- The dashboard's sign-in, after too many wrong keys, says when to come back.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -30,13 +33,14 @@ WATCH_VIOLATIONS = (
     "document.addEventListener('securitypolicyviolation',"
     " e => window.__violations.push(e.violatedDirective + ' ' + e.blockedURI));"
 )
+MAX_FAILED_SIGN_INS = 3
 IMAGE_MODEL = {"id": "img", "capabilities": ["image_generation"], "runtime": "stable_diffusion"}
 
 
 @pytest.fixture(scope="module")
 def router(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proc]:
-    tmp = tmp_path_factory.mktemp("strict-pages")
-    router = router_proc(tmp)
+    tmp = tmp_path_factory.mktemp("hardened-pages")
+    router = router_proc(tmp, env={"LLMLB_PLUGIN__DASHBOARD__MAX_FAILED_SIGN_INS": str(MAX_FAILED_SIGN_INS)})
     try:
         yield router.start().wait_healthy()
     finally:
@@ -47,9 +51,8 @@ def router(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proc]:
 def node(router: Proc) -> Iterator[FakeNode]:
     node = FakeNode(router.url, create_key(router.url, ["node"], name="fake"), "fake-1", [IMAGE_MODEL])
     node.answers["/v1/images/generations"] = images_answer()
-    node.start()
     try:
-        yield node
+        yield node.start()
     finally:
         node.stop()
 
@@ -108,3 +111,27 @@ def test_a_stored_image_is_shown_as_an_image_in_its_sandbox(
     assert shown == ["image/png", 1, 8]
     # Sandboxed: the document has an opaque origin, so nothing in it could reach the router's.
     assert browser_page.evaluate("window.origin") == "null"
+
+
+def test_the_sign_in_page_says_when_to_come_back_after_too_many_wrong_keys(
+    page: tuple[Page, Errors], router: Proc, tmp_path: Path
+) -> None:
+    browser_page, errors = page
+    # This browser's own address (through the loopback proxy the router trusts), so the lock
+    # stays its own.
+    browser_page.set_extra_http_headers({"x-forwarded-for": "203.0.113.50"})
+    browser_page.goto(f"{router.url}/dashboard/login")
+    statuses = []
+    for i in range(MAX_FAILED_SIGN_INS + 1):
+        browser_page.fill("#login-key", f"sk-llmlb-wrong-guess-{i}-0123456789abcdef")
+        with browser_page.expect_response(lambda r: r.request.method == "POST") as info:
+            browser_page.click("#login-form button[type=submit]")
+        browser_page.wait_for_load_state()
+        statuses.append(info.value.status)
+    assert statuses == [401] * MAX_FAILED_SIGN_INS + [429]
+    notice = browser_page.inner_text("#login-error")
+    assert re.fullmatch(r"Too many failed sign-ins from your address: try again in \d+ s\.", notice), notice
+    assert info.value.headers["retry-after"].isdigit()
+    browser_page.screenshot(path=tmp_path / "sign-in-throttled.png")
+    claimed = errors.take()  # the browser reports each refused sign-in's status: those only
+    assert len(claimed) == MAX_FAILED_SIGN_INS + 1 and all("status of 4" in line for line in claimed), claimed
