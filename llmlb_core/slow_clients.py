@@ -9,15 +9,16 @@ running only while the server waits on the client:
   or from the first bytes of a later request on a kept-alive connection, until the request's
   headers are complete: at most ``header_s`` in total;
 - **body**: while a request body is being received, a pause longer than ``body_gap_s`` between
-  two pieces. Time when the server itself stopped reading (the app is not consuming the body yet,
-  or the client waits for ``100 Continue``) does not count against the client;
+  two pieces, or more than ``body_total_s`` in all (a body trickled in pieces just inside the
+  gap). Time when the server itself stopped reading (the app is not consuming the body yet, or
+  the client waits for ``100 Continue``) does not count against the client;
 - **idle**: a kept-alive connection with no new request for ``keep_alive_s`` (uvicorn's own
   keep-alive timer, set to it; this class covers the cases where bytes cancelled that timer).
 
 A connection that runs out of time while sending a request gets a 408 with an OpenAI-shaped body
 when no answer to that request has started, and is closed; an idle one is just closed. The
 common path costs one timer per new connection (cancelled when its first headers are in) and a
-clock read per body read.
+clock read per body read; a request without a body costs nothing more.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ class HasClientTimeouts(Protocol):
 
     client_header_timeout_s: float
     client_body_timeout_s: float
+    client_body_deadline_s: float
     client_keep_alive_s: float
 
 
@@ -48,6 +50,7 @@ class HasClientTimeouts(Protocol):
 class ClientTimeouts:
     header_s: float = 10.0
     body_gap_s: float = 30.0
+    body_total_s: float = 600.0
     keep_alive_s: float = 15.0
 
     @classmethod
@@ -55,6 +58,7 @@ class ClientTimeouts:
         return cls(
             header_s=settings.client_header_timeout_s,
             body_gap_s=settings.client_body_timeout_s,
+            body_total_s=settings.client_body_deadline_s,
             keep_alive_s=settings.client_keep_alive_s,
         )
 
@@ -67,13 +71,22 @@ class _Phase(enum.Enum):
 
 
 class _TimedFlow(FlowControl):
-    """uvicorn's flow control, remembering when reading last resumed (the client's clock restarts)."""
+    """uvicorn's flow control, remembering when reading last resumed (the client's clock restarts)
+    and for how long in all it was paused (the server's time, not the client's)."""
 
     resumed_at = 0.0
+    paused_s = 0.0
+    _paused_at = 0.0
+
+    def pause_reading(self) -> None:
+        if not self.read_paused:
+            self._paused_at = time.monotonic()
+        super().pause_reading()
 
     def resume_reading(self) -> None:
         if self.read_paused:
             self.resumed_at = time.monotonic()
+            self.paused_s += self.resumed_at - self._paused_at
         super().resume_reading()
 
 
@@ -98,6 +111,9 @@ class SlowClientProtocol(HttpToolsProtocol):
         self._phase = _Phase.HEADERS
         self._timer: asyncio.TimerHandle | None = None
         self._last_chunk = 0.0
+        # When the client started sending the body (None: not yet), and the flow's paused time then.
+        self._body_started: float | None = None
+        self._body_paused_s = 0.0
         self._got_bytes = False
 
     # --- the one timer -------------------------------------------------------------------
@@ -120,15 +136,31 @@ class SlowClientProtocol(HttpToolsProtocol):
             self._give_up(f"request headers not complete within {self.timeouts.header_s:g}s")
         elif self._phase is _Phase.BODY:
             gap = self.timeouts.body_gap_s
-            if self.flow.read_paused or (self.cycle is not None and self.cycle.waiting_for_100_continue):
+            if self.flow.read_paused or self._awaiting_100_continue():
                 self._arm(gap)  # the server is not reading: not the client's time
                 return
             assert isinstance(self.flow, _TimedFlow)
-            left = max(self._last_chunk, self.flow.resumed_at) + gap - time.monotonic()
-            if left > 0:
-                self._arm(left)
-            else:
+            now = time.monotonic()
+            gap_left = max(self._last_chunk, self.flow.resumed_at) + gap - now
+            total_left = self._body_time_left(now)
+            if total_left <= 0:
+                self._give_up(f"request body not complete within {self.timeouts.body_total_s:g}s")
+            elif gap_left <= 0:
                 self._give_up(f"no request body data for {gap:g}s")
+            else:
+                self._arm(min(gap_left, total_left))
+
+    def _awaiting_100_continue(self) -> bool:
+        return self.cycle is not None and self.cycle.waiting_for_100_continue
+
+    def _body_time_left(self, now: float) -> float:
+        """What is left of ``body_total_s`` for the body being read (the server's pauses not
+        counted)."""
+        if self._body_started is None:
+            return self.timeouts.body_total_s
+        assert isinstance(self.flow, _TimedFlow)
+        used = now - self._body_started - (self.flow.paused_s - self._body_paused_s)
+        return self.timeouts.body_total_s - used
 
     def _give_up(self, why: str) -> None:
         if not self._got_bytes:  # opened and never used (a preconnect, or an idle-socket attack)
@@ -164,15 +196,19 @@ class SlowClientProtocol(HttpToolsProtocol):
             self._phase = _Phase.HEADERS  # the next request: its clock runs from its first bytes
         super().data_received(data)
         if self._phase is _Phase.BODY:
-            self._last_chunk = time.monotonic()
+            now = self._last_chunk = time.monotonic()
+            if self._body_started is None and not self._awaiting_100_continue():
+                assert isinstance(self.flow, _TimedFlow)
+                self._body_started, self._body_paused_s = now, self.flow.paused_s
             if self._timer is None:
-                self._arm(self.timeouts.body_gap_s)
+                self._arm(min(self.timeouts.body_gap_s, self._body_time_left(now)))
         elif self._phase is _Phase.HEADERS and self._timer is None and not self.transport.is_closing():
             self._arm(self.timeouts.header_s)
 
     def on_headers_complete(self) -> None:
         self._disarm()
         self._phase = _Phase.BODY
+        self._body_started = None
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:

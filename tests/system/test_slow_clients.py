@@ -20,9 +20,12 @@ from tests.support.servers import Proc, create_key, node_proc, router_proc
 TIMEOUT_S = 1.0
 # A closed connection must be seen by then: the timeout plus room for a busy 2-core machine.
 WITHIN_S = TIMEOUT_S + 2.5
+# The whole body's deadline: above what the gap tests take, below what the trickle test takes.
+BODY_DEADLINE_S = 3.0
 ROUTER_ENV = {
     "LLMLB_CLIENT_HEADER_TIMEOUT_S": str(TIMEOUT_S),
     "LLMLB_CLIENT_BODY_TIMEOUT_S": str(TIMEOUT_S),
+    "LLMLB_CLIENT_BODY_DEADLINE_S": str(BODY_DEADLINE_S),
     "LLMLB_CLIENT_KEEP_ALIVE_S": str(TIMEOUT_S),
 }
 
@@ -167,6 +170,29 @@ def test_trickled_body_gets_a_408(router: Proc, sockets: list[socket.socket]) ->
     assert elapsed is not None, "a stalled body must be cut off"
     assert time.monotonic() - last_byte > TIMEOUT_S * 0.8
     assert "body" in expect_408(data)["message"]
+    still_serves(router.url)
+
+
+def test_a_body_trickled_inside_the_gap_meets_its_deadline(
+    router: Proc, sockets: list[socket.socket]
+) -> None:
+    """A byte every 0.4 s never pauses long enough for the gap timeout; the whole body's deadline
+    ends it all the same."""
+    key = create_key(router.url, ["api"])
+    sock = connect(router.url, sockets)
+    body = json.dumps({"model": "nope", "input": "x" * 200}).encode()
+    sock.sendall(
+        b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + f"Authorization: Bearer {key}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+    )
+    started = time.monotonic()
+    elapsed, sent = send_until_closed(sock, body, every=TIMEOUT_S * 0.4, max_bytes=len(body))
+    assert BODY_DEADLINE_S * 0.9 < elapsed < BODY_DEADLINE_S + WITHIN_S, elapsed
+    assert sent >= 5, "bytes kept arriving inside the gap"
+    _, data = wait_closed(sock)
+    error = expect_408(data)
+    assert error["message"] == f"Request timeout: request body not complete within {BODY_DEADLINE_S:g}s"
+    assert time.monotonic() - started < BODY_DEADLINE_S + WITHIN_S
     still_serves(router.url)
 
 
