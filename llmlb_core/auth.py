@@ -41,7 +41,7 @@ _KEY_RE = re.compile(r"[!-~]{1,512}")
 # The shortest admin key an operator may give (LLMLB_ADMIN_KEY / admin_key); generated keys are
 # 52 characters (256 random bits).
 MIN_ADMIN_KEY_CHARS = 32
-MAKE_A_KEY = "make one with: python -c \"import secrets; print(secrets.token_urlsafe(32))\""
+MAKE_A_KEY = 'make one with: python -c "import secrets; print(secrets.token_urlsafe(32))"'
 
 
 def hash_key(key: str) -> str:
