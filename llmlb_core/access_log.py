@@ -7,6 +7,8 @@ kept in a context variable (:func:`current_request`) that the code handling the 
 in (the router's forwarder: the model, the node, the time spent in the wait queue; a capability:
 images generated, generation time and steps, through :func:`note_request`), counts the bytes in
 and out, and at the end logs one line and hands the record to ``observe`` (the router's metrics).
+It also says ``x-content-type-options: nosniff`` on every response (:data:`NOSNIFF`), so no
+browser runs an answer as something other than its declared type (an image as a page).
 
 A line, as text: ``POST /v1/images/generations 200 2.345s model=sd node=gpu-1 queue=0.120s
 in=312 out=1523401 images=1 gen=2.101s steps=20 id=req_...``. With ``log_format = "json"`` the
@@ -42,6 +44,9 @@ QUIET_LOG_OPT = "llmlb_quiet_log"
 QUIET_ROUTES = frozenset({"/health", "/metrics", "/v0/nodes/heartbeat"})
 # A path that matched no route is logged as sent, cut to this length.
 MAX_PATH_CHARS = 200
+# On every response: a browser takes the declared content type as it is (never sniffs a page
+# out of an image or a JSON body). Routes need not set it; set here once, it is never repeated.
+NOSNIFF = (b"x-content-type-options", b"nosniff")
 
 _record: ContextVar[RequestRecord | None] = ContextVar("llmlb_request_record", default=None)
 
@@ -197,7 +202,7 @@ class RequestLogMiddleware:
                 record.bytes_out += len(message.get("body", b""))
             elif message["type"] == "http.response.start":
                 record.status = message["status"]
-                ids.echo(message, request_id)
+                ids.echo(message, request_id, NOSNIFF)
             await send(message)
 
         id_token = ids.bind(request_id)

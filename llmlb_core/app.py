@@ -14,7 +14,7 @@ from litestar.params import FromPath
 
 from llmlb_core import access_log
 from llmlb_core.admin_api import admin_router
-from llmlb_core.auth import KeyManager, require_scope
+from llmlb_core.auth import KeyManager, check_admin_key, require_scope
 from llmlb_core.balancer import Balancer
 from llmlb_core.capability import Capability, CapabilityContext
 from llmlb_core.disconnect import DisconnectMiddleware
@@ -52,7 +52,7 @@ async def get_model(request: Request[Any, Any, Any], model_id: FromPath[str]) ->
     return state.models.get(model_id.lstrip("/"), state.enabled_flags)
 
 
-@get("/metrics", media_type="text/plain; version=0.0.4; charset=utf-8")
+@get("/metrics", media_type="text/plain; version=0.0.4")  # Litestar adds "; charset=utf-8"
 async def metrics(request: Request[Any, Any, Any]) -> bytes:
     return router_state(request).metrics.exposition()
 
@@ -98,6 +98,7 @@ def create_app(
     extra_plugins: Iterable[object] = (),
 ) -> Litestar:
     """Build the router: stores, registries, plugins, routes. Nothing listens yet."""
+    check_admin_key(settings.admin_key)  # before anything is written
     plugins = load_plugins(
         settings.capabilities, extra_plugins=extra_plugins, third_party=settings.load_entry_points
     )

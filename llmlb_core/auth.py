@@ -38,6 +38,10 @@ PUBLIC_OPT = "llmlb_public"
 KEY_STATE = "llmlb_key"
 # What a key sent in a header can hold: printable ASCII without spaces.
 _KEY_RE = re.compile(r"[!-~]{1,512}")
+# The shortest admin key an operator may give (LLMLB_ADMIN_KEY / admin_key); generated keys are
+# 52 characters (256 random bits).
+MIN_ADMIN_KEY_CHARS = 32
+MAKE_A_KEY = 'make one with: python -c "import secrets; print(secrets.token_urlsafe(32))"'
 
 
 def hash_key(key: str) -> str:
@@ -144,12 +148,10 @@ class KeyManager:
     def ensure_admin_key(self, env_key: str | None) -> str | None:
         """First start: adopt ``LLMLB_ADMIN_KEY`` or generate an admin key.
 
-        Returns a newly generated key (to print once), else None.
+        Returns a newly generated key (to print once), else None; :func:`check_admin_key`.
         """
         if env_key:
-            if not _KEY_RE.fullmatch(env_key):
-                # A key with spaces or control characters could never be sent in a header.
-                raise SettingsError("admin_key must be printable ASCII without spaces (at most 512)")
+            check_admin_key(env_key)
             if not self.has_hash(env_key):
                 self.create("admin (LLMLB_ADMIN_KEY)", ["admin"], key=env_key)
             return None
@@ -181,6 +183,27 @@ class KeyManager:
                 code="insufficient_scope",
             )
         return row
+
+
+def admin_key_problem(key: str) -> str | None:
+    """Why ``key`` cannot be the admin key an operator gives (one line that never shows the key),
+    or None. A key with spaces or control characters could never be sent in a header; a short
+    one could be guessed."""
+    if not _KEY_RE.fullmatch(key):
+        return "admin_key (LLMLB_ADMIN_KEY) must be printable ASCII without spaces (at most 512)"
+    if len(key) < MIN_ADMIN_KEY_CHARS:
+        return (
+            f"admin_key (LLMLB_ADMIN_KEY) has {len(key)} characters; it needs at least "
+            f"{MIN_ADMIN_KEY_CHARS}: {MAKE_A_KEY}"
+        )
+    return None
+
+
+def check_admin_key(key: str | None) -> None:
+    """A :class:`SettingsError` when the admin key an operator gave has a problem (unset: none)."""
+    problem = admin_key_problem(key) if key else None
+    if problem is not None:
+        raise SettingsError(problem)
 
 
 def require_scope(

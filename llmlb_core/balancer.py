@@ -8,7 +8,9 @@ used; a bounded FIFO wait queue when every capable slot is busy.
 - Nodes marked suspect (recent failure) are used only when no healthy node can take the job.
 - All slots busy: the request waits (FIFO per compatible request; a waiter that cannot use the
   freed node does not block one behind it that can). Full queue (``queue_max`` waiters): 429
-  with ``Retry-After``. Wait longer than ``queue_timeout_s``: 504 ``queue_timeout``.
+  ``queue_full``; wait longer than ``queue_timeout_s``: 504 ``queue_timeout``. Both say when to
+  come back in ``Retry-After``: the nodes' average job time times the jobs ahead, over their
+  slots.
 - No online node at all for the model: 503 ``no_capable_nodes`` at once (or when the last
   capable node goes offline while waiting).
 - A waiter that is cancelled (its client left) leaves the queue at once; a slot handed to it
@@ -133,7 +135,7 @@ class Balancer:
             lease = self.try_acquire(model, flags, exclude)
             if lease is not None:
                 return lease
-        capable = [n for n in self._nodes.candidates(model, flags) if n.id not in exclude]
+        capable = self._capable(model, flags, exclude)
         if not capable:
             raise NoCapableNodes(model)
         if self._waiting >= self.queue_max:
@@ -165,6 +167,7 @@ class Balancer:
                 f"Timed out after {self.queue_timeout_s:g}s waiting for a free slot for model '{model}'",
                 type="server_error",
                 code="queue_timeout",
+                headers={"Retry-After": str(self._retry_after(self._capable(model, flags, exclude)))},
             ) from None
         except asyncio.CancelledError:
             self._forget(waiter)
@@ -190,7 +193,11 @@ class Balancer:
         if fut.done() and not fut.cancelled() and fut.exception() is None:
             self.release(fut.result())  # a slot was handed over just as we gave up
 
+    def _capable(self, model: str, flags: frozenset[str], exclude: frozenset[str]) -> list[NodeState]:
+        return [n for n in self._nodes.candidates(model, flags) if n.id not in exclude]
+
     def _retry_after(self, capable: list[NodeState]) -> int:
+        """Whole seconds until a slot is likely free for one more waiter (at least 1)."""
         durations = [n.avg_duration_s for n in capable if n.avg_duration_s]
         per_job = sum(durations) / len(durations) if durations else 1.0
         slots = max(1, sum(n.slots for n in capable))

@@ -79,7 +79,7 @@ def serve(ctx: click.Context, **params: Any) -> int:
     """
     from llmlb_core.app import create_app
     from llmlb_core.serving import run
-    from llmlb_core.slow_clients import ClientTimeouts
+    from llmlb_core.slow_clients import ClientLimits
     from llmlb_core.tls import check_server_cert
 
     flags = given(ctx, params)
@@ -99,7 +99,7 @@ def serve(ctx: click.Context, **params: Any) -> int:
         log_level=settings.log_level,
         ssl_certfile=settings.tls_cert,
         ssl_keyfile=settings.tls_key,
-        client_timeouts=ClientTimeouts.of(settings),
+        client_limits=ClientLimits.of(settings),
     )
     return 0
 

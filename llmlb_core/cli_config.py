@@ -92,6 +92,7 @@ def guess_kind(table: Mapping[str, Any], kinds: Mapping[str, ConfigKind]) -> tup
 
 # --- the router's check --------------------------------------------------------------------
 def check_router(path: Path, environ: Mapping[str, str], cli_envvars: set[str]) -> Report:
+    from llmlb_core.auth import admin_key_problem
     from llmlb_core.plugins import PluginError, load_plugins
     from llmlb_core.tls import check_server_cert
 
@@ -108,6 +109,9 @@ def check_router(path: Path, environ: Mapping[str, str], cli_envvars: set[str]) 
         settings = msgspec.convert(raw, RouterSettings, strict=False)
     except msgspec.ValidationError:
         settings = lenient(raw, RouterSettings, ("capabilities", "load_entry_points"))
+    admin_key = admin_key_problem(settings.admin_key) if settings.admin_key else None
+    if admin_key is not None:
+        report.problems.append(admin_key)
     try:
         if not report.problems:
             check_server_cert(settings.tls_cert, settings.tls_key, flags="tls_cert/tls_key")

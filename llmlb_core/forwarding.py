@@ -66,7 +66,7 @@ from llmlb_core.event_stream import EventCheck, EventStream, NodeReportedError
 from llmlb_core.metrics import Metrics
 from llmlb_core.models import ModelRegistry
 from llmlb_core.nodes import NodeRegistry, NodeState
-from llmlb_core.relay import PASSED_HEADERS, SSE_HEADERS, Relay, RelayStream
+from llmlb_core.relay import SSE_HEADERS, Relay, RelayStream, passed_headers
 from llmlb_core.settings import RouterSettings
 from llmlb_core.upstream import (
     RETRYABLE_STATUS,
@@ -115,12 +115,13 @@ class UpstreamResult:
     parsed: Any = None  # what call's ``check`` made of a 2xx answer
 
     def to_response(self) -> Response[bytes]:
-        """The answer as the client gets it, with the node named in ``x-llmlb-node``."""
+        """The answer as the client gets it, with the node named in ``x-llmlb-node``; its content
+        type as the node sent it (a header: see ``relay.passed_headers``)."""
+        headers = {**self.headers, "x-llmlb-node": self.node_id}
+        if self.content_type:
+            headers["content-type"] = self.content_type
         return Response(
-            content=self.content,
-            status_code=self.status,
-            media_type=self.content_type,
-            headers={**self.headers, "x-llmlb-node": self.node_id},
+            content=self.content, status_code=self.status, media_type=self.content_type, headers=headers
         )
 
 
@@ -491,9 +492,7 @@ class Forwarder:
                     status, error, node_name=lease.node.name, content_type=media, headers=client_headers
                 )
             relay = self._relay(lease, response, started, limit)
-            for name in PASSED_HEADERS:
-                if name in response.headers and name != "content-type":
-                    client_headers[name] = response.headers[name]
+            client_headers.update(passed_headers(response))  # the content type as sent
             if relay.sse:
                 client_headers.update(SSE_HEADERS)
             return RelayStream(

@@ -4,6 +4,11 @@
   package (PyPI) and are served by the router itself under ``/docs/assets/``: the page names no
   other host, so the docs work on a machine without internet access. ``/docs/openapi.json``
   and ``/docs/openapi.yaml`` are the schema itself.
+- **A strict policy.** The page has no inline script or style: it loads Swagger UI and the
+  router's own start-up script (:data:`SETUP_SCRIPT`, which fetches ``/docs/openapi.json``) from
+  ``/docs/assets/``. So every answer under ``/docs`` carries :data:`DOCS_HEADERS`: a
+  Content-Security-Policy that lets the page run scripts and fetch from the router only, and
+  never be framed (``frame-ancestors 'none'``, ``X-Frame-Options: DENY``).
 - **Request bodies.** Handlers read their bodies themselves (msgspec, strict, OpenAI-shaped
   errors), so Litestar cannot see what they take. A handler says it with its
   ``operation_class``: :func:`openapi_json_body` for a JSON body, :func:`openapi_form_body` for
@@ -16,13 +21,14 @@
 from __future__ import annotations
 
 import functools
+import html
 import importlib.metadata
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
 import msgspec
-from litestar import Response, Router, get
+from litestar import Request, Response, Router, get
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin, YamlRenderPlugin
 from litestar.openapi.spec import Components, Operation, SecurityScheme
@@ -33,14 +39,35 @@ from llmlb_core.errors import OpenAIError
 
 DOCS_PATH = "/docs"
 ASSETS_PATH = f"{DOCS_PATH}/assets"
+# The router's own start-up script for Swagger UI, served as an asset (no inline script).
+SETUP_SCRIPT_NAME = "llmlb-docs.js"
 # The files the page loads, and their media types: nothing else under the package is served.
 ASSETS: Mapping[str, str] = {
     "swagger-ui-bundle.js": "text/javascript",
     "swagger-ui-standalone-preset.js": "text/javascript",
     "swagger-ui.css": "text/css",
     "favicon-32x32.png": "image/png",
+    SETUP_SCRIPT_NAME: "text/javascript",
 }
 ASSET_MAX_AGE_S = 24 * 3600
+SETUP_SCRIPT = f"""// Swagger UI for llmlb: the schema from the router itself, no online validator.
+window.ui = SwaggerUIBundle({{
+  url: "{DOCS_PATH}/openapi.json",
+  dom_id: "#swagger-container",
+  deepLinking: true,
+  showExtensions: true,
+  showCommonExtensions: true,
+  presets: [SwaggerUIBundle.presets.apis, SwaggerUIStandalonePreset],
+  validatorUrl: null,
+}});
+""".encode()
+# Scripts, styles and fetches from the router only; Swagger UI's icons are data: URLs (its own
+# element styles are set from script, which the policy allows).
+DOCS_POLICY = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+)
+DOCS_HEADERS = {"content-security-policy": DOCS_POLICY, "x-frame-options": "DENY"}
 
 API_DESCRIPTION = (
     "OpenAI-compatible routes (`/v1/...`), admin routes (`/v0/...`, admin key) and the routes nodes "
@@ -128,12 +155,15 @@ def openapi_form_body(
 # --- the docs site -----------------------------------------------------------------------------
 @functools.cache
 def _asset(name: str) -> bytes:
+    if name == SETUP_SCRIPT_NAME:
+        return SETUP_SCRIPT
     return Path(swagger_ui_path, name).read_bytes()
 
 
 @get("/assets/{name:str}", include_in_schema=False, sync_to_thread=False)
 def docs_asset(name: FromPath[str]) -> Response[bytes]:
-    """One of Swagger UI's files, from the installed package (read once, kept in memory)."""
+    """One of the page's files: Swagger UI's, from the installed package, or the set-up script
+    (read once, kept in memory)."""
     media_type = ASSETS.get(name)
     if media_type is None:
         raise OpenAIError(404, f"No docs asset named '{name}'", param="name")
@@ -143,7 +173,8 @@ def docs_asset(name: FromPath[str]) -> Response[bytes]:
 
 
 class OfflineSwaggerUI(SwaggerRenderPlugin):
-    """Litestar's Swagger UI page, its assets served by the router (no CDN)."""
+    """A Swagger UI page whose files are all served by the router (no CDN) and that has no inline
+    script or style (the docs' policy allows neither)."""
 
     def __init__(self) -> None:
         super().__init__(
@@ -154,19 +185,34 @@ class OfflineSwaggerUI(SwaggerRenderPlugin):
             path=["/", "/swagger"],
         )
 
+    def render(self, request: Request[Any, Any, Any], openapi_schema: dict[str, Any]) -> bytes:
+        title = html.escape(str(openapi_schema["info"]["title"]))
+        return (
+            "<!DOCTYPE html><html lang='en'><head>"
+            f"<title>{title}</title>{self.favicon}<meta charset='utf-8'>"
+            "<meta name='viewport' content='width=device-width, initial-scale=1'>"
+            f"<link href='{self.css_url}' rel='stylesheet'>"
+            f"<script src='{self.js_url}'></script><script src='{self.standalone_preset_js_url}'></script>"
+            "</head><body><div id='swagger-container'></div>"
+            f"<script src='{ASSETS_PATH}/{SETUP_SCRIPT_NAME}'></script></body></html>"
+        ).encode()
+
     def receive_router(self, router: Router) -> None:
-        super().receive_router(router)
+        # Not Swagger UI's OAuth2 redirect page (inline script; the API takes bearer keys only).
         router.register(docs_asset)
 
 
 def openapi_config(title: str) -> OpenAPIConfig:
-    """``/docs`` (Swagger UI), ``/docs/openapi.json`` and ``/docs/openapi.yaml``; a bearer key
-    scheme so that **Authorize** works."""
+    """``/docs`` (Swagger UI), ``/docs/openapi.json`` and ``/docs/openapi.yaml``, every answer
+    with :data:`DOCS_HEADERS`; a bearer key scheme so that **Authorize** works."""
     return OpenAPIConfig(
         title=title,
         version=importlib.metadata.version("llmlb"),
         description=API_DESCRIPTION,
         path=DOCS_PATH,
+        openapi_router=Router(
+            DOCS_PATH, route_handlers=[], include_in_schema=False, response_headers=DOCS_HEADERS
+        ),
         render_plugins=[OfflineSwaggerUI(), JsonRenderPlugin(), YamlRenderPlugin()],
         components=Components(
             security_schemes={

@@ -35,7 +35,12 @@ SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 
 
 def passed_headers(response: httpx.Response) -> dict[str, str]:
-    """The upstream headers a relayed answer keeps (content type among them)."""
+    """The upstream headers a relayed answer keeps (content type among them).
+
+    Keep the content type among the answer's *headers*, as sent: given as Litestar's
+    ``media_type``, a ``text/*`` type gets ``; charset=utf-8`` appended even when it names its
+    charset already (``text/event-stream; charset=utf-8; charset=utf-8``); a header is taken as
+    it is (``media_type`` is then only the fallback)."""
     return {name: response.headers[name] for name in PASSED_HEADERS if name in response.headers}
 
 

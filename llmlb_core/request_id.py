@@ -58,10 +58,11 @@ def from_scope(scope: Scope) -> str:
     return request_id
 
 
-def echo(message: HTTPResponseStartEvent, request_id: str) -> None:
-    """Put ``x-request-id: request_id`` on a response start message (replacing any other)."""
+def echo(message: HTTPResponseStartEvent, request_id: str, *also: tuple[bytes, bytes]) -> None:
+    """Put ``x-request-id: request_id`` on a response start message (replacing any other), and
+    the headers ``also`` (one new header list for both)."""
     headers = [h for h in message.get("headers", ()) if h[0].lower() != _HEADER_BYTES]
-    message["headers"] = [*headers, (_HEADER_BYTES, request_id.encode())]
+    message["headers"] = [*headers, (_HEADER_BYTES, request_id.encode()), *also]
 
 
 def bind(request_id: str) -> Token[str | None]:

@@ -32,7 +32,7 @@ import uvicorn
 
 from llmlb_core.memory import release_large_frees
 from llmlb_core.settings import SettingsError
-from llmlb_core.slow_clients import ClientTimeouts, protocol_class
+from llmlb_core.slow_clients import ClientLimits, protocol_class
 
 log = logging.getLogger("llmlb.serving")
 
@@ -169,7 +169,7 @@ def run(
     graceful_timeout_s: int = 30,
     ssl_certfile: str | None = None,
     ssl_keyfile: str | None = None,
-    client_timeouts: ClientTimeouts | None = None,
+    client_limits: ClientLimits | None = None,
 ) -> None:
     """Serve ``app`` until a signal (or its :data:`STOP_WHEN`) ends it. Raises
     :class:`ListenError` when the port cannot be had, :class:`ServeStopped` when the app's
@@ -182,7 +182,7 @@ def run(
         log_level=log_level.lower(),
         access_log=False,
         timeout_graceful_shutdown=graceful_timeout_s,
-        http=protocol_class(client_timeouts or ClientTimeouts()),  # header, body and idle timeouts
+        http=protocol_class(client_limits or ClientLimits()),  # timeouts, header limits
         ws="none",
         log_config=None,
         ssl_certfile=ssl_certfile,  # HTTPS when given (checked by llmlb_core.tls.check_server_cert)

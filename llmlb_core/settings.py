@@ -78,12 +78,18 @@ class RouterSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # Slow and idle clients (llmlb_core/slow_clients.py). A request's headers must be complete
     # within client_header_timeout_s of the connection opening (or of the request's first byte on
     # a kept-alive connection; a connection that sends nothing is closed then too). While a body
-    # is read, a pause over client_body_timeout_s between two pieces ends it (408, closed). A
-    # kept-alive connection idle for client_keep_alive_s is closed: keep that above the idle
-    # timeout of a reverse proxy's upstream connection pool in front of the router.
+    # is read, a pause over client_body_timeout_s between two pieces ends it (408, closed), and so
+    # does a body not complete client_body_deadline_s after it started (enough for 75 MB at
+    # 1 Mbit/s). A kept-alive connection idle for client_keep_alive_s is closed: keep that above
+    # the idle timeout of a reverse proxy's upstream connection pool in front of the router. A
+    # request line and headers over client_max_header_bytes, or more than client_max_headers
+    # header fields, are a 431 (closed).
     client_header_timeout_s: Positive = 10.0
     client_body_timeout_s: Positive = 30.0
+    client_body_deadline_s: Positive = 600.0
     client_keep_alive_s: Positive = 15.0
+    client_max_header_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 64 * 1024
+    client_max_headers: Annotated[int, msgspec.Meta(ge=16)] = 100
     log_level: str = "INFO"
     # "text" (one human-readable line per record) or "json" (one JSON object per line, for log
     # shippers: time, level, logger, message and the record's extra fields such as request_id).

@@ -152,7 +152,7 @@ def node(**params: Any) -> int:
     ctx = click.get_current_context()
     options: dict[str, tuple[click.Option, str, str]] = ctx.meta.get(RUNTIME_OPTIONS, {})
     from llmlb_core.serving import run
-    from llmlb_core.slow_clients import ClientTimeouts
+    from llmlb_core.slow_clients import ClientLimits
     from llmlb_core.tls import check_server_cert
     from llmlb_node.app import create_node_app
     from llmlb_node.settings import load_node_settings
@@ -182,7 +182,7 @@ def node(**params: Any) -> int:
         graceful_timeout_s=900,
         ssl_certfile=settings.tls_cert,
         ssl_keyfile=settings.tls_key,
-        client_timeouts=ClientTimeouts.of(settings),
+        client_limits=ClientLimits.of(settings),
     )
     return 0
 

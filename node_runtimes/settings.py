@@ -78,7 +78,10 @@ class NodeSettings(msgspec.Struct, kw_only=True, dict=True, forbid_unknown_field
     # closes one just as the router sends a request on it (that would count as a node failure).
     client_header_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 10.0
     client_body_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 30.0
+    client_body_deadline_s: Annotated[float, msgspec.Meta(gt=0)] = 600.0
     client_keep_alive_s: Annotated[float, msgspec.Meta(gt=0)] = 75.0
+    client_max_header_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 64 * 1024
+    client_max_headers: Annotated[int, msgspec.Meta(ge=16)] = 100
     # Serve HTTPS with this certificate (PEM, chain first) and key; the node then advertises an
     # https:// base_url (env LLMLB_NODE_TLS_CERT / LLMLB_NODE_TLS_KEY).
     tls_cert: str | None = None

@@ -151,7 +151,7 @@ class OpenAICompatibleRuntime(Runtime):
             self.active -= 1
             raise
         passed = passed_headers(response)
-        media_type = passed.pop("content-type", "application/octet-stream")
+        media_type = passed.get("content-type", "application/octet-stream")  # stays a header, as sent
         relay = Relay(response, on_close=self._job_done)
         return RelayStream(relay, status_code=response.status_code, media_type=media_type, headers=passed)
 

@@ -8,9 +8,10 @@ import hashlib
 from dataclasses import dataclass
 from importlib import resources
 
+# Litestar adds "; charset=utf-8" to text/* types.
 MEDIA_TYPES = {
-    ".js": "text/javascript; charset=utf-8",
-    ".css": "text/css; charset=utf-8",
+    ".js": "text/javascript",
+    ".css": "text/css",
     ".svg": "image/svg+xml",
 }
 

@@ -5,10 +5,13 @@ sends no key): the pages, the sign-in and sign-out forms, the static files, and 
 Sign-in checks the admin key against the API itself and starts a server-side session (the
 cookie holds only its id: HttpOnly, SameSite=Strict, Secure over https, path /dashboard). The
 sign-in form carries a double-submit token; every relayed POST and DELETE must carry the
-session's CSRF token in ``x-csrf-token``. No key ever appears in a URL."""
+session's CSRF token in ``x-csrf-token``. No key ever appears in a URL. Failed sign-ins are
+counted per client address (``throttle``): past the limit, the sign-in page answers 429 with
+``Retry-After`` and says when to come back."""
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import Any
 
@@ -33,6 +36,9 @@ from llmlb_plugins.dashboard.sessions import (
     same_token,
 )
 from llmlb_plugins.dashboard.settings import DashboardSettings
+from llmlb_plugins.dashboard.throttle import SignInThrottle
+
+log = logging.getLogger("llmlb.dashboard")
 
 PATH = "/dashboard"
 # What the dashboard's handlers share: no API key (the session is checked instead), not in the
@@ -66,6 +72,7 @@ def build_routes(context: CapabilityContext[DashboardSettings]) -> list[BaseRout
         max_age_s=cfg.session_max_hours * 3600,
         max_sessions=cfg.max_sessions,
     )
+    throttle = SignInThrottle(max_failures=cfg.max_failed_sign_ins, window_s=cfg.sign_in_window_s)
     api = PublicApi()
     context.on_shutdown(api.close)
     assets = load_assets()
@@ -85,14 +92,40 @@ def build_routes(context: CapabilityContext[DashboardSettings]) -> list[BaseRout
     def session_of(request: Request[Any, Any, Any]) -> Session | None:
         return sessions.get(request.cookies.get(COOKIE))
 
-    def page(body: str, status: int = 200, cookies: list[Cookie] | None = None) -> Response[str]:
+    def page(
+        body: str,
+        status: int = 200,
+        cookies: list[Cookie] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Response[str]:
         return Response(
-            body, status_code=status, media_type="text/html", headers=PAGE_HEADERS, cookies=cookies
+            body,
+            status_code=status,
+            media_type="text/html",
+            headers={**PAGE_HEADERS, **(headers or {})},
+            cookies=cookies,
         )
 
-    def login_again(request: Request[Any, Any, Any], message: str | None, status: int = 200) -> Response[str]:
+    def login_again(
+        request: Request[Any, Any, Any],
+        message: str | None,
+        status: int = 200,
+        headers: dict[str, str] | None = None,
+    ) -> Response[str]:
         token = new_token()
-        return page(login_page(assets, token, message), status, [cookie(request, LOGIN_COOKIE, token)])
+        body = login_page(assets, token, message)
+        return page(body, status, [cookie(request, LOGIN_COOKIE, token)], headers)
+
+    def refused(request: Request[Any, Any, Any], address: str, message: str, status: int) -> Response[str]:
+        """A failed sign-in: counted against ``address``, and the form again."""
+        if throttle.failed(address):
+            log.warning(
+                "dashboard: %d failed sign-ins from %r within %gs; refusing its sign-ins until then",
+                throttle.max_failures,
+                address,
+                throttle.window_s,
+            )
+        return login_again(request, message, status)
 
     @get(PATH, **OPTIONS)
     async def dashboard(request: Request[Any, Any, Any]) -> Response[Any]:
@@ -110,6 +143,11 @@ def build_routes(context: CapabilityContext[DashboardSettings]) -> list[BaseRout
 
     @post(f"{PATH}/login", status_code=200, request_max_body_size=LOGIN_FORM_LIMIT, **OPTIONS)
     async def login(request: Request[Any, Any, Any]) -> Response[Any]:
+        address = request.client.host if request.client is not None else "unknown"
+        wait_s = throttle.retry_after_s(address)
+        if wait_s is not None:  # checked first: no key is looked at while the address waits
+            message = f"Too many failed sign-ins from your address: try again in {wait_s} s."
+            return login_again(request, message, 429, {"retry-after": str(wait_s)})
         form = await request.form()
         if not same_token(_form_text(form, CSRF_FIELD), request.cookies.get(LOGIN_COOKIE)):
             return login_again(
@@ -117,11 +155,14 @@ def build_routes(context: CapabilityContext[DashboardSettings]) -> list[BaseRout
             )
         key = _form_text(form, "key")
         if not _KEY_RE.fullmatch(key):
-            return login_again(request, "Enter an admin API key (printable characters, no spaces).", 400)
+            return refused(request, address, "Enter an admin API key (printable characters, no spaces).", 400)
         answer = await api.call(request.app, "GET", "/v0/capabilities", key=key)
+        if answer.status_code in (401, 403):
+            return refused(
+                request, address, f"That key was refused: {_error_message(answer)}", answer.status_code
+            )
         if answer.status_code != 200:
-            status = answer.status_code if answer.status_code in (401, 403) else 502
-            return login_again(request, f"That key was refused: {_error_message(answer)}", status)
+            return login_again(request, f"That key was refused: {_error_message(answer)}", 502)
         session = sessions.create(key)
         return Redirect(
             PATH,
@@ -144,7 +185,7 @@ def build_routes(context: CapabilityContext[DashboardSettings]) -> list[BaseRout
         if asset is None:
             raise OpenAIError(404, f"The dashboard has no file '{name}'", param="name", code="not_found")
         etag = f'"{asset.version}"'
-        headers = {"etag": etag, "cache-control": "no-cache", "x-content-type-options": "nosniff"}
+        headers = {"etag": etag, "cache-control": "no-cache"}
         if request.headers.get("if-none-match") == etag:
             return Response(b"", status_code=304, headers=headers)
         return Response(asset.body, media_type=asset.media_type, headers=headers)
@@ -183,8 +224,8 @@ def build_routes(context: CapabilityContext[DashboardSettings]) -> list[BaseRout
         if answer.status_code == 401:
             sessions.end(session.id)  # the key was revoked or expired: sign in again
         headers = passed_headers(answer)
-        media_type = headers.pop("content-type", "application/octet-stream")
-        headers.update({"cache-control": "no-store", "x-content-type-options": "nosniff"})
+        media_type = headers.get("content-type", "application/octet-stream")  # stays a header, as sent
+        headers["cache-control"] = "no-store"
         return Response(
             answer.content, status_code=answer.status_code, media_type=media_type, headers=headers
         )

@@ -21,3 +21,8 @@ class DashboardSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
     max_sessions: Annotated[int, msgspec.Meta(ge=1)] = 1000
     # Largest request the dashboard relays to the API (playground uploads: an image and a mask).
     max_body_bytes: Annotated[int, msgspec.Meta(gt=0)] = 32 * MB
+    # Failed sign-ins (a wrong or non-admin key) from one client address, within sign_in_window_s
+    # of its first, after which that address's sign-ins are refused (429, Retry-After) until the
+    # window ends.
+    max_failed_sign_ins: Annotated[int, msgspec.Meta(ge=1)] = 10
+    sign_in_window_s: Annotated[float, msgspec.Meta(gt=0)] = 60.0

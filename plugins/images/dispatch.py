@@ -17,12 +17,12 @@ A node's answer is untrusted input. It is read up to a bound set by the size (fo
 model's advertised native size) and the number of images asked for (:func:`answer_limit`),
 then decoded strictly (:func:`read_answer`): the images schema and nothing else, exactly the
 images asked for, each one valid base64 (decoded by msgspec, which refuses any other character,
-bad padding or a bad length) whose bytes start as the announced ``output_format`` (png, jpeg
-or webp, the only file extensions ever written: :func:`check_image`). An answer that fails any
-of this is a 502 ``bad_upstream_response``, the node is marked suspect and the part is tried on
-another node (the forwarder's failover). A node's 4xx reaches the client OpenAI-shaped. A
-single part answered in ``b64_json`` is passed on as the node's bytes, once every one of them
-has been checked.
+bad padding or a bad length) that is one file of the announced ``output_format`` (png, jpeg or
+webp, the only file extensions ever written), from its signature to its end with nothing after
+it (:func:`check_image`). An answer that fails any of this is a 502 ``bad_upstream_response``,
+the node is marked suspect and the part is tried on another node (the forwarder's failover). A
+node's 4xx reaches the client OpenAI-shaped. A single part answered in ``b64_json`` is passed on
+as the node's bytes, once every one of them has been checked.
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ from llmlb_core.api import (
     UpstreamResult,
     note_request,
 )
+from llmlb_plugins.images.file_layout import check_file
 from llmlb_plugins.images.model_info import FLAGS, MAX_SIDE, ModelInfo, check_loras, model_info
 from llmlb_plugins.images.protocol import (
     MAX_SEED,
@@ -66,10 +67,6 @@ S = TypeVar("S", bound=ImageOptions)
 
 FILES_PATH = "/v1/images/files"
 
-# How each output format's files begin (what a node's image bytes must start with).
-_MAGIC = {"png": b"\x89PNG\r\n\x1a\n", "jpeg": b"\xff\xd8\xff", "webp": b"RIFF"}
-# A RIFF file is WebP only when its form type says so (WAV and AVI are RIFF too).
-_WEBP_FORM = (8, b"WEBP")
 # Room per image for what is not pixels (JSON, revised_prompt, file headers), and for the rest.
 _PER_IMAGE_OVERHEAD = 256 * 1024
 _ANSWER_OVERHEAD = 64 * 1024
@@ -210,12 +207,12 @@ def answer_limit(size: str, count: int, native_size: tuple[int, int] | None = No
 
 
 def check_image(data: bytes, output_format: str) -> None:
-    """``BadAnswer`` unless ``data`` starts as an image of ``output_format`` (png, jpeg, webp)."""
-    magic = _MAGIC.get(output_format)
-    if magic is None or not data.startswith(magic):
-        raise BadAnswer(f"an image that is not {output_format}")
-    if output_format == "webp" and data[_WEBP_FORM[0] : _WEBP_FORM[0] + 4] != _WEBP_FORM[1]:
-        raise BadAnswer("an image that is not webp")
+    """``BadAnswer`` unless ``data`` is one image file of ``output_format`` (png, jpeg, webp),
+    from its signature to its end marker with nothing after it (:mod:`.file_layout`)."""
+    try:
+        check_file(data, output_format)
+    except ValueError as exc:
+        raise BadAnswer(f"an image that is not one {output_format!r} file: {exc}") from None
 
 
 def read_answer(content: bytes, *, count: int) -> NodeAnswer:

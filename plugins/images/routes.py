@@ -46,7 +46,7 @@ from llmlb_plugins.images.protocol import (
 )
 from llmlb_plugins.images.settings import MB, ImagesSettings
 from llmlb_plugins.images.streaming import run_streamed
-from llmlb_plugins.images.url_store import MEDIA_TYPES, ImageUrlStore
+from llmlb_plugins.images.url_store import FILE_POLICY, MEDIA_TYPES, ImageUrlStore
 from llmlb_plugins.images.validation import form_request, form_value, require_prompt
 
 S = TypeVar("S", bound=ImageOptions)
@@ -182,7 +182,11 @@ def build_routes(context: CapabilityContext[ImagesSettings]) -> list[BaseRouteHa
         if path is None:
             raise OpenAIError(404, "This image does not exist or has expired", code="image_expired")
         return File(
-            path=path, media_type=MEDIA_TYPES[path.suffix.lstrip(".")], content_disposition_type="inline"
+            path=path,
+            media_type=MEDIA_TYPES[path.suffix.lstrip(".")],
+            content_disposition_type="inline",
+            filename=path.name,  # a name of the store: letters, digits, '-', '_' and its extension
+            headers={"content-security-policy": FILE_POLICY},
         )
 
     return [generations, edits, variations, image_file]

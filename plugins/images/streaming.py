@@ -12,8 +12,8 @@ Every event of a node is untrusted (:class:`PartCheck`): the schema, decoded str
 bounded (:class:`NodeStreamEvent`); the event type of the endpoint (``image_generation.*`` or
 ``image_edit.*``) in the ``event:`` line and in the data; ``image_index`` within the part; for
 each image at most ``partial_images`` partial events, in increasing ``partial_image_index``
-order, then exactly one completed event (with ``usage``), nothing after it; valid base64 whose
-bytes start as the requested ``output_format`` (``dispatch.check_image``); the requested size
+order, then exactly one completed event (with ``usage``), nothing after it; valid base64 that
+is one whole file of the requested ``output_format`` (``dispatch.check_image``); the requested size
 (for ``auto``: a size of at most ``MAX_SIDE`` a side); each event within the bound of one image
 (``dispatch.answer_limit``), the whole stream within that of all its events. When the stream
 ends, every image of the part must have had its completed event.

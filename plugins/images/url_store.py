@@ -1,7 +1,12 @@
 """Images served by ``response_format=url``: stored in the images capability's data dir with an
 unguessable name, served at ``/v1/images/files/<name>`` without a key (like OpenAI's signed
 URLs), and deleted from disk when their lifetime ends (a purge task the store starts and stops
-itself, from the capability's start-up and shut-down callbacks)."""
+itself, from the capability's start-up and shut-down callbacks).
+
+A file is served as what it is and nothing more: its image type, :data:`FILE_POLICY` (it loads
+nothing and runs nothing: opened on its own, it is an image in a sandbox, never a page of the
+router's origin), and ``content-disposition: inline`` with its own name (the router's request
+log adds ``nosniff`` to every answer)."""
 
 from __future__ import annotations
 
@@ -18,6 +23,9 @@ log = logging.getLogger("llmlb.images.urls")
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_-]{43}\.(png|jpeg|webp)$")
 MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+# A stored file loads nothing, runs nothing, and is no page of the router's origin; the inline
+# styles are the browser's own for showing an image on its own.
+FILE_POLICY = "default-src 'none'; style-src 'unsafe-inline'; sandbox"
 
 
 class ImageUrlStore:

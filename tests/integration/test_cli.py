@@ -209,3 +209,32 @@ def test_demo_on_a_taken_port_and_a_bad_plugin_value_are_one_line(tmp_path: Path
         "llmlb: refusing to start: invalid setting [plugin.images] size_fallback "
         "(env LLMLB_PLUGIN__IMAGES__SIZE_FALLBACK): expected true or false, got 'yes'"
     )
+
+
+@pytest.mark.parametrize("length", [1, 31])
+def test_a_short_admin_key_is_refused_at_start_in_one_line(tmp_path: Path, length: int) -> None:
+    """A guessable bootstrap admin key stops ``llmlb serve`` before anything is stored, in one line
+    that says how to make a good one and never shows the key; ``config check`` says the same."""
+    short = "^" * length  # a character nothing else prints
+    serve = run_cli(
+        "serve", "--port", "0", "--data-dir", "data", cwd=tmp_path, env={"LLMLB_ADMIN_KEY": short}
+    )
+    assert serve.code == 2 and "Traceback" not in serve.err, serve.err
+    line = (
+        f"admin_key (LLMLB_ADMIN_KEY) has {length} characters; it needs at least 32: make one with: "
+        'python -c "import secrets; print(secrets.token_urlsafe(32))"'
+    )
+    assert serve.err_lines[-1] == f"llmlb: refusing to start: {line}"
+    assert serve.err.count("refusing") == 1 and short not in serve.err.replace(line, "")
+    assert not (tmp_path / "data").exists()  # refused before anything was written
+    config = tmp_path / "router.toml"
+    config.write_text(f'admin_key = "{short}"\n')
+    check = run_cli("config", "check", str(config), cwd=tmp_path)
+    assert check.code == 2 and f"llmlb: {config}: {line}" in check.err_lines, check.err
+
+
+def test_an_admin_key_of_32_characters_starts(tmp_path: Path) -> None:
+    config = tmp_path / "router.toml"
+    config.write_text(f'admin_key = "{"k" * 32}"\n')
+    check = run_cli("config", "check", str(config), cwd=tmp_path)
+    assert check.code == 0, check.err

@@ -1,4 +1,4 @@
-"""``/docs`` works offline and shows real request bodies.
+"""``/docs`` works offline, under a strict policy, and shows real request bodies.
 
 A router (built-in capabilities: text, audio, images) in-process on a loopback port. The page and
 every file it references come from the router itself (no other host is named anywhere in the
@@ -29,6 +29,17 @@ BODYLESS_POSTS = {
     "/v0/endpoints/{name}/check",
 }
 BINARY = {"type": "string", "format": "binary", "contentMediaType": "application/octet-stream"}
+
+
+class Elements(HTMLParser):
+    """Every element of the page and its attribute names."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.elements: list[tuple[str, set[str]]] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.elements.append((tag, {name for name, _ in attrs}))
 
 
 class References(HTMLParser):
@@ -66,7 +77,6 @@ def body_schema(spec: dict[str, Any], path: str, media_type: str) -> dict[str, A
 def test_the_docs_page_loads_every_file_from_the_router_itself(router: ThreadServer) -> None:
     page = httpx.get(f"{router.url}/docs")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
-    assert "SwaggerUIBundle(" in page.text
     assert not re.search(r"https?://|//cdn|unpkg|jsdelivr", page.text), "the page names another host"
     parser = References()
     parser.feed(page.text)
@@ -76,14 +86,41 @@ def test_the_docs_page_loads_every_file_from_the_router_itself(router: ThreadSer
         assert url.startswith("/docs/assets/"), (tag, url)
         asset = httpx.get(f"{router.url}{url}")
         assert asset.status_code == 200, url
-        assert len(asset.content) > 500 and "max-age" in asset.headers["cache-control"]
+        assert len(asset.content) > 300 and "max-age" in asset.headers["cache-control"]
         expected = {".js": "text/javascript", ".css": "text/css", ".png": "image/png"}[Path(url).suffix]
         assert asset.headers["content-type"].split(";")[0] == expected
     script = httpx.get(f"{router.url}/docs/assets/swagger-ui-bundle.js").text
     assert "SwaggerUIBundle" in script
+    setup = httpx.get(f"{router.url}/docs/assets/llmlb-docs.js").text
+    assert "SwaggerUIBundle(" in setup and 'url: "/docs/openapi.json"' in setup
+    assert "validatorUrl: null" in setup  # no request to swagger.io's online validator
     # The Swagger UI page is also at /docs/swagger; the schema as YAML too.
     assert httpx.get(f"{router.url}/docs/swagger").text == page.text
     assert "\nopenapi: 3.1.0\n" in httpx.get(f"{router.url}/docs/openapi.yaml").text
+
+
+def test_the_docs_run_no_inline_script_and_cannot_be_framed(router: ThreadServer) -> None:
+    """The page's policy allows scripts from the router only, so it has none inline; every answer
+    under /docs says so and refuses to be framed (the browser check: tests/browser)."""
+    page = httpx.get(f"{router.url}/docs")
+    parser = Elements()
+    parser.feed(page.text)
+    assert "script" in {tag for tag, _ in parser.elements}
+    inline = [
+        (tag, attrs)
+        for tag, attrs in parser.elements
+        if tag == "style" or (tag == "script" and "src" not in attrs)
+    ]
+    assert inline == [] and not [
+        attrs for _, attrs in parser.elements if any(a.startswith("on") for a in attrs)
+    ]
+    for path in ("/docs", "/docs/swagger", "/docs/openapi.json", "/docs/assets/swagger-ui.css", "/docs/nope"):
+        answer = httpx.get(f"{router.url}{path}")
+        policy = [part.strip() for part in answer.headers["content-security-policy"].split(";")]
+        assert {"default-src 'none'", "script-src 'self'", "frame-ancestors 'none'"} <= set(policy), path
+        assert not [p for p in policy if "unsafe" in p], path
+        assert answer.headers["x-frame-options"] == "DENY", path
+    assert httpx.get(f"{router.url}/docs/oauth2-redirect.html").status_code == 404  # inline script
 
 
 def test_only_the_pages_files_are_served_and_others_are_openai_shaped_404s(router: ThreadServer) -> None:

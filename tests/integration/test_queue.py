@@ -57,6 +57,7 @@ async def test_queue_wait_timeout_is_504(tmp_path: Path) -> None:
             timed_out = await client.post("/v1/echo", json={"model": "echo-1"})
             assert timed_out.status_code == 504
             assert timed_out.json()["error"]["code"] == "queue_timeout"
+            assert int(timed_out.headers["retry-after"]) >= 1  # when to come back, as for a full queue
             assert (await running).status_code == 200
     finally:
         if node is not None:

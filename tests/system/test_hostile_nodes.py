@@ -24,6 +24,7 @@ import pytest
 
 from tests.support.fake_node import Answer, FakeNode, images_answer, png_b64
 from tests.support.hostile_util import expect_error
+from tests.support.images_util import gradient, png_bytes
 from tests.support.servers import ADMIN_KEY, Proc, admin_get, create_key, router_proc
 
 MB = 1024 * 1024
@@ -101,6 +102,10 @@ def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
+PNG_SIG = b"\x89PNG\r\n\x1a\n"
+HTML = b"<html><body><script>fetch('/v0/keys')</script></body></html>"
+
+
 BAD_IMAGE_ANSWERS = {
     "garbage bytes": Answer(body=bytes(range(256)) * 4),
     "text/html": Answer(content_type="text/html", body=b"<html><body>hello</body></html>"),
@@ -109,6 +114,17 @@ BAD_IMAGE_ANSWERS = {
     "invalid base64": Answer.json({"created": 1, "data": [{"b64_json": "@@@not base64@@@"}]}),
     "truncated base64": Answer.json({"created": 1, "data": [{"b64_json": png_b64()[:-3]}]}),
     "not an image": Answer.json({"created": 1, "data": [{"b64_json": b64(b"<script>x</script>")}]}),
+    "a PNG signature, then HTML": Answer.json({"created": 1, "data": [{"b64_json": b64(PNG_SIG + HTML)}]}),
+    "HTML after a PNG's IEND": Answer.json(
+        {"created": 1, "data": [{"b64_json": b64(base64.b64decode(png_b64()) + HTML)}]}
+    ),
+    "HTML after a JPEG's end": Answer.json(
+        {
+            "created": 1,
+            "data": [{"b64_json": b64(png_bytes(gradient(8, 8), "JPEG") + HTML)}],
+            "output_format": "jpeg",
+        }
+    ),
     "html output_format": images_answer(output_format="html"),
     "CRLF output_format": images_answer(output_format="png\r\nx-evil: 1"),
     "url instead of b64_json": Answer.json({"created": 1, "data": [{"url": "http://evil.example/x.png"}]}),
@@ -131,6 +147,29 @@ def test_a_well_formed_answer_is_served(system: System) -> None:
     assert as_url.status_code == 200, as_url.text
     image = httpx.get(as_url.json()["data"][0]["url"], timeout=10)
     assert image.status_code == 200 and image.content.startswith(b"\x89PNG")
+
+
+@pytest.mark.parametrize("output_format", ["png", "jpeg", "webp"])
+def test_a_stored_image_is_served_as_that_image_and_nothing_else(system: System, output_format: str) -> None:
+    """Whatever its bytes, a stored file is no page of the router's origin: its image type, not
+    sniffed, a policy that loads and runs nothing in a sandbox, inline under its own name."""
+    data = png_bytes(gradient(16, 16), output_format.upper())
+    system.node.answers[GENERATIONS] = Answer.json(
+        {"created": 1, "data": [{"b64_json": b64(data)}], "output_format": output_format}
+    )
+    answer = system.post(GENERATIONS, {**IMAGE, "response_format": "url", "output_format": output_format})
+    assert answer.status_code == 200, answer.text
+    url = answer.json()["data"][0]["url"]
+    name = url.rpartition("/")[2]
+    assert name.endswith(f".{output_format}")
+    image = httpx.get(url, timeout=10)
+    assert image.status_code == 200 and image.content == data
+    assert image.headers["content-type"] == f"image/{output_format}"
+    assert image.headers.get_list("x-content-type-options") == ["nosniff"]
+    policy = [part.strip() for part in image.headers["content-security-policy"].split(";")]
+    assert "default-src 'none'" in policy and "sandbox" in policy
+    assert not [p for p in policy if "script" in p or p.startswith("img-src")], policy
+    assert image.headers["content-disposition"] == f'inline; filename="{name}"'
 
 
 @pytest.mark.parametrize("response_format", ["b64_json", "url"])

@@ -1,9 +1,11 @@
-"""Slow and idle clients are cut off (issue 8, item 8): a real router (and node) process with
-1-second client timeouts, raw sockets that hold connections the slowloris ways, and normal
-requests answered meanwhile. Every loop has a fixed bound; every socket is closed."""
+"""Slow, idle and oversized clients are cut off (issue 8, item 8; issue 17, item 8): a real router
+(and node) process with 1-second client timeouts, raw sockets that hold connections the slowloris
+ways or send heads of hundreds of KB, and normal requests answered meanwhile. Every loop has a
+fixed bound; every socket is closed."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import time
@@ -20,9 +22,12 @@ from tests.support.servers import Proc, create_key, node_proc, router_proc
 TIMEOUT_S = 1.0
 # A closed connection must be seen by then: the timeout plus room for a busy 2-core machine.
 WITHIN_S = TIMEOUT_S + 2.5
+# The whole body's deadline: above what the gap tests take, below what the trickle test takes.
+BODY_DEADLINE_S = 3.0
 ROUTER_ENV = {
     "LLMLB_CLIENT_HEADER_TIMEOUT_S": str(TIMEOUT_S),
     "LLMLB_CLIENT_BODY_TIMEOUT_S": str(TIMEOUT_S),
+    "LLMLB_CLIENT_BODY_DEADLINE_S": str(BODY_DEADLINE_S),
     "LLMLB_CLIENT_KEEP_ALIVE_S": str(TIMEOUT_S),
 }
 
@@ -170,6 +175,29 @@ def test_trickled_body_gets_a_408(router: Proc, sockets: list[socket.socket]) ->
     still_serves(router.url)
 
 
+def test_a_body_trickled_inside_the_gap_meets_its_deadline(
+    router: Proc, sockets: list[socket.socket]
+) -> None:
+    """A byte every 0.4 s never pauses long enough for the gap timeout; the whole body's deadline
+    ends it all the same."""
+    key = create_key(router.url, ["api"])
+    sock = connect(router.url, sockets)
+    body = json.dumps({"model": "nope", "input": "x" * 200}).encode()
+    sock.sendall(
+        b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + f"Authorization: Bearer {key}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+    )
+    started = time.monotonic()
+    elapsed, sent = send_until_closed(sock, body, every=TIMEOUT_S * 0.4, max_bytes=len(body))
+    assert BODY_DEADLINE_S * 0.9 < elapsed < BODY_DEADLINE_S + WITHIN_S, elapsed
+    assert sent >= 5, "bytes kept arriving inside the gap"
+    _, data = wait_closed(sock)
+    error = expect_408(data)
+    assert error["message"] == f"Request timeout: request body not complete within {BODY_DEADLINE_S:g}s"
+    assert time.monotonic() - started < BODY_DEADLINE_S + WITHIN_S
+    still_serves(router.url)
+
+
 def test_a_body_in_pieces_with_short_pauses_is_answered(router: Proc, sockets: list[socket.socket]) -> None:
     key = create_key(router.url, ["api"])
     sock = connect(router.url, sockets)
@@ -227,3 +255,76 @@ def test_node_has_the_same_timeouts(
     request = b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 200
     elapsed, _ = send_until_closed(sock, request, every=0.05, max_bytes=len(request))
     assert elapsed < WITHIN_S
+    big = connect(node.url, sockets)
+    big.sendall(HEADS["one header of 200 KB"][:100_000])
+    expect_431(wait_closed(big)[1], f"more than {MAX_HEADER_BYTES} bytes")
+
+
+# --- oversized heads: 64 KiB and 100 header fields at most (the defaults) ----------------------
+MAX_HEADER_BYTES = 64 * 1024
+
+
+def expect_431(data: bytes, says: str) -> None:
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 431 Request Header Fields Too Large"), data[:300]
+    assert b"connection: close" in head.lower()
+    error = json.loads(body)["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["code"] == "request_headers_too_large" and error["type"] == "invalid_request_error"
+    assert error["message"] == f"Request headers too large: {says}"
+
+
+HEADS = {
+    "one header of 200 KB": b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 200_000 + b"\r\n\r\n",
+    "2000 headers of 100 bytes": b"GET /health HTTP/1.1\r\nHost: x\r\n"
+    + b"".join(b"X-H%d: %s\r\n" % (i, b"b" * 90) for i in range(2000))
+    + b"\r\n",
+    "a URL of 100 KB": b"GET /health?" + b"q" * 100_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("case", list(HEADS))
+def test_a_head_of_hundreds_of_kb_is_a_431(router: Proc, sockets: list[socket.socket], case: str) -> None:
+    sock = connect(router.url, sockets)
+    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+        sock.sendall(HEADS[case])  # may be refused before it is all sent: the answer waits
+    elapsed, data = wait_closed(sock)
+    assert elapsed is not None and elapsed < TIMEOUT_S, "refused at once, not at the header timeout"
+    says = "more than 100 header fields" if case.startswith("2000") else f"more than {MAX_HEADER_BYTES} bytes"
+    expect_431(data, says)
+    still_serves(router.url)
+
+
+def test_a_header_that_never_ends_is_refused_at_the_limit(router: Proc, sockets: list[socket.socket]) -> None:
+    sock = connect(router.url, sockets)
+    sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Endless: ")
+    for _ in range(70):  # 70 KB of one header value, no end of line
+        sock.sendall(b"c" * 1024)
+    elapsed, data = wait_closed(sock)
+    assert elapsed is not None and elapsed < TIMEOUT_S
+    expect_431(data, f"more than {MAX_HEADER_BYTES} bytes")
+
+
+def test_heads_within_the_limits_are_answered(router: Proc, sockets: list[socket.socket]) -> None:
+    cookie = b"Cookie: " + b"s" * 60_000 + b"\r\n"  # a big cookie: 60 KB
+    many = b"".join(b"X-H%d: v\r\n" % i for i in range(99))  # with Host: 100 fields
+    for head in (
+        b"GET /health HTTP/1.1\r\nHost: x\r\n" + cookie,
+        b"GET /health HTTP/1.1\r\nHost: x\r\n" + many,
+    ):
+        sock = connect(router.url, sockets)
+        sock.sendall(head + b"\r\n")
+        answer, _ = read_response(sock)
+        assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+    sock = connect(router.url, sockets)  # one more field is one too many
+    sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n" + many + b"X-One-More: v\r\n\r\n")
+    expect_431(wait_closed(sock)[1], "more than 100 header fields")
+
+
+def test_a_kept_alive_connection_counts_each_head_afresh(router: Proc, sockets: list[socket.socket]) -> None:
+    sock = connect(router.url, sockets)
+    head = b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"d" * 40_000 + b"\r\n\r\n"
+    for _ in range(3):  # 120 KB over three requests, 40 KB each
+        sock.sendall(head)
+        answer, _ = read_response(sock)
+        assert answer.startswith(b"HTTP/1.1 200"), answer[:200]

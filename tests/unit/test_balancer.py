@@ -4,6 +4,7 @@ no head-of-line blocking across models, waiters failed when their last node goes
 from __future__ import annotations
 
 import asyncio
+import math
 from pathlib import Path
 
 import pytest
@@ -93,3 +94,26 @@ async def test_queue_timeout_is_504_and_leaves_no_waiter(tmp_path: Path) -> None
     with pytest.raises(OpenAIError) as late:
         await balancer.acquire("m", FLAGS)
     assert late.value.status == 504 and balancer.queue_depth == 0
+    assert late.value.code == "queue_timeout" and late.value.headers == {"Retry-After": "1"}
+
+
+async def test_retry_after_is_the_same_estimate_for_a_full_queue_and_a_timed_out_wait(tmp_path: Path) -> None:
+    nodes = registry(tmp_path, a=["m"], b=["m"])
+    for node in nodes.candidates("m", FLAGS):
+        node.record_duration(7.0)  # 7 s per job on each of the two slots
+    balancer = Balancer(nodes, queue_max=3, queue_timeout_s=0.05)
+    await balancer.acquire("m", FLAGS)
+    await balancer.acquire("m", FLAGS)
+    waiting = [asyncio.create_task(balancer.acquire("m", FLAGS)) for _ in range(3)]
+    await asyncio.sleep(0)
+    with pytest.raises(OpenAIError) as full:
+        await balancer.acquire("m", FLAGS)
+    assert (full.value.status, full.value.headers) == (429, {"Retry-After": "14"})  # 7 s x 4 jobs / 2 slots
+    retry_after = []
+    for task in waiting:
+        with pytest.raises(OpenAIError) as late:
+            await task
+        assert late.value.status == 504
+        retry_after.append(int(late.value.headers["Retry-After"]))
+    # Each waiter that gives up counts the waiters still behind it plus one, over the slots.
+    assert sorted(retry_after) == [math.ceil(7.0 * ahead / 2) for ahead in (1, 2, 3)]
