@@ -224,6 +224,15 @@ class SlowClientProtocol(HttpToolsProtocol):
         self.transport.close()
 
     # --- uvicorn protocol hooks ----------------------------------------------------------
+    def send_400_response(self, msg: str) -> None:
+        """Bytes that are not HTTP (uvicorn answers them in plain text): an OpenAI-shaped 400."""
+        self._disarm()
+        message = f"{msg.rstrip('.')}: the request line or a header is not valid HTTP/1.1"
+        self.transport.write(
+            _error_response(400, message, type="invalid_request_error", code="invalid_http_request")
+        )
+        self.transport.close()
+
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self.flow = _TimedFlow(transport)

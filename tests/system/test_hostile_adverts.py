@@ -217,6 +217,12 @@ def test_a_client_cannot_forge_the_access_log_either(router: Proc) -> None:
         # log line); a percent-encoded newline reaches the app and is logged as sent.
         sock.sendall(b"GET /v1/x%0aFORGED%E2%80%A8 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         assert sock.recv(100).startswith(b"HTTP/1.1 404"), "no answer"
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(b"GET /v1/x\x85\xe2\x80\xa8 HTTP/1.1\r\nHost: x\r\n\r\n")
+        answer = sock.recv(4096)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400") and b"content-type: application/json" in head, answer
+    assert json.loads(body)["error"]["code"] == "invalid_http_request", answer
     wait_until(lambda: "/v1/x" in router.log()[since:], 5, "the access line of the raw path")
     assert_no_forged_line(router, since)
 
