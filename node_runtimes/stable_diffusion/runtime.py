@@ -221,6 +221,9 @@ class StableDiffusionRuntime(Runtime):
             jobs=self.engine.jobs(),
         )
 
+    def status(self) -> dict[str, Any]:
+        return self.engine.status()
+
     async def start(self) -> None:
         self.engine.start()
 
