@@ -125,6 +125,8 @@ class StableDiffusionRuntime(Runtime):
             idle_unload_s=settings.idle_unload_s,
             weights_preference=settings.weights_preference,
             progress_log_interval_s=settings.progress_log_interval_s,
+            cancel=settings.cancel,
+            max_job_seconds=settings.max_job_seconds,
         )
         self._folders: dict[str, ModelFolder] = {}
         self._scan: ScanResult | None = None
