@@ -579,12 +579,13 @@ class SDEngine:
             for index in range(job.batch_count):
                 if index and run.deadline is not None and time.monotonic() >= run.deadline:
                     log.info(
-                        "job %d (%s): stopped after %s (max_job_seconds = %gs passed) after %.1fs",
+                        "job %d (%s): stopped at an image boundary (max_job_seconds = %gs passed) after "
+                        "%.1fs, %s done",
                         job_id,
                         loaded.id,
-                        run.done_of(),
                         limit,
                         run.elapsed(),
+                        run.done_of(),
                     )
                     raise job_timeout(limit, run)
                 if self.running is not None:
