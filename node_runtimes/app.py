@@ -131,6 +131,7 @@ def create_node_app(
             "runtimes": [r.type_name for r in runtimes],
             "active_jobs": sum(load.active_jobs for load in loads),
             "loaded_models": [m for load in loads for m in load.loaded_models],
+            "runtime_status": {r.type_name: status for r in runtimes if (status := r.status())},
         }
 
     handlers = [h for r in runtimes for h in r.routes()]

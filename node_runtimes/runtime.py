@@ -14,7 +14,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import click
 from litestar.handlers import BaseRouteHandler
@@ -56,6 +56,11 @@ class Runtime(ABC):
     @abstractmethod
     def load(self) -> RuntimeLoad:
         """Current load, reported in heartbeats."""
+
+    def status(self) -> dict[str, Any]:
+        """Optional: what an operator should see of the runtime's state (the node's ``/health``
+        shows it under ``runtime_status``), e.g. what stopping jobs has cost. JSON values only."""
+        return {}
 
     async def start(self) -> None:  # noqa: B027 - optional hook
         """Called when the node starts serving."""

@@ -1,29 +1,44 @@
-"""stable-diffusion.cpp in-process: one loaded model at a time, generations on a worker thread.
+"""stable-diffusion.cpp for the node: one loaded model, one job at a time, and jobs that stop.
 
-- Every call into the library runs on one dedicated worker thread; the library releases the
-  GIL, so the event loop (HTTP, heartbeats) stays responsive.
-- One generation at a time (an ``asyncio.Lock``): a context is not safe for concurrent use,
-  and the progress and preview callbacks are process-wide. Both are cleared after every call
-  into the library: the binding frees them when its call returns, and a later call without its
-  own would jump into freed memory.
+- Where sd.cpp runs is a runner (:mod:`runners`), chosen by ``cancel``; everything else here is
+  the same for both:
+
+  - ``"now"`` (the default): in a worker process per loaded model
+    (:class:`~llmlb_node.stable_diffusion.worker_runner.WorkerRunner`). A job whose client left,
+    or that runs past ``max_job_seconds``, stops at once, mid-image included: the worker is
+    killed (SIGKILL, then reaped) and the job ends; then, holding the engine so that the next
+    job waits for it, the same model is loaded again in a fresh worker. One line tells what the
+    stop cost (``job 3 (demo): stopped mid-image (client gone) after 4.1s, 0 of 1 image(s) done;
+    worker killed, model reloaded in 0.82s``), and :meth:`SDEngine.status` counts the stops and
+    the reloads, with the last reload's time.
+  - ``"next_image"``: in this process, on the engine's worker thread. The C call has no abort
+    hook, so a job stops at the next image boundary: a cancelled job holds the engine (and counts
+    as active) until the image in progress ends, and a job past ``max_job_seconds`` gets no
+    further image.
+
+  A job stopped for its time answers 504 ``job_timeout`` (saying what to do). ``max_job_seconds``
+  counts from the job's first image (a model load is not interrupted); 0 means no limit.
+- Every call into the runner runs on one dedicated worker thread; the library releases the GIL
+  (and a worker process is another process), so the event loop (HTTP, heartbeats) stays
+  responsive.
+- One generation at a time (an ``asyncio.Lock``): a context is not safe for concurrent use, and
+  sd.cpp's progress and preview callbacks are process-wide (:mod:`sdcpp_calls` clears them after
+  every call). A job cancelled while it waits for the engine leaves at once.
 - A model is loaded on first use with the files its folder names (``ModelFolder.load_kwargs``);
-  switching models frees the old context first, so memory holds one model; a model idle for
+  switching models frees the old one first, so memory holds one model; a model idle for
   ``idle_unload_s`` is unloaded. A folder that cannot be loaded answers 503
   ``model_load_failed`` with the reason, logged once; the failure is remembered, so requests in
   the next ``load_retry_s`` seconds get the same answer at once unless the folder's files change.
 - A job of ``n`` images runs image by image (``batch_count=1``, seeds ``seed, seed+1, ...``:
   the pixels stable-diffusion.cpp's own batch gives, image ``i`` of a batch having the seed
-  ``seed + i``), so a cancelled job (its client left) stops at the next image boundary. A job
-  cancelled while it waits for the engine leaves at once. An image in progress cannot be
-  interrupted: the C call has no abort hook and runs on the worker thread, so a cancelled job
-  holds the engine (and counts as active) until that call returns, then ends.
+  ``seed + i``).
 - The running job's progress (image ``i`` of ``n``, step of steps, from the progress callback)
   is :meth:`SDEngine.jobs`, which heartbeats report. A step is logged at info level when
-  ``progress_log_interval_s`` has passed since the job's last progress line (so a slow job shows
-  its pace and a 1000-step job is not 1000 lines), the other steps at debug level; each image of
-  a job of several and each job at info. The callbacks run on the worker thread while the
-  library works; nothing redirects the process's output meanwhile (see ``sdcpp_log``), so every
-  thread's log lines keep flowing during a generation.
+  ``progress_log_interval_s`` has passed since the image's last progress line (so a slow job
+  shows its pace and a 1000-step job is not 1000 lines), the other steps at debug level; each
+  image of a job of several and each job at info. sd.cpp's own lines go to Python logging
+  (:mod:`sdcpp_log`; from a worker process, relayed), and nothing redirects the process's output
+  meanwhile, so every thread's log lines keep flowing during a generation.
 - LoRAs come as the job's file -> weight map (checked by ``loras.plan_loras``); the binding gets
   them as tags the engine builds (``loras.prompt_with_loras``), applied at run time
   (``lora_apply_mode="at_runtime"``), so they never change the loaded weights of later jobs.
@@ -35,14 +50,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import gc
 import json
 import logging
 import os
-import re
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -51,19 +62,20 @@ from typing import Any, Protocol
 from PIL import Image
 
 from llmlb_node.api import JobProgress, OpenAIError
-from llmlb_node.stable_diffusion import sdcpp_log
 from llmlb_node.stable_diffusion.loras import prompt_with_loras
 from llmlb_node.stable_diffusion.model_folder import ModelFolder, WeightsChoice, choose_weights
-from llmlb_node.stable_diffusion.previews import preview_steps
+from llmlb_node.stable_diffusion.runners import ImageCall, InProcessRunner, RunnerGone, SDRunner
+from llmlb_node.stable_diffusion.sdcpp_calls import GenerationFailed, LoadRefused, library_paths
+from llmlb_node.stable_diffusion.settings import MAX_JOB_SECONDS, CancelMode
+from llmlb_node.stable_diffusion.worker_runner import WorkerRunner
 
 log = logging.getLogger("llmlb.node.sd")
 
 LOAD_RETRY_S = 30.0
 PROGRESS_LOG_INTERVAL_S = 2.0
-# "stable-diffusion.cpp:299  - " in front of sd.cpp's log lines.
-SOURCE_LOCATION = re.compile(r"^[\w.-]+\.(?:cpp|hpp|h):\d+\s+-\s+")
 # JobProgress counts are bounded (protocol.Count).
 MAX_COUNT = 1_000_000
+CLIENT_GONE = "client gone"
 
 
 class JobListener(Protocol):
@@ -109,7 +121,6 @@ class EngineJob:
 @dataclass
 class LoadedModel:
     id: str
-    context: Any
     choice: WeightsChoice
     loaded_at: float
     last_used: float
@@ -142,6 +153,41 @@ class LoadFailure:
     error: OpenAIError
     files: tuple[tuple[str, int, int], ...]
     at: float
+
+
+@dataclass
+class JobRun:
+    """A job on the engine, as its images, its progress lines and its stop need it."""
+
+    id: int
+    model: str
+    job: EngineJob
+    started: float
+    deadline: float | None  # monotonic time, from max_job_seconds
+    images: list[Image.Image] = field(default_factory=list)
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def done_of(self) -> str:
+        return f"{len(self.images)} of {self.job.batch_count} image(s)"
+
+
+@dataclass(frozen=True)
+class MidImageStop:
+    """A job whose runner was stopped mid-image: its model must be loaded again."""
+
+    job_id: int
+    model: str
+    reason: str
+    after_s: float
+    done_of: str
+
+    def line(self) -> str:
+        return (
+            f"job {self.job_id} ({self.model}): stopped mid-image ({self.reason}) after "
+            f"{self.after_s:.1f}s, {self.done_of} done; worker killed"
+        )
 
 
 def free_memory_bytes() -> int | None:
@@ -208,52 +254,6 @@ def folder_files(folder: ModelFolder) -> tuple[tuple[str, int, int], ...]:
     return tuple(found)
 
 
-def _library_paths(kwargs: dict[str, Any]) -> Iterator[Path]:
-    """The files a set of constructor arguments names (``*_path`` arguments)."""
-    for key, value in kwargs.items():
-        if key.endswith("_path") and value:
-            yield Path(value)
-
-
-def _tidy(line: str, kwargs: dict[str, Any]) -> str:
-    """An sd.cpp log line for a client: without its source location, files by name only."""
-    line = SOURCE_LOCATION.sub("", line, count=1)
-    for path in _library_paths(kwargs):
-        line = line.replace(str(path), path.name)
-    return line
-
-
-def _ignore_progress(step: int, steps: int, seconds: float, data: Any) -> None:
-    """Stands in during loads, so sd.cpp does not print progress bars to stdout."""
-
-
-_LOAD_PROGRESS: list[Any] = []  # the ctypes callback, created once and kept alive
-
-
-def clear_callbacks() -> None:
-    """Unregister the process-wide progress and preview callbacks (see the module docstring)."""
-    from stable_diffusion_cpp import stable_diffusion_cpp as raw
-
-    raw.sd_set_progress_callback(None, None)
-    raw.sd_set_preview_callback(None, 0, 1, True, False, None)
-
-
-_clear_progress_callback = clear_callbacks  # its name in earlier versions (tests use it)
-
-
-@contextlib.contextmanager
-def _quiet_load_progress() -> Iterator[None]:
-    from stable_diffusion_cpp import stable_diffusion_cpp as raw
-
-    if not _LOAD_PROGRESS:
-        _LOAD_PROGRESS.append(raw.sd_progress_callback(_ignore_progress))
-    raw.sd_set_progress_callback(_LOAD_PROGRESS[0], ctypes.c_void_p(0))
-    try:
-        yield
-    finally:
-        clear_callbacks()
-
-
 def load_error(folder: ModelFolder, reason: str) -> OpenAIError:
     return OpenAIError(
         503,
@@ -261,6 +261,104 @@ def load_error(folder: ModelFolder, reason: str) -> OpenAIError:
         type="server_error",
         code="model_load_failed",
     )
+
+
+def image_call(job: EngineJob) -> ImageCall:
+    """The binding's ``generate_image`` arguments for a job of one image (``job.seed``)."""
+    kwargs: dict[str, Any] = {
+        "prompt": prompt_with_loras(job.prompt, job.loras),
+        "negative_prompt": job.negative_prompt,
+        "width": job.width,
+        "height": job.height,
+        "cfg_scale": job.cfg_scale,
+        "sample_method": job.sampler,
+        "sample_steps": job.steps,
+        "seed": job.seed,
+        "vae_tiling": job.vae_tiling,
+    }
+    if job.scheduler:
+        kwargs["scheduler"] = job.scheduler
+    if job.guidance is not None:
+        kwargs["guidance"] = job.guidance
+    if job.flow_shift is not None:
+        kwargs["flow_shift"] = job.flow_shift
+    if job.cache_mode and job.cache_mode != "disabled":
+        kwargs["cache_mode"] = job.cache_mode
+    if job.init_image is not None:
+        kwargs["init_image"] = job.init_image
+        kwargs["strength"] = job.strength
+    if job.mask_image is not None:
+        kwargs["mask_image"] = job.mask_image
+    if job.ref_images:
+        kwargs["ref_images"] = job.ref_images
+    partial_images = 0
+    if job.listener is not None and job.partial_images > 0 and job.preview_method != "none":
+        kwargs["preview_method"] = job.preview_method
+        partial_images = job.partial_images
+    return ImageCall(kwargs, partial_images)
+
+
+def job_timeout(limit_s: float, run: JobRun) -> OpenAIError:
+    return OpenAIError(
+        504,
+        f"The image job was stopped after {run.elapsed():.0f}s with {run.done_of()} done: this "
+        f"node allows {limit_s:g}s per job (max_job_seconds). Ask for fewer steps, a smaller size "
+        "or fewer images, or have the node's operator raise max_job_seconds.",
+        type="server_error",
+        code="job_timeout",
+    )
+
+
+def generation_failed(message: str) -> OpenAIError:
+    return OpenAIError(500, message, type="server_error", code="generation_failed")
+
+
+async def until_done(future: asyncio.Future[Any]) -> None:
+    """Wait until ``future`` is done, whatever cancels the waiter meanwhile (the work it stands
+    for holds the engine until then)."""
+    while not future.done():
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait([future])
+
+
+class ImageProgress:
+    """The :class:`~llmlb_node.stable_diffusion.runners.ImageEvents` of image ``index`` of a
+    job: its progress (for :meth:`SDEngine.jobs` and the log) and its preview frames (for the
+    job's listener). Called on the engine's worker thread."""
+
+    def __init__(self, engine: SDEngine, run: JobRun, index: int) -> None:
+        self.engine = engine
+        self.run = run
+        self.index = index
+        self.last_line = time.monotonic()
+
+    def progress(self, step: int, steps: int, seconds: float) -> None:
+        running = self.engine.running
+        if running is not None:
+            running.step, running.steps = step, steps
+        if step <= 0:
+            return
+        now = time.monotonic()
+        due = now - self.last_line >= self.engine.progress_log_interval_s
+        if due:
+            self.last_line = now
+        images, index = self.run.job.batch_count, self.index
+        log.log(
+            logging.INFO if due else logging.DEBUG,
+            "job %d (%s): step %d/%d%s, %.2f s/step, about %.0fs left",
+            self.run.id,
+            self.run.model,
+            step,
+            steps,
+            f" (image {index + 1}/{images})" if images > 1 else "",
+            seconds,
+            max(0, (images - index - 1) * steps + steps - step) * seconds,  # the job's
+        )
+
+    def partial(self, partial_index: int, frame: Image.Image) -> None:
+        listener = self.run.job.listener
+        if listener is not None:
+            listener.partial(self.index, partial_index, frame)
 
 
 class SDEngine:
@@ -273,6 +371,9 @@ class SDEngine:
         accelerator: bool | None = None,
         load_retry_s: float = LOAD_RETRY_S,
         progress_log_interval_s: float = PROGRESS_LOG_INTERVAL_S,
+        cancel: CancelMode = "now",
+        max_job_seconds: float = MAX_JOB_SECONDS,
+        runner: SDRunner | None = None,
     ) -> None:
         self.threads = threads or (os.cpu_count() or 1)
         self.idle_unload_s = idle_unload_s
@@ -280,6 +381,9 @@ class SDEngine:
         self.accelerator = has_accelerator() if accelerator is None else accelerator
         self.load_retry_s = load_retry_s
         self.progress_log_interval_s = progress_log_interval_s
+        self.cancel = cancel
+        self.max_job_seconds = max_job_seconds
+        self.runner: SDRunner = runner or (WorkerRunner() if cancel == "now" else InProcessRunner())
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sd-engine")
         self._lock = asyncio.Lock()
         self.loaded: LoadedModel | None = None
@@ -288,8 +392,13 @@ class SDEngine:
         self.running: RunningJob | None = None
         self._load_failures: dict[str, LoadFailure] = {}
         self._reaper: asyncio.Task[None] | None = None
+        self._reload: asyncio.Task[None] | None = None
+        self._mid_image_stop: MidImageStop | None = None  # of the job on the engine now
         self._job_counter = 0
         self._stopped = False
+        self.stopped_mid_image = 0
+        self.reloads = 0
+        self.last_reload_s: float | None = None
 
     # --- lifecycle -----------------------------------------------------------------------
     def start(self) -> None:
@@ -304,8 +413,9 @@ class SDEngine:
             self._reaper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reaper
-        async with self._lock:
+        async with self._lock:  # after the running job and a reload
             await self._run(self._unload_sync)
+            await self._run(self.runner.close)
         self._executor.shutdown(wait=True)
 
     async def _run(self, fn: Any, *args: Any) -> Any:
@@ -313,15 +423,12 @@ class SDEngine:
 
     async def _run_to_end(self, fn: Any, *args: Any) -> Any:
         """``_run``, but when cancelled, wait until ``fn`` has returned before raising
-        ``CancelledError``: the worker thread cannot be stopped, and the caller must hold the
-        lock (and count the job as active) until it really is done."""
+        ``CancelledError``: the caller must hold the lock until the worker thread is free."""
         future = asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
         try:
             return await asyncio.shield(future)
         except asyncio.CancelledError:
-            while not future.done():
-                with contextlib.suppress(asyncio.CancelledError):
-                    await asyncio.wait([future])
+            await until_done(future)
             raise
 
     async def _reap_idle(self) -> None:
@@ -342,20 +449,12 @@ class SDEngine:
         if self.loaded is None:
             return
         model_id = self.loaded.id
-        context, self.loaded.context = self.loaded.context, None
         self.loaded = None
-        close = getattr(context, "close", None)
-        if close is not None:
-            close()  # frees the C context (weights) now, not whenever GC runs
-        del context
-        gc.collect()
+        self.runner.unload()  # frees the weights now, not whenever GC runs
         log.info("model %s unloaded", model_id)
 
     def _load_sync(self, folder: ModelFolder) -> None:
         """Load ``folder`` as ``self.loaded`` (set here, so a cancelled caller cannot lose it)."""
-        import stable_diffusion_cpp as sdc
-
-        sdcpp_log.install()
         self._unload_sync()  # one model in memory at a time
         choice = choose_weights(
             folder,
@@ -374,7 +473,7 @@ class SDEngine:
             kwargs = folder.load_kwargs(choice.path)
         except (OSError, ValueError) as exc:
             raise load_error(folder, str(exc)) from exc
-        for path in _library_paths(kwargs):
+        for path in library_paths(kwargs):
             if problem := weights_problem(path):
                 raise load_error(folder, problem)
         kwargs.update(n_threads=self.threads, verbose=True)  # verbose: see sdcpp_log
@@ -383,25 +482,15 @@ class SDEngine:
         # (measured: mean pixel difference 0.05 after one LoRA request).
         kwargs.setdefault("lora_apply_mode", "at_runtime")
         started = time.monotonic()
-        sdcpp_log.take_errors()  # only this load's lines
         try:
-            with _quiet_load_progress():
-                context = sdc.StableDiffusion(**kwargs)
-        except Exception as exc:
-            raise load_error(folder, f"stable-diffusion.cpp refused {choice.path.name}: {exc}") from exc
-        finally:
-            sdcpp_log.quiet_binding()
-        inner = getattr(context, "_model", None)
-        if inner is not None and not getattr(inner, "model", None):
-            # stable-diffusion-cpp-python 0.4.7 checks `ctx is None`, but ctypes hands back a
-            # NULL pointer object, so a failed load goes unnoticed and freeing it segfaults.
-            # Disarm the free and report the failure.
-            inner.model = None
-            reasons = "; ".join(_tidy(line, kwargs) for line in sdcpp_log.take_errors()) or "see the node log"
-            raise load_error(folder, f"stable-diffusion.cpp refused {choice.path.name} ({reasons})")
+            self.runner.load(kwargs, choice.path.name)
+        except LoadRefused as exc:
+            raise load_error(folder, str(exc)) from exc
         now = time.monotonic()
-        log.info("model %s loaded in %.2fs", folder.id, now - started)
-        self.loaded = LoadedModel(folder.id, context, choice, loaded_at=now, last_used=now)
+        pid = self.runner.pid()
+        where = f" (worker process {pid})" if pid is not None else ""
+        log.info("model %s loaded in %.2fs%s", folder.id, now - started, where)
+        self.loaded = LoadedModel(folder.id, choice, loaded_at=now, last_used=now)
 
     def _refuse_if_failed(self, folder: ModelFolder) -> None:
         """Raise the remembered load failure of ``folder`` while it holds."""
@@ -430,104 +519,29 @@ class SDEngine:
             raise
         self._load_failures.pop(folder.id, None)
 
-    # --- generation ----------------------------------------------------------------------
-    def _generate_sync(self, model: LoadedModel, job: EngineJob, job_id: int, index: int) -> Image.Image:
-        """Image ``index`` of the job: ``job.seed`` (already ``seed + index``), ``batch_count`` 1."""
-        running = self.running
-        listener = job.listener
-        # Steps whose previews are forwarded, by partial index; planned again from the number
-        # of steps the sampler reports first (img2img samples fewer than asked).
-        planned: dict[int, int] = {}
-        replanned = False
-        images = running.images if running is not None else 1
-        of_images = f" (image {index + 1}/{images})" if images > 1 else ""
-        last_line = time.monotonic()
-
-        def plan(steps: int) -> None:
-            planned.clear()
-            planned.update({step: i for i, step in enumerate(preview_steps(steps, job.partial_images))})
-
-        def progress(step: int, steps: int, seconds: float) -> None:
-            nonlocal replanned, last_line
-            if running is not None:
-                running.step, running.steps = step, steps
-            if step == 0 and not replanned:
-                replanned = True
-                plan(steps)
-            if step <= 0:
-                return
-            now = time.monotonic()
-            due = now - last_line >= self.progress_log_interval_s
-            if due:
-                last_line = now
-            log.log(
-                logging.INFO if due else logging.DEBUG,
-                "job %d (%s): step %d/%d%s, %.2f s/step, about %.0fs left",
-                job_id,
-                model.id,
-                step,
-                steps,
-                of_images,
-                seconds,
-                max(0, (images - index - 1) * steps + steps - step) * seconds,  # the job's
-            )
-
-        def preview(step: int, frames: list[Image.Image], is_noisy: bool) -> None:
-            partial_index = planned.get(step)
-            if partial_index is not None and frames and listener is not None:
-                listener.partial(index, partial_index, frames[0])
-
-        kwargs: dict[str, Any] = {
-            "prompt": prompt_with_loras(job.prompt, job.loras),
-            "negative_prompt": job.negative_prompt,
-            "width": job.width,
-            "height": job.height,
-            "cfg_scale": job.cfg_scale,
-            "sample_method": job.sampler,
-            "sample_steps": job.steps,
-            "seed": job.seed,
-            "batch_count": 1,
-            "progress_callback": progress,
-            "vae_tiling": job.vae_tiling,
-        }
-        if job.scheduler:
-            kwargs["scheduler"] = job.scheduler
-        if job.guidance is not None:
-            kwargs["guidance"] = job.guidance
-        if job.flow_shift is not None:
-            kwargs["flow_shift"] = job.flow_shift
-        if job.cache_mode and job.cache_mode != "disabled":
-            kwargs["cache_mode"] = job.cache_mode
-        if job.init_image is not None:
-            kwargs["init_image"] = job.init_image
-            kwargs["strength"] = job.strength
-        if job.mask_image is not None:
-            kwargs["mask_image"] = job.mask_image
-        if job.ref_images:
-            kwargs["ref_images"] = job.ref_images
-        if listener is not None and job.partial_images > 0 and job.preview_method != "none":
-            plan(job.steps)
-            kwargs.update(preview_method=job.preview_method, preview_callback=preview)
+    async def _reload_after(self, folder: ModelFolder, stop: MidImageStop) -> None:
+        """Load the model of a job stopped mid-image again, holding the engine (the job handed
+        its lock over), and log what the stop cost."""
         try:
-            images = model.context.generate_image(**kwargs)
-        except Exception as exc:
-            raise OpenAIError(
-                500,
-                f"stable-diffusion.cpp failed to generate: {exc}",
-                type="server_error",
-                code="generation_failed",
-            ) from exc
+            if self._stopped:
+                log.info("%s", stop.line())
+                return
+            started = time.monotonic()
+            try:
+                await self._load(folder)
+            except OpenAIError:  # logged by _load, and remembered for the next job
+                log.info("%s; the model could not be loaded again", stop.line())
+                return
+            except Exception:  # a bug: the next job loads the model itself
+                log.exception("%s; loading the model again failed", stop.line())
+                return
+            self.reloads += 1
+            self.last_reload_s = time.monotonic() - started
+            log.info("%s, model reloaded in %.2fs", stop.line(), self.last_reload_s)
         finally:
-            clear_callbacks()
-        if not images or len(images) != 1:
-            raise OpenAIError(
-                500,
-                f"stable-diffusion.cpp returned {len(images or [])} image(s), expected 1",
-                type="server_error",
-                code="generation_failed",
-            )
-        return images[0]  # type: ignore[no-any-return]
+            self._lock.release()
 
+    # --- generation ----------------------------------------------------------------------
     async def generate(self, folder: ModelFolder, job: EngineJob) -> list[Image.Image]:
         """The job's ``batch_count`` images (image ``i`` with seed ``job.seed + i``)."""
         self._refuse_if_failed(folder)
@@ -551,42 +565,92 @@ class SDEngine:
         finally:
             self.running = None
             self.active_jobs -= 1
-            self._lock.release()
+            stop, self._mid_image_stop = self._mid_image_stop, None
+            if stop is None:
+                self._lock.release()
+            else:  # the job has ended; the reload holds the engine until the model is back
+                self._reload = asyncio.create_task(self._reload_after(folder, stop), name="sd-reload")
 
     async def _images(self, loaded: LoadedModel, job: EngineJob, job_id: int) -> list[Image.Image]:
-        started = time.monotonic()
-        images: list[Image.Image] = []
+        now = time.monotonic()
+        limit = self.max_job_seconds
+        run = JobRun(job_id, loaded.id, job, started=now, deadline=now + limit if limit > 0 else None)
         try:
             for index in range(job.batch_count):
+                if index and run.deadline is not None and time.monotonic() >= run.deadline:
+                    log.info(
+                        "job %d (%s): stopped at an image boundary (max_job_seconds = %gs passed) after "
+                        "%.1fs, %s done",
+                        job_id,
+                        loaded.id,
+                        limit,
+                        run.elapsed(),
+                        run.done_of(),
+                    )
+                    raise job_timeout(limit, run)
                 if self.running is not None:
                     self.running.image, self.running.step = index + 1, 0
                 one = replace(job, seed=job.seed + index, batch_count=1)
-                image = await self._run_to_end(self._generate_sync, loaded, one, job_id, index)
-                images.append(image)
+                image = await self._image(run, image_call(one), ImageProgress(self, run, index))
+                run.images.append(image)
                 loaded.last_used = time.monotonic()
                 if job.listener is not None:
                     job.listener.completed(index, image)
                 if job.batch_count > 1:
                     log.info("job %d (%s): image %d/%d done", job_id, loaded.id, index + 1, job.batch_count)
         except asyncio.CancelledError:
-            log.info(
-                "job %d (%s): cancelled after %d of %d image(s)",
-                job_id,
-                loaded.id,
-                len(images),
-                job.batch_count,
-            )
+            if self._mid_image_stop is None:
+                log.info("job %d (%s): cancelled after %s", job_id, loaded.id, run.done_of())
             raise
         log.info(
             "job %d (%s): %d image(s) %dx%d in %.2fs",
             job_id,
             loaded.id,
-            len(images),
+            len(run.images),
             job.width,
             job.height,
-            time.monotonic() - started,
+            run.elapsed(),
         )
-        return images
+        return run.images
+
+    async def _image(self, run: JobRun, call: ImageCall, events: ImageProgress) -> Image.Image:
+        """One image on the worker thread. Cancelled (its client left) or past the job's deadline,
+        a runner that can stops it now; otherwise a cancelled job waits for the image to end."""
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(self._executor, self.runner.generate, call, events)
+        timeout = None
+        if run.deadline is not None and self.runner.stops_mid_image:
+            timeout = max(0.0, run.deadline - time.monotonic())
+        try:
+            done, _ = await asyncio.wait([future], timeout=timeout)
+        except asyncio.CancelledError:
+            self._stop_mid_image(run, CLIENT_GONE)
+            await self._settle(future)
+            raise
+        if not done:
+            self._stop_mid_image(run, f"max_job_seconds = {self.max_job_seconds:g}s passed")
+            await self._settle(future)
+            raise job_timeout(self.max_job_seconds, run)
+        try:
+            return future.result()  # type: ignore[no-any-return]
+        except GenerationFailed as exc:
+            raise generation_failed(str(exc)) from exc
+        except RunnerGone as exc:  # it died by itself: the next job loads the model again
+            self.loaded = None
+            log.error("job %d (%s): %s; the next job loads the model again", run.id, run.model, exc)
+            raise generation_failed(f"stable-diffusion.cpp stopped while generating ({exc})") from exc
+
+    def _stop_mid_image(self, run: JobRun, reason: str) -> None:
+        if self.runner.stop_now():
+            self.stopped_mid_image += 1
+            self._mid_image_stop = MidImageStop(run.id, run.model, reason, run.elapsed(), run.done_of())
+
+    async def _settle(self, future: asyncio.Future[Any]) -> None:
+        """Wait for a stopped (or unstoppable) image to end; a runner that ended with it has lost
+        its model."""
+        await until_done(future)
+        if not future.cancelled() and isinstance(future.exception(), RunnerGone):
+            self.loaded = None
 
     def jobs(self) -> list[JobProgress]:
         """The running job's progress (none when idle)."""
@@ -594,9 +658,18 @@ class SDEngine:
         return [running.progress()] if running is not None else []
 
     def status(self) -> dict[str, Any]:
+        """What an operator sees of the engine: the model, the jobs, how jobs stop and what
+        stopping them mid-image cost (each stop reloads the model)."""
         return {
             "loaded_model": self.loaded.id if self.loaded else None,
             "weights": self.loaded.choice.path.name if self.loaded else None,
             "active_jobs": self.active_jobs,
             "waiting_jobs": self.waiting_jobs,
+            "cancel": self.cancel,
+            "max_job_seconds": self.max_job_seconds,
+            "worker_pid": self.runner.pid(),
+            "stopped_mid_image": self.stopped_mid_image,
+            "reloading": self._reload is not None and not self._reload.done(),
+            "reloads": self.reloads,
+            "last_reload_s": None if self.last_reload_s is None else round(self.last_reload_s, 3),
         }

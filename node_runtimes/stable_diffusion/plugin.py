@@ -33,6 +33,17 @@ CLI_OPTIONS = (
         envvar="LLMLB_NODE_WEIGHTS_PREFERENCE",
         help="weights format when a model folder holds several",
     ),
+    click.Option(
+        ["--cancel", "cancel"],
+        type=click.Choice(["now", "next_image"]),
+        help="how a job stops when its client has gone or it runs too long: now (a worker process "
+        "per model, killed mid-image) or next_image (in-process, at the next image)",
+    ),
+    click.Option(
+        ["--max-job-seconds", "max_job_seconds"],
+        type=float,
+        help="stop a job that generates longer than this with 504 job_timeout (0: no limit)",
+    ),
 )
 NOT_INSTALLED = "stable-diffusion-cpp-python is not installed (pip install 'llmlb[sd]')"
 
@@ -62,7 +73,7 @@ def llmlb_node_register_runtimes(register: Callable[[RuntimeType[Any]], None]) -
             name=NAME,
             factory=create_runtime,
             settings=StableDiffusionSettings,
-            description="Stable Diffusion through stable-diffusion.cpp, in-process",
+            description="Stable Diffusion through stable-diffusion.cpp",
             cli_options=CLI_OPTIONS,
         )
     )

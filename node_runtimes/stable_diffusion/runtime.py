@@ -125,6 +125,8 @@ class StableDiffusionRuntime(Runtime):
             idle_unload_s=settings.idle_unload_s,
             weights_preference=settings.weights_preference,
             progress_log_interval_s=settings.progress_log_interval_s,
+            cancel=settings.cancel,
+            max_job_seconds=settings.max_job_seconds,
         )
         self._folders: dict[str, ModelFolder] = {}
         self._scan: ScanResult | None = None
@@ -220,6 +222,9 @@ class StableDiffusionRuntime(Runtime):
             loaded_models=[loaded.id] if loaded else [],
             jobs=self.engine.jobs(),
         )
+
+    def status(self) -> dict[str, Any]:
+        return self.engine.status()
 
     async def start(self) -> None:
         self.engine.start()

@@ -1,8 +1,16 @@
 """The ``stable_diffusion`` runtime's settings: its ``[runtime.stable_diffusion]`` table.
 
 Environment: ``LLMLB_NODE_RUNTIME__STABLE_DIFFUSION__<KEY>``; the ``llmlb node`` flags
-``--threads``, ``--idle-unload`` and ``--weights`` set ``threads``, ``idle_unload_s`` and
-``weights_preference``.
+``--threads``, ``--idle-unload``, ``--weights``, ``--cancel`` and ``--max-job-seconds`` set
+``threads``, ``idle_unload_s``, ``weights_preference``, ``cancel`` and ``max_job_seconds``.
+
+``cancel`` is how a job stops when its client has gone or it runs past ``max_job_seconds``:
+``now`` (default) runs each loaded model in a worker process that the node kills, mid-image
+included, then loads the model again in a fresh one (the cost is logged and in the engine's
+status); ``next_image`` runs stable-diffusion.cpp in the node's process and stops at the next
+image boundary (an image in progress always ends). ``max_job_seconds`` (0: no limit) keeps below
+the router's ``upstream_timeout_s`` (900 s), so a client hears why from the node: 504
+``job_timeout``.
 
 ``lora_dir`` is the node-wide LoRA folder (default ``<models_dir>/loras``; each model folder's own
 ``loras/`` subfolder adds to it). ``preview_method`` is how partial images of streamed requests
@@ -25,6 +33,9 @@ import msgspec
 from llmlb_node.stable_diffusion.model_folder import PreviewMethod
 
 MB = 1024 * 1024
+CancelMode = Literal["now", "next_image"]
+# Below the router's upstream_timeout_s (900 s): the client hears why from the node, not a timeout.
+MAX_JOB_SECONDS = 600.0
 
 
 class StableDiffusionSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -48,3 +59,8 @@ class StableDiffusionSettings(msgspec.Struct, kw_only=True, forbid_unknown_field
     # Seconds between a running job's progress lines at info level ("step 3/20 ... s/step");
     # 0: one per step. The other steps are logged at debug level.
     progress_log_interval_s: Annotated[float, msgspec.Meta(ge=0)] = 2.0
+    # How a job stops when its client has gone or it runs too long: now (a worker process per
+    # model, killed mid-image, the model then reloaded) or next_image (in-process, at the next image).
+    cancel: CancelMode = "now"
+    # Seconds a job may generate before it is stopped with 504 job_timeout (0: no limit).
+    max_job_seconds: Annotated[float, msgspec.Meta(ge=0)] = MAX_JOB_SECONDS

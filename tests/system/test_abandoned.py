@@ -1,9 +1,11 @@
-"""Abandoned work: a client that leaves takes its request out of every queue, a running n > 1
-job stops at the next image boundary, and the router counts a node's slot as taken until the
-node reports the job it gave up on as ended.
+"""Abandoned work: a client that leaves takes its request out of every queue, a running job
+stops (mid-image by default: ``cancel = "now"`` kills the node's worker process; at the next
+image boundary with ``cancel = "next_image"``), and the router counts a node's slot as taken
+until the node reports the job it gave up on as ended.
 
 The balancer and the engine are tested in-process; the rest through real router and node
-processes (the synthetic checkpoint, 64x64; the ``steps`` extra sets how long a job takes).
+processes (the synthetic checkpoint, 64x64, and 1024x1024 for an image that takes minutes; the
+``steps`` extra sets how long a job takes).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import pytest
 from PIL import ImageChops
 
@@ -25,15 +28,25 @@ from llmlb_core.balancer import Balancer
 from llmlb_core.protocol import Heartbeat
 from llmlb_node.app import create_node_app
 from llmlb_node.settings import NodeSettings
-from llmlb_node.stable_diffusion.engine import SDEngine, _clear_progress_callback
+from llmlb_node.stable_diffusion.engine import SDEngine
+from llmlb_node.stable_diffusion.runners import InProcessRunner
+from llmlb_node.stable_diffusion.sdcpp_calls import clear_callbacks
+from tests.support.sd_workers import reaped, worker_pids
 from tests.support.servers import ADMIN_KEY, Proc, ThreadServer, admin_get, create_key, node_proc, router_proc
 from tests.system.test_sd_engine import folder, job
 from tests.unit.test_balancer import FLAGS, registry
 
 ADMIN = {"authorization": f"Bearer {ADMIN_KEY}"}
 LONG_STEPS = 16  # a job that is still running while the test acts (seconds on 2 cores)
+# One 1024x1024 image takes minutes here (2 steps: 438 s on 2 cores): a job the client leaves
+# is always mid-image.
+LARGE = {"size": "1024x1024", "steps": 30}
 JOB_DONE = re.compile(r"job \d+ \(demo\): \d+ image\(s\)")
 CANCELLED = re.compile(r"job \d+ \(demo\): cancelled after (\d+) of (\d+) image\(s\)")
+STOPPED = re.compile(
+    r"job \d+ \(demo\): stopped mid-image \(([^)]+)\) after [\d.]+s, (\d+) of (\d+) image\(s\) done; "
+    r"worker killed, model reloaded in ([\d.]+)s"
+)
 
 
 def generation(steps: int, *, n: int = 1, response_format: str = "b64_json", seed: int = 1) -> dict[str, Any]:
@@ -74,6 +87,17 @@ def metric(router: Proc, line_prefix: str) -> float:
         if line.startswith(line_prefix + " "):
             return float(line.rsplit(" ", 1)[1])
     return 0.0
+
+
+def node_health(node: Proc) -> dict[str, Any]:
+    return dict(httpx.get(f"{node.url}/health", timeout=5).json())
+
+
+async def computing(pid: int, cpu_s: float) -> None:
+    """Wait until process ``pid`` has spent ``cpu_s`` more seconds of CPU: it is inside sd.cpp."""
+    process = psutil.Process(pid)
+    start = sum(process.cpu_times()[:2])
+    await eventually(lambda: sum(process.cpu_times()[:2]) - start >= cpu_s, 60, f"{pid} to compute")
 
 
 def api(router: Proc, key: str) -> httpx.AsyncClient:
@@ -133,17 +157,17 @@ async def test_an_abandoned_job_holds_its_slot_until_a_heartbeat_shows_it_ended(
 async def test_images_one_by_one_equal_stable_diffusion_cpps_batch(models_dir: Path) -> None:
     """The engine now runs n images as n calls with seeds seed+i; the pixels are the ones one
     ``batch_count=n`` call gives (what the node returned before)."""
-    engine = SDEngine(threads=2, idle_unload_s=0)
+    engine = SDEngine(threads=2, idle_unload_s=0, cancel="next_image")
     try:
         two = job(batch_count=2, seed=11)
         ours = await engine.generate(folder(models_dir), two)
-        loaded = engine.loaded
-        assert loaded is not None
+        runner = engine.runner
+        assert isinstance(runner, InProcessRunner)
 
         def batch() -> list[Any]:
             try:
                 return list(
-                    loaded.context.generate_image(
+                    runner.context.generate_image(
                         prompt=two.prompt,
                         negative_prompt=two.negative_prompt,
                         width=two.width,
@@ -156,7 +180,7 @@ async def test_images_one_by_one_equal_stable_diffusion_cpps_batch(models_dir: P
                     )
                 )
             finally:
-                _clear_progress_callback()
+                clear_callbacks()
 
         theirs = await engine._run(batch)
         assert len(ours) == len(theirs) == 2
@@ -185,7 +209,7 @@ async def test_a_job_waiting_for_the_engine_is_dropped_at_once(models_dir: Path)
 async def test_a_running_job_stops_at_the_next_image_boundary(
     models_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    engine = SDEngine(threads=2, idle_unload_s=0)
+    engine = SDEngine(threads=2, idle_unload_s=0, cancel="next_image")
     try:
         with caplog.at_level(logging.INFO, logger="llmlb.node.sd"):
             four = asyncio.create_task(engine.generate(folder(models_dir), job(batch_count=4, steps=6)))
@@ -273,29 +297,36 @@ def sd_node_id(router: Proc) -> str:
     return node_id
 
 
-@pytest.fixture
-def quiet_pair(tmp_path: Path, models_dir: Path, procs: list[Proc]) -> tuple[Proc, list[Proc], str]:
-    """A router and two nodes that heartbeat only every 300 s (longer than the test: only an
-    early heartbeat can free an abandoned slot), and an API key."""
+def quiet_cluster(
+    tmp_path: Path, models_dir: Path, procs: list[Proc], names: list[str], *extra: str
+) -> tuple[Proc, list[Proc], str]:
+    """A router and nodes that heartbeat only every 300 s (longer than the test: only an early
+    heartbeat can free an abandoned slot), and an API key."""
     router = router_proc(tmp_path, env={"LLMLB_NODE_TIMEOUT_S": "900"})
     procs.append(router)
     router.start().wait_healthy()
     node_key = create_key(router.url, ["node"], name="nodes")
-    pair = []
-    for name in ("sd-x", "sd-y"):
+    started = []
+    for name in names:
         node = node_proc(
             tmp_path,
             router.url,
             models_dir,
             node_key,
             name=name,
-            extra=["--threads", "1", "--heartbeat-interval", "300"],
+            extra=["--threads", "1", "--heartbeat-interval", "300", *extra],
         )
         procs.append(node)
-        pair.append(node.start())
-    for node in pair:
+        started.append(node.start())
+    for node in started:
         node.wait_healthy(60).wait_online(router.url)
-    return router, pair, create_key(router.url, ["api"], name="client")
+    return router, started, create_key(router.url, ["api"], name="client")
+
+
+@pytest.fixture
+def quiet_pair(tmp_path: Path, models_dir: Path, procs: list[Proc]) -> tuple[Proc, list[Proc], str]:
+    """Two quiet nodes that stop a job at the next image (``--cancel next_image``)."""
+    return quiet_cluster(tmp_path, models_dir, procs, ["sd-x", "sd-y"], "--cancel", "next_image")
 
 
 async def test_a_relayed_client_that_leaves_keeps_the_slot_counted_until_the_node_ends_the_job(
@@ -331,9 +362,21 @@ async def test_a_relayed_client_that_leaves_keeps_the_slot_counted_until_the_nod
     assert CANCELLED.findall(node_x.log()) == [("0", "1")]  # it finished the image for nobody
 
 
+@pytest.fixture
+def next_image_node(tmp_path: Path, router: Proc, node_key: str, models_dir: Path, procs: list[Proc]) -> Proc:
+    """A node that stops a job at the next image (the behaviour before worker processes)."""
+    env = {"LLMLB_NODE_RUNTIME__STABLE_DIFFUSION__CANCEL": "next_image"}
+    proc = node_proc(
+        tmp_path, router.url, models_dir, node_key, name="sd-next", extra=["--threads", "2"], env=env
+    )
+    procs.append(proc)
+    return proc.start().wait_healthy(60).wait_online(router.url)
+
+
 async def test_an_n4_job_stops_at_an_image_boundary_when_its_client_leaves(
-    router: Proc, sd_node: Proc, api_key: str
+    router: Proc, next_image_node: Proc, api_key: str
 ) -> None:
+    sd_node = next_image_node
     async with api(router, api_key) as client:
         assert (await client.post("/v1/images/generations", json=generation(1))).status_code == 200
         four = asyncio.create_task(
@@ -349,3 +392,75 @@ async def test_an_n4_job_stops_at_an_image_boundary_when_its_client_leaves(
             5,
             "the slot back",
         )
+
+
+# --- stopping mid-image (cancel = "now", the default) ------------------------------------------
+
+
+async def test_an_abandoned_1024_image_frees_its_node_within_10s_and_the_next_is_served_at_once(
+    tmp_path: Path, models_dir: Path, procs: list[Proc]
+) -> None:
+    """The issue's case: one node, a 1024x1024 30-step request whose client leaves mid-image.
+    The node kills its worker process, reports the job gone (its only heartbeat in this test:
+    sent after the job ended, or the router would hold the slot for 300 s), and loads the model
+    again; a request sent then is not queued."""
+    router, [node], key = quiet_cluster(tmp_path, models_dir, procs, ["sd-big"])
+    node_id = sd_node_id(router)
+    async with api(router, key) as client:
+        assert (await client.post("/v1/images/generations", json=generation(1))).status_code == 200
+        [worker] = worker_pids(node.popen.pid)  # type: ignore[union-attr]
+        large = asyncio.create_task(client.post("/v1/images/generations", json={**generation(1), **LARGE}))
+        await eventually(lambda: node_health(node)["active_jobs"] == 1, 10, "the large job to start")
+        await computing(worker, 1.0)
+        assert not large.done()
+        left = time.monotonic()
+        await leave(large)
+        await eventually(
+            lambda: (n := nodes(router)[node_id])["abandoned"] == 0 and n["free_slots"] == 1,
+            10,
+            "the router to see the node free",
+        )
+        freed_s = time.monotonic() - left
+        sent = time.monotonic()
+        nxt = await client.post("/v1/images/generations", json=generation(1, seed=2))
+        next_s = time.monotonic() - sent
+    assert nxt.status_code == 200 and "x-queue-status" not in nxt.headers
+    assert freed_s < 10 and next_s < 10, (freed_s, next_s)
+    assert reaped(worker)  # killed, and no zombie left
+    [(reason, done, total, reload_s)] = STOPPED.findall(node.log())
+    assert (reason, done, total) == ("client gone", "0", "1")
+    status = node_health(node)["runtime_status"]["stable_diffusion"]
+    assert (status["cancel"], status["stopped_mid_image"], status["reloads"]) == ("now", 1, 1)
+    assert status["last_reload_s"] == pytest.approx(float(reload_s), abs=0.01)
+    assert status["worker_pid"] not in (None, worker)
+    print(
+        f"\n1024x1024 left mid-image: node free in {freed_s:.2f}s (router's view), model reloaded in "
+        f"{reload_s}s, next request answered in {next_s:.2f}s"
+    )
+
+
+async def test_a_streamed_image_left_mid_image_frees_its_node(
+    tmp_path: Path, models_dir: Path, procs: list[Proc]
+) -> None:
+    """Streamed: the client leaves after the first partial image, while the image is half done."""
+    router, [node], key = quiet_cluster(tmp_path, models_dir, procs, ["sd-stream"])
+    node_id = sd_node_id(router)
+    body = {**generation(20), "stream": True, "partial_images": 3}
+    async with api(router, key) as client:
+        assert (await client.post("/v1/images/generations", json=generation(1))).status_code == 200
+        async with client.stream("POST", "/v1/images/generations", json=body) as answer:
+            assert answer.status_code == 200
+            async for line in answer.aiter_lines():
+                if line.startswith("data:"):
+                    break  # the first partial image (step 5 of 20) is in: leave
+        left = time.monotonic()
+        await eventually(
+            lambda: (n := nodes(router)[node_id])["abandoned"] == 0 and n["free_slots"] == 1,
+            10,
+            "the router to see the node free",
+        )
+        freed_s = time.monotonic() - left
+    await eventually(lambda: STOPPED.search(node.log()) is not None, 30, "the model to be reloaded")
+    [(reason, done, total, _)] = STOPPED.findall(node.log())
+    assert (reason, done, total) == ("client gone", "0", "1")
+    assert freed_s < 10

@@ -1,5 +1,6 @@
-"""The node's logs during generations (the engine in-process, real stable-diffusion.cpp on the
-synthetic checkpoint; sd.cpp's own lines read through the node's logger ``llmlb.node.sd.cpp``):
+"""The node's logs during generations (the engine with its worker process, real
+stable-diffusion.cpp on the synthetic checkpoint; sd.cpp's own lines read through the node's
+logger ``llmlb.node.sd.cpp``):
 
 - sd.cpp's log reaches Python logging, at debug level, for a load, a txt2img and an img2img;
 - progress at info level, at most one line per ``progress_log_interval_s`` (every step with 0),
@@ -22,6 +23,7 @@ import pytest
 
 from llmlb_node.stable_diffusion.engine import SDEngine
 from llmlb_node.stable_diffusion.model_folder import ModelFolder, scan_models
+from llmlb_node.stable_diffusion.settings import CancelMode
 from tests.support.engine_jobs import job
 from tests.support.images_util import gradient
 from tests.support.models import DEMO_MODEL
@@ -38,11 +40,13 @@ def messages(records: list[logging.LogRecord], logger: str, level: int | None = 
     return [r.getMessage() for r in records if r.name == logger and (level is None or r.levelno == level)]
 
 
+@pytest.mark.parametrize("cancel", ["now", "next_image"])
 async def test_sdcpp_log_reaches_python_logging_at_debug_for_load_txt2img_and_img2img(
-    models_dir: Path, caplog: pytest.LogCaptureFixture
+    cancel: CancelMode, models_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """From the worker process (``now``: relayed, at the level this process keeps) and in-process."""
     caplog.set_level(logging.DEBUG, logger=SD_CPP)
-    engine = SDEngine(threads=2, idle_unload_s=0)
+    engine = SDEngine(threads=2, idle_unload_s=0, cancel=cancel)
     try:
         await engine.generate(demo(models_dir), job(steps=1))
         loaded_and_txt2img = list(caplog.records)

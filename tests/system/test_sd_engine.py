@@ -1,8 +1,9 @@
-"""The StableDiffusion engine in-process on the synthetic checkpoint: mask polarity, weights
-format choice, loading on first use, unloading when idle, freeing memory on model switch, load
-failures that surface as OpenAI-shaped 503s (remembered until the files change) without breaking
-the engine, previews of the chosen steps, job progress, the process-wide callbacks cleared after
-every call, and engine options passed on."""
+"""The StableDiffusion engine on the synthetic checkpoint: mask polarity, weights format choice,
+loading on first use, unloading when idle, freeing memory on model switch, load failures that
+surface as OpenAI-shaped 503s (remembered until the files change) without breaking the engine,
+previews of the chosen steps, job progress, the process-wide callbacks cleared after every call,
+and engine options passed on. The engine runs sd.cpp in its worker process (the default,
+``cancel = "now"``) unless a test needs it in this process (``cancel = "next_image"``)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,8 @@ from llmlb_node.stable_diffusion.engine import SDEngine
 from llmlb_node.stable_diffusion.loras import plan_loras, prompt_with_loras
 from llmlb_node.stable_diffusion.model_folder import ModelFolder, ModelProfile, choose_weights, scan_models
 from llmlb_node.stable_diffusion.quantize import quantize
+from llmlb_node.stable_diffusion.runners import InProcessRunner
+from llmlb_node.stable_diffusion.settings import CancelMode
 from tests.support.engine_jobs import job
 from tests.support.images_util import gradient, mean_abs_diff
 from tests.support.models import DEMO_MODEL, MODEL_CACHE, copy_model
@@ -122,8 +125,10 @@ def rss() -> int:
 
 
 async def test_switching_models_frees_the_old_one(models_dir: Path, tmp_path: Path) -> None:
+    """In-process (``cancel = "next_image"``): this process's memory holds one model at a time.
+    A worker process per model is ``test_sd_worker``'s."""
     copy_model(models_dir, tmp_path, "other")
-    engine = SDEngine(threads=2, idle_unload_s=0)
+    engine = SDEngine(threads=2, idle_unload_s=0, cancel="next_image")
     try:
         before = rss()
         await engine.generate(folder(models_dir), job())
@@ -213,12 +218,15 @@ async def test_a_failed_load_is_retried_after_the_backoff(models_dir: Path, tmp_
         await engine.stop()
 
 
+@pytest.mark.parametrize("cancel", ["now", "next_image"])
 async def test_a_file_stable_diffusion_cpp_refuses_is_a_503_with_its_reason(
-    models_dir: Path, tmp_path: Path
+    cancel: CancelMode, models_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A complete safetensors file whose tensors are not a model (the scan would not serve it;
     here the folder is built by hand): sd.cpp itself refuses it (the binding would crash freeing
-    the NULL context; the engine must not), and its own error line is the reason given."""
+    the NULL context; the engine must not), and its own error line is the reason given, from the
+    worker process (``now``) as in-process. The next request gets the same answer without a new
+    load (no new worker)."""
     import numpy as np
     from safetensors.numpy import save_file
 
@@ -233,15 +241,20 @@ async def test_a_file_stable_diffusion_cpp_refuses_is_a_503_with_its_reason(
         weights=(weights,),
         weights_args={weights: "model_path"},
     )
-    engine = SDEngine(threads=2, idle_unload_s=0)
+    engine = SDEngine(threads=2, idle_unload_s=0, cancel=cancel)
     try:
-        with pytest.raises(OpenAIError) as failed:
-            await engine.generate(refused, job())
-        error = failed.value
-        assert error.status == 503 and error.code == "model_load_failed"
-        assert "stable-diffusion.cpp refused model.safetensors" in error.message
-        assert "get sd version from file failed" in error.message  # sd.cpp's own error line
-        assert str(tmp_path) not in error.message  # files by name: no node paths for clients
+        with caplog.at_level(logging.INFO, logger="llmlb.node.sd"):
+            for _ in range(2):
+                with pytest.raises(OpenAIError) as failed:
+                    await engine.generate(refused, job())
+                error = failed.value
+                assert error.status == 503 and error.code == "model_load_failed"
+                assert "stable-diffusion.cpp refused model.safetensors" in error.message
+                assert "get sd version from file failed" in error.message  # sd.cpp's own error line
+                assert str(tmp_path) not in error.message  # files by name: no node paths for clients
+                assert engine.runner.pid() is None  # no worker left behind
+        assert caplog.text.count("loading model notamodel") == 1
+        assert caplog.text.count("model notamodel cannot be loaded") == 1
         [image] = await engine.generate(folder(models_dir), job())
         assert image.size == (64, 64)
     finally:
@@ -294,16 +307,17 @@ async def test_previews_of_the_chosen_steps_and_progress_while_a_job_runs(models
 CALLBACKS_SCRIPT = """
 import asyncio, sys
 from pathlib import Path
-import llmlb_node.stable_diffusion.engine as engine_module
+import llmlb_node.stable_diffusion.sdcpp_calls as sdcpp_calls
+from llmlb_node.stable_diffusion.engine import SDEngine
 from llmlb_node.stable_diffusion.model_folder import scan_models
 from tests.system.test_sd_engine import Recorder, job
 
 if sys.argv[3] == "no-clearing":
-    engine_module.clear_callbacks = lambda: None
+    sdcpp_calls.clear_callbacks = lambda: None
 
 async def main():
     demo, other = ({f.id: f for f in scan_models(Path(p)).models} for p in sys.argv[1:3])
-    engine = engine_module.SDEngine(threads=2, idle_unload_s=0)
+    engine = SDEngine(threads=2, idle_unload_s=0, cancel="next_image")
     recorder = Recorder()
     previewed = job(steps=2, partial_images=1, preview_method="proj", listener=recorder)
     await engine.generate(demo["demo"], previewed)
@@ -322,7 +336,8 @@ asyncio.run(main())
 def test_callbacks_are_cleared_after_every_call(models_dir: Path, tmp_path: Path, clearing: str) -> None:
     """A call with preview and progress callbacks, then a call without them, then a load: fine
     when the engine clears both process-wide callbacks after each call; without that the process
-    dies (the control run shows the test can fail). In a child process: a crash is its exit."""
+    dies (the control run shows the test can fail). In a child process: a crash is its exit; the
+    engine in-process (``cancel = "next_image"``), where the patch reaches sd.cpp's calls."""
     copy_model(models_dir, tmp_path, "other")
     done = subprocess.run(
         [sys.executable, "-c", CALLBACKS_SCRIPT, str(models_dir), str(tmp_path), clearing],
@@ -340,20 +355,21 @@ def test_callbacks_are_cleared_after_every_call(models_dir: Path, tmp_path: Path
 
 async def test_engine_options_reach_stable_diffusion_cpp(models_dir: Path) -> None:
     """guidance, flow_shift, vae_tiling and the LoRA tags the node builds are passed on (a spy
-    around the real binding call, which still runs); unset guidance/flow_shift are not passed."""
-    engine = SDEngine(threads=2, idle_unload_s=0)
+    around the real binding call, which still runs, in-process); unset guidance/flow_shift are
+    not passed. The arguments are built the same way for a worker process (``image_call``)."""
+    engine = SDEngine(threads=2, idle_unload_s=0, cancel="next_image")
     calls: list[dict[str, object]] = []
     try:
         await engine.generate(folder(models_dir), job())
-        loaded = engine.loaded
-        assert loaded is not None
-        real = loaded.context.generate_image
+        assert isinstance(engine.runner, InProcessRunner)
+        context = engine.runner.context
+        real = context.generate_image
 
         def spy(**kwargs: object) -> object:
             calls.append(kwargs)
             return real(**kwargs)
 
-        loaded.context.generate_image = spy
+        context.generate_image = spy
         await engine.generate(folder(models_dir), job())
         await engine.generate(folder(models_dir), job(guidance=2.5, flow_shift=3.0, vae_tiling=True))
         plain, tuned = calls

@@ -4,10 +4,12 @@ in its heartbeat, and checks LoRAs before anything runs (the synthetic LoRAs of 
 ``lora_dir`` fixture as the node-wide LoRA folder).
 
 The node app (create_node_app, real stable-diffusion.cpp on the synthetic SD1 checkpoint at
-64x64, 1-4 steps) is served over loopback HTTP by uvicorn in a thread of the test process, so
-the test can read its engine's state; clients are the real ``openai`` SDK and httpx with the
-node's router credential. The last test goes through real router and node processes. One test
-injects a generation failure (sd.cpp cannot be made to fail mid-job on demand): it says so.
+64x64, 1-4 steps, in the engine's worker process: the default ``cancel = "now"``, so previews,
+LoRAs and failures cross the process boundary) is served over loopback HTTP by uvicorn in a
+thread of the test process, so the test can read its engine's state; clients are the real
+``openai`` SDK and httpx with the node's router credential. The last test goes through real
+router and node processes. One test injects a generation failure (sd.cpp cannot be made to fail
+mid-job on demand): it says so.
 """
 
 from __future__ import annotations
@@ -30,13 +32,19 @@ from litestar import Litestar
 from llmlb_node.app import create_node_app
 from llmlb_node.settings import NodeSettings
 from llmlb_node.stable_diffusion.engine import SDEngine
+from llmlb_node.stable_diffusion.runners import ImageCall, ImageEvents
 from llmlb_node.stable_diffusion.runtime import StableDiffusionRuntime
+from llmlb_node.stable_diffusion.sdcpp_calls import GenerationFailed
 from tests.support.images_util import decode_b64, gradient, mean_abs_diff, png_bytes
 from tests.support.models import DEMO_MODEL, FLUX_LORA, SD1_LORA, ImageSystem
 from tests.support.servers import ThreadServer, admin_get, wait_until
 from tests.system.test_abandoned import eventually
 
 CANCELLED = re.compile(r"job \d+ \(demo\): cancelled after (\d+) of (\d+) image\(s\)")
+STOPPED = re.compile(
+    r"job \d+ \(demo\): stopped mid-image \(([^)]+)\) after [\d.]+s, (\d+) of (\d+) image\(s\) done; "
+    r"worker killed, model reloaded in [\d.]+s"
+)
 FAST = {"steps": 1, "seed": 3}
 
 
@@ -197,27 +205,25 @@ def test_an_error_before_the_first_event_is_a_json_error(node: Node) -> None:
 
 
 def test_a_failure_after_the_first_event_is_an_error_event(node: Node) -> None:
-    """Fault injection: the loaded context's first, then second call raises (stable-diffusion.cpp
-    cannot be made to fail mid-job on demand). Failing at once is a JSON 500; after the first
-    image was streamed, an error event that the SDK raises."""
+    """Fault injection: the engine's runner fails its first, then its second image as
+    stable-diffusion.cpp would (sd.cpp cannot be made to fail mid-job on demand). Failing at once
+    is a JSON 500; after the first image was streamed, an error event that the SDK raises."""
     node.client().images.generate(
         model=DEMO_MODEL, prompt="warm", response_format="b64_json", extra_body=FAST
     )
-    loaded = node.engine.loaded
-    assert loaded is not None
-    context = loaded.context
-    real = context.generate_image
+    runner = node.engine.runner
+    real = runner.generate
     calls = 0
     failing_call = 1
 
-    def fails(**kwargs: Any) -> Any:
+    def fails(call: ImageCall, events: ImageEvents) -> Any:
         nonlocal calls
         calls += 1
         if calls == failing_call:
-            raise RuntimeError("injected failure")
-        return real(**kwargs)
+            raise GenerationFailed("stable-diffusion.cpp failed to generate: injected failure")
+        return real(call, events)
 
-    context.generate_image = fails
+    runner.generate = fails  # type: ignore[method-assign]
     try:
         with pytest.raises(openai.InternalServerError) as at_once:
             node.client().images.generate(model=DEMO_MODEL, prompt="x", stream=True, extra_body=FAST)
@@ -234,13 +240,13 @@ def test_a_failure_after_the_first_event_is_an_error_event(node: Node) -> None:
         assert "injected failure" in failed.value.message
         assert isinstance(failed.value.body, dict) and failed.value.body["code"] == "generation_failed"
     finally:
-        del context.generate_image
+        del runner.generate
     assert node.engine.active_jobs == 0
 
 
-def test_a_client_that_leaves_stops_the_job_after_the_current_image(
-    node: Node, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_a_client_that_leaves_stops_the_job_mid_image(node: Node, caplog: pytest.LogCaptureFixture) -> None:
+    """The node's default (``cancel = "now"``): the worker process is killed in the image in
+    progress, and the model is loaded again in a fresh one."""
     with node.http() as http, caplog.at_level("INFO", logger="llmlb.node.sd"):
         body = {"model": DEMO_MODEL, "prompt": "x", "n": 4, "stream": True, "partial_images": 1, "steps": 3}
         with http.stream("POST", "/v1/images/generations", json=body) as answer:
@@ -248,10 +254,11 @@ def test_a_client_that_leaves_stops_the_job_after_the_current_image(
             first = next(answer.iter_lines())
             assert first == "event: image_generation.partial_image"
         # Left after the first partial image of image 1 of 4.
-        wait_until(lambda: CANCELLED.search(caplog.text) is not None, 120, "the job to stop")
-        wait_until(lambda: node.engine.active_jobs == 0, 60, "the engine to be free")
-    [(done, total)] = CANCELLED.findall(caplog.text)
-    assert total == "4" and int(done) <= 2
+        wait_until(lambda: STOPPED.search(caplog.text) is not None, 60, "the job to stop and reload")
+    [(reason, done, total)] = STOPPED.findall(caplog.text)
+    assert reason == "client gone" and total == "4" and int(done) <= 2
+    assert not CANCELLED.search(caplog.text)
+    assert node.engine.active_jobs == 0 and node.engine.loaded is not None  # warm again
 
 
 def test_running_job_progress_is_in_the_runtime_load_and_the_heartbeat(node: Node) -> None:
