@@ -31,6 +31,7 @@ from tests.support.servers import (
     free_port,
     node_proc,
     router_proc,
+    wait_until,
 )
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -146,7 +147,13 @@ def test_the_runtime_advertises_its_model_slots_and_load(system: ExampleSystem) 
     assert [(m["id"], m["capabilities"], m["runtime"]) for m in node["models"]] == [
         (MODEL, ["reverse"], "reverser")
     ]
-    assert node["loaded_models"] == [MODEL]
+    # What is loaded comes with the heartbeats (every 0.3 s here), not with the registration.
+    wait_until(
+        lambda: one(admin_get(system.router.url, "/v0/nodes")["data"], id=system.node_id)["loaded_models"]
+        == [MODEL],
+        5,
+        "the node's first heartbeat",
+    )
 
 
 def test_reverse_is_answered_by_the_node(system: ExampleSystem) -> None:
