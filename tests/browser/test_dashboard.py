@@ -191,7 +191,8 @@ def test_dashboard_live_views_playground_and_keys(
     refused = httpx.get(f"{url}/v1/models", headers={"authorization": f"Bearer {new_key}"}, timeout=10)
     assert refused.status_code == 401
     browser_page.click("nav a[data-tab=overview]")
-    assert browser_page.is_hidden("#new-key")  # shown once: gone when the tab is left
+    # Shown once: gone when the tab is left (on the hashchange event, a task after the click).
+    browser_page.wait_for_selector("#new-key", state="hidden", timeout=5000)
 
     # CSRF: the session cookie alone cannot change anything; with the page's token it can.
     token = browser_page.get_attribute('meta[name="csrf-token"]', "content")
