@@ -11,10 +11,12 @@ credential on the shared ``httpx.AsyncClient``, and answers in one of three ways
   the route (:class:`llmlb_core.event_stream.EventStream`: streamed images, whose parts the route
   merges); it returns once the first event is in and passed its check.
 
-When a node fails before answering (connection refused or reset, timeout, 5xx, a bad answer),
-the request is tried on another node, ``settings.max_retries`` times (:meth:`failover`). A
-request body that is itself a stream (:class:`StreamBody`, an upload relayed as it arrives) is
-retried only while none of it was sent. A 4xx is the request's fault: it is answered with the
+When a node fails before answering (connection refused or reset, timeout, 5xx, a bad answer,
+an answer that is not HTTP/1.1: the transport, :mod:`llmlb_core.upstream_transport`, reports
+every failure at the HTTP layer as an ``httpx`` error), the request is tried on another node,
+``settings.max_retries`` times (:meth:`failover`). A request body that is itself a stream
+(:class:`StreamBody`, an upload relayed as it arrives) is retried only while none of it was
+sent. A 4xx is the request's fault: it is answered with the
 node's status and an OpenAI-shaped body, never retried. After the first relayed byte nothing is
 retried: an upstream that breaks mid-stream ends a server-sent event stream with an
 OpenAI-shaped error event and aborts a binary one.
@@ -75,6 +77,7 @@ from llmlb_core.upstream import (
     check_json_object,
     close_response,
     error_code,
+    is_garbled,
     is_timeout,
     log_snippet,
     node_failure,
@@ -228,6 +231,20 @@ def _answer_problem(response: httpx.Response, accept: Collection[str], limit: in
     return None
 
 
+def _garbled_reason(exc: httpx.HTTPError) -> str:
+    return f"broken HTTP: {exc}"
+
+
+def _bad_answer_reason(exc: Exception) -> str | None:
+    """Why ``exc`` (what ended a read) makes the answer a bad one (the node sent garbage), or
+    None when the node broke off or stalled instead."""
+    if isinstance(exc, BadAnswer):
+        return str(exc)
+    if isinstance(exc, httpx.HTTPError) and is_garbled(exc):
+        return _garbled_reason(exc)
+    return None
+
+
 class Forwarder:
     """Pick a node, send, fail over, answer (see the module doc). One per router."""
 
@@ -258,6 +275,22 @@ class Forwarder:
         log.warning("node %s sent a bad answer (request %s): %s", node.name, request_id.current(), reason)
         node.record_failure(f"bad answer: {reason}", self._cooldown_s)
         return BadUpstreamAnswer(node.name)
+
+    def answer_broke(self, node: NodeState, exc: httpx.HTTPError) -> NodeFailure:
+        """The node's answer broke while it was read, before any of it went to the client: garbage
+        (broken HTTP/1.1 framing) is a bad answer (:meth:`reject_answer`); a stall is a timeout
+        (the node suspect); a cut-off connection takes the node out of traffic until it
+        heartbeats again. Logged in one line."""
+        if is_garbled(exc):
+            return self.reject_answer(node, _garbled_reason(exc))
+        reason = type(exc.__cause__ or exc).__name__
+        log.warning("node %s broke off its answer (request %s): %s", node.name, request_id.current(), reason)
+        if is_timeout(exc):
+            node.record_failure(f"answer stalled: {reason}", self._cooldown_s)
+            return UpstreamTimeout(node.name)
+        node.record_failure(f"answer cut: {reason}", self._cooldown_s)
+        self._nodes.mark_down(node, f"answer cut: {reason}")
+        return UpstreamUnreachable(f"Node '{node.name}' broke off its answer")
 
     async def failover(
         self,
@@ -341,6 +374,8 @@ class Forwarder:
                 if isinstance(body_error, OpenAIError):
                     raise body_error from None  # e.g. the client's upload went over the limit
                 raise OpenAIError(400, f"Reading the request body failed: {body_error}") from None
+            if is_garbled(exc):
+                raise self.reject_answer(node, _garbled_reason(exc)) from None
             reason = type(exc.__cause__ or exc).__name__
             log.warning(
                 "node %s: request failed (request %s): %s: %s", node.name, request_id.current(), reason, exc
@@ -421,15 +456,9 @@ class Forwarder:
             except asyncio.CancelledError:
                 left_running = True  # client gone mid-answer: the node may still be working
                 raise
-            except httpx.HTTPError as exc:  # the node died (or stalled) while sending its answer
+            except httpx.HTTPError as exc:  # the node died, stalled or sent garbage mid-answer
                 left_running = is_timeout(exc)  # a stalled node may still be working
-                reason = type(exc.__cause__ or exc).__name__
-                log.warning(
-                    "node %s broke off its answer (request %s): %s", node.name, request_id.current(), reason
-                )
-                node.record_failure(f"answer cut: {reason}", self._cooldown_s)
-                self._nodes.mark_down(node, f"answer cut: {reason}")
-                raise UpstreamUnreachable(f"Node '{node.name}' broke off its answer") from exc
+                raise self.answer_broke(node, exc) from exc
             except BadAnswer as exc:
                 raise self.reject_answer(node, str(exc)) from None
             finally:
@@ -512,8 +541,9 @@ class Forwarder:
         node = lease.node
 
         def on_broken(exc: Exception) -> tuple[str, str]:
-            if isinstance(exc, BadAnswer):
-                failure = self.reject_answer(node, str(exc))
+            bad = _bad_answer_reason(exc)
+            if bad is not None:
+                failure = self.reject_answer(node, bad)
                 return failure.message, failure.code or "bad_upstream_response"
             node.record_failure(f"stream broke: {type(exc).__name__}", self._cooldown_s)
             log.warning("stream from node %s broke after %d bytes: %r", node.name, relay.bytes_sent, exc)
@@ -615,8 +645,9 @@ class Forwarder:
     def _stream_failure(self, node: NodeState, exc: Exception) -> NodeFailure:
         """What ends a node's event stream, as the typed error the route gets (logged once,
         the node marked suspect)."""
-        if isinstance(exc, BadAnswer):
-            return self.reject_answer(node, str(exc))
+        bad = _bad_answer_reason(exc)
+        if bad is not None:
+            return self.reject_answer(node, bad)
         if isinstance(exc, NodeReportedError):
             log.warning(
                 "node %s reported a failure in its event stream (request %s): %s",

@@ -17,13 +17,12 @@ from typing import Any
 import anyio
 import httpx
 import msgspec
-from httpx_aiohttp import AiohttpTransport
-from httpx_aiohttp import transport as _aiohttp_transport
 
 from llmlb_core import request_id
 from llmlb_core.bodies import MAX_JSON_DEPTH, check_json_bytes
 from llmlb_core.errors import NodeFailure, OpenAIError, error_body
 from llmlb_core.tls import client_ssl_context
+from llmlb_core.upstream_transport import CheckedTransport
 
 log = logging.getLogger("llmlb.upstream")
 
@@ -36,10 +35,6 @@ _CODE_TOKEN = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 # Most bytes of an upstream error body that are read (the rest is dropped).
 MAX_ERROR_BYTES = 1024 * 1024
 
-# Read the node's answer in up to 1 MiB pieces (what is buffered), not 16 KiB ones: each piece
-# crosses several Python layers.
-_aiohttp_transport.AiohttpResponseStream.CHUNK_SIZE = 1024 * 1024
-
 
 def upstream_client(
     *, connect_timeout_s: float, read_timeout_s: float, ssl_context: ssl.SSLContext | None = None
@@ -50,7 +45,7 @@ def upstream_client(
     limits = httpx.Limits(max_connections=1000, max_keepalive_connections=200, keepalive_expiry=60)
     verify = ssl_context if ssl_context is not None else client_ssl_context(None)
     return httpx.AsyncClient(
-        transport=AiohttpTransport(verify=verify, limits=limits, trust_env=False),
+        transport=CheckedTransport(verify=verify, limits=limits, trust_env=False),
         timeout=httpx.Timeout(read_timeout_s, connect=connect_timeout_s),
         limits=limits,
         trust_env=False,
@@ -58,15 +53,15 @@ def upstream_client(
 
 
 def is_timeout(exc: httpx.HTTPError) -> bool:
-    """Whether a request failed by timing out (not by being refused or reset).
+    """Whether a request failed by timing out (not by being refused, reset or answered with
+    garbage: :mod:`llmlb_core.upstream_transport` tells them apart)."""
+    return isinstance(exc, httpx.TimeoutException)
 
-    httpx-aiohttp reports every aiohttp connection error, a refused or reset connection
-    included, as ``httpx.ConnectTimeout``; the cause tells them apart.
-    """
-    if not isinstance(exc, httpx.TimeoutException):
-        return False
-    cause = exc.__cause__
-    return cause is None or isinstance(cause, TimeoutError)
+
+def is_garbled(exc: httpx.HTTPError) -> bool:
+    """Whether the peer answered, but not in HTTP/1.1 (a status line, header or body framing that
+    does not parse: :class:`~llmlb_core.upstream_transport.UpstreamProtocolError`)."""
+    return isinstance(exc, httpx.RemoteProtocolError)
 
 
 def media_type(content_type: str) -> str:

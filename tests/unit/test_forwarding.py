@@ -2,10 +2,11 @@
 nodes' HTTP faked.
 
 The transport is an ``httpx.MockTransport`` instead of the router's aiohttp client because
-these are unit tests: no sockets, no processes, milliseconds each. What the real transport does
-(refused connections reported as ``ConnectTimeout``, resets mid-answer, slow peers) is covered
-by tests/system against real node processes; here the fake raises the httpx exceptions that
-transport raises, so failover, typed errors, lease accounting and answer checks are exercised
+these are unit tests: no sockets, no processes, milliseconds each. What the real transport
+raises (``ConnectError`` for a refusal, ``ReadError`` for a reset mid-answer, ``ReadTimeout``
+for a slow peer, ``RemoteProtocolError`` for broken HTTP) is covered by
+tests/integration/test_upstream_transport.py against a peer on a raw socket; here the fake
+raises those httpx exceptions, so failover, typed errors, lease accounting and answer checks are exercised
 exactly as in production.
 """
 
@@ -30,7 +31,6 @@ from llmlb_core.errors import (
     NodeFailure,
     OpenAIError,
     UpstreamTimeout,
-    UpstreamUnreachable,
 )
 from llmlb_core.forwarding import Forwarder, StreamBody, UpstreamResult, with_body_defaults
 from llmlb_core.metrics import Metrics
@@ -41,6 +41,7 @@ from llmlb_core.relay import RelayStream
 from llmlb_core.settings import RouterSettings
 from llmlb_core.store import Store
 from llmlb_core.upstream import BadAnswer
+from llmlb_core.upstream_transport import UpstreamProtocolError
 
 FLAGS = frozenset({"chat_completion"})
 MODEL = "m"
@@ -220,15 +221,45 @@ async def test_a_refused_connection_fails_over_and_takes_the_node_out(cluster: C
     assert a.failures[-1][1] == "unreachable: ConnectError" and a.inflight == 0
 
 
-async def test_a_connect_timeout_caused_by_a_refusal_is_unreachable_not_a_timeout(cluster: Cluster) -> None:
-    """httpx-aiohttp reports a refused connection as ConnectTimeout; its cause tells."""
-    refused = httpx.ConnectTimeout("cannot connect")
-    refused.__cause__ = ConnectionRefusedError()
-    a = cluster.add_node("a", fails_with(refused))
-    with pytest.raises(UpstreamUnreachable) as failed:
+async def test_a_head_that_is_not_http_is_a_bad_answer_tried_elsewhere(cluster: Cluster) -> None:
+    """The transport reports a status line or header that does not parse as
+    ``RemoteProtocolError`` (tests/integration/test_upstream_transport.py): the node answered
+    garbage, so it is suspect (not taken out of traffic) and the request goes elsewhere."""
+    a = cluster.add_node("a", fails_with(UpstreamProtocolError("Duplicate Content-Length")))
+    cluster.add_node("b", json_answer())
+    result = await call(cluster)
+    assert result.node_id == "b" and cluster.hosts() == ["a", "b"]
+    assert [r for _, r in a.failures] == ["bad answer: broken HTTP: Duplicate Content-Length"]
+    assert suspect(a) and cluster.nodes.status(a) == "online"
+    assert (a.inflight, a.abandoned) == (0, 0)
+
+
+async def test_a_node_alone_that_answers_broken_http_is_a_502(cluster: Cluster) -> None:
+    cluster.add_node("a", fails_with(UpstreamProtocolError("Bad status line")))
+    with pytest.raises(BadUpstreamAnswer) as failed:
         await call(cluster)
-    assert failed.value.status == 502 and failed.value.code == "upstream_unreachable"
-    assert a.abandoned == 0  # a refused request is not running on the node
+    assert (failed.value.status, failed.value.code) == (502, "bad_upstream_response")
+
+
+async def test_a_body_that_turns_to_garbage_is_a_bad_answer_tried_elsewhere(cluster: Cluster) -> None:
+    a = cluster.add_node(
+        "a", chunked(b'{"x":', content_type="application/json", then=UpstreamProtocolError("bad chunk size"))
+    )
+    cluster.add_node("b", json_answer())
+    result = await call(cluster)
+    assert result.node_id == "b"
+    assert [r for _, r in a.failures] == ["bad answer: broken HTTP: bad chunk size"]
+    assert cluster.nodes.status(a) == "online" and a.inflight == 0
+
+
+async def test_an_answer_that_stalls_mid_read_is_a_timeout(cluster: Cluster) -> None:
+    a = cluster.add_node(
+        "a", chunked(b'{"x":', content_type="application/json", then=httpx.ReadTimeout("stalled"))
+    )
+    with pytest.raises(UpstreamTimeout):
+        await call(cluster)
+    assert a.failures[-1][1] == "answer stalled: ReadTimeout" and cluster.nodes.status(a) == "online"
+    assert a.abandoned == 1  # a stalled node may still be working
 
 
 async def test_when_every_node_fails_the_last_typed_failure_is_raised(cluster: Cluster) -> None:
