@@ -16,10 +16,11 @@ an answer that is not HTTP/1.1: the transport, :mod:`llmlb_core.upstream_transpo
 every failure at the HTTP layer as an ``httpx`` error), the request is tried on another node,
 ``settings.max_retries`` times (:meth:`failover`). A request body that is itself a stream
 (:class:`StreamBody`, an upload relayed as it arrives) is retried only while none of it was
-sent. A 4xx is the request's fault: it is answered with the
-node's status and an OpenAI-shaped body, never retried. After the first relayed byte nothing is
-retried: an upstream that breaks mid-stream ends a server-sent event stream with an
-OpenAI-shaped error event and aborts a binary one.
+sent. A 4xx is the request's fault: it is answered with the node's status and an OpenAI-shaped
+body, never retried. So is a node's 504 ``job_timeout`` (its engine stopped a job that ran past
+the node's time limit: :class:`JobTimedOut`), which leaves the node's standing as it was. After
+the first relayed byte nothing is retried: an upstream that breaks mid-stream ends a server-sent
+event stream with an OpenAI-shaped error event and aborts a binary one.
 
 A node's answer is untrusted: its status, content type, size (``max_upstream_answer_bytes``,
 routes may set a lower bound) and shape (``check``) are checked. An answer the route cannot use
@@ -55,7 +56,9 @@ from llmlb_core.access_log import current_request, note_request
 from llmlb_core.balancer import Balancer, Lease, job_left_running
 from llmlb_core.bodies import check_json_bytes
 from llmlb_core.errors import (
+    JOB_TIMEOUT,
     BadUpstreamAnswer,
+    JobTimedOut,
     ModelNotFound,
     NoCapableNodes,
     NodeFailure,
@@ -332,6 +335,10 @@ class Forwarder:
                 record.waited(lease.wait_ms / 1000)
             try:
                 answer = await attempt(lease)
+            except JobTimedOut:  # the job's fault: another node would run it as long
+                if record is not None:
+                    record.add_node(lease.node.name, failed=True)
+                raise
             except NodeFailure as exc:
                 if record is not None:
                     record.add_node(lease.node.name, failed=True)
@@ -386,14 +393,26 @@ class Forwarder:
             node.record_failure(f"unreachable: {reason}", self._cooldown_s)
             self._nodes.mark_down(node, f"{reason}: {exc}")
             raise UpstreamUnreachable(f"Node '{node.name}' is unreachable") from exc
-        if response.status_code in RETRYABLE_STATUS:
-            node.record_failure(f"HTTP {response.status_code}", self._cooldown_s)
+        status = response.status_code
+        if status in RETRYABLE_STATUS:
+            # A 504 may be the job's fault, not the node's: its body says (below).
+            if status != 504:
+                node.record_failure(f"HTTP {status}", self._cooldown_s)
             try:
                 content = await read_bounded(response)
             finally:
                 await close_response(response)
             self._metrics.observe_upstream(node.id, "failed", time.monotonic() - started)
-            raise node_failure(response.status_code, content, node.name)
+            if status == 504:
+                if error_code(content) == JOB_TIMEOUT:
+                    log.warning(
+                        "node %s stopped the job at its time limit (request %s)",
+                        node.name,
+                        request_id.current(),
+                    )
+                    raise JobTimedOut(node.name)
+                node.record_failure(f"HTTP {status}", self._cooldown_s)
+            raise node_failure(status, content, node.name)
         return response
 
     def _limit(self, max_answer_bytes: int | None) -> int:

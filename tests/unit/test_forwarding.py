@@ -26,6 +26,7 @@ import pytest
 from llmlb_core.balancer import Balancer
 from llmlb_core.errors import (
     BadUpstreamAnswer,
+    JobTimedOut,
     ModelNotFound,
     NoCapableNodes,
     NodeFailure,
@@ -286,6 +287,36 @@ async def test_running_out_of_nodes_raises_the_last_failure_not_503(cluster: Clu
     # b's 507 is shown as 502; its plain-token code is kept, its message never is.
     assert (failed.value.status, failed.value.code) == (502, "model_load_failed")
     assert failed.value.message == "Node 'b' failed (HTTP 507)"
+
+
+JOB_TIMEOUT_BODY = (
+    b'{"error":{"message":"ran past 600 s at /srv/engine.py","type":"server_error","code":"job_timeout"}}'
+)
+
+
+@pytest.mark.parametrize("relayed", [False, True], ids=["call", "stream"])
+async def test_a_nodes_job_timeout_is_answered_as_is_not_retried_not_suspect(
+    cluster: Cluster, relayed: bool
+) -> None:
+    a = cluster.add_node("a", json_answer(JOB_TIMEOUT_BODY, status=504))
+    b = cluster.add_node("b", json_answer())
+    with pytest.raises(JobTimedOut) as failed:
+        if relayed:
+            await cluster.forward.stream(MODEL, FLAGS, PATH, content=b"{}", content_type="application/json")
+        else:
+            await call(cluster)
+    assert not isinstance(failed.value, NodeFailure)  # failover does not catch it
+    assert (failed.value.status, failed.value.code, failed.value.type) == (504, "job_timeout", "server_error")
+    assert "/srv" not in failed.value.message and "'a'" in failed.value.message  # the node's text never shown
+    assert cluster.hosts() == ["a"] and not suspect(a) and not a.failures
+    assert (a.inflight, a.abandoned, b.inflight) == (0, 0, 0)  # the job is over: no slot left held
+
+
+async def test_any_other_504_is_retried_and_the_node_suspect(cluster: Cluster) -> None:
+    a = cluster.add_node("a", json_answer(b'{"error":{"code":"gateway_timeout"}}', status=504))
+    cluster.add_node("b", json_answer())
+    assert (await call(cluster)).node_id == "b"
+    assert suspect(a) and [r for _, r in a.failures] == ["HTTP 504"]
 
 
 async def test_max_retries_bounds_the_attempts(tmp_path: Path) -> None:
