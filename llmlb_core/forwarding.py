@@ -79,6 +79,7 @@ from llmlb_core.upstream import (
     accepts,
     check_json_object,
     close_response,
+    encoding_problem,
     error_code,
     is_garbled,
     is_timeout,
@@ -228,6 +229,9 @@ def _answer_problem(response: httpx.Response, accept: Collection[str], limit: in
     media = response.headers.get("content-type", "")
     if not accepts(media, accept):
         return f"content type {media!r}, expected one of {sorted(accept)}"
+    encoded = encoding_problem(response)
+    if encoded is not None:
+        return encoded
     declared = response.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         return f"answer of {declared} bytes is over the limit of {limit} bytes"

@@ -32,6 +32,7 @@ RETRYABLE_STATUS = frozenset(range(500, 600))
 SHOWN_5XX = frozenset({500, 502, 503, 504})
 # An upstream error code passed on from a 5xx (the message never is).
 _CODE_TOKEN = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+IDENTITY = "identity"
 # Most bytes of an upstream error body that are read (the rest is dropped).
 MAX_ERROR_BYTES = 1024 * 1024
 
@@ -49,7 +50,19 @@ def upstream_client(
         timeout=httpx.Timeout(read_timeout_s, connect=connect_timeout_s),
         limits=limits,
         trust_env=False,
+        headers={"accept-encoding": IDENTITY},  # see encoding_problem
     )
+
+
+def encoding_problem(response: httpx.Response) -> str | None:
+    """Why an answer's ``content-encoding`` makes it unusable, or None.
+
+    The client asks for answers as they are (``accept-encoding: identity``, not httpx's default
+    ``gzip, deflate``): relayed bytes are passed on without their encoding header, and a
+    compressed answer that is decoded here could inflate a thousandfold past every size bound
+    (a 1 MiB piece of gzip can hold 1 GiB) before it is counted."""
+    encoding = response.headers.get("content-encoding", IDENTITY).strip().lower()
+    return None if encoding in ("", IDENTITY) else f"content encoding {encoding[:40]!r} (none was accepted)"
 
 
 def is_timeout(exc: httpx.HTTPError) -> bool:
@@ -237,13 +250,17 @@ async def read_bounded(response: httpx.Response, limit: int = MAX_ERROR_BYTES) -
 
 async def read_answer(response: httpx.Response, limit: int) -> bytes:
     """The whole answer, or :class:`BadAnswer` as soon as it is over ``limit`` bytes (a
-    declared length over it is refused before reading). A broken read raises ``httpx.HTTPError``."""
+    declared length over it is refused before reading) or when it is encoded
+    (:func:`encoding_problem`). A broken read raises ``httpx.HTTPError``."""
+    problem = encoding_problem(response)
+    if problem is not None:
+        raise BadAnswer(problem)
     declared = response.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise BadAnswer(f"answer of {declared} bytes is over the limit of {limit} bytes")
     parts: list[bytes] = []
     size = 0
-    async for chunk in response.aiter_bytes():
+    async for chunk in response.aiter_raw():
         size += len(chunk)
         if size > limit:
             raise BadAnswer(f"answer is over the limit of {limit} bytes")

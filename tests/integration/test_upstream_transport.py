@@ -9,13 +9,14 @@ that breaks is neither garbled nor a timeout (``upstream_unreachable``); a stall
 
 from __future__ import annotations
 
+import gzip
 import time
 from collections.abc import AsyncIterator, Iterator
 
 import httpx
 import pytest
 
-from llmlb_core.upstream import is_garbled, is_timeout, upstream_client
+from llmlb_core.upstream import BadAnswer, is_garbled, is_timeout, read_answer, upstream_client
 from tests.support.raw_http import RESET, Pause, RawAnswer, RawHttpServer, chunk, head, json_body
 
 MB = 1024 * 1024
@@ -158,3 +159,22 @@ async def test_a_well_formed_answer_passes(peer: RawHttpServer, client: httpx.As
     peer.default = RawAnswer([SSE, FIRST, Pause(0.05), chunk(b"data: [DONE]\n\n"), b"0\r\n\r\n"])
     response, chunks = await exchange(client, peer.url)
     assert chunks == [b'data: {"n": 1}\n\n', b"data: [DONE]\n\n"]
+
+
+async def test_answers_are_asked_for_unencoded_and_an_encoded_one_is_not_inflated(
+    peer: RawHttpServer, client: httpx.AsyncClient
+) -> None:
+    """A gzip bomb: 64 MiB of zeros in 64 KiB. httpx decodes what it is told is gzip, a whole
+    read piece at once, before anything is counted; the router asks for no encoding and refuses
+    an answer that has one, unread."""
+    bomb = gzip.compress(bytes(64 * MB), compresslevel=9)
+    peer.default = RawAnswer(
+        [head("200 OK", "content-encoding: gzip", f"content-length: {len(bomb)}") + bomb]
+    )
+    response = await client.send(client.build_request("POST", peer.url + "/x", content=b"{}"), stream=True)
+    try:
+        with pytest.raises(BadAnswer, match="content encoding 'gzip'"):
+            await read_answer(response, 16 * MB)
+    finally:
+        await response.aclose()
+    assert peer.requests[0].headers["accept-encoding"] == "identity"

@@ -20,8 +20,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from tests.support.servers import wait_until
-
 RESET = "reset"
 
 
@@ -62,6 +60,12 @@ def json_body(data: Any, *headers: str, status: str = "200 OK") -> bytes:
     return head(status, f"content-length: {len(body)}", *headers) + body
 
 
+@dataclass(frozen=True)
+class RawRequest:
+    path: str
+    headers: dict[str, str]  # names in lower case
+
+
 @dataclass
 class RawHttpServer:
     answers: dict[str, RawAnswer | Callable[[str], RawAnswer]] = field(default_factory=dict)
@@ -70,8 +74,8 @@ class RawHttpServer:
             [json_body({"error": {"message": "no answer set"}}, status="404 X")]
         )
     )
-    # The paths of the requests read, in order.
-    requests: list[str] = field(default_factory=list)
+    # The requests read, in order.
+    requests: list[RawRequest] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._loop = asyncio.new_event_loop()
@@ -109,18 +113,15 @@ class RawHttpServer:
         self._thread.join(10)
         self._loop.close()
 
-    def wait_requests(self, count: int, timeout: float = 10) -> None:
-        wait_until(lambda: len(self.requests) >= count, timeout, f"{count} requests")
-
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """One request per connection: its answer ends with the connection."""
         self._writers.add(writer)
         try:
-            path = await _read_request(reader)
-            if path is not None:
-                self.requests.append(path)
-                planned = self.answers.get(path, self.default)
-                await _write(writer, planned(path) if callable(planned) else planned)
+            request = await _read_request(reader)
+            if request is not None:
+                self.requests.append(request)
+                planned = self.answers.get(request.path, self.default)
+                await _write(writer, planned(request.path) if callable(planned) else planned)
         except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
             pass  # the client went away (e.g. after an 8 KiB header line)
         finally:
@@ -129,17 +130,15 @@ class RawHttpServer:
                 writer.close()
 
 
-async def _read_request(reader: asyncio.StreamReader) -> str | None:
-    """Read one request; its path (None: the peer closed the connection)."""
+async def _read_request(reader: asyncio.StreamReader) -> RawRequest | None:
+    """Read one request (None: the peer closed the connection first)."""
     try:
         raw = await reader.readuntil(b"\r\n\r\n")
     except asyncio.IncompleteReadError:
         return None
     lines = raw.decode("latin-1").split("\r\n")
-    path = lines[0].split(" ")[1]
-    headers = {
-        name.strip().lower(): value.strip() for name, _, value in (line.partition(":") for line in lines[1:])
-    }
+    fields = (line.partition(":") for line in lines[1:] if line)
+    headers = {name.strip().lower(): value.strip() for name, _, value in fields}
     if "content-length" in headers:
         await reader.readexactly(int(headers["content-length"]))
     elif headers.get("transfer-encoding", "").lower() == "chunked":
@@ -148,7 +147,7 @@ async def _read_request(reader: asyncio.StreamReader) -> str | None:
             await reader.readexactly(size + 2)
             if size == 0:
                 break
-    return path
+    return RawRequest(lines[0].split(" ")[1], headers)
 
 
 async def _write(writer: asyncio.StreamWriter, answer: RawAnswer) -> None:

@@ -13,6 +13,7 @@ exactly as in production.
 from __future__ import annotations
 
 import asyncio
+import gzip
 import inspect
 import json
 import time
@@ -123,6 +124,17 @@ def unread(status: int, body: bytes, content_type: str) -> httpx.Response:
 
     headers = {"content-type": content_type, "content-length": str(len(body))}
     return httpx.Response(status, content=stream(), headers=headers)
+
+
+def gzipped(body: bytes) -> Handler:
+    """A JSON answer sent gzip-encoded (the router asks for none: ``accept-encoding: identity``)."""
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        response = unread(200, gzip.compress(body), "application/json")
+        response.headers["content-encoding"] = "gzip"
+        return response
+
+    return answer
 
 
 def json_answer(body: bytes = OK_BODY, status: int = 200) -> Handler:
@@ -385,6 +397,9 @@ async def test_a_4xx_is_answered_openai_shaped_and_not_retried(cluster: Cluster)
             id="check",
         ),
         pytest.param(json_answer(b"{}", status=302), {}, "bad answer: HTTP 302", id="redirect"),
+        pytest.param(
+            gzipped(b"{}"), {}, "bad answer: content encoding 'gzip' (none was accepted)", id="gzip"
+        ),
     ],
 )
 async def test_a_bad_answer_is_a_502_and_is_tried_elsewhere(
@@ -483,6 +498,16 @@ async def test_stream_answers_a_4xx_openai_shaped(cluster: Cluster) -> None:
     assert response.status_code == 404 and response.headers["x-llmlb-node"] == "a"
     assert json.loads(response.content)["error"]["message"] == "no such route (node 'a')"
     assert cluster.hosts() == ["a"]
+
+
+async def test_stream_refuses_an_encoded_answer(cluster: Cluster) -> None:
+    a = cluster.add_node("a", gzipped(b"{}"))
+    cluster.add_node("b", json_answer())
+    response = await cluster.forward.stream(
+        MODEL, FLAGS, PATH, content=b"{}", content_type="application/json"
+    )
+    assert response.headers["x-llmlb-node"] == "b"
+    assert "content encoding 'gzip'" in a.failures[-1][1] and suspect(a)
 
 
 async def test_stream_refuses_a_wrong_content_type(cluster: Cluster) -> None:
