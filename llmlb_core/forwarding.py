@@ -72,6 +72,7 @@ from llmlb_core.metrics import Metrics
 from llmlb_core.models import ModelRegistry
 from llmlb_core.nodes import NodeRegistry, NodeState
 from llmlb_core.relay import PASSED_HEADERS, SSE_HEADERS, Relay, RelayStream
+from llmlb_core.relay_checks import SSERelayCheck
 from llmlb_core.settings import RouterSettings
 from llmlb_core.upstream import (
     RETRYABLE_STATUS,
@@ -84,6 +85,7 @@ from llmlb_core.upstream import (
     is_garbled,
     is_timeout,
     log_snippet,
+    media_type,
     node_failure,
     one_line,
     openai_error_content,
@@ -219,6 +221,10 @@ def note_node_report(headers: Mapping[str, str]) -> None:
     note_request(generation_s=seconds, steps=min(steps, _MAX_REPORTED_STEPS))
 
 
+def _is_sse(response: httpx.Response) -> bool:
+    return media_type(response.headers.get("content-type", "")) == "text/event-stream"
+
+
 def _answer_problem(response: httpx.Response, accept: Collection[str], limit: int) -> str | None:
     """Why a relayed answer cannot be used (its head is all there is to judge), or None."""
     status = response.status_code
@@ -273,6 +279,8 @@ class Forwarder:
         self._max_retries = settings.max_retries
         self._cooldown_s = settings.suspect_cooldown_s
         self.max_answer_bytes = settings.max_upstream_answer_bytes
+        self._max_stream_event_bytes = settings.max_stream_event_bytes
+        self._stream_idle_s = settings.stream_idle_timeout_s
 
     # --- the node's side of an attempt ----------------------------------------------------
     def reject_answer(self, node: NodeState, reason: str) -> NodeFailure:
@@ -283,11 +291,13 @@ class Forwarder:
         node.record_failure(f"bad answer: {reason}", self._cooldown_s)
         return BadUpstreamAnswer(node.name)
 
-    def answer_broke(self, node: NodeState, exc: httpx.HTTPError) -> NodeFailure:
+    def answer_broke(self, node: NodeState, exc: httpx.HTTPError | BadAnswer) -> NodeFailure:
         """The node's answer broke while it was read, before any of it went to the client: garbage
-        (broken HTTP/1.1 framing) is a bad answer (:meth:`reject_answer`); a stall is a timeout
-        (the node suspect); a cut-off connection takes the node out of traffic until it
-        heartbeats again. Logged in one line."""
+        (broken HTTP/1.1 framing, what a check refused) is a bad answer (:meth:`reject_answer`);
+        a stall is a timeout (the node suspect); a cut-off connection takes the node out of
+        traffic until it heartbeats again. Logged in one line."""
+        if isinstance(exc, BadAnswer):
+            return self.reject_answer(node, str(exc))
         if is_garbled(exc):
             return self.reject_answer(node, _garbled_reason(exc))
         reason = type(exc.__cause__ or exc).__name__
@@ -543,6 +553,15 @@ class Forwarder:
                     status, error, node_name=lease.node.name, content_type=media, headers=client_headers
                 )
             relay = self._relay(lease, response, started, limit)
+            try:  # the first bytes are read here: until they are in, another node may be tried
+                await relay.start()
+            except (httpx.HTTPError, BadAnswer) as exc:
+                failure = self.answer_broke(lease.node, exc)
+                await relay.aclose()
+                raise failure from None
+            except BaseException:
+                await relay.aclose()
+                raise
             for name in PASSED_HEADERS:
                 if name in response.headers and name != "content-type":
                     client_headers[name] = response.headers[name]
@@ -561,34 +580,56 @@ class Forwarder:
         return await self.failover(model, flags, attempt, can_retry=can_retry)
 
     def _relay(self, lease: Lease, response: httpx.Response, started: float, limit: int) -> Relay:
+        """The relay of a node's answer: server-sent events checked event by event
+        (:class:`SSERelayCheck`), every answer bounded in size and in idle time."""
         node = lease.node
 
         def on_broken(exc: Exception) -> tuple[str, str]:
+            """After the first byte went to the client: the error event's message and code."""
             bad = _bad_answer_reason(exc)
             if bad is not None:
                 failure = self.reject_answer(node, bad)
                 return failure.message, failure.code or "bad_upstream_response"
-            node.record_failure(f"stream broke: {type(exc).__name__}", self._cooldown_s)
-            log.warning("stream from node %s broke after %d bytes: %r", node.name, relay.bytes_sent, exc)
+            reason = type(exc.__cause__ or exc).__name__
+            log.warning(
+                "stream from node %s broke after %d bytes (request %s): %s: %r",
+                node.name,
+                relay.bytes_sent,
+                request_id.current(),
+                reason,
+                str(exc)[:300],
+            )
+            if isinstance(exc, httpx.HTTPError) and is_timeout(exc):
+                node.record_failure(f"stream stalled: {reason}", self._cooldown_s)
+                return f"Node '{node.name}' timed out", "upstream_timeout"
+            node.record_failure(f"stream broke: {reason}", self._cooldown_s)
             return f"Node '{node.name}' stopped streaming", "upstream_stream_broken"
 
         def on_close(relay: Relay) -> None:
             elapsed = time.monotonic() - started
-            outcome = "ok" if relay.completed else "failed" if relay.broken else "cancelled"
+            failed = relay.broken or relay.stalled
+            outcome = "ok" if relay.completed else "failed" if failed else "cancelled"
             self._metrics.observe_upstream(node.id, outcome, elapsed)
             self._balancer.release(
                 lease,
                 duration_s=elapsed if relay.completed else None,
                 abandoned=not relay.completed and not relay.broken,  # the node may still be sending
             )
-            if not relay.completed:
+            if not relay.completed and not failed:  # a failure was logged where it was seen
                 log.info(
-                    "stream from node %s ended early after %d bytes (client gone or upstream broke)",
+                    "stream from node %s ended early after %d bytes (client gone)",
                     node.name,
                     relay.bytes_sent,
                 )
 
-        relay = Relay(response, limit=limit, on_broken=on_broken, on_close=on_close)
+        relay = Relay(
+            response,
+            limit=limit,
+            on_broken=on_broken,
+            on_close=on_close,
+            check=SSERelayCheck(max_event_bytes=self._max_stream_event_bytes) if _is_sse(response) else None,
+            idle_timeout_s=self._stream_idle_s,
+        )
         return relay
 
     # --- event streams, checked event by event -----------------------------------------------

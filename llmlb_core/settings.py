@@ -69,6 +69,14 @@ class RouterSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # Largest answer read from a node or endpoint (relayed streams included); a larger one is a
     # 502 bad_upstream_response and the node is marked suspect. Routes may set a lower bound.
     max_upstream_answer_bytes: Annotated[int, msgspec.Meta(gt=0)] = 64 * 1024 * 1024
+    # Relayed streams (text and audio: server-sent events, audio bytes) are checked as they pass
+    # (docs/text-and-audio.md, "Checked streams"): one server-sent event may take at most
+    # max_stream_event_bytes, and a stream that sends nothing to pass on for
+    # stream_idle_timeout_s (a stall, or bytes that never complete an event) is ended (504
+    # upstream_timeout before its first byte, an error event after it). Their total is bounded
+    # by max_upstream_answer_bytes.
+    max_stream_event_bytes: Annotated[int, msgspec.Meta(gt=0)] = 1024 * 1024
+    stream_idle_timeout_s: Positive = 300.0
     # Slow and idle clients (llmlb_core/slow_clients.py). A request's headers must be complete
     # within client_header_timeout_s of the connection opening (or of the request's first byte on
     # a kept-alive connection; a connection that sends nothing is closed then too). While a body

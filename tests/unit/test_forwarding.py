@@ -58,7 +58,7 @@ class Cluster:
     """Real registries, balancer and metrics around a Forwarder whose nodes are functions:
     ``answers[node_name](request)`` answers what node ``node_name`` is sent."""
 
-    def __init__(self, tmp_path: Path, *, max_retries: int = 2) -> None:
+    def __init__(self, tmp_path: Path, *, max_retries: int = 2, **settings: Any) -> None:
         self.store = Store(tmp_path / "db.sqlite3")
         self.nodes = NodeRegistry(self.store, timeout_s=60)
         self.models = ModelRegistry(self.store, self.nodes)
@@ -68,7 +68,7 @@ class Cluster:
         self.sent: list[httpx.Request] = []
         self.http = httpx.AsyncClient(transport=httpx.MockTransport(self._dispatch))
         self.forward = Forwarder(
-            settings=RouterSettings(data_dir=str(tmp_path), max_retries=max_retries),
+            settings=RouterSettings(data_dir=str(tmp_path), max_retries=max_retries, **settings),
             models=self.models,
             nodes=self.nodes,
             balancer=self.balancer,
@@ -463,7 +463,7 @@ async def test_an_admin_registered_model_without_nodes_is_503(cluster: Cluster) 
 
 # --- stream: relayed answers ----------------------------------------------------------------
 async def test_stream_relays_the_chunks_as_sent_and_releases_the_lease(cluster: Cluster) -> None:
-    node = cluster.add_node("a", chunked(b"data: 1\n\n", b"data: 2\n", b"\ndata: [DONE]\n\n"))
+    node = cluster.add_node("a", chunked(b"data: {}\n\n", b'data: {"n": 2}\n', b"\ndata: [DONE]\n\n"))
     response = await cluster.forward.stream(
         MODEL, FLAGS, PATH, content=b"{}", content_type="application/json", content_length=2
     )
@@ -471,7 +471,9 @@ async def test_stream_relays_the_chunks_as_sent_and_releases_the_lease(cluster: 
     assert response.headers["x-llmlb-node"] == "a" and response.headers["cache-control"] == "no-cache"
     assert cluster.sent[0].headers["content-length"] == "2"
     assert node.inflight == 1  # held while the answer is relayed
-    assert await relay_all(response) == [b"data: 1\n\n", b"data: 2\n", b"\ndata: [DONE]\n\n"]
+    # Each event as soon as it is complete, as the bytes it came in (the second and [DONE] are
+    # completed by the same chunk: one piece).
+    assert await relay_all(response) == [b"data: {}\n\n", b'data: {"n": 2}\n\ndata: [DONE]\n\n']
     assert (node.inflight, node.abandoned, node.completed, node.free) == (0, 0, 1, 1)
     assert cluster.balancer.try_acquire(MODEL, FLAGS) is not None  # the slot is free again
     assert cluster.upstream_count("a", "ok") == 1
@@ -479,18 +481,18 @@ async def test_stream_relays_the_chunks_as_sent_and_releases_the_lease(cluster: 
 
 async def test_stream_fails_over_before_the_first_byte(cluster: Cluster) -> None:
     a = cluster.add_node("a", json_answer(b"", status=500))
-    cluster.add_node("b", chunked(b"data: hi\n\n"))
+    cluster.add_node("b", chunked(b'data: {"hi": 1}\n\n'))
     response = await cluster.forward.stream(
         MODEL, FLAGS, PATH, content=b"{}", content_type="application/json"
     )
-    assert await relay_all(response) == [b"data: hi\n\n"]
+    assert await relay_all(response) == [b'data: {"hi": 1}\n\n']
     assert response.headers["x-llmlb-node"] == "b" and cluster.hosts() == ["a", "b"]
     assert suspect(a) and a.inflight == 0
 
 
 async def test_stream_answers_a_4xx_openai_shaped(cluster: Cluster) -> None:
     cluster.add_node("a", lambda request: unread(404, b"no such route", "text/plain"))
-    cluster.add_node("b", chunked(b"data: hi\n\n"))
+    cluster.add_node("b", chunked(b'data: {"hi": 1}\n\n'))
     response = await cluster.forward.stream(
         MODEL, FLAGS, PATH, content=b"{}", content_type="application/json"
     )
@@ -521,14 +523,13 @@ async def test_stream_refuses_a_wrong_content_type(cluster: Cluster) -> None:
 
 
 async def test_a_stream_that_breaks_ends_with_an_error_event(cluster: Cluster) -> None:
-    node = cluster.add_node("a", chunked(b"data: 1\n\ndata: {", then=httpx.ReadError("reset")))
+    node = cluster.add_node("a", chunked(b"data: {}\n\ndata: {", then=httpx.ReadError("reset")))
     response = await cluster.forward.stream(
         MODEL, FLAGS, PATH, content=b"{}", content_type="application/json"
     )
     chunks = await relay_all(response)
-    assert chunks[0] == b"data: 1\n\ndata: {"
-    assert chunks[1].startswith(b"\n\ndata: ")  # the partial event is closed first
-    event = json.loads(chunks[1].removeprefix(b"\n\ndata: "))
+    assert chunks[0] == b"data: {}\n\n"  # the partial event is never sent
+    event = json.loads(chunks[1].removeprefix(b"data: "))
     assert event["error"]["code"] == "upstream_stream_broken"
     assert event["error"]["message"] == "Node 'a' stopped streaming"
     assert (node.inflight, node.abandoned, node.completed) == (0, 0, 0)
@@ -537,14 +538,152 @@ async def test_a_stream_that_breaks_ends_with_an_error_event(cluster: Cluster) -
 
 async def test_a_stream_over_the_answer_limit_ends_with_bad_upstream_response(cluster: Cluster) -> None:
     cluster.forward.max_answer_bytes = 16
-    node = cluster.add_node("a", chunked(b"data: 1\n\n", b"data: " + b"x" * 20 + b"\n\n"))
+    node = cluster.add_node("a", chunked(b"data: {}\n\n", b"data: " + b"x" * 20 + b"\n\n"))
     response = await cluster.forward.stream(
         MODEL, FLAGS, PATH, content=b"{}", content_type="application/json"
     )
     chunks = await relay_all(response)
-    assert chunks[0] == b"data: 1\n\n" and len(chunks) == 2  # the oversized chunk is never sent
+    assert chunks[0] == b"data: {}\n\n" and len(chunks) == 2  # the oversized chunk is never sent
     assert json.loads(chunks[1].removeprefix(b"data: "))["error"]["code"] == "bad_upstream_response"
     assert suspect(node) and node.inflight == 0
+
+
+# --- stream: checked as it passes (llmlb_core.relay_checks) --------------------------------
+EVENT = b'data: {"choices": []}\n\n'
+IDLE_S = 0.3
+
+
+def paced(*steps: bytes | float, content_type: str = "text/event-stream") -> Handler:
+    """An answer whose body is ``steps``: bytes sent, or seconds of silence."""
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        async def body() -> AsyncIterator[bytes]:
+            for step in steps:
+                if isinstance(step, bytes):
+                    yield step
+                else:
+                    await asyncio.sleep(step)
+
+        return httpx.Response(200, content=body(), headers={"content-type": content_type})
+
+    return answer
+
+
+@pytest.fixture
+async def idle_cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
+    """A cluster whose relays end after ``IDLE_S`` with nothing to pass on."""
+    made = Cluster(tmp_path, stream_idle_timeout_s=IDLE_S)
+    yield made
+    await made.http.aclose()
+    made.store.close()
+
+
+async def open_stream(cluster: Cluster, path: str = PATH) -> RelayStream:
+    response = await cluster.forward.stream(
+        MODEL, FLAGS, path, content=b"{}", content_type="application/json"
+    )
+    assert isinstance(response, RelayStream)
+    return response
+
+
+def error_of(event: bytes) -> dict[str, Any]:
+    error: dict[str, Any] = json.loads(event.removeprefix(b"data: "))["error"]
+    return error
+
+
+@pytest.mark.parametrize(
+    ("first", "reason"),
+    [
+        (b"data: hello\n\n", "an event whose data is neither a JSON object nor [DONE]"),
+        (b'data: {"a": "\xff"}\n\n', "an event that is not UTF-8"),
+        (b"data: {" + b"x" * (1 << 20), "an event over the limit of 1048576 bytes"),
+    ],
+    ids=["not JSON", "not UTF-8", "endless event"],
+)
+async def test_garbage_before_the_first_event_is_tried_elsewhere(
+    cluster: Cluster, first: bytes, reason: str
+) -> None:
+    a = cluster.add_node("a", chunked(first, EVENT))
+    cluster.add_node("b", chunked(EVENT))
+    response = await open_stream(cluster)
+    assert response.headers["x-llmlb-node"] == "b" and await relay_all(response) == [EVENT]
+    assert a.failures[-1][1].startswith(f"bad answer: {reason}") and suspect(a)
+    assert (a.inflight, a.abandoned) == (0, 0)
+
+
+async def test_garbage_after_the_first_event_ends_the_stream_with_an_error_event(cluster: Cluster) -> None:
+    node = cluster.add_node("a", chunked(EVENT, b"event: x\n\n", b"data: [1]\n\n" + EVENT))
+    chunks = await relay_all(await open_stream(cluster))
+    assert chunks[0] == EVENT and len(chunks) == 2  # the unknown event dropped, the garbage never sent
+    assert error_of(chunks[1])["code"] == "bad_upstream_response"
+    assert suspect(node) and (node.inflight, node.abandoned) == (0, 0)
+    assert cluster.upstream_count("a", "failed") == 1
+
+
+async def test_a_stream_cut_before_its_first_event_is_tried_elsewhere(cluster: Cluster) -> None:
+    a = cluster.add_node("a", chunked(b'data: {"cho', then=httpx.ReadError("reset")))
+    cluster.add_node("b", chunked(EVENT))
+    assert (await open_stream(cluster)).headers["x-llmlb-node"] == "b"
+    assert a.failures[-1][1] == "answer cut: ReadError" and cluster.nodes.status(a) == "offline"
+
+
+async def test_a_stream_that_stalls_before_its_first_event_is_tried_elsewhere(idle_cluster: Cluster) -> None:
+    a = idle_cluster.add_node("a", paced(b": ping", 5.0, EVENT))  # a comment that never ends
+    idle_cluster.add_node("b", chunked(EVENT))
+    started = time.monotonic()
+    response = await open_stream(idle_cluster)
+    assert response.headers["x-llmlb-node"] == "b" and time.monotonic() - started < 2
+    assert a.failures[-1][1] == "answer stalled: ReadTimeout" and suspect(a)
+    assert a.abandoned == 1  # the node may still be working on it
+
+
+@pytest.mark.parametrize(
+    "stall",
+    [
+        pytest.param((5.0,), id="silence"),
+        pytest.param((b"data: {", *[0.1, b"x"] * 50), id="a trickle that never completes an event"),
+    ],
+)
+async def test_a_stream_with_nothing_to_pass_on_ends_with_upstream_timeout(
+    idle_cluster: Cluster, stall: tuple[bytes | float, ...]
+) -> None:
+    node = idle_cluster.add_node("a", paced(EVENT, *stall, EVENT))
+    started = time.monotonic()
+    chunks = await relay_all(await open_stream(idle_cluster))
+    assert chunks[0] == EVENT and len(chunks) == 2 and time.monotonic() - started < 2
+    assert error_of(chunks[1])["code"] == "upstream_timeout"
+    assert node.failures[-1][1] == "stream stalled: ReadTimeout" and node.abandoned == 1
+
+
+async def test_keep_alives_count_as_something_to_pass_on(idle_cluster: Cluster) -> None:
+    pings = [step for _ in range(8) for step in (IDLE_S / 2, b": ping\n\n")]
+    idle_cluster.add_node("a", paced(EVENT, *pings, EVENT))
+    chunks = await relay_all(await open_stream(idle_cluster))
+    assert chunks == [EVENT, *[b": ping\n\n"] * 8, EVENT]
+
+
+async def test_a_binary_stream_that_stalls_is_aborted(idle_cluster: Cluster) -> None:
+    node = idle_cluster.add_node("a", paced(b"RIFF", 5.0, b"more", content_type="audio/wav"))
+    response = await cluster_speech(idle_cluster)
+    received: list[bytes] = []
+    with pytest.raises(httpx.ReadTimeout):
+        async for chunk in response.relay:
+            received.append(chunk)
+    assert received == [b"RIFF"] and node.failures[-1][1] == "stream stalled: ReadTimeout"
+
+
+async def test_binary_and_json_answers_are_passed_as_they_come(cluster: Cluster) -> None:
+    """Only server-sent events are parsed: other answers are bounded, not read as events."""
+    cluster.add_node("a", chunked(b"RIFF\n\n", b"\xff\x00", content_type="audio/wav"))
+    assert await relay_all(await cluster_speech(cluster)) == [b"RIFF\n\n", b"\xff\x00"]
+
+
+async def cluster_speech(cluster: Cluster) -> RelayStream:
+    response = await cluster.forward.stream(
+        MODEL, FLAGS, "/v1/audio/speech", content=b"{}", content_type="application/json", accept=("audio/*",)
+    )
+    assert isinstance(response, RelayStream)
+    return response
 
 
 def stalled_body(status: int, made: list[httpx.Response], started: asyncio.Event) -> Handler:
@@ -594,7 +733,7 @@ async def test_a_client_that_leaves_while_a_5xx_body_is_read_closes_the_response
 
 
 async def test_a_client_that_leaves_mid_stream_leaves_the_slot_abandoned(cluster: Cluster) -> None:
-    node = cluster.add_node("a", chunked(b"data: 1\n\n", b"data: 2\n\n"))
+    node = cluster.add_node("a", chunked(b"data: {}\n\n", b"data: {}\n\n"))
     response = await cluster.forward.stream(
         MODEL, FLAGS, PATH, content=b"{}", content_type="application/json"
     )
@@ -611,7 +750,7 @@ async def test_a_streamed_body_is_not_retried_once_sent(cluster: Cluster) -> Non
         yield b"part-2"
 
     a = cluster.add_node("a", json_answer(b"", status=503))
-    cluster.add_node("b", chunked(b"data: hi\n\n"))
+    cluster.add_node("b", chunked(b'data: {"hi": 1}\n\n'))
     body = StreamBody(upload())
     with pytest.raises(NodeFailure) as failed:
         await cluster.forward.stream(
@@ -627,8 +766,8 @@ async def test_a_streamed_body_that_fails_on_our_side_is_the_clients_error(clust
         yield b"part-1"
         raise OpenAIError(413, "File is too large", code="request_too_large")
 
-    a = cluster.add_node("a", chunked(b"data: hi\n\n"))
-    cluster.add_node("b", chunked(b"data: hi\n\n"))
+    a = cluster.add_node("a", chunked(b'data: {"hi": 1}\n\n'))
+    cluster.add_node("b", chunked(b'data: {"hi": 1}\n\n'))
     body = StreamBody(upload())
     with pytest.raises(OpenAIError) as refused:
         await cluster.forward.stream(
@@ -658,7 +797,7 @@ async def test_an_upload_failure_reported_by_the_transport_is_the_clients_error(
         raise httpx.WriteError("body source failed")
 
     a = cluster.add_node("a", breaks_off)
-    cluster.add_node("b", chunked(b"data: hi\n\n"))
+    cluster.add_node("b", chunked(b'data: {"hi": 1}\n\n'))
     with pytest.raises(OpenAIError) as refused:
         await cluster.forward.stream(
             MODEL, FLAGS, PATH, content=body, content_type="application/octet-stream"
@@ -691,11 +830,11 @@ async def test_json_fills_the_models_defaults(cluster: Cluster) -> None:
 
 
 async def test_json_streams_when_asked(cluster: Cluster) -> None:
-    cluster.add_node("a", chunked(b"data: 1\n\n"))
+    cluster.add_node("a", chunked(b"data: {}\n\n"))
     response = await cluster.forward.json(
         model=MODEL, flags=FLAGS, path=PATH, body=b'{"model":"m"}', stream=True
     )
-    assert await relay_all(response) == [b"data: 1\n\n"]
+    assert await relay_all(response) == [b"data: {}\n\n"]
     assert cluster.sent[0].content == b'{"model":"m"}'  # no defaults: the client's bytes
 
 
