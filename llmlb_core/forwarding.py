@@ -301,12 +301,14 @@ class Forwarder:
         if is_garbled(exc):
             return self.reject_answer(node, _garbled_reason(exc))
         reason = type(exc.__cause__ or exc).__name__
-        log.warning("node %s broke off its answer (request %s): %s", node.name, request_id.current(), reason)
+        said = f"its answer broke off (request {request_id.current()}): {reason}: {one_line(str(exc), 300)}"
         if is_timeout(exc):
+            log.warning("node %s: %s", node.name, said)
             node.record_failure(f"answer stalled: {reason}", self._cooldown_s)
             return UpstreamTimeout(node.name)
         node.record_failure(f"answer cut: {reason}", self._cooldown_s)
-        self._nodes.mark_down(node, f"answer cut: {reason}")
+        if not self._nodes.mark_down(node, said):  # logged there, once, when it was up
+            log.warning("node %s: %s", node.name, said)
         return UpstreamUnreachable(f"Node '{node.name}' broke off its answer")
 
     async def failover(
@@ -398,14 +400,14 @@ class Forwarder:
             if is_garbled(exc):
                 raise self.reject_answer(node, _garbled_reason(exc)) from None
             reason = type(exc.__cause__ or exc).__name__
-            log.warning(
-                "node %s: request failed (request %s): %s: %s", node.name, request_id.current(), reason, exc
-            )
+            said = f"request failed (request {request_id.current()}): {reason}: {one_line(str(exc), 300)}"
             if is_timeout(exc):
+                log.warning("node %s: %s", node.name, said)
                 node.record_failure(f"timeout: {type(exc).__name__}", self._cooldown_s)
                 raise UpstreamTimeout(node.name) from exc
             node.record_failure(f"unreachable: {reason}", self._cooldown_s)
-            self._nodes.mark_down(node, f"{reason}: {exc}")
+            if not self._nodes.mark_down(node, said):  # logged there, once, when it was up
+                log.warning("node %s: %s", node.name, said)
             raise UpstreamUnreachable(f"Node '{node.name}' is unreachable") from exc
         status = response.status_code
         if status in RETRYABLE_STATUS:
