@@ -696,7 +696,7 @@ class Forwarder:
                 headers=lease.headers(),
                 max_event_bytes=max_event_bytes,
                 max_total_bytes=limit,
-                fail=functools.partial(self._stream_failure, node),
+                fail=lambda exc: self._stream_failure(node, exc, first=not stream.started),
                 on_close=functools.partial(self._stream_closed, lease, started),
             )
             try:
@@ -708,9 +708,12 @@ class Forwarder:
 
         return await self.failover(model, flags, attempt)
 
-    def _stream_failure(self, node: NodeState, exc: Exception) -> NodeFailure:
+    def _stream_failure(self, node: NodeState, exc: Exception, *, first: bool) -> NodeFailure:
         """What ends a node's event stream, as the typed error the route gets (logged once,
-        the node marked suspect)."""
+        the node marked suspect). ``first``: its first event was not in yet (the failover
+        attempt is still on): a break is then what it is for any answer (:meth:`answer_broke`)."""
+        if first and isinstance(exc, httpx.HTTPError | BadAnswer):
+            return self.answer_broke(node, exc)
         bad = _bad_answer_reason(exc)
         if bad is not None:
             return self.reject_answer(node, bad)
