@@ -744,14 +744,34 @@ async def test_a_client_that_leaves_mid_stream_leaves_the_slot_abandoned(cluster
     assert cluster.upstream_count("a", "cancelled") == 1
 
 
-async def test_a_streamed_body_is_not_retried_once_sent(cluster: Cluster) -> None:
+async def test_a_streamed_body_is_resent_to_another_node_while_it_is_kept(cluster: Cluster) -> None:
+    sent: list[int] = []
+
+    async def upload() -> AsyncIterator[bytes]:
+        for part in (b"part-1", b"part-2"):
+            sent.append(1)
+            yield part
+
+    a = cluster.add_node("a", json_answer(b"", status=503))
+    cluster.add_node("b", chunked(b'data: {"hi": 1}\n\n'))
+    body = StreamBody(upload())
+    response = await cluster.forward.stream(
+        MODEL, FLAGS, PATH, content=body, content_type="application/octet-stream"
+    )
+    assert response.headers["x-llmlb-node"] == "b" and cluster.hosts() == ["a", "b"]
+    assert [r.content for r in cluster.sent] == [b"part-1part-2"] * 2
+    assert len(sent) == 2  # the client's upload was read once
+    assert suspect(a) and a.inflight == 0
+
+
+async def test_a_streamed_body_over_what_is_kept_is_not_retried_once_sent(cluster: Cluster) -> None:
     async def upload() -> AsyncIterator[bytes]:
         yield b"part-1"
         yield b"part-2"
 
     a = cluster.add_node("a", json_answer(b"", status=503))
     cluster.add_node("b", chunked(b'data: {"hi": 1}\n\n'))
-    body = StreamBody(upload())
+    body = StreamBody(upload(), keep_bytes=8)
     with pytest.raises(NodeFailure) as failed:
         await cluster.forward.stream(
             MODEL, FLAGS, PATH, content=body, content_type="application/octet-stream"
@@ -807,12 +827,18 @@ async def test_an_upload_failure_reported_by_the_transport_is_the_clients_error(
     assert a.inflight == 0
 
 
-async def test_a_stream_body_is_sent_once() -> None:
+async def test_a_stream_body_is_sent_again_only_while_it_is_kept() -> None:
     async def upload() -> AsyncIterator[bytes]:
-        yield b"x"
+        yield b"abc"
+        yield b"def"
 
-    body = StreamBody(upload())
-    assert [c async for c in body] == [b"x"]
+    body = StreamBody(upload(), keep_bytes=4)
+    first = aiter(body)
+    assert await anext(first) == b"abc"  # the first attempt stops after one piece
+    await first.aclose()  # type: ignore[attr-defined]
+    assert body.resendable
+    assert [c async for c in body] == [b"abc", b"def"]  # the kept piece, then the rest
+    assert not body.resendable  # 6 bytes read: more than the 4 kept
     with pytest.raises(RuntimeError):
         _ = [c async for c in body]
 
