@@ -103,6 +103,8 @@ JSON_TYPES = ("application/json",)
 # What a relayed answer may be by default (server-sent events, or JSON from a server that does
 # not stream).
 STREAM_TYPES = ("text/event-stream", "application/json")
+# Relayed answers that are documents, not streams (:meth:`Forwarder.stream` reads them whole).
+DOCUMENT_TYPES = ("application/json", "text/plain", "text/vtt", "text/srt", "application/x-subrip")
 # What an answer read as events (:meth:`Forwarder.events`) must be.
 EVENT_STREAM_TYPES = ("text/event-stream",)
 # What a node may report about the work an answer took (read by :meth:`Forwarder.call`; the
@@ -611,8 +613,11 @@ class Forwarder:
 
     def _relay(self, lease: Lease, response: httpx.Response, started: float, limit: int) -> Relay:
         """The relay of a node's answer: server-sent events checked event by event
-        (:class:`SSERelayCheck`), every answer bounded in size and in idle time."""
+        (:class:`SSERelayCheck`), every answer bounded in size and in idle time. A document
+        (JSON, text: e.g. a transcript) is read whole before any of it is passed on, so a break
+        anywhere in it is tried on another node."""
         node = lease.node
+        sse = _is_sse(response)
 
         def on_broken(exc: Exception) -> tuple[str, str]:
             """After the first byte went to the client: the error event's message and code."""
@@ -657,8 +662,9 @@ class Forwarder:
             limit=limit,
             on_broken=on_broken,
             on_close=on_close,
-            check=SSERelayCheck(max_event_bytes=self._max_stream_event_bytes) if _is_sse(response) else None,
+            check=SSERelayCheck(max_event_bytes=self._max_stream_event_bytes) if sse else None,
             idle_timeout_s=self._stream_idle_s,
+            whole=not sse and accepts(response.headers.get("content-type", ""), DOCUMENT_TYPES),
         )
         return relay
 

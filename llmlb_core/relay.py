@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
@@ -68,8 +69,9 @@ class Relay:
     ``on_close(relay)`` runs once at the end, with ``completed`` / ``broken`` / ``stalled``
     telling how it ended.
 
-    :meth:`start` reads ahead until the first bytes to pass on are in (a forwarder calls it
-    while it may still try another node); iterating passes them, then the rest.
+    :meth:`start` reads ahead until the first bytes to pass on are in, or with ``whole`` the
+    whole answer (a forwarder calls it while it may still try another node); iterating passes
+    them, then the rest.
     """
 
     def __init__(
@@ -81,6 +83,7 @@ class Relay:
         on_close: Callable[[Relay], None] | None = None,
         check: RelayCheck | None = None,
         idle_timeout_s: float | None = None,
+        whole: bool = False,
     ) -> None:
         self.response = response
         self.sse = response.headers.get("content-type", "").startswith("text/event-stream")
@@ -94,15 +97,21 @@ class Relay:
         self._idle_s = idle_timeout_s
         self._deadline = 0.0
         self._chunks: AsyncGenerator[bytes, None] = response.aiter_raw()  # type: ignore[assignment]
-        self._ahead: list[bytes | None] = []  # read by start(), not passed yet (None: the end)
+        self._whole = whole
+        self._ahead: deque[bytes | None] = deque()  # read by start(), not passed yet (None: the end)
         self._on_broken = on_broken
         self._on_close = on_close
         self._closed = False
 
     async def start(self) -> None:
-        """Read until the first bytes to pass on are in, or the answer ended; raises what ended
-        the read (``httpx.HTTPError``, :class:`BadAnswer`), as iterating would."""
-        self._ahead.append(await self._next())
+        """Read until the first bytes to pass on are in (with ``whole``: all of them), or the
+        answer ended; raises what ended the read (``httpx.HTTPError``, :class:`BadAnswer`), as
+        iterating would."""
+        while True:
+            chunk = await self._next()
+            self._ahead.append(chunk)
+            if chunk is None or not self._whole:
+                return
 
     async def _next(self) -> bytes | None:
         """The next bytes to pass on (never empty), or None at the end of the answer."""
@@ -148,7 +157,7 @@ class Relay:
         mid_event = False
         try:
             while True:
-                chunk = self._ahead.pop() if self._ahead else await self._next()
+                chunk = self._ahead.popleft() if self._ahead else await self._next()
                 if chunk is None:
                     break
                 self.bytes_sent += len(chunk)

@@ -678,6 +678,18 @@ async def test_binary_and_json_answers_are_passed_as_they_come(cluster: Cluster)
     assert await relay_all(await cluster_speech(cluster)) == [b"RIFF\n\n", b"\xff\x00"]
 
 
+async def test_a_relayed_document_cut_anywhere_is_tried_elsewhere(cluster: Cluster) -> None:
+    """A transcript (JSON, text) is read whole before any of it goes: a cut is never sent."""
+    a = cluster.add_node(
+        "a",
+        chunked(b'{"text": "hel', b"lo wor", content_type="application/json", then=httpx.ReadError("reset")),
+    )
+    cluster.add_node("b", chunked(b'{"text": ', b'"hello"}', content_type="application/json"))
+    response = await open_stream(cluster, "/v1/audio/transcriptions")
+    assert response.headers["x-llmlb-node"] == "b" and a.failures[-1][1] == "answer cut: ReadError"
+    assert await relay_all(response) == [b'{"text": ', b'"hello"}']
+
+
 async def cluster_speech(cluster: Cluster) -> RelayStream:
     response = await cluster.forward.stream(
         MODEL, FLAGS, "/v1/audio/speech", content=b"{}", content_type="application/json", accept=("audio/*",)
