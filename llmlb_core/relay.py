@@ -27,6 +27,7 @@ from litestar.response import Stream
 from litestar.response.base import ASGIResponse
 
 from llmlb_core.errors import error_body
+from llmlb_core.idle_watch import IdleWatch
 from llmlb_core.relay_checks import RelayCheck
 from llmlb_core.request_id import with_request_id
 from llmlb_core.upstream import BadAnswer, close_response, is_timeout
@@ -59,9 +60,10 @@ class Relay:
     ``limit``: most bytes read; more is a :class:`BadAnswer` (handled like a break).
     ``check``: what every chunk goes through (:class:`~llmlb_core.relay_checks.SSERelayCheck` for
     server-sent events): what it returns is passed on, what it refuses is a :class:`BadAnswer`.
-    ``idle_timeout_s``: the longest the upstream may go without sending anything to pass on (a
-    trickle of bytes that never completes an event counts as nothing); then the relay ends as
-    if the read had timed out (``httpx.ReadTimeout``).
+    ``idle_timeout_s``: the longest the relay may wait on the upstream for something to pass on
+    (a trickle of bytes that never completes an event counts as nothing); then it ends as if
+    the read had timed out (``httpx.ReadTimeout``). Time the client takes to accept what was
+    passed does not count.
     ``on_broken(exc)``: called when the upstream breaks off or stalls (``httpx.HTTPError``), or
     sends what may not be passed on (:class:`BadAnswer`); it returns the ``(message, code)`` of
     the error event that ends a server-sent event stream. A binary answer, or a relay without
@@ -95,7 +97,7 @@ class Relay:
         self._limit = limit
         self._check = check
         self._idle_s = idle_timeout_s
-        self._deadline = 0.0
+        self._watch: IdleWatch | None = None  # made at the first read (it needs the loop)
         self._chunks: AsyncGenerator[bytes, None] = response.aiter_raw()  # type: ignore[assignment]
         self._whole = whole
         self._ahead: deque[bytes | None] = deque()  # read by start(), not passed yet (None: the end)
@@ -128,18 +130,26 @@ class Relay:
             raise
 
     async def _read(self) -> bytes | None:
-        idle = self._idle_s
-        if idle is not None and not self._deadline:
-            self._deadline = asyncio.get_running_loop().time() + idle
+        """Read until there is something to pass on; the wait is bounded by ``idle_timeout_s``
+        (only while waiting on the upstream: a slow client is not a stalled upstream)."""
+        watch = self._watch
+        if watch is None:
+            if self._idle_s is None:
+                return await self._read_passable()
+            watch = self._watch = IdleWatch(self._idle_s)
+        watch.waiting()
+        try:
+            return await self._read_passable()
+        except asyncio.CancelledError:
+            if watch.stalled():
+                raise httpx.ReadTimeout(f"nothing to relay for {self._idle_s:g} s") from None
+            raise
+        finally:
+            watch.done()
+
+    async def _read_passable(self) -> bytes | None:
         while True:
-            if idle is None:
-                chunk = await anext(self._chunks, None)
-            else:
-                try:
-                    async with asyncio.timeout_at(self._deadline):
-                        chunk = await anext(self._chunks, None)
-                except TimeoutError:
-                    raise httpx.ReadTimeout(f"nothing to relay for {idle:g} s") from None
+            chunk = await anext(self._chunks, None)
             if chunk is None:
                 if self._check is not None:
                     self._check.end()
@@ -149,8 +159,6 @@ class Relay:
                 raise BadAnswer(f"streamed answer went over the limit of {self._limit} bytes")
             passed = chunk if self._check is None else self._check.feed(chunk)
             if passed:
-                if idle is not None:
-                    self._deadline = asyncio.get_running_loop().time() + idle
                 return passed
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
@@ -178,6 +186,8 @@ class Relay:
         if self._closed:
             return
         self._closed = True
+        if self._watch is not None:
+            self._watch.close()
         try:
             if self._on_close is not None:
                 self._on_close(self)

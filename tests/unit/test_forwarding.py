@@ -550,6 +550,7 @@ async def test_a_stream_over_the_answer_limit_ends_with_bad_upstream_response(cl
 
 # --- stream: checked as it passes (llmlb_core.relay_checks) --------------------------------
 EVENT = b'data: {"choices": []}\n\n'
+DONE_EVENT = b"data: [DONE]\n\n"
 IDLE_S = 0.3
 
 
@@ -660,6 +661,16 @@ async def test_keep_alives_count_as_something_to_pass_on(idle_cluster: Cluster) 
     idle_cluster.add_node("a", paced(EVENT, *pings, EVENT))
     chunks = await relay_all(await open_stream(idle_cluster))
     assert chunks == [EVENT, *[b": ping\n\n"] * 8, EVENT]
+
+
+async def test_a_slow_client_is_not_a_stalled_upstream(idle_cluster: Cluster) -> None:
+    idle_cluster.add_node("a", chunked(EVENT, EVENT, DONE_EVENT))
+    response = await open_stream(idle_cluster)
+    received = []
+    async for chunk in response.relay:
+        received.append(chunk)
+        await asyncio.sleep(IDLE_S * 2)  # the client takes its time with every event
+    assert received == [EVENT, EVENT, DONE_EVENT]
 
 
 async def test_a_binary_stream_that_stalls_is_aborted(idle_cluster: Cluster) -> None:
