@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator, AsyncIterable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import msgspec
 
@@ -42,10 +43,10 @@ class SSEEvent:
     data: bytes
 
 
-@dataclass(frozen=True, slots=True)
-class SSEBlock:
+class SSEBlock(NamedTuple):
     """The lines up to a blank line, as they came: an event when it has data, else a keep-alive
-    (comments, or nothing), or fields with nothing to dispatch."""
+    (comments, or nothing), or fields with nothing to dispatch. (A tuple: one is made per event
+    of every relayed stream.)"""
 
     # Its bytes as received, the blank line that ends it included (when a CRLF is cut between
     # two chunks, the LF goes with the next block).
@@ -93,9 +94,9 @@ class _BlockBuilder:
             self.other = True  # id, retry and unknown fields: nothing the reader dispatches
 
     def take(self, raw: bytes) -> SSEBlock:
-        block = SSEBlock(
-            raw, self.name, b"\n".join(self.data) if self.data else None, self.fields, self.other
-        )
+        data = self.data
+        joined = (data[0] if len(data) == 1 else b"\n".join(data)) if data else None
+        block = SSEBlock(raw, self.name, joined, self.fields, self.other)
         self.name, self.data, self.fields, self.other, self.size = None, [], False, False, 0
         return block
 
@@ -121,6 +122,8 @@ class EventParser:
         if self._max_total is not None and self._total > self._max_total:
             raise BadAnswer(f"event stream over the limit of {self._max_total} bytes")
         buffer, block = self._buffer, self._block
+        if not buffer and not self._skip_lf and b"\r" not in chunk:
+            return self._feed_lf(chunk)
         scan = len(buffer)  # what is buffered holds no line end: search only the new bytes
         buffer += chunk
         start = self._line_start
@@ -157,6 +160,30 @@ class EventParser:
         self._line_start = start - block_start
         if block.size + len(buffer) - self._line_start > self._max_event:
             raise BadAnswer(f"an event over the limit of {self._max_event} bytes")
+        return blocks
+
+    def _feed_lf(self, chunk: bytes) -> list[SSEBlock]:
+        """:meth:`feed` of a chunk that starts a line and has LF line ends only (what servers
+        send), nothing buffered: split in C, not searched line by line."""
+        block, blocks = self._block, []
+        lines = chunk.split(b"\n")
+        tail = lines.pop()  # after the last line end: the start of a line (or nothing)
+        block_start = end = 0
+        for line in lines:
+            end += len(line) + 1
+            if line:
+                block.size += len(line) + 1
+                if block.size > self._max_event:
+                    raise BadAnswer(f"an event over the limit of {self._max_event} bytes")
+                block.line(line)
+            else:
+                blocks.append(block.take(chunk[block_start:end]))
+                block_start = end
+        if block_start < len(chunk):
+            self._buffer += memoryview(chunk)[block_start:]
+            if block.size + len(tail) > self._max_event:
+                raise BadAnswer(f"an event over the limit of {self._max_event} bytes")
+        self._line_start = len(self._buffer) - len(tail)
         return blocks
 
     def end(self) -> None:
