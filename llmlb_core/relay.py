@@ -116,9 +116,32 @@ class Relay:
                 return
 
     async def _next(self) -> bytes | None:
-        """The next bytes to pass on (never empty), or None at the end of the answer."""
+        """The next bytes to pass on (never empty), or None at the end of the answer. The wait is
+        bounded by ``idle_timeout_s``, only while the relay waits on the upstream (a slow client
+        is not a stalled upstream). A failure sets ``broken`` or ``stalled`` and is raised."""
+        watch = self._watch
+        if watch is None and self._idle_s is not None:
+            watch = self._watch = IdleWatch(self._idle_s)
+        if watch is not None:
+            watch.waiting()
         try:
-            return await self._read()
+            while True:
+                chunk = await anext(self._chunks, None)
+                if chunk is None:
+                    if self._check is not None:
+                        self._check.end()
+                    return None
+                self.bytes_read += len(chunk)
+                if self._limit is not None and self.bytes_read > self._limit:
+                    raise BadAnswer(f"streamed answer went over the limit of {self._limit} bytes")
+                passed = chunk if self._check is None else self._check.feed(chunk)
+                if passed:
+                    return passed
+        except asyncio.CancelledError:
+            if watch is not None and watch.stalled():
+                self.stalled = True
+                raise httpx.ReadTimeout(f"nothing to relay for {self._idle_s:g} s") from None
+            raise
         except httpx.HTTPError as exc:
             if is_timeout(exc):
                 self.stalled = True
@@ -128,38 +151,9 @@ class Relay:
         except BadAnswer:
             self.broken = True
             raise
-
-    async def _read(self) -> bytes | None:
-        """Read until there is something to pass on; the wait is bounded by ``idle_timeout_s``
-        (only while waiting on the upstream: a slow client is not a stalled upstream)."""
-        watch = self._watch
-        if watch is None:
-            if self._idle_s is None:
-                return await self._read_passable()
-            watch = self._watch = IdleWatch(self._idle_s)
-        watch.waiting()
-        try:
-            return await self._read_passable()
-        except asyncio.CancelledError:
-            if watch.stalled():
-                raise httpx.ReadTimeout(f"nothing to relay for {self._idle_s:g} s") from None
-            raise
         finally:
-            watch.done()
-
-    async def _read_passable(self) -> bytes | None:
-        while True:
-            chunk = await anext(self._chunks, None)
-            if chunk is None:
-                if self._check is not None:
-                    self._check.end()
-                return None
-            self.bytes_read += len(chunk)
-            if self._limit is not None and self.bytes_read > self._limit:
-                raise BadAnswer(f"streamed answer went over the limit of {self._limit} bytes")
-            passed = chunk if self._check is None else self._check.feed(chunk)
-            if passed:
-                return passed
+            if watch is not None:
+                watch.done()
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         mid_event = False

@@ -55,9 +55,18 @@ class SSERelayCheck:
 
     def __init__(self, *, max_event_bytes: int) -> None:
         self._parser = EventParser(max_event_bytes=max_event_bytes)
+        self._max_event = max_event_bytes
         self.dropped = 0  # events and blocks not passed on
 
     def feed(self, chunk: bytes) -> bytes:
+        if (
+            len(chunk) <= self._max_event
+            and chunk.startswith(b"data: ")
+            and chunk.endswith(b"\n\n")
+            and self._parser.between_blocks()
+            and self._plain_events_pass(chunk)
+        ):
+            return chunk
         blocks = self._parser.feed(chunk)
         if not blocks:
             return b""
@@ -67,6 +76,25 @@ class SSERelayCheck:
 
     def end(self) -> None:
         self._parser.end()
+
+    def _plain_events_pass(self, chunk: bytes) -> bool:
+        """Whether ``chunk`` is whole ``data: <JSON object or [DONE]>`` events, one line each,
+        LF-ended, UTF-8: what servers send, checked without a parse (the parser, between two
+        blocks, makes the same of it). False: read it block by block."""
+        if b"\r" in chunk or not (chunk.isascii() or _is_utf8(chunk)):
+            return False
+        events = chunk[:-2].split(b"\n\n")
+        for event in events:
+            if not event.startswith(b"data: ") or b"\n" in event:
+                return False
+        for event in events:
+            data = event[6:]
+            if data != DONE:
+                try:
+                    check_json_object(data)
+                except BadAnswer:
+                    return False  # the parser says why
+        return True
 
     def _checked(self, block: SSEBlock) -> bytes:
         """The bytes to pass for ``block`` (empty: dropped)."""
@@ -99,3 +127,11 @@ class SSERelayCheck:
             head = b"event: " + name + b"\n" if name is not None else b""
             return head + b"".join([b"data: " + line + b"\n" for line in data.split(b"\n")]) + b"\n"
         return raw
+
+
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True

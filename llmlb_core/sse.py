@@ -114,6 +114,10 @@ class EventParser:
         self._skip_lf = False  # the last line ended with CR: an LF that follows belongs to it
         self._block = _BlockBuilder()
 
+    def between_blocks(self) -> bool:
+        """Whether nothing of a block is pending (a chunk fed now starts a block)."""
+        return not self._buffer and not self._skip_lf
+
     def feed(self, chunk: bytes) -> list[SSEBlock]:
         """The blocks that ``chunk`` completes (:class:`BadAnswer` past a bound)."""
         if not chunk:
