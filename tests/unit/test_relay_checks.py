@@ -56,6 +56,21 @@ def test_a_chunk_completing_several_events_is_passed_in_one_piece() -> None:
     assert passed == [CHUNK * 3, b"data: {}\n\n"]
 
 
+@pytest.mark.parametrize(
+    "chunk",
+    [
+        CHUNK * 3 + b"data: [DONE]\n\n",  # plain events: checked without a parse
+        CHUNK + b"data: {\ndata: }\n\n",  # an event of two data lines: parsed
+        CHUNK + b"event: ping\ndata: {}\n\n",  # an unknown event: parsed, dropped
+    ],
+    ids=["plain", "two data lines", "unknown event"],
+)
+def test_a_chunk_passes_the_same_whole_or_in_pieces(chunk: bytes) -> None:
+    whole, _ = relay([chunk])
+    pieces, _ = relay(split_every(chunk, 7))
+    assert b"".join(whole) == b"".join(pieces)
+
+
 async def test_what_passes_is_what_the_openai_sdk_reads() -> None:
     passed, _ = relay([VALID])
     events = await sdk_events(b"".join(passed))
