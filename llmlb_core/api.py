@@ -42,7 +42,6 @@ from llmlb_core.forwarding import (
     JSON_TYPES,
     STREAM_TYPES,
     Forwarder,
-    StreamBody,
     UpstreamResult,
     report_generation,
     with_body_defaults,
@@ -70,6 +69,7 @@ from llmlb_core.protocol import JobProgress, ModelAdvert
 from llmlb_core.relay import SSE_HEADERS, Relay, RelayStream, passed_headers
 from llmlb_core.settings import SettingsError, load_plugin_settings
 from llmlb_core.sse import SSEEvent, error_event, format_event, read_events
+from llmlb_core.stream_body import StreamBody
 from llmlb_core.upstream import BadAnswer, close_response, is_garbled, is_timeout, upstream_client
 
 __all__ = [

@@ -15,13 +15,13 @@ When a node fails before answering (connection refused or reset, timeout, 5xx, a
 an answer that is not HTTP/1.1: the transport, :mod:`llmlb_core.upstream_transport`, reports
 every failure at the HTTP layer as an ``httpx`` error), the request is tried on another node,
 ``settings.max_retries`` times (:meth:`failover`). A request body that is itself a stream
-(:class:`StreamBody`, an upload relayed as it arrives) is retried only while none of it was
-sent, or all that was read of it is kept (up to :data:`RESEND_BYTES`). A 4xx is the request's
-fault: it is answered with the node's status and an OpenAI-shaped body, never retried. So is a
-node's 504 ``job_timeout`` (its engine stopped a job that ran past the node's time limit:
-:class:`JobTimedOut`), which leaves the node's standing as it was. After the first relayed byte
-nothing is retried: an upstream that breaks mid-stream ends a server-sent event stream with an
-OpenAI-shaped error event and aborts a binary one.
+(:class:`~llmlb_core.stream_body.StreamBody`, an upload relayed as it arrives) is retried only
+while none of it was sent, or all that was read of it is kept (up to 1 MiB). A 4xx is the
+request's fault: it is answered with the node's status and an OpenAI-shaped body, never
+retried. So is a node's 504 ``job_timeout`` (its engine stopped a job that ran past the node's
+time limit: :class:`JobTimedOut`), which leaves the node's standing as it was. After the first
+relayed byte nothing is retried: an upstream that breaks mid-stream ends a server-sent event
+stream with an OpenAI-shaped error event and aborts a binary one.
 
 A node's answer is untrusted: its status, content type, size (``max_upstream_answer_bytes``,
 routes may set a lower bound) and shape (``check``) are checked. An answer the route cannot use
@@ -44,7 +44,7 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -75,6 +75,7 @@ from llmlb_core.nodes import NodeRegistry, NodeState
 from llmlb_core.relay import PASSED_HEADERS, SSE_HEADERS, Relay, RelayStream
 from llmlb_core.relay_checks import SSERelayCheck
 from llmlb_core.settings import RouterSettings
+from llmlb_core.stream_body import StreamBody
 from llmlb_core.upstream import (
     RETRYABLE_STATUS,
     BadAnswer,
@@ -134,58 +135,6 @@ class UpstreamResult:
             media_type=self.content_type,
             headers={**self.headers, "x-llmlb-node": self.node_id},
         )
-
-
-# How much of a relayed upload is kept while it is sent, so that it can be sent again to another
-# node when the first one fails (a short transcription; a larger upload goes to one node).
-RESEND_BYTES = 1024 * 1024
-
-
-class StreamBody:
-    """A request body forwarded as it arrives (never held whole in memory).
-
-    While everything read from the source so far is at most ``keep_bytes``, it is kept, and the
-    body can be sent again (:attr:`resendable`): the kept bytes, then the rest of the source.
-    Past that, it can be sent once: a failed attempt cannot be retried elsewhere. ``started``
-    tells whether a transport pulled any of it; ``error`` keeps what the source raised (e.g. an
-    upload over its size limit), so the caller answers that instead of "upstream unreachable".
-    """
-
-    def __init__(self, source: AsyncIterable[bytes], *, keep_bytes: int = RESEND_BYTES) -> None:
-        self._source = aiter(source)  # one iterator: a second attempt goes on where one stopped
-        self._keep = keep_bytes
-        self._kept: list[bytes] | None = []  # None: more was read than may be kept
-        self._kept_size = 0
-        self.started = False
-        self.error: BaseException | None = None
-
-    @property
-    def resendable(self) -> bool:
-        """Whether it can be sent (again): not started, or every byte read so far kept."""
-        return self.error is None and (not self.started or self._kept is not None)
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        if not self.resendable:
-            raise RuntimeError("this streamed request body cannot be sent again")
-        self.started = True
-        for chunk in list(self._kept or ()):
-            yield chunk
-        try:
-            async for chunk in self._source:
-                self._keep_chunk(chunk)
-                yield chunk
-        except Exception as exc:
-            self.error = exc
-            raise
-
-    def _keep_chunk(self, chunk: bytes) -> None:
-        if self._kept is None:
-            return
-        self._kept_size += len(chunk)
-        if self._kept_size <= self._keep:
-            self._kept.append(chunk)
-        else:
-            self._kept = None
 
 
 def upstream_error_response(

@@ -34,7 +34,7 @@ from llmlb_core.errors import (
     OpenAIError,
     UpstreamTimeout,
 )
-from llmlb_core.forwarding import Forwarder, StreamBody, UpstreamResult, with_body_defaults
+from llmlb_core.forwarding import Forwarder, UpstreamResult, with_body_defaults
 from llmlb_core.metrics import Metrics
 from llmlb_core.models import ModelRegistry
 from llmlb_core.nodes import NodeRegistry, NodeState
@@ -42,6 +42,7 @@ from llmlb_core.protocol import ModelAdvert, NodeRegistration
 from llmlb_core.relay import RelayStream
 from llmlb_core.settings import RouterSettings
 from llmlb_core.store import Store
+from llmlb_core.stream_body import StreamBody
 from llmlb_core.upstream import BadAnswer
 from llmlb_core.upstream_transport import UpstreamProtocolError
 
