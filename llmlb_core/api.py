@@ -42,7 +42,6 @@ from llmlb_core.forwarding import (
     JSON_TYPES,
     STREAM_TYPES,
     Forwarder,
-    StreamBody,
     UpstreamResult,
     report_generation,
     with_body_defaults,
@@ -70,7 +69,8 @@ from llmlb_core.protocol import JobProgress, ModelAdvert
 from llmlb_core.relay import SSE_HEADERS, Relay, RelayStream, passed_headers
 from llmlb_core.settings import SettingsError, load_plugin_settings
 from llmlb_core.sse import SSEEvent, error_event, format_event, read_events
-from llmlb_core.upstream import BadAnswer, close_response, is_timeout, upstream_client
+from llmlb_core.stream_body import StreamBody
+from llmlb_core.upstream import BadAnswer, close_response, is_garbled, is_timeout, upstream_client
 
 __all__ = [
     "EVENT_STREAM_TYPES",
@@ -129,6 +129,7 @@ __all__ = [
     "format_event",
     "from_msgspec_error",
     "hookimpl",
+    "is_garbled",
     "is_timeout",
     "load_plugin_settings",
     "normalize_url",

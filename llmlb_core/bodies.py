@@ -47,6 +47,8 @@ def _nested_too_deep(body: bytes, limit: int) -> bool:
     """Whether ``body`` (UTF-8) nests deeper than ``limit`` or its brackets do not balance.
     Linear, in C: escapes that hide a quote are dropped, everything but quotes and brackets is
     deleted, and a possessive regex matches what is left."""
+    if body.count(b"[") + body.count(b"{") <= limit:
+        return False  # cannot be deeper (the common case, counted without a copy)
     if b"\\" in body:  # outside strings a backslash is invalid JSON; inside, only pairs matter
         body = body.replace(b"\\\\", b"").replace(b'\\"', b"")
     structure = body.translate(_FOLD_BRACKETS, _NOT_STRUCTURAL)

@@ -38,6 +38,9 @@ _TYPE_BY_STATUS = {
     429: "rate_limit_error",
 }
 
+# The error code of a node's 504 for a job that ran past its time limit (``JobTimedOut``).
+JOB_TIMEOUT = "job_timeout"
+
 _CODE_BY_STATUS = {
     401: "invalid_api_key",
     403: "insufficient_scope",
@@ -118,6 +121,20 @@ class UpstreamStreamBroken(NodeFailure):
 
     def __init__(self, node_name: str, code: str = "upstream_stream_broken") -> None:
         super().__init__(502, f"Node '{node_name}' stopped streaming", type="server_error", code=code)
+
+
+class JobTimedOut(OpenAIError):
+    """A node stopped the job because it ran past the node's time limit (the node answered 504
+    ``job_timeout``): 504 ``job_timeout``. The job, not the node, was the problem: it is not
+    tried on another node (it would run as long there) and the node is not marked suspect."""
+
+    def __init__(self, node_name: str) -> None:
+        super().__init__(
+            504,
+            f"The job ran past the time limit of node '{node_name}' and was stopped",
+            type="server_error",
+            code=JOB_TIMEOUT,
+        )
 
 
 class ModelNotFound(OpenAIError):

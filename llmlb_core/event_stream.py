@@ -10,7 +10,9 @@ the others come as they arrive, by ``async for``. How it can end:
   ``completed`` is set;
 - the node sends something the check refuses, goes over a bound, ends the stream early, breaks
   off, or reports a failure with an ``error`` event: iteration raises a
-  :class:`llmlb_core.errors.NodeFailure` (made by the forwarder: the node is marked suspect);
+  :class:`llmlb_core.errors.NodeFailure` (made by the forwarder's ``fail``, which may tell a
+  failure before the first event, ``started`` still False, from one after it: the node is
+  marked suspect);
 - the route closes it early (its client left): :meth:`EventStream.aclose`.
 
 ``aclose`` closes the node's response (shielded from cancellation: the node sees its client
@@ -75,6 +77,7 @@ class EventStream(Generic[T]):
         self.node_id = node_id
         self.headers = headers
         self.completed = False  # the node ended the stream and nothing was missing
+        self.started = False  # the first event is in and passed its check
         self.node_ended = False  # the node ended or broke the stream itself (its job is over)
         self._response = response
         self._check = check
@@ -91,6 +94,7 @@ class EventStream(Generic[T]):
         """Read and check the first event (the forwarder's failover attempt does)."""
         with contextlib.suppress(StopAsyncIteration):  # no event at all, and the check agrees
             self._first.append(await self._next())
+        self.started = True
 
     async def _next(self) -> T:
         if self._ended:

@@ -11,13 +11,17 @@ credential on the shared ``httpx.AsyncClient``, and answers in one of three ways
   the route (:class:`llmlb_core.event_stream.EventStream`: streamed images, whose parts the route
   merges); it returns once the first event is in and passed its check.
 
-When a node fails before answering (connection refused or reset, timeout, 5xx, a bad answer),
-the request is tried on another node, ``settings.max_retries`` times (:meth:`failover`). A
-request body that is itself a stream (:class:`StreamBody`, an upload relayed as it arrives) is
-retried only while none of it was sent. A 4xx is the request's fault: it is answered with the
-node's status and an OpenAI-shaped body, never retried. After the first relayed byte nothing is
-retried: an upstream that breaks mid-stream ends a server-sent event stream with an
-OpenAI-shaped error event and aborts a binary one.
+When a node fails before answering (connection refused or reset, timeout, 5xx, a bad answer,
+an answer that is not HTTP/1.1: the transport, :mod:`llmlb_core.upstream_transport`, reports
+every failure at the HTTP layer as an ``httpx`` error), the request is tried on another node,
+``settings.max_retries`` times (:meth:`failover`). A request body that is itself a stream
+(:class:`~llmlb_core.stream_body.StreamBody`, an upload relayed as it arrives) is retried only
+while none of it was sent, or all that was read of it is kept (up to 1 MiB). A 4xx is the
+request's fault: it is answered with the node's status and an OpenAI-shaped body, never
+retried. So is a node's 504 ``job_timeout`` (its engine stopped a job that ran past the node's
+time limit: :class:`JobTimedOut`), which leaves the node's standing as it was. After the first
+relayed byte nothing is retried: an upstream that breaks mid-stream ends a server-sent event
+stream with an OpenAI-shaped error event and aborts a binary one.
 
 A node's answer is untrusted: its status, content type, size (``max_upstream_answer_bytes``,
 routes may set a lower bound) and shape (``check``) are checked. An answer the route cannot use
@@ -40,7 +44,7 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -53,7 +57,9 @@ from llmlb_core.access_log import current_request, note_request
 from llmlb_core.balancer import Balancer, Lease, job_left_running
 from llmlb_core.bodies import check_json_bytes
 from llmlb_core.errors import (
+    JOB_TIMEOUT,
     BadUpstreamAnswer,
+    JobTimedOut,
     ModelNotFound,
     NoCapableNodes,
     NodeFailure,
@@ -67,16 +73,21 @@ from llmlb_core.metrics import Metrics
 from llmlb_core.models import ModelRegistry
 from llmlb_core.nodes import NodeRegistry, NodeState
 from llmlb_core.relay import SSE_HEADERS, Relay, RelayStream, passed_headers
+from llmlb_core.relay_checks import SSERelayCheck
 from llmlb_core.settings import RouterSettings
+from llmlb_core.stream_body import StreamBody
 from llmlb_core.upstream import (
     RETRYABLE_STATUS,
     BadAnswer,
     accepts,
     check_json_object,
     close_response,
+    encoding_problem,
     error_code,
+    is_garbled,
     is_timeout,
     log_snippet,
+    media_type,
     node_failure,
     one_line,
     openai_error_content,
@@ -93,6 +104,8 @@ JSON_TYPES = ("application/json",)
 # What a relayed answer may be by default (server-sent events, or JSON from a server that does
 # not stream).
 STREAM_TYPES = ("text/event-stream", "application/json")
+# Relayed answers that are documents, not streams (:meth:`Forwarder.stream` reads them whole).
+DOCUMENT_TYPES = ("application/json", "text/plain", "text/vtt", "text/srt", "application/x-subrip")
 # What an answer read as events (:meth:`Forwarder.events`) must be.
 EVENT_STREAM_TYPES = ("text/event-stream",)
 # What a node may report about the work an answer took (read by :meth:`Forwarder.call`; the
@@ -123,31 +136,6 @@ class UpstreamResult:
         return Response(
             content=self.content, status_code=self.status, media_type=self.content_type, headers=headers
         )
-
-
-class StreamBody:
-    """A request body forwarded as it arrives (never held whole in memory).
-
-    It can be sent once. ``started`` tells whether the transport pulled any of it (after that a
-    failed attempt cannot be retried elsewhere); ``error`` keeps what the source raised (e.g. an
-    upload over its size limit), so the caller answers that instead of "upstream unreachable".
-    """
-
-    def __init__(self, source: AsyncIterable[bytes]) -> None:
-        self._source = source
-        self.started = False
-        self.error: BaseException | None = None
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        if self.started:
-            raise RuntimeError("a streamed request body can be sent only once")
-        self.started = True
-        try:
-            async for chunk in self._source:
-                yield chunk
-        except Exception as exc:
-            self.error = exc
-            raise
 
 
 def upstream_error_response(
@@ -213,6 +201,10 @@ def note_node_report(headers: Mapping[str, str]) -> None:
     note_request(generation_s=seconds, steps=min(steps, _MAX_REPORTED_STEPS))
 
 
+def _is_sse(response: httpx.Response) -> bool:
+    return media_type(response.headers.get("content-type", "")) == "text/event-stream"
+
+
 def _answer_problem(response: httpx.Response, accept: Collection[str], limit: int) -> str | None:
     """Why a relayed answer cannot be used (its head is all there is to judge), or None."""
     status = response.status_code
@@ -223,9 +215,26 @@ def _answer_problem(response: httpx.Response, accept: Collection[str], limit: in
     media = response.headers.get("content-type", "")
     if not accepts(media, accept):
         return f"content type {media!r}, expected one of {sorted(accept)}"
+    encoded = encoding_problem(response)
+    if encoded is not None:
+        return encoded
     declared = response.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         return f"answer of {declared} bytes is over the limit of {limit} bytes"
+    return None
+
+
+def _garbled_reason(exc: httpx.HTTPError) -> str:
+    return f"broken HTTP: {exc}"
+
+
+def _bad_answer_reason(exc: Exception) -> str | None:
+    """Why ``exc`` (what ended a read) makes the answer a bad one (the node sent garbage), or
+    None when the node broke off or stalled instead."""
+    if isinstance(exc, BadAnswer):
+        return str(exc)
+    if isinstance(exc, httpx.HTTPError) and is_garbled(exc):
+        return _garbled_reason(exc)
     return None
 
 
@@ -250,6 +259,8 @@ class Forwarder:
         self._max_retries = settings.max_retries
         self._cooldown_s = settings.suspect_cooldown_s
         self.max_answer_bytes = settings.max_upstream_answer_bytes
+        self._max_stream_event_bytes = settings.max_stream_event_bytes
+        self._stream_idle_s = settings.stream_idle_timeout_s
 
     # --- the node's side of an attempt ----------------------------------------------------
     def reject_answer(self, node: NodeState, reason: str) -> NodeFailure:
@@ -259,6 +270,26 @@ class Forwarder:
         log.warning("node %s sent a bad answer (request %s): %s", node.name, request_id.current(), reason)
         node.record_failure(f"bad answer: {reason}", self._cooldown_s)
         return BadUpstreamAnswer(node.name)
+
+    def answer_broke(self, node: NodeState, exc: httpx.HTTPError | BadAnswer) -> NodeFailure:
+        """The node's answer broke while it was read, before any of it went to the client: garbage
+        (broken HTTP/1.1 framing, what a check refused) is a bad answer (:meth:`reject_answer`);
+        a stall is a timeout (the node suspect); a cut-off connection takes the node out of
+        traffic until it heartbeats again. Logged in one line."""
+        if isinstance(exc, BadAnswer):
+            return self.reject_answer(node, str(exc))
+        if is_garbled(exc):
+            return self.reject_answer(node, _garbled_reason(exc))
+        reason = type(exc.__cause__ or exc).__name__
+        said = f"its answer broke off (request {request_id.current()}): {reason}: {one_line(str(exc), 300)}"
+        if is_timeout(exc):
+            log.warning("node %s: %s", node.name, said)
+            node.record_failure(f"answer stalled: {reason}", self._cooldown_s)
+            return UpstreamTimeout(node.name)
+        node.record_failure(f"answer cut: {reason}", self._cooldown_s)
+        if not self._nodes.mark_down(node, said):  # logged there, once, when it was up
+            log.warning("node %s: %s", node.name, said)
+        return UpstreamUnreachable(f"Node '{node.name}' broke off its answer")
 
     async def failover(
         self,
@@ -300,6 +331,10 @@ class Forwarder:
                 record.waited(lease.wait_ms / 1000)
             try:
                 answer = await attempt(lease)
+            except JobTimedOut:  # the job's fault: another node would run it as long
+                if record is not None:
+                    record.add_node(lease.node.name, failed=True)
+                raise
             except NodeFailure as exc:
                 if record is not None:
                     record.add_node(lease.node.name, failed=True)
@@ -342,24 +377,38 @@ class Forwarder:
                 if isinstance(body_error, OpenAIError):
                     raise body_error from None  # e.g. the client's upload went over the limit
                 raise OpenAIError(400, f"Reading the request body failed: {body_error}") from None
+            if is_garbled(exc):
+                raise self.reject_answer(node, _garbled_reason(exc)) from None
             reason = type(exc.__cause__ or exc).__name__
-            log.warning(
-                "node %s: request failed (request %s): %s: %s", node.name, request_id.current(), reason, exc
-            )
+            said = f"request failed (request {request_id.current()}): {reason}: {one_line(str(exc), 300)}"
             if is_timeout(exc):
+                log.warning("node %s: %s", node.name, said)
                 node.record_failure(f"timeout: {type(exc).__name__}", self._cooldown_s)
                 raise UpstreamTimeout(node.name) from exc
             node.record_failure(f"unreachable: {reason}", self._cooldown_s)
-            self._nodes.mark_down(node, f"{reason}: {exc}")
+            if not self._nodes.mark_down(node, said):  # logged there, once, when it was up
+                log.warning("node %s: %s", node.name, said)
             raise UpstreamUnreachable(f"Node '{node.name}' is unreachable") from exc
-        if response.status_code in RETRYABLE_STATUS:
-            node.record_failure(f"HTTP {response.status_code}", self._cooldown_s)
+        status = response.status_code
+        if status in RETRYABLE_STATUS:
+            # A 504 may be the job's fault, not the node's: its body says (below).
+            if status != 504:
+                node.record_failure(f"HTTP {status}", self._cooldown_s)
             try:
                 content = await read_bounded(response)
             finally:
                 await close_response(response)
             self._metrics.observe_upstream(node.id, "failed", time.monotonic() - started)
-            raise node_failure(response.status_code, content, node.name)
+            if status == 504:
+                if error_code(content) == JOB_TIMEOUT:
+                    log.warning(
+                        "node %s stopped the job at its time limit (request %s)",
+                        node.name,
+                        request_id.current(),
+                    )
+                    raise JobTimedOut(node.name)
+                node.record_failure(f"HTTP {status}", self._cooldown_s)
+            raise node_failure(status, content, node.name)
         return response
 
     def _limit(self, max_answer_bytes: int | None) -> int:
@@ -422,15 +471,9 @@ class Forwarder:
             except asyncio.CancelledError:
                 left_running = True  # client gone mid-answer: the node may still be working
                 raise
-            except httpx.HTTPError as exc:  # the node died (or stalled) while sending its answer
+            except httpx.HTTPError as exc:  # the node died, stalled or sent garbage mid-answer
                 left_running = is_timeout(exc)  # a stalled node may still be working
-                reason = type(exc.__cause__ or exc).__name__
-                log.warning(
-                    "node %s broke off its answer (request %s): %s", node.name, request_id.current(), reason
-                )
-                node.record_failure(f"answer cut: {reason}", self._cooldown_s)
-                self._nodes.mark_down(node, f"answer cut: {reason}")
-                raise UpstreamUnreachable(f"Node '{node.name}' broke off its answer") from exc
+                raise self.answer_broke(node, exc) from exc
             except BadAnswer as exc:
                 raise self.reject_answer(node, str(exc)) from None
             finally:
@@ -492,6 +535,15 @@ class Forwarder:
                     status, error, node_name=lease.node.name, content_type=media, headers=client_headers
                 )
             relay = self._relay(lease, response, started, limit)
+            try:  # the first bytes are read here: until they are in, another node may be tried
+                await relay.start()
+            except (httpx.HTTPError, BadAnswer) as exc:
+                failure = self.answer_broke(lease.node, exc)
+                await relay.aclose()
+                raise failure from None
+            except BaseException:
+                await relay.aclose()
+                raise
             client_headers.update(passed_headers(response))  # the content type as sent
             if relay.sse:
                 client_headers.update(SSE_HEADERS)
@@ -502,39 +554,66 @@ class Forwarder:
                 headers=client_headers,
             )
 
-        def can_retry() -> bool:  # a relayed upload cannot be sent twice once it started
-            return not (isinstance(content, StreamBody) and (content.started or content.error is not None))
+        def can_retry() -> bool:  # a relayed upload: only while what was read of it is kept
+            return not isinstance(content, StreamBody) or content.resendable
 
         return await self.failover(model, flags, attempt, can_retry=can_retry)
 
     def _relay(self, lease: Lease, response: httpx.Response, started: float, limit: int) -> Relay:
+        """The relay of a node's answer: server-sent events checked event by event
+        (:class:`SSERelayCheck`), every answer bounded in size and in idle time. A document
+        (JSON, text: e.g. a transcript) is read whole before any of it is passed on, so a break
+        anywhere in it is tried on another node."""
         node = lease.node
+        sse = _is_sse(response)
 
         def on_broken(exc: Exception) -> tuple[str, str]:
-            if isinstance(exc, BadAnswer):
-                failure = self.reject_answer(node, str(exc))
+            """After the first byte went to the client: the error event's message and code."""
+            bad = _bad_answer_reason(exc)
+            if bad is not None:
+                failure = self.reject_answer(node, bad)
                 return failure.message, failure.code or "bad_upstream_response"
-            node.record_failure(f"stream broke: {type(exc).__name__}", self._cooldown_s)
-            log.warning("stream from node %s broke after %d bytes: %r", node.name, relay.bytes_sent, exc)
+            reason = type(exc.__cause__ or exc).__name__
+            log.warning(
+                "stream from node %s broke after %d bytes (request %s): %s: %r",
+                node.name,
+                relay.bytes_sent,
+                request_id.current(),
+                reason,
+                str(exc)[:300],
+            )
+            if isinstance(exc, httpx.HTTPError) and is_timeout(exc):
+                node.record_failure(f"stream stalled: {reason}", self._cooldown_s)
+                return f"Node '{node.name}' timed out", "upstream_timeout"
+            node.record_failure(f"stream broke: {reason}", self._cooldown_s)
             return f"Node '{node.name}' stopped streaming", "upstream_stream_broken"
 
         def on_close(relay: Relay) -> None:
             elapsed = time.monotonic() - started
-            outcome = "ok" if relay.completed else "failed" if relay.broken else "cancelled"
+            failed = relay.broken or relay.stalled
+            outcome = "ok" if relay.completed else "failed" if failed else "cancelled"
             self._metrics.observe_upstream(node.id, outcome, elapsed)
             self._balancer.release(
                 lease,
                 duration_s=elapsed if relay.completed else None,
                 abandoned=not relay.completed and not relay.broken,  # the node may still be sending
             )
-            if not relay.completed:
+            if not relay.completed and not failed:  # a failure was logged where it was seen
                 log.info(
-                    "stream from node %s ended early after %d bytes (client gone or upstream broke)",
+                    "stream from node %s ended early after %d bytes (client gone)",
                     node.name,
                     relay.bytes_sent,
                 )
 
-        relay = Relay(response, limit=limit, on_broken=on_broken, on_close=on_close)
+        relay = Relay(
+            response,
+            limit=limit,
+            on_broken=on_broken,
+            on_close=on_close,
+            check=SSERelayCheck(max_event_bytes=self._max_stream_event_bytes) if sse else None,
+            idle_timeout_s=self._stream_idle_s,
+            whole=not sse and accepts(response.headers.get("content-type", ""), DOCUMENT_TYPES),
+        )
         return relay
 
     # --- event streams, checked event by event -----------------------------------------------
@@ -599,7 +678,7 @@ class Forwarder:
                 headers=lease.headers(),
                 max_event_bytes=max_event_bytes,
                 max_total_bytes=limit,
-                fail=functools.partial(self._stream_failure, node),
+                fail=lambda exc: self._stream_failure(node, exc, first=not stream.started),
                 on_close=functools.partial(self._stream_closed, lease, started),
             )
             try:
@@ -611,11 +690,15 @@ class Forwarder:
 
         return await self.failover(model, flags, attempt)
 
-    def _stream_failure(self, node: NodeState, exc: Exception) -> NodeFailure:
+    def _stream_failure(self, node: NodeState, exc: Exception, *, first: bool) -> NodeFailure:
         """What ends a node's event stream, as the typed error the route gets (logged once,
-        the node marked suspect)."""
-        if isinstance(exc, BadAnswer):
-            return self.reject_answer(node, str(exc))
+        the node marked suspect). ``first``: its first event was not in yet (the failover
+        attempt is still on): a break is then what it is for any answer (:meth:`answer_broke`)."""
+        if first and isinstance(exc, httpx.HTTPError | BadAnswer):
+            return self.answer_broke(node, exc)
+        bad = _bad_answer_reason(exc)
+        if bad is not None:
+            return self.reject_answer(node, bad)
         if isinstance(exc, NodeReportedError):
             log.warning(
                 "node %s reported a failure in its event stream (request %s): %s",

@@ -253,12 +253,12 @@ class NodeRegistry:
             self.changed()
         return True
 
-    def mark_down(self, node: NodeState, reason: str) -> None:
+    def mark_down(self, node: NodeState, reason: str) -> bool:
         """Take a node out of traffic at once (connection refused/reset); its next heartbeat
         or registration brings it back. Logged here, with the reason, and not again by
-        :meth:`sweep` as a missed heartbeat."""
+        :meth:`sweep` as a missed heartbeat. Whether it was up (and so logged) until now."""
         if node.last_heartbeat is None:
-            return
+            return False
         node.last_heartbeat = None
         self._last_status[node.id] = "offline"
         log.warning(
@@ -268,6 +268,7 @@ class NodeRegistry:
             reason,
         )
         self.changed()
+        return True
 
     def set_draining(self, node_id: str, draining: bool = True) -> bool:
         """Drain (no new work) or resume a node; False when the id is not listed."""

@@ -27,7 +27,7 @@ import httpx
 import msgspec
 
 from llmlb_core.protocol import ModelAdvert
-from llmlb_core.upstream import BadAnswer, close_response, is_timeout, read_answer
+from llmlb_core.upstream import BadAnswer, close_response, is_garbled, is_timeout, one_line, read_answer
 
 if TYPE_CHECKING:
     from llmlb_core.plugins import LoadedPlugins
@@ -91,6 +91,8 @@ async def fetch_model_ids(
     except httpx.HTTPError as exc:
         if is_timeout(exc):
             raise ModelListTimeout(f"timed out after {timeout_s:g}s") from exc
+        if is_garbled(exc):
+            raise UpstreamError(f"GET /v1/models answered broken HTTP: {one_line(str(exc), 300)}") from None
         raise UpstreamError(f"unreachable ({type(exc.__cause__ or exc).__name__})") from exc
     except BadAnswer as exc:
         raise UpstreamError(f"GET /v1/models: {exc}") from None

@@ -75,6 +75,14 @@ class RouterSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_models_per_node: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 1000
     max_model_advert_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 64 * 1024
     max_advert_bytes: Annotated[int, msgspec.Meta(ge=4096)] = 2 * 1024 * 1024
+    # Relayed streams (text and audio: server-sent events, audio bytes) are checked as they pass
+    # (docs/text-and-audio.md, "Checked streams"): one server-sent event may take at most
+    # max_stream_event_bytes, and a stream that sends nothing to pass on for
+    # stream_idle_timeout_s (a stall, or bytes that never complete an event) is ended (504
+    # upstream_timeout before its first byte, an error event after it). Their total is bounded
+    # by max_upstream_answer_bytes.
+    max_stream_event_bytes: Annotated[int, msgspec.Meta(gt=0)] = 1024 * 1024
+    stream_idle_timeout_s: Positive = 300.0
     # Slow and idle clients (llmlb_core/slow_clients.py). A request's headers must be complete
     # within client_header_timeout_s of the connection opening (or of the request's first byte on
     # a kept-alive connection; a connection that sends nothing is closed then too). While a body

@@ -12,6 +12,10 @@ may take at most ``max_event_bytes``, the whole stream ``max_total_bytes``; more
 newline makes them buffer without limit. A stream that ends inside an event is a ``BadAnswer``
 too (the peer was cut off; the spec would drop the event silently).
 
+:class:`EventParser` is the same reader fed chunk by chunk, for a relay
+(:mod:`llmlb_core.relay_checks`): it returns each block (the lines up to a blank line) with the
+bytes it came in, so a checked event is passed on as it was sent.
+
 :func:`format_event` writes one event; :func:`error_event` writes the OpenAI-shaped ``error``
 event (``{"type": "error", "error": {...}}``) that the official SDKs raise as ``APIError``.
 """
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator, AsyncIterable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import msgspec
 
@@ -38,19 +43,46 @@ class SSEEvent:
     data: bytes
 
 
-class _EventBuilder:
-    """The fields of the event being read, and how many bytes its lines took."""
+class SSEBlock(NamedTuple):
+    """The lines up to a blank line, as they came: an event when it has data, else a keep-alive
+    (comments, or nothing), or fields with nothing to dispatch. (A tuple: one is made per event
+    of every relayed stream.)"""
 
-    __slots__ = ("data", "name", "size")
+    # Its bytes as received, the blank line that ends it included (when a CRLF is cut between
+    # two chunks, the LF goes with the next block).
+    raw: bytes
+    name: bytes | None  # the ``event:`` field
+    data: bytes | None  # the ``data:`` lines joined with a newline; None: no data line
+    fields: bool  # it has a field line (``event``, ``data``, ``id``, ``retry`` or another)
+    other_fields: bool  # a field line other than ``event`` and ``data`` among them
+
+    def event(self) -> SSEEvent | None:
+        """The event it dispatches (None when it has no data line)."""
+        if self.data is None:
+            return None
+        try:
+            name = (self.name or b"message").decode("utf-8")
+        except UnicodeDecodeError:
+            raise BadAnswer("an event name that is not UTF-8") from None
+        return SSEEvent(name, self.data)
+
+
+class _BlockBuilder:
+    """The fields of the block being read, and how many bytes its lines took."""
+
+    __slots__ = ("data", "fields", "name", "other", "size")
 
     def __init__(self) -> None:
         self.name: bytes | None = None
         self.data: list[bytes] = []
+        self.fields = False
+        self.other = False
         self.size = 0
 
     def line(self, line: bytes) -> None:
         if line.startswith(b":"):
             return  # a comment (keep-alive)
+        self.fields = True
         field, colon, value = line.partition(b":")
         if colon and value.startswith(b" "):
             value = value[1:]
@@ -58,72 +90,123 @@ class _EventBuilder:
             self.name = value
         elif field == b"data":
             self.data.append(value)
-        # id, retry and unknown fields are ignored
+        else:
+            self.other = True  # id, retry and unknown fields: nothing the reader dispatches
 
-    def pending(self) -> bool:
-        return self.name is not None or bool(self.data)
-
-    def take(self) -> SSEEvent | None:
-        """The finished event (None when it had no data line: nothing to dispatch)."""
-        name, data = self.name, self.data
-        self.name, self.data, self.size = None, [], 0
-        if not data:
-            return None
-        try:
-            event = (name or b"message").decode("utf-8")
-        except UnicodeDecodeError:
-            raise BadAnswer("an event name that is not UTF-8") from None
-        return SSEEvent(event, b"\n".join(data))
+    def take(self, raw: bytes) -> SSEBlock:
+        data = self.data
+        joined = (data[0] if len(data) == 1 else b"\n".join(data)) if data else None
+        block = SSEBlock(raw, self.name, joined, self.fields, self.other)
+        self.name, self.data, self.fields, self.other, self.size = None, [], False, False, 0
+        return block
 
 
-async def read_events(
-    chunks: AsyncIterable[bytes], *, max_event_bytes: int, max_total_bytes: int
-) -> AsyncGenerator[SSEEvent, None]:
-    """The events of a stream of raw byte chunks, within the bounds of the module doc."""
-    buffer = bytearray()
-    event = _EventBuilder()
-    total = 0
-    skip_lf = False  # the last line ended with CR: an LF that follows belongs to it
-    async for chunk in chunks:
+class EventParser:
+    """The blocks of a stream of raw byte chunks, fed one chunk at a time, within the bounds of
+    the module doc (``max_total_bytes`` None: the caller bounds the total)."""
+
+    def __init__(self, *, max_event_bytes: int, max_total_bytes: int | None = None) -> None:
+        self._max_event = max_event_bytes
+        self._max_total = max_total_bytes
+        self._total = 0
+        self._buffer = bytearray()  # from the start of the block being read
+        self._line_start = 0  # where the line being read starts in the buffer
+        self._skip_lf = False  # the last line ended with CR: an LF that follows belongs to it
+        self._block = _BlockBuilder()
+
+    def between_blocks(self) -> bool:
+        """Whether nothing of a block is pending (a chunk fed now starts a block)."""
+        return not self._buffer and not self._skip_lf
+
+    def feed(self, chunk: bytes) -> list[SSEBlock]:
+        """The blocks that ``chunk`` completes (:class:`BadAnswer` past a bound)."""
         if not chunk:
-            continue
-        total += len(chunk)
-        if total > max_total_bytes:
-            raise BadAnswer(f"event stream over the limit of {max_total_bytes} bytes")
-        if skip_lf and chunk.startswith(b"\n"):
-            chunk = chunk[1:]
-        skip_lf = False
+            return []
+        self._total += len(chunk)
+        if self._max_total is not None and self._total > self._max_total:
+            raise BadAnswer(f"event stream over the limit of {self._max_total} bytes")
+        buffer, block = self._buffer, self._block
+        if not buffer and not self._skip_lf and b"\r" not in chunk:
+            return self._feed_lf(chunk)
         scan = len(buffer)  # what is buffered holds no line end: search only the new bytes
         buffer += chunk
-        start = 0
+        start = self._line_start
+        if self._skip_lf:
+            self._skip_lf = False
+            if buffer[scan] == 0x0A:  # kept in the buffer (it is part of the bytes passed on)
+                scan = start = scan + 1
+        block_start = 0
+        blocks: list[SSEBlock] = []
         while True:
             lf = buffer.find(b"\n", scan)
             cr = buffer.find(b"\r", scan, lf if lf >= 0 else len(buffer))
             end = cr if cr >= 0 else lf
             if end < 0:
                 break
-            line = bytes(buffer[start:end])
+            line_start = start
             if end != cr:
                 start = end + 1
             elif end + 1 < len(buffer):
                 start = end + 2 if buffer[end + 1] == 0x0A else end + 1
             else:
-                start, skip_lf = end + 1, True
+                start, self._skip_lf = end + 1, True
             scan = start
-            if line:
-                event.size += len(line) + 1
-                if event.size > max_event_bytes:
-                    raise BadAnswer(f"an event over the limit of {max_event_bytes} bytes")
-                event.line(line)
+            if end > line_start:
+                block.size += end - line_start + 1
+                if block.size > self._max_event:
+                    raise BadAnswer(f"an event over the limit of {self._max_event} bytes")
+                block.line(bytes(buffer[line_start:end]))
                 continue
-            done = event.take()
-            if done is not None:
-                yield done
-        del buffer[:start]
-        if event.size + len(buffer) > max_event_bytes:
-            raise BadAnswer(f"an event over the limit of {max_event_bytes} bytes")
-    if buffer.strip() or event.pending():
-        raise BadAnswer("the event stream ended inside an event")
+            blocks.append(block.take(bytes(buffer[block_start:start])))
+            block_start = start
+        if block_start:
+            del buffer[:block_start]
+        self._line_start = start - block_start
+        if block.size + len(buffer) - self._line_start > self._max_event:
+            raise BadAnswer(f"an event over the limit of {self._max_event} bytes")
+        return blocks
+
+    def _feed_lf(self, chunk: bytes) -> list[SSEBlock]:
+        """:meth:`feed` of a chunk that starts a line and has LF line ends only (what servers
+        send), nothing buffered: split in C, not searched line by line."""
+        block, blocks = self._block, []
+        lines = chunk.split(b"\n")
+        tail = lines.pop()  # after the last line end: the start of a line (or nothing)
+        block_start = end = 0
+        for line in lines:
+            end += len(line) + 1
+            if line:
+                block.size += len(line) + 1
+                if block.size > self._max_event:
+                    raise BadAnswer(f"an event over the limit of {self._max_event} bytes")
+                block.line(line)
+            else:
+                blocks.append(block.take(chunk[block_start:end]))
+                block_start = end
+        if block_start < len(chunk):
+            self._buffer += memoryview(chunk)[block_start:]
+            if block.size + len(tail) > self._max_event:
+                raise BadAnswer(f"an event over the limit of {self._max_event} bytes")
+        self._line_start = len(self._buffer) - len(tail)
+        return blocks
+
+    def end(self) -> None:
+        """The stream ended: :class:`BadAnswer` when it ended inside an event."""
+        if self._buffer[self._line_start :].strip() or self._block.name is not None or self._block.data:
+            raise BadAnswer("the event stream ended inside an event")
+
+
+async def read_events(
+    chunks: AsyncIterable[bytes], *, max_event_bytes: int, max_total_bytes: int
+) -> AsyncGenerator[SSEEvent, None]:
+    """The events of a stream of raw byte chunks, within the bounds of the module doc."""
+    parser = EventParser(max_event_bytes=max_event_bytes, max_total_bytes=max_total_bytes)
+    async for chunk in chunks:
+        for block in parser.feed(chunk):
+            event = block.event()
+            if event is not None:
+                yield event
+    parser.end()
 
 
 def format_event(event: str, data: bytes) -> bytes:

@@ -17,13 +17,12 @@ from typing import Any
 import anyio
 import httpx
 import msgspec
-from httpx_aiohttp import AiohttpTransport
-from httpx_aiohttp import transport as _aiohttp_transport
 
 from llmlb_core import request_id
 from llmlb_core.bodies import MAX_JSON_DEPTH, check_json_bytes
 from llmlb_core.errors import NodeFailure, OpenAIError, error_body
 from llmlb_core.tls import client_ssl_context
+from llmlb_core.upstream_transport import CheckedTransport
 
 log = logging.getLogger("llmlb.upstream")
 
@@ -33,12 +32,9 @@ RETRYABLE_STATUS = frozenset(range(500, 600))
 SHOWN_5XX = frozenset({500, 502, 503, 504})
 # An upstream error code passed on from a 5xx (the message never is).
 _CODE_TOKEN = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+IDENTITY = "identity"
 # Most bytes of an upstream error body that are read (the rest is dropped).
 MAX_ERROR_BYTES = 1024 * 1024
-
-# Read the node's answer in up to 1 MiB pieces (what is buffered), not 16 KiB ones: each piece
-# crosses several Python layers.
-_aiohttp_transport.AiohttpResponseStream.CHUNK_SIZE = 1024 * 1024
 
 
 def upstream_client(
@@ -50,23 +46,35 @@ def upstream_client(
     limits = httpx.Limits(max_connections=1000, max_keepalive_connections=200, keepalive_expiry=60)
     verify = ssl_context if ssl_context is not None else client_ssl_context(None)
     return httpx.AsyncClient(
-        transport=AiohttpTransport(verify=verify, limits=limits, trust_env=False),
+        transport=CheckedTransport(verify=verify, limits=limits, trust_env=False),
         timeout=httpx.Timeout(read_timeout_s, connect=connect_timeout_s),
         limits=limits,
         trust_env=False,
+        headers={"accept-encoding": IDENTITY},  # see encoding_problem
     )
 
 
-def is_timeout(exc: httpx.HTTPError) -> bool:
-    """Whether a request failed by timing out (not by being refused or reset).
+def encoding_problem(response: httpx.Response) -> str | None:
+    """Why an answer's ``content-encoding`` makes it unusable, or None.
 
-    httpx-aiohttp reports every aiohttp connection error, a refused or reset connection
-    included, as ``httpx.ConnectTimeout``; the cause tells them apart.
-    """
-    if not isinstance(exc, httpx.TimeoutException):
-        return False
-    cause = exc.__cause__
-    return cause is None or isinstance(cause, TimeoutError)
+    The client asks for answers as they are (``accept-encoding: identity``, not httpx's default
+    ``gzip, deflate``): relayed bytes are passed on without their encoding header, and a
+    compressed answer that is decoded here could inflate a thousandfold past every size bound
+    (a 1 MiB piece of gzip can hold 1 GiB) before it is counted."""
+    encoding = response.headers.get("content-encoding", IDENTITY).strip().lower()
+    return None if encoding in ("", IDENTITY) else f"content encoding {encoding[:40]!r} (none was accepted)"
+
+
+def is_timeout(exc: httpx.HTTPError) -> bool:
+    """Whether a request failed by timing out (not by being refused, reset or answered with
+    garbage: :mod:`llmlb_core.upstream_transport` tells them apart)."""
+    return isinstance(exc, httpx.TimeoutException)
+
+
+def is_garbled(exc: httpx.HTTPError) -> bool:
+    """Whether the peer answered, but not in HTTP/1.1 (a status line, header or body framing that
+    does not parse: :class:`~llmlb_core.upstream_transport.UpstreamProtocolError`)."""
+    return isinstance(exc, httpx.RemoteProtocolError)
 
 
 def media_type(content_type: str) -> str:
@@ -242,13 +250,17 @@ async def read_bounded(response: httpx.Response, limit: int = MAX_ERROR_BYTES) -
 
 async def read_answer(response: httpx.Response, limit: int) -> bytes:
     """The whole answer, or :class:`BadAnswer` as soon as it is over ``limit`` bytes (a
-    declared length over it is refused before reading). A broken read raises ``httpx.HTTPError``."""
+    declared length over it is refused before reading) or when it is encoded
+    (:func:`encoding_problem`). A broken read raises ``httpx.HTTPError``."""
+    problem = encoding_problem(response)
+    if problem is not None:
+        raise BadAnswer(problem)
     declared = response.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise BadAnswer(f"answer of {declared} bytes is over the limit of {limit} bytes")
     parts: list[bytes] = []
     size = 0
-    async for chunk in response.aiter_bytes():
+    async for chunk in response.aiter_raw():
         size += len(chunk)
         if size > limit:
             raise BadAnswer(f"answer is over the limit of {limit} bytes")

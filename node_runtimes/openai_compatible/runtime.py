@@ -39,6 +39,7 @@ from llmlb_node.api import (
     auth_headers,
     build_adverts,
     fetch_model_ids,
+    is_garbled,
     is_timeout,
     normalize_url,
     passed_headers,
@@ -140,7 +141,14 @@ class OpenAICompatibleRuntime(Runtime):
             response = await self._http.send(upstream, stream=True)
         except httpx.HTTPError as exc:
             self.active -= 1
-            log.warning("upstream %s%s failed: %s", self.url, path, type(exc).__name__)
+            log.warning("upstream %s%s failed: %s: %r", self.url, path, type(exc).__name__, str(exc)[:300])
+            if is_garbled(exc):  # it answered, but not in HTTP/1.1
+                raise OpenAIError(
+                    502,
+                    "The node's upstream server sent an answer that is not HTTP/1.1",
+                    type="server_error",
+                    code="bad_upstream_response",
+                ) from None
             raise OpenAIError(
                 504 if is_timeout(exc) else 502,
                 f"The node's upstream server did not answer: {type(exc).__name__}",

@@ -1,10 +1,11 @@
 """A hostile node for tests: a FAKE, not llmlb's node runtime.
 
-It is a real loopback HTTP server (a Litestar app in ``tests.support.servers.ThreadServer``) that
-registers with a router through ``POST /v0/nodes/register`` with a node key, heartbeats like a
-node (with the ``jobs`` progress a test sets), advertises the models it is given, and answers
-every GET and POST with whatever the test set in ``answers[path]`` (status, content type, body
-bytes, optionally streamed in pieces without a length; server-sent events written one by one,
+It is a real loopback HTTP server (a Litestar app in ``tests.support.servers.ThreadServer``, or
+any server given as ``http``, such as one that speaks broken HTTP) that registers with a router
+through ``POST /v0/nodes/register`` with a node key, heartbeats like a node (with the ``jobs``
+progress a test sets), advertises the models it is given, and answers every GET and POST with
+whatever the test set in ``answers[path]`` (status, content type, body bytes, optionally
+streamed in pieces without a length; server-sent events written one by one,
 :class:`EventAnswer`; or a function of the request, e.g. :func:`images_as_asked` and
 :func:`image_events_as_asked`). It records what it received, so a test can see exactly what the
 router sent a node, and which event streams the router closed before their end (``closed_early``).
@@ -28,7 +29,7 @@ from litestar import Litestar, Request, Response, route
 from litestar.response import Stream
 from PIL import Image
 
-from tests.support.servers import ThreadServer
+from tests.support.servers import Server, ThreadServer
 
 HEARTBEAT_S = 0.3
 
@@ -185,6 +186,9 @@ class FakeNode:
     jobs: list[dict[str, Any]] = field(default_factory=list)
     # Paths of event streams whose client (the router) left before they ended.
     closed_early: list[str] = field(default_factory=list)
+    # The server it registers instead of its own Litestar app (which answers ``answers``):
+    # e.g. a ``tests.support.raw_http.RawHttpServer`` that speaks broken HTTP.
+    http: Server | None = None
 
     def __post_init__(self) -> None:
         node = self
@@ -211,7 +215,9 @@ class FakeNode:
 
             return Stream(pieces(), status_code=planned.status, media_type=planned.content_type)
 
-        self.server = ThreadServer(Litestar(route_handlers=[answer], logging_config=None))
+        self.server: Server = self.http or ThreadServer(
+            Litestar(route_handlers=[answer], logging_config=None)
+        )
         self._stop = threading.Event()
         self._beats = threading.Thread(target=self._heartbeat, daemon=True)
 

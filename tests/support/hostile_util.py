@@ -1,9 +1,12 @@
 """Helpers for the hostile-input, hostile-node and fuzz tests (issue 8): what an OpenAI error
-is, raw multipart bodies, and a whole system of real processes to attack."""
+is, raw multipart bodies, a whole system of real processes to attack, and a router beside a
+good node where rogue nodes come and go (issue 17)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import dataclasses
+import itertools
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +14,8 @@ from typing import Any
 
 import httpx
 
-from tests.support.servers import ADMIN_KEY, Proc, create_key, node_proc, router_proc
+from tests.support.fake_node import FakeNode, Planned
+from tests.support.servers import ADMIN_KEY, Proc, Server, admin_get, create_key, node_proc, router_proc
 from tests.support.text_fixtures import UPSTREAM_KEY, Backend, backend, register_endpoint, wait_endpoint
 
 ADMIN = {"authorization": f"Bearer {ADMIN_KEY}"}
@@ -124,3 +128,64 @@ def full_system(tmp: Path, models_dir: Path, env: dict[str, str] | None = None) 
     finally:
         for proc in reversed(started):
             proc.stop()
+
+
+@dataclass
+class RogueArena:
+    """A router process beside a good node (``good``, a :class:`FakeNode`), where each test
+    brings in a fresh rogue node (:meth:`rogue`), never used before: the balancer, which takes
+    turns, sends it one of the next requests."""
+
+    router: Proc
+    good: FakeNode
+    api_key: str
+    node_key: str
+    numbers: Iterator[int] = dataclasses.field(default_factory=lambda: itertools.count(1))
+
+    def node_view(self, node_id: str) -> dict[str, Any]:
+        return next(n for n in admin_get(self.router.url, "/v0/nodes")["data"] if n["id"] == node_id)
+
+    @contextmanager
+    def rogue(
+        self, models: Callable[[str], list[dict[str, Any]]], *, http: Server | None = None
+    ) -> Iterator[tuple[FakeNode, str]]:
+        """A rogue node (and the suffix of its own models' ids): it serves ``models("")`` beside
+        the good node and ``models(suffix)`` alone; stopped (its server too) whatever happens."""
+        suffix = f"-rogue-{next(self.numbers)}"
+        node = FakeNode(self.router.url, self.node_key, suffix[1:], models("") + models(suffix), http=http)
+        try:
+            node.start()
+            yield node, suffix
+        finally:
+            node.stop()
+
+    def failure_lines(self, node_id: str, since: int) -> list[str]:
+        """The router's log lines about a node's failures since offset ``since``: not the
+        failover's "attempt N on node ... failed", nor the access log."""
+        return [
+            line
+            for line in self.router.log()[since:].splitlines()
+            if node_id in line and " on node " not in line and "llmlb.access" not in line
+        ]
+
+
+@contextmanager
+def rogue_arena(
+    tmp: Path,
+    good_models: list[dict[str, Any]],
+    good_answers: dict[str, Planned],
+    env: dict[str, str] | None = None,
+) -> Iterator[RogueArena]:
+    """A router process (``env`` added to its settings) and a good node serving ``good_models``
+    with ``good_answers``; both stopped whatever happens."""
+    router = router_proc(tmp, env={"LLMLB_NODE_TIMEOUT_S": "3", **(env or {})})
+    good: FakeNode | None = None
+    try:
+        router.start().wait_healthy()
+        node_key = create_key(router.url, ["node"], name="nodes")
+        good = FakeNode(router.url, node_key, "good-1", good_models, answers=dict(good_answers)).start()
+        yield RogueArena(router, good, create_key(router.url, ["api"], name="client"), node_key)
+    finally:
+        if good is not None:
+            good.stop()
+        router.stop()

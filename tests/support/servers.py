@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 import uvicorn
@@ -41,6 +41,17 @@ def wait_until(predicate: Callable[[], bool], timeout: float, what: str, interva
             pass
         time.sleep(interval)
     raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+
+
+class Server(Protocol):
+    """A test server on a loopback port (:class:`ThreadServer`, ``raw_http.RawHttpServer``)."""
+
+    @property
+    def url(self) -> str: ...
+
+    def start(self) -> Any: ...
+
+    def stop(self) -> None: ...
 
 
 class ThreadServer:

@@ -23,6 +23,7 @@ from llmlb_core.errors import (
 from llmlb_core.event_stream import EventStream
 from llmlb_core.sse import SSEEvent
 from llmlb_core.upstream import BadAnswer
+from llmlb_core.upstream_transport import UpstreamProtocolError
 from tests.unit.test_forwarding import FLAGS, MODEL, PATH, Cluster, chunked, fails_with, json_answer, suspect
 
 EVENT = b"event: tick\ndata: 1\n\n"
@@ -104,6 +105,31 @@ async def test_a_node_that_fails_before_its_first_event_is_replaced(cluster: Clu
     assert stream.node_id == "b" and await read(stream) == [1, 1]
     assert cluster.hosts() == ["a", "b"]
     assert suspect(bad) and bad.inflight == 0 and good.inflight == 0
+
+
+@pytest.mark.parametrize(
+    ("first", "failure", "reason"),
+    [
+        (chunked(b"event: ti", then=httpx.ReadError("reset")), UpstreamUnreachable, "answer cut: ReadError"),
+        (
+            chunked(b"event: ti", then=UpstreamProtocolError("bad chunk size")),
+            BadUpstreamAnswer,
+            "bad answer: broken HTTP: bad chunk size",
+        ),
+    ],
+    ids=["cut", "broken HTTP"],
+)
+async def test_a_break_before_the_first_event_is_what_it_is_for_any_answer(
+    cluster: Cluster, first: Any, failure: type[Exception], reason: str
+) -> None:
+    """Not ``upstream_stream_broken`` (a stream that began): alone, the client gets 502
+    ``upstream_unreachable`` for a cut (the node out until it heartbeats) and
+    ``bad_upstream_response`` for garbage (the node suspect), as a buffered answer would."""
+    node = cluster.add_node("a", first)
+    with pytest.raises(failure):
+        await open_events(cluster)
+    assert node.failures[-1][1] == reason and node.inflight == 0
+    assert (cluster.nodes.status(node) == "offline") is (failure is UpstreamUnreachable)
 
 
 async def test_a_4xx_before_any_event_is_an_openai_error_not_retried(cluster: Cluster) -> None:

@@ -15,7 +15,7 @@ import pytest
 from openai._streaming import SSEDecoder
 
 from llmlb_core.request_id import _current
-from llmlb_core.sse import SSEEvent, error_event, format_event, read_events
+from llmlb_core.sse import EventParser, SSEBlock, SSEEvent, error_event, format_event, read_events
 from llmlb_core.upstream import BadAnswer
 
 BIG = 1 << 20
@@ -123,6 +123,47 @@ async def test_a_trailing_comment_or_blank_line_is_a_clean_end() -> None:
 async def test_an_event_name_that_is_not_utf8_is_refused() -> None:
     with pytest.raises(BadAnswer, match="not UTF-8"):
         await read_all([b"event: \xff\ndata: 1\n\n"])
+
+
+def parse_blocks(parts: Iterable[bytes], event_limit: int = BIG) -> list[SSEBlock]:
+    parser = EventParser(max_event_bytes=event_limit)
+    blocks = [block for part in parts for block in parser.feed(part)]
+    parser.end()
+    return blocks
+
+
+@pytest.mark.parametrize("piece", [1, 2, 5, 1000])
+@pytest.mark.parametrize("newline", [b"\r\n", b"\r", b"\n"])
+def test_the_parsers_blocks_hold_the_bytes_as_sent(newline: bytes, piece: int) -> None:
+    """A relay passes a checked block's bytes on: together they are the stream, however cut."""
+    stream = (STREAM + b"\n").replace(b"\n", newline)  # a stray blank line too
+    blocks = parse_blocks(split_every(stream, piece))
+    joined = b"".join(b.raw for b in blocks)
+    # An LF that completes a CRLF cut between chunks goes with the next block: at the very end
+    # of the stream there is none (the CR alone ended the line).
+    assert joined == stream[: len(joined)] and stream[len(joined) :] in (b"", b"\n")
+    assert [e for b in blocks if (e := b.event()) is not None] == EXPECTED
+    assert [(b.fields, b.other_fields) for b in blocks] == [
+        (False, False),  # the comment
+        (True, False),
+        (True, True),  # id and retry
+        (True, False),
+        (False, False),  # the stray blank line
+    ]
+
+
+def test_a_block_of_fields_without_data_dispatches_nothing() -> None:
+    [named, ident] = parse_blocks([b"event: ping\n\nid: 7\n\n"])
+    assert (named.name, named.data, named.fields, named.event()) == (b"ping", None, True, None)
+    assert (ident.data, ident.other_fields) == (None, True)
+
+
+def test_the_parser_bounds_an_event_and_leaves_the_total_to_its_caller() -> None:
+    parser = EventParser(max_event_bytes=100)
+    for _ in range(1000):  # 90 KB through a parser without a total bound
+        assert len(parser.feed(b"data: " + b"x" * 80 + b"\n\n")) == 1
+    with pytest.raises(BadAnswer, match="over the limit of 100 bytes"):
+        parser.feed(b"data: " + b"x" * 101)
 
 
 class Chunks(httpx.AsyncByteStream):
