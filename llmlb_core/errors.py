@@ -131,7 +131,9 @@ class JobTimedOut(OpenAIError):
     def __init__(self, node_name: str) -> None:
         super().__init__(
             504,
-            f"The job ran past the time limit of node '{node_name}' and was stopped",
+            f"The job ran past the time limit of node '{node_name}' (its max_job_seconds) and was "
+            "stopped: ask for fewer steps, a smaller size or fewer images, or ask the operator to "
+            "raise the limit",
             type="server_error",
             code=JOB_TIMEOUT,
         )

@@ -464,3 +464,28 @@ async def test_a_streamed_image_left_mid_image_frees_its_node(
     [(reason, done, total, _)] = STOPPED.findall(node.log())
     assert (reason, done, total) == ("client gone", "0", "1")
     assert freed_s < 10
+
+
+async def test_a_job_past_max_job_seconds_is_a_504_through_the_router_not_retried(
+    tmp_path: Path, models_dir: Path, procs: list[Proc]
+) -> None:
+    """Two nodes that allow 2 s of generation per job: a 1024x1024 30-step request is stopped by
+    the node that took it (mid-image), and the router answers its 504 ``job_timeout`` as it is:
+    the other node never sees the job (it would run as long there) and neither is suspect."""
+    router, pair, key = quiet_cluster(tmp_path, models_dir, procs, ["sd-a", "sd-b"], "--max-job-seconds", "2")
+    async with api(router, key) as client:
+        started = time.monotonic()
+        answer = await client.post("/v1/images/generations", json={**generation(1), **LARGE})
+        took = time.monotonic() - started
+    assert answer.status_code == 504, answer.text
+    error = answer.json()["error"]
+    assert (error["code"], error["type"]) == ("job_timeout", "server_error"), error
+    assert "max_job_seconds" in error["message"] and took < 30, (error, took)
+    await eventually(lambda: any(STOPPED.search(n.log()) for n in pair), 30, "the node's stop line")
+    stops = [STOPPED.findall(n.log()) for n in pair]
+    assert sorted(len(s) for s in stops) == [0, 1], stops
+    [(reason, _, _, _)] = next(s for s in stops if s)
+    assert "max_job_seconds" in reason
+    idle = next(n for n, s in zip(pair, stops, strict=True) if not s)
+    assert "job 1" not in idle.log()  # the other node never ran it
+    assert not any(n["suspect"] for n in nodes(router).values())
