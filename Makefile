@@ -63,6 +63,7 @@ bench: $(VENV)/.installed-test
 	$(BIN)/python -m bench.node_bench
 	$(BIN)/python -m bench.scaling
 	$(BIN)/python -m bench.abandoned
+	$(BIN)/python -m bench.stop_now
 	$(BIN)/python -m bench.upload_memory
 
 clean:
