@@ -89,7 +89,6 @@ async def register_node(request: Request[Any, Any, Any]) -> RegistrationReply:
     state = router_state(request)
     limits = AdvertLimits.of(state.settings)
     reg = decode_json_bytes(await _advert_body(request, limits), NodeRegistration)
-    limits.check(reg.models)
     if reg.node_id.startswith(ENDPOINT_ID_PREFIX):
         raise OpenAIError(
             400,
@@ -98,6 +97,7 @@ async def register_node(request: Request[Any, Any, Any]) -> RegistrationReply:
         )
     key = request_key(request)
     authorize(state.nodes, key, reg.node_id, "register")
+    limits.check(reg.models)
     require_https(reg.base_url, state.settings.require_node_tls)
     reg.models = FlagRules(state.plugins).adverts(reg.models)
     state.nodes.register(reg, owner_key_id=key.id)
