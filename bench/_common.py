@@ -254,6 +254,16 @@ def run_async(coro: Coroutine[Any, Any, Any]) -> Any:
     return uvloop.run(coro)
 
 
+def core_module(name: str, before_layers: str) -> ModuleType:
+    """The core's module ``llmlb_core.<name>``, or ``llmlb_core.<before_layers>`` when the code
+    imported (another tree's: :func:`import_from_tree`) is from before the core was laid out in
+    subpackages."""
+    try:
+        return importlib.import_module(f"llmlb_core.{name}")
+    except ModuleNotFoundError:
+        return importlib.import_module(f"llmlb_core.{before_layers}")
+
+
 def server_logging() -> None:
     """What a benchmark's server sub-process logs: warnings and errors only."""
     logging.basicConfig(
@@ -265,9 +275,9 @@ def serve_router(
     port: int, data_dir: str, admin_key: str, *, extra_plugins: Sequence[object] = (), **settings: Any
 ) -> None:
     """Run a router on loopback in this process (a benchmark's router sub-mode)."""
-    from llmlb_core.app import create_app
-    from llmlb_core.serving import run
-    from llmlb_core.settings import load_settings
+    load_settings = core_module("config.settings", "settings").load_settings
+    create_app = core_module("router.app", "app").create_app
+    run = core_module("server.serving", "serving").run
 
     server_logging()
     config = load_settings(

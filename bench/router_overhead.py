@@ -185,7 +185,7 @@ def serve_router(port: int, data_dir: str) -> None:
 
 def serve_node(port: int, router_url: str, api_key: str, token_file: str) -> None:
     # The host side (what `llmlb node` does): internal modules, unlike the plugins above.
-    from llmlb_core.serving import run
+    run = _common.core_module("server.serving", "serving").run
     from llmlb_node.app import create_node_app
     from llmlb_node.settings import NodeSettings
 

@@ -8,7 +8,7 @@ to keep the numbers). It starts, as separate processes on loopback with real uvi
   ``--chunks`` chat.completion.chunk events ``--gap-ms`` apart, then ``data: [DONE]``;
 - a router, with the upstream registered as an OpenAI-compatible endpoint (``/v0/endpoints``,
   with an upstream API key), so requests go through the text plugin and the router's one
-  forwarding path (``llmlb_core.forwarding``, relayed by ``llmlb_core.relay``) exactly as in
+  forwarding path (``llmlb_core.router.forwarding``, relayed by ``llmlb_core.upstream.relay``) exactly as in
   production.
 
 Then it streams the same request straight to the upstream and through the router, in
@@ -54,7 +54,7 @@ TARGET_ADDED_TTFC_P50_MS = 3.0
 
 
 def serve_upstream(port: int, chunks: int, gap_ms: float) -> None:
-    from llmlb_core.serving import run
+    run = _common.core_module("server.serving", "serving").run
 
     def event(i: int) -> bytes:
         payload = {

@@ -95,9 +95,9 @@ def serve(tree: str, role: str, port: int, arg: str) -> None:
     """Run a router (``arg``: data dir) or a stand-in node (``arg``: router URL) of ``tree``."""
     root = Path(tree).resolve()
     _common.import_from_tree(root)  # that tree's llmlb_core, plugins and node runtimes come first
-    import llmlb_core.app
+    app_module = _common.core_module("router.app", "app")
 
-    where = Path(llmlb_core.app.__file__).resolve()
+    where = Path(str(app_module.__file__)).resolve()
     assert where.is_relative_to(root), f"{where} is not from {tree}"
     if role == "router":
         _common.serve_router(port, arg, ADMIN_KEY)
@@ -112,7 +112,7 @@ def serve_stand_in_node(port: int, router_url: str, package: str) -> None:
     ``load``), ``create_node_app(settings, runtimes=...)`` and the node's connection settings.
     """
     from llmlb_core.protocol import ModelAdvert
-    from llmlb_core.serving import run
+    run = _common.core_module("server.serving", "serving").run
 
     create_node_app = importlib.import_module(f"{package}.app").create_node_app
     runtime_module = importlib.import_module(f"{package}.runtime")

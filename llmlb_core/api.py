@@ -12,18 +12,28 @@ A capability plugin implements ``llmlb_register_capabilities`` and registers a
 
 from __future__ import annotations
 
-from llmlb_core.access_log import QUIET_LOG_OPT, RequestRecord, current_request, note_request
-from llmlb_core.auth import PUBLIC_OPT
-from llmlb_core.bodies import MAX_JSON_DEPTH, check_json_bytes, decode_json, decode_json_bytes
 from llmlb_core.capability import (
     Capability,
     CapabilityContext,
+    Forwarder,
     ModelCatalog,
     ModelDescriber,
     NoSettings,
     UpstreamFlags,
 )
-from llmlb_core.errors import (
+from llmlb_core.config.settings import SettingsError, load_plugin_settings
+from llmlb_core.hookspecs import hookimpl
+from llmlb_core.protocol import JobProgress, ModelAdvert, report_generation
+from llmlb_core.server.access_log import QUIET_LOG_OPT, RequestRecord, current_request, note_request
+from llmlb_core.server.bodies import (
+    MAX_JSON_DEPTH,
+    check_json_bytes,
+    decode_json,
+    decode_json_bytes,
+    with_body_defaults,
+)
+from llmlb_core.server.credentials import PUBLIC_OPT
+from llmlb_core.server.errors import (
     BadUpstreamAnswer,
     ModelNotFound,
     NoCapableNodes,
@@ -36,18 +46,7 @@ from llmlb_core.errors import (
     exception_handlers,
     from_msgspec_error,
 )
-from llmlb_core.event_stream import EventCheck, EventStream
-from llmlb_core.forwarding import (
-    EVENT_STREAM_TYPES,
-    JSON_TYPES,
-    STREAM_TYPES,
-    Forwarder,
-    UpstreamResult,
-    report_generation,
-    with_body_defaults,
-)
-from llmlb_core.hookspecs import hookimpl
-from llmlb_core.multipart import (
+from llmlb_core.server.multipart import (
     MultipartRelay,
     ParsedForm,
     Upload,
@@ -56,7 +55,12 @@ from llmlb_core.multipart import (
     file_too_large,
     parse_multipart,
 )
-from llmlb_core.openai_upstream import (
+from llmlb_core.server.openapi_docs import openapi_form_body, openapi_json_body
+from llmlb_core.server.stream_body import StreamBody
+from llmlb_core.upstream.answer import EVENT_STREAM_TYPES, JSON_TYPES, STREAM_TYPES, UpstreamResult
+from llmlb_core.upstream.client import BadAnswer, close_response, is_garbled, is_timeout, upstream_client
+from llmlb_core.upstream.event_stream import EventCheck, EventStream
+from llmlb_core.upstream.openai_servers import (
     KINDS,
     UpstreamError,
     auth_headers,
@@ -64,13 +68,8 @@ from llmlb_core.openai_upstream import (
     fetch_model_ids,
     normalize_url,
 )
-from llmlb_core.openapi_docs import openapi_form_body, openapi_json_body
-from llmlb_core.protocol import JobProgress, ModelAdvert
-from llmlb_core.relay import SSE_HEADERS, Relay, RelayStream, passed_headers
-from llmlb_core.settings import SettingsError, load_plugin_settings
-from llmlb_core.sse import SSEEvent, error_event, format_event, read_events
-from llmlb_core.stream_body import StreamBody
-from llmlb_core.upstream import BadAnswer, close_response, is_garbled, is_timeout, upstream_client
+from llmlb_core.upstream.relay import SSE_HEADERS, Relay, RelayStream, passed_headers
+from llmlb_core.upstream.sse import SSEEvent, error_event, format_event, read_events
 
 __all__ = [
     "EVENT_STREAM_TYPES",

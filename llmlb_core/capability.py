@@ -10,19 +10,22 @@ and nothing is kept under string keys.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import msgspec
+from litestar import Response
+from litestar.handlers import BaseRouteHandler
 
-if TYPE_CHECKING:
-    from litestar.handlers import BaseRouteHandler
-
-    from llmlb_core.forwarding import Forwarder
+from llmlb_core.server.stream_body import StreamBody
+from llmlb_core.upstream.answer import JSON_TYPES, STREAM_TYPES, UpstreamResult
+from llmlb_core.upstream.client import check_json_object
+from llmlb_core.upstream.event_stream import EventCheck, EventStream
 
 S = TypeVar("S")
+T = TypeVar("T")
 
 
 # Node adverts' details of one model (one mapping per online node) -> what /v1/models shows.
@@ -51,6 +54,72 @@ class ModelCatalog(Protocol):
     def details(self, model: str, flags: frozenset[str]) -> list[Mapping[str, Any]]:
         """The ``details`` of ``model``'s advert from every online node that serves it with one of
         ``flags`` (what nodes say about it: untrusted, check every value you read)."""
+        ...
+
+
+class Forwarder(Protocol):
+    """The one way a capability sends work to nodes (the router's
+    :class:`llmlb_core.router.forwarding.Forwarder`): it resolves ``model`` among the nodes that
+    serve it with one of ``flags`` (404 ``model_not_found``, 503 ``no_capable_nodes``), takes a
+    slot (queueing when all are busy), sends, fails over to another node when one fails before
+    answering, and checks the answer (status, content type, size, shape) before the client sees
+    any of it."""
+
+    async def call(
+        self,
+        model: str,
+        flags: frozenset[str],
+        path: str,
+        *,
+        content: bytes,
+        content_type: str,
+        extra_headers: Mapping[str, str] | None = None,
+        accept: Collection[str] = JSON_TYPES,
+        max_answer_bytes: int | None = None,
+        check: Callable[[bytes], Any] = check_json_object,
+    ) -> UpstreamResult:
+        """POST ``content`` to ``path`` and read the whole answer. ``check`` judges a 2xx body
+        (raise ``BadAnswer`` to refuse it; what it returns is ``UpstreamResult.parsed``)."""
+        ...
+
+    async def stream(
+        self,
+        model: str,
+        flags: frozenset[str],
+        path: str,
+        *,
+        content: bytes | StreamBody,
+        content_type: str,
+        content_length: int | None = None,
+        extra_headers: Mapping[str, str] | None = None,
+        accept: Collection[str] = STREAM_TYPES,
+    ) -> Response[Any]:
+        """POST to ``path`` and relay the answer as it arrives (``accept``: the content types,
+        ``"audio/*"`` allowed, that a 2xx answer may have)."""
+        ...
+
+    async def events(
+        self,
+        model: str,
+        flags: frozenset[str],
+        path: str,
+        *,
+        content: bytes,
+        content_type: str,
+        check: Callable[[], EventCheck[T]],
+        max_event_bytes: int,
+        max_answer_bytes: int | None = None,
+        extra_headers: Mapping[str, str] | None = None,
+    ) -> EventStream[T]:
+        """POST to ``path`` and read the answer as server-sent events, each checked by a fresh
+        ``check()`` per attempt; returns once the first event passed its check."""
+        ...
+
+    async def json(
+        self, *, model: str, flags: frozenset[str], path: str, body: bytes, stream: bool
+    ) -> Response[Any]:
+        """Forward a client's JSON body with the model's admin defaults filled in: relayed as it
+        streams, or answered whole."""
         ...
 
 

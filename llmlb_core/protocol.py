@@ -1,15 +1,20 @@
-"""Wire messages between nodes and the router (registration, heartbeats).
+"""What crosses between a node and the router: registration and heartbeat messages, the rules
+for what a node may name (ids, model ids, tokens), and the headers a node's answer reports its
+work in (:func:`report_generation`, read back by :func:`note_node_report`).
 
-Shared by ``llmlb_core`` (router side) and ``llmlb_node`` (node side, through
-:mod:`llmlb_core.api`).
+Shared by the router (:mod:`llmlb_core.router`) and the node (``llmlb_node``), which imports
+nothing else of the router.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Annotated, Any
 
 import msgspec
+
+from llmlb_core.server.access_log import note_request
 
 # Node ids and names: a strict charset, so nothing a node sends can forge a log line or a header.
 # (``\Z``, not ``$``: msgspec matches with ``re.search``, and ``$`` also matches before a final
@@ -71,7 +76,7 @@ class ModelAdvert(msgspec.Struct, kw_only=True):
 
     ``capabilities`` may be empty for a model of an OpenAI-compatible server that nobody declared
     flags for: ``details["kind"]`` then names the server's kind, and the router gives the model
-    the flags its capabilities declare (:class:`llmlb_core.openai_upstream.FlagRules`)."""
+    the flags its capabilities declare (:class:`llmlb_core.router.flag_rules.FlagRules`)."""
 
     id: ModelId
     capabilities: Annotated[list[Token], msgspec.Meta(max_length=MAX_TOKENS)]
@@ -151,3 +156,36 @@ class HeartbeatReply(msgspec.Struct, kw_only=True):
     ok: bool
     # True when the router does not know this node (e.g. after a router restart).
     reregister: bool = False
+
+
+# What a node may report about the work an answer took (read by the router's forwarder; the
+# stable_diffusion runtime sends them with its images): seconds spent generating, steps run.
+GENERATION_SECONDS_HEADER = "x-llmlb-generation-seconds"
+STEPS_HEADER = "x-llmlb-steps"
+_MAX_REPORTED_SECONDS = 7 * 24 * 3600.0
+_MAX_REPORTED_STEPS = 10**9
+
+
+def report_generation(seconds: float, steps: int, *, images: int = 0) -> dict[str, str]:
+    """For a node runtime: note what an answer took in the node's request log (``images``
+    generated, ``seconds`` generating, ``steps`` run), and return the headers that tell the
+    router (:func:`note_node_report`), to send with the answer."""
+    note_request(images=images, generation_s=seconds, steps=steps)
+    return {GENERATION_SECONDS_HEADER: f"{seconds:.3f}", STEPS_HEADER: str(steps)}
+
+
+def note_node_report(headers: Mapping[str, str]) -> None:
+    """Add what a node says its answer took (:data:`GENERATION_SECONDS_HEADER`,
+    :data:`STEPS_HEADER`) to the request's log line and metrics. A node is untrusted: a value
+    that is not a plain finite number in range is ignored."""
+    seconds_text, steps_text = headers.get(GENERATION_SECONDS_HEADER), headers.get(STEPS_HEADER)
+    if seconds_text is None:
+        return
+    try:
+        seconds = float(seconds_text)
+    except ValueError:
+        return
+    if not 0.0 < seconds <= _MAX_REPORTED_SECONDS:  # also refuses nan and inf
+        return
+    steps = int(steps_text) if steps_text is not None and steps_text.isdigit() and len(steps_text) < 11 else 0
+    note_request(generation_s=seconds, steps=min(steps, _MAX_REPORTED_STEPS))

@@ -4,7 +4,7 @@ Registration retries with capped backoff until the router answers (it may start 
 node), logging one line per change of state (not per retry). A 401 or 403 at registration (a
 wrong, revoked or under-scoped key, or a node id that is another key's) will not change by
 retrying: the link stops and sets :attr:`RouterLink.fatal`, which ends the node with that line
-(exit 2: the node app's ``llmlb_core.serving.STOP_WHEN``). A heartbeat the router answers with
+(exit 2: the node app's ``llmlb_core.server.serving.STOP_WHEN``). A heartbeat the router answers with
 ``reregister`` (it restarted and lost the node's credential) triggers a new registration at once.
 """
 
@@ -19,7 +19,6 @@ from collections.abc import Callable
 import httpx
 import msgspec
 
-from llmlb_core.log_format import log_field
 from llmlb_core.protocol import (
     MAX_REPORTED_JOBS,
     MODEL_ID_RULE,
@@ -33,7 +32,8 @@ from llmlb_core.protocol import (
     plain_description,
     valid_model_id,
 )
-from llmlb_core.tls import client_ssl_context, tls_failure
+from llmlb_core.server.log_format import log_field
+from llmlb_core.server.tls import client_ssl_context, tls_failure
 from llmlb_node.runtime import Runtime
 from llmlb_node.settings import NodeSettings
 

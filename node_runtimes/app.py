@@ -1,6 +1,6 @@
 """The node's Litestar app factory: runtimes' routes behind the router's credential.
 
-A request whose client (the router) goes away is cancelled (:mod:`llmlb_core.disconnect`): a
+A request whose client (the router) goes away is cancelled (:mod:`llmlb_core.server.disconnect`): a
 job that waits for its runtime leaves the queue, a running one stops where its runtime can stop
 it. When it has ended, the node heartbeats at once, so the router, which keeps counting the slot
 of a job it gave up on until the node reports it gone, gets it back within milliseconds.
@@ -22,11 +22,11 @@ from litestar.connection import ASGIConnection
 from litestar.handlers import BaseRouteHandler
 from litestar.middleware import DefineMiddleware
 
-from llmlb_core import access_log
-from llmlb_core.auth import key_from_headers
-from llmlb_core.disconnect import DisconnectMiddleware
-from llmlb_core.errors import OpenAIError, exception_handlers
-from llmlb_core.serving import STOP_WHEN
+from llmlb_core.server import access_log
+from llmlb_core.server.credentials import key_from_headers
+from llmlb_core.server.disconnect import DisconnectMiddleware
+from llmlb_core.server.errors import OpenAIError, exception_handlers
+from llmlb_core.server.serving import STOP_WHEN
 from llmlb_node.agent import RouterLink
 from llmlb_node.plugins import RuntimePluginError, load_runtime_types
 from llmlb_node.runtime import Runtime, RuntimeConfigError, RuntimeContext
@@ -169,7 +169,7 @@ def create_node_app(
 
     access_log.install(app)  # the request log, with the router's request id (outside routing)
     app.state.node_drain = drain
-    # Why the node must stop (the router refused its key), polled by llmlb_core.serving.run.
+    # Why the node must stop (the router refused its key), polled by llmlb_core.server.serving.run.
     app.state[STOP_WHEN] = lambda: link.fatal
     app.state.node_link = link
     app.state.node_runtimes = runtimes

@@ -20,8 +20,8 @@ from typing import Any
 import click
 
 from llmlb_core.api import hookimpl
-from llmlb_core.cli_config import add_config_kind
-from llmlb_core.cli_support import (
+from llmlb_core.cli.config_check import add_config_kind
+from llmlb_core.cli.support import (
     CONTEXT_SETTINGS,
     LOG_LEVEL_CHOICE,
     click_envvars,
@@ -30,7 +30,7 @@ from llmlb_core.cli_support import (
     settings_option,
     setup_logging,
 )
-from llmlb_core.settings import SettingsError
+from llmlb_core.config.settings import SettingsError
 from llmlb_node.config_check import NODE
 from llmlb_node.plugins import RuntimePluginError, load_runtime_types
 from llmlb_node.runtime import RuntimeType
@@ -151,9 +151,9 @@ def node(**params: Any) -> int:
     """
     ctx = click.get_current_context()
     options: dict[str, tuple[click.Option, str, str]] = ctx.meta.get(RUNTIME_OPTIONS, {})
-    from llmlb_core.serving import run
-    from llmlb_core.slow_clients import ClientLimits
-    from llmlb_core.tls import check_server_cert
+    from llmlb_core.server.serving import run
+    from llmlb_core.server.slow_clients import ClientLimits
+    from llmlb_core.server.tls import check_server_cert
     from llmlb_node.app import create_node_app
     from llmlb_node.settings import load_node_settings
 

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import msgspec
 
-from llmlb_core.cli_config import ConfigKind, Report, lenient
-from llmlb_core.settings import SettingsError
-from llmlb_core.settings_problems import near_miss, table_problems
-from llmlb_core.tls import check_server_cert
+from llmlb_core.cli.config_check import ConfigKind, Report, lenient
+from llmlb_core.config.problems import near_miss, table_problems
+from llmlb_core.config.settings import SettingsError
+from llmlb_core.server.tls import check_server_cert
 from llmlb_node.plugins import RuntimePluginError, load_runtime_types
 from llmlb_node.settings import (
     ENV_PREFIX,

@@ -21,9 +21,9 @@ from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 
-from llmlb_core.protocol import NodeName
-from llmlb_core.settings import ENV_PREFIX as ROUTER_ENV_PREFIX
-from llmlb_core.settings import (
+from llmlb_core.config.problems import describe_invalid, unknown_variables
+from llmlb_core.config.settings import ENV_PREFIX as ROUTER_ENV_PREFIX
+from llmlb_core.config.settings import (
     RouterSettings,
     SettingsError,
     checked_log_level,
@@ -31,7 +31,7 @@ from llmlb_core.settings import (
     merge_tables,
     read_toml,
 )
-from llmlb_core.settings_problems import describe_invalid, unknown_variables
+from llmlb_core.protocol import NodeName
 
 T = TypeVar("T")
 
@@ -73,7 +73,7 @@ class NodeSettings(msgspec.Struct, kw_only=True, dict=True, forbid_unknown_field
     # Per-runtime settings tables, e.g. {"openai_compatible": {"url": ...}}: `[runtime.<name>]`
     # in TOML. Each runtime converts its own (see RuntimeType.settings).
     runtime_settings: dict[str, dict[str, Any]] = msgspec.field(default_factory=dict, name="runtime")
-    # Slow and idle clients, as the router's client_* settings (llmlb_core/slow_clients.py).
+    # Slow and idle clients, as the router's client_* settings (llmlb_core/server/slow_clients.py).
     # Keep-alive outlasts the router's pooled connections to nodes (60 s idle), so the node never
     # closes one just as the router sends a request on it (that would count as a node failure).
     client_header_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 10.0

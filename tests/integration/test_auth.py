@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from llmlb_core.auth import hash_key
+from llmlb_core.router.auth import hash_key
 from tests.support.inproc import start_router
 from tests.support.servers import ADMIN_KEY, ThreadServer, create_key
 

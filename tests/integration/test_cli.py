@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from llmlb_core.cli import main
+from llmlb_core.cli.main import main
 from tests.support.cli_runs import run_cli
 from tests.support.inproc import start_router
 from tests.support.servers import ADMIN_KEY, ThreadServer, free_port

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from llmlb_core.cli import main
+from llmlb_core.cli.main import main
 from tests.support.cli_runs import run_cli
 from tests.support.echo_plugin import EchoCapability, EchoRuntimePlugin
 from tests.support.inproc import start_node, start_router

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from llmlb_core.cli import main
+from llmlb_core.cli.main import main
 from tests.support.cli_runs import run_cli
 from tests.support.servers import ADMIN_KEY, Proc, base_env, free_port, wait_until
 

@@ -12,7 +12,7 @@ import httpx
 import pytest
 from litestar import Litestar
 
-from llmlb_core.errors import exception_handlers
+from llmlb_core.server.errors import exception_handlers
 from llmlb_node.openai_compatible.runtime import OpenAICompatibleRuntime
 from llmlb_node.openai_compatible.settings import OpenAICompatibleSettings
 from tests.support.raw_http import RESET, RawAnswer, RawHttpServer, head, json_body

@@ -12,9 +12,9 @@ import httpx
 import pytest
 
 from llmlb_core.api import hookimpl
-from llmlb_core.app import create_app
+from llmlb_core.config.settings import load_settings
 from llmlb_core.plugins import PluginError, load_plugins
-from llmlb_core.settings import load_settings
+from llmlb_core.router.app import create_app
 from llmlb_node.api import hookimpl as node_hookimpl
 from llmlb_node.plugins import RuntimePluginError, load_runtime_types
 from tests.support.echo_plugin import EchoCapability, EchoRuntimePlugin

@@ -1,6 +1,6 @@
 """The upstream client's transport against a peer that speaks broken HTTP on purpose
 (``tests.support.raw_http``, real loopback sockets): every failure is an ``httpx`` error of the
-right kind (``llmlb_core.upstream_transport``), none escapes as an aiohttp or Python exception,
+right kind (``llmlb_core.upstream.transport``), none escapes as an aiohttp or Python exception,
 and none hangs.
 
 Garbage is ``is_garbled`` (the forwarder makes it a 502 ``bad_upstream_response``); a connection
@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Iterator
 import httpx
 import pytest
 
-from llmlb_core.upstream import BadAnswer, is_garbled, is_timeout, read_answer, upstream_client
+from llmlb_core.upstream.client import BadAnswer, is_garbled, is_timeout, read_answer, upstream_client
 from tests.support.raw_http import RESET, Pause, RawAnswer, RawHttpServer, chunk, head, json_body
 
 MB = 1024 * 1024

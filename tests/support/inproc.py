@@ -6,8 +6,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from llmlb_core.app import create_app
-from llmlb_core.settings import load_settings
+from llmlb_core.config.settings import load_settings
+from llmlb_core.router.app import create_app
 from llmlb_node.app import create_node_app
 from llmlb_node.settings import NodeSettings
 from tests.support.servers import ADMIN_KEY, ThreadServer, create_key, free_port, node_status, wait_until

@@ -24,8 +24,8 @@ import psutil
 import pytest
 from PIL import ImageChops
 
-from llmlb_core.balancer import Balancer
 from llmlb_core.protocol import Heartbeat
+from llmlb_core.router.balancer import Balancer
 from llmlb_node.app import create_node_app
 from llmlb_node.settings import NodeSettings
 from llmlb_node.stable_diffusion.engine import SDEngine

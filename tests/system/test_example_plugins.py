@@ -149,8 +149,10 @@ def test_the_runtime_advertises_its_model_slots_and_load(system: ExampleSystem) 
     ]
     # What is loaded comes with the heartbeats (every 0.3 s here), not with the registration.
     wait_until(
-        lambda: one(admin_get(system.router.url, "/v0/nodes")["data"], id=system.node_id)["loaded_models"]
-        == [MODEL],
+        lambda: (
+            one(admin_get(system.router.url, "/v0/nodes")["data"], id=system.node_id)["loaded_models"]
+            == [MODEL]
+        ),
         5,
         "the node's first heartbeat",
     )
@@ -229,7 +231,7 @@ def test_a_bad_runtime_setting_stops_the_node_with_one_line_and_exit_2(tmp_path:
         [
             sys.executable,
             "-m",
-            "llmlb_core.cli",
+            "llmlb_core.cli.main",
             "node",
             "--router",
             f"http://127.0.0.1:{free_port()}",  # never reached: the node stops first

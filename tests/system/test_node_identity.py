@@ -251,7 +251,7 @@ def test_cli_creates_a_bound_node_key(router: Proc) -> None:
             *(
                 sys.executable,
                 "-m",
-                "llmlb_core.cli",
+                "llmlb_core.cli.main",
                 "keys",
                 "--router",
                 router.url,

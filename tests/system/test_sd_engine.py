@@ -20,8 +20,8 @@ import psutil
 import pytest
 from PIL import Image
 
-from llmlb_core.errors import OpenAIError
 from llmlb_core.protocol import JobProgress
+from llmlb_core.server.errors import OpenAIError
 from llmlb_node.stable_diffusion.engine import SDEngine
 from llmlb_node.stable_diffusion.loras import plan_loras, prompt_with_loras
 from llmlb_node.stable_diffusion.model_folder import ModelFolder, ModelProfile, choose_weights, scan_models

@@ -31,7 +31,7 @@ import httpx
 import psutil
 import pytest
 
-from llmlb_core.errors import OpenAIError
+from llmlb_core.server.errors import OpenAIError
 from llmlb_node.app import create_node_app
 from llmlb_node.settings import NodeSettings
 from llmlb_node.stable_diffusion.engine import SDEngine

@@ -1,4 +1,4 @@
-"""The request log (``llmlb_core.access_log``) and the log formats (``llmlb_core.log_format``).
+"""The request log (``llmlb_core.server.access_log``) and the log formats (``llmlb_core.server.log_format``).
 
 A small Litestar app with a route mounted under ``/v0`` is called in memory (no server), wrapped
 the way the router and the node wrap theirs (``access_log.install``); the lines are read from
@@ -19,8 +19,9 @@ from litestar import Litestar, Request, Router, get, post
 from litestar.params import FromPath
 from litestar.testing import TestClient
 
-from llmlb_core import log_format, request_id
-from llmlb_core.access_log import (
+from llmlb_core.protocol import GENERATION_SECONDS_HEADER, STEPS_HEADER, note_node_report
+from llmlb_core.server import log_format, request_id
+from llmlb_core.server.access_log import (
     QUIET_LOG_OPT,
     RequestRecord,
     _record,
@@ -28,8 +29,7 @@ from llmlb_core.access_log import (
     install,
     note_request,
 )
-from llmlb_core.errors import OpenAIError, exception_handlers
-from llmlb_core.forwarding import GENERATION_SECONDS_HEADER, STEPS_HEADER, note_node_report
+from llmlb_core.server.errors import OpenAIError, exception_handlers
 
 ACCESS = "llmlb.access"
 

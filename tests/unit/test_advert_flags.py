@@ -12,15 +12,15 @@ import pluggy
 import pytest
 
 from llmlb_core.capability import Capability, NoSettings, UpstreamFlags
-from llmlb_core.openai_upstream import (
-    FlagRules,
+from llmlb_core.plugins import LoadedPlugins
+from llmlb_core.protocol import ModelAdvert
+from llmlb_core.router.flag_rules import FlagRules
+from llmlb_core.upstream.openai_servers import (
     ModelListTimeout,
     UpstreamError,
     build_adverts,
     fetch_model_ids,
 )
-from llmlb_core.plugins import LoadedPlugins
-from llmlb_core.protocol import ModelAdvert
 
 
 def _capability(

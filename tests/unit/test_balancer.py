@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from llmlb_core.balancer import Balancer
-from llmlb_core.errors import OpenAIError
-from llmlb_core.nodes import NodeRegistry
 from llmlb_core.protocol import ModelAdvert, NodeRegistration
-from llmlb_core.store import Store
+from llmlb_core.router.balancer import Balancer
+from llmlb_core.router.nodes import NodeRegistry
+from llmlb_core.server.errors import OpenAIError
+from llmlb_core.storage.sqlite import Store
 
 FLAGS = frozenset({"image_generation"})
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from datetime import datetime
 
-from llmlb_core.cli_tables import KEY_COLUMNS, job_lines, key_status, relative, table, timestamp
+from llmlb_core.cli.tables import KEY_COLUMNS, job_lines, key_status, relative, table, timestamp
 
 NOW = 1_800_000_000.0
 

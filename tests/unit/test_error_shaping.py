@@ -14,10 +14,10 @@ from typing import Any
 import msgspec
 import pytest
 
-from llmlb_core.bodies import MAX_JSON_DEPTH, check_json_bytes
-from llmlb_core.errors import NodeFailure, OpenAIError, from_msgspec_error
-from llmlb_core.request_id import RequestIdMiddleware
-from llmlb_core.upstream import node_failure, openai_error_content
+from llmlb_core.server.bodies import MAX_JSON_DEPTH, check_json_bytes
+from llmlb_core.server.errors import NodeFailure, OpenAIError, from_msgspec_error
+from llmlb_core.server.request_id import RequestIdMiddleware
+from llmlb_core.upstream.client import node_failure, openai_error_content
 
 
 def shaped(

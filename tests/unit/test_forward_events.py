@@ -14,16 +14,16 @@ from typing import Any
 import httpx
 import pytest
 
-from llmlb_core.errors import (
+from llmlb_core.server.errors import (
     BadUpstreamAnswer,
     OpenAIError,
     UpstreamStreamBroken,
     UpstreamUnreachable,
 )
-from llmlb_core.event_stream import EventStream
-from llmlb_core.sse import SSEEvent
-from llmlb_core.upstream import BadAnswer
-from llmlb_core.upstream_transport import UpstreamProtocolError
+from llmlb_core.upstream.client import BadAnswer
+from llmlb_core.upstream.event_stream import EventStream
+from llmlb_core.upstream.sse import SSEEvent
+from llmlb_core.upstream.transport import UpstreamProtocolError
 from tests.unit.test_forwarding import FLAGS, MODEL, PATH, Cluster, chunked, fails_with, json_answer, suspect
 
 EVENT = b"event: tick\ndata: 1\n\n"

@@ -24,8 +24,14 @@ from typing import Any
 import httpx
 import pytest
 
-from llmlb_core.balancer import Balancer
-from llmlb_core.errors import (
+from llmlb_core.config.settings import RouterSettings
+from llmlb_core.protocol import ModelAdvert, NodeRegistration
+from llmlb_core.router.balancer import Balancer
+from llmlb_core.router.forwarding import Forwarder, UpstreamResult, with_body_defaults
+from llmlb_core.router.metrics import Metrics
+from llmlb_core.router.models import ModelRegistry
+from llmlb_core.router.nodes import NodeRegistry, NodeState
+from llmlb_core.server.errors import (
     BadUpstreamAnswer,
     JobTimedOut,
     ModelNotFound,
@@ -34,17 +40,11 @@ from llmlb_core.errors import (
     OpenAIError,
     UpstreamTimeout,
 )
-from llmlb_core.forwarding import Forwarder, UpstreamResult, with_body_defaults
-from llmlb_core.metrics import Metrics
-from llmlb_core.models import ModelRegistry
-from llmlb_core.nodes import NodeRegistry, NodeState
-from llmlb_core.protocol import ModelAdvert, NodeRegistration
-from llmlb_core.relay import RelayStream
-from llmlb_core.settings import RouterSettings
-from llmlb_core.store import Store
-from llmlb_core.stream_body import StreamBody
-from llmlb_core.upstream import BadAnswer
-from llmlb_core.upstream_transport import UpstreamProtocolError
+from llmlb_core.server.stream_body import StreamBody
+from llmlb_core.storage.sqlite import Store
+from llmlb_core.upstream.client import BadAnswer
+from llmlb_core.upstream.relay import RelayStream
+from llmlb_core.upstream.transport import UpstreamProtocolError
 
 FLAGS = frozenset({"chat_completion"})
 MODEL = "m"
@@ -549,7 +549,7 @@ async def test_a_stream_over_the_answer_limit_ends_with_bad_upstream_response(cl
     assert suspect(node) and node.inflight == 0
 
 
-# --- stream: checked as it passes (llmlb_core.relay_checks) --------------------------------
+# --- stream: checked as it passes (llmlb_core.upstream.relay_checks) --------------------------------
 EVENT = b'data: {"choices": []}\n\n'
 DONE_EVENT = b"data: [DONE]\n\n"
 IDLE_S = 0.3

@@ -1,4 +1,4 @@
-"""The idle timeout of relays (``llmlb_core.idle_watch``): only one wait that lasts too long is a
+"""The idle timeout of relays (``llmlb_core.upstream.idle_watch``): only one wait that lasts too long is a
 stall; many short waits, the time between waits, and a cancellation from elsewhere are not."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from llmlb_core.idle_watch import IdleWatch
+from llmlb_core.upstream.idle_watch import IdleWatch
 
 
 async def wait(watch: IdleWatch, seconds: float) -> str:

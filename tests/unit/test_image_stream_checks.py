@@ -16,7 +16,7 @@ import msgspec
 import pytest
 
 from llmlb_core.api import OpenAIError, ParsedForm, SSEEvent
-from llmlb_core.upstream import BadAnswer
+from llmlb_core.upstream.client import BadAnswer
 from llmlb_plugins.images.dispatch import Part, answer_limit
 from llmlb_plugins.images.model_info import (
     MAX_SIDE,

@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from llmlb_core import log_format
-from llmlb_core.access_log import RequestRecord
-from llmlb_core.log_format import escape_text, log_field, log_list
+from llmlb_core.server import log_format
+from llmlb_core.server.access_log import RequestRecord
+from llmlb_core.server.log_format import escape_text, log_field, log_list
 
 # What an attacker would put in a field: a new line that starts a forged one, a carriage return,
 # the Unicode line separators, a terminal escape, a bidi override, quotes and spaces that would

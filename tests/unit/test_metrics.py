@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from llmlb_core.access_log import RequestRecord
-from llmlb_core.balancer import Balancer
-from llmlb_core.metrics import UNMATCHED, Metrics
-from llmlb_core.nodes import NodeRegistry
-from llmlb_core.store import Store
+from llmlb_core.router.balancer import Balancer
+from llmlb_core.router.metrics import UNMATCHED, Metrics
+from llmlb_core.router.nodes import NodeRegistry
+from llmlb_core.server.access_log import RequestRecord
+from llmlb_core.storage.sqlite import Store
 
 
 @pytest.fixture

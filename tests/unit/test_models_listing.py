@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from llmlb_core.errors import ModelNotFound, NoCapableNodes, OpenAIError
-from llmlb_core.models import FORGET_GONE_AFTER_S, ModelRegistry, ago
-from llmlb_core.nodes import NodeRegistry
 from llmlb_core.protocol import MAX_DESCRIPTION_CHARS, ModelAdvert, NodeRegistration
-from llmlb_core.store import Store
+from llmlb_core.router.models import FORGET_GONE_AFTER_S, ModelRegistry, ago
+from llmlb_core.router.nodes import NodeRegistry
+from llmlb_core.server.errors import ModelNotFound, NoCapableNodes, OpenAIError
+from llmlb_core.storage.sqlite import Store
 
 IMAGES = frozenset({"image_generation"})
 CHAT = frozenset({"chat_completion"})

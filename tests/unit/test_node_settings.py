@@ -11,7 +11,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from llmlb_core.settings import SettingsError
+from llmlb_core.config.settings import SettingsError
 from llmlb_node.api import NoSettings, Runtime, RuntimeConfigError, RuntimeContext, RuntimeType, hookimpl
 from llmlb_node.app import build_runtimes
 from llmlb_node.commands import runtime_options, runtime_tables

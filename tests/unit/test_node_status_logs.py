@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from llmlb_core.nodes import NodeRegistry
 from llmlb_core.protocol import Heartbeat, NodeRegistration
-from llmlb_core.store import Store
+from llmlb_core.router.nodes import NodeRegistry
+from llmlb_core.storage.sqlite import Store
 
 TIMEOUT_S = 10.0
 

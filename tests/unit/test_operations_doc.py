@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from llmlb_core.settings import load_settings
+from llmlb_core.config.settings import load_settings
 from llmlb_node.settings import load_node_settings
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "operations.md"

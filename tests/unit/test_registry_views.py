@@ -14,10 +14,10 @@ from typing import Any
 import msgspec
 import pytest
 
-from llmlb_core.models import Describer, ModelRegistry
-from llmlb_core.nodes import NodeRegistry
 from llmlb_core.protocol import MAX_REPORTED_JOBS, Heartbeat, JobProgress, ModelAdvert, NodeRegistration
-from llmlb_core.store import Store
+from llmlb_core.router.models import Describer, ModelRegistry
+from llmlb_core.router.nodes import NodeRegistry
+from llmlb_core.storage.sqlite import Store
 from llmlb_plugins.images.model_info import describe_model
 
 IMAGES = frozenset({"image_generation"})

@@ -1,4 +1,4 @@
-"""The rules a relayed server-sent event stream is held to (``llmlb_core.relay_checks``), block
+"""The rules a relayed server-sent event stream is held to (``llmlb_core.upstream.relay_checks``), block
 by block, with the official openai SDK's own SSE decoder as the judge of what a client reads."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator, Iterable
 import pytest
 from openai._streaming import SSEDecoder
 
-from llmlb_core.relay_checks import SSERelayCheck
-from llmlb_core.upstream import BadAnswer
+from llmlb_core.upstream.client import BadAnswer
+from llmlb_core.upstream.relay_checks import SSERelayCheck
 
 CHUNK = b'data: {"choices": [{"delta": {"content": "hi"}}]}\n\n'
 VALID = (

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from llmlb_core.errors import OpenAIError
+from llmlb_core.server.errors import OpenAIError
 from llmlb_node.stable_diffusion.loras import LORA_TAG, plan_loras, prompt_with_loras, strip_tags
 from llmlb_plugins.images.protocol import LoraRef
 

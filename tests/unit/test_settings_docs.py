@@ -9,9 +9,9 @@ from typing import Any
 import msgspec
 import pytest
 
-from llmlb_core.cli_support import default_of
+from llmlb_core.cli.support import default_of
+from llmlb_core.config.settings import RouterSettings
 from llmlb_core.plugins import load_plugins
-from llmlb_core.settings import RouterSettings
 from llmlb_node.plugins import load_runtime_types
 from llmlb_node.settings import NodeSettings
 from tests.support.servers import REPO

@@ -9,8 +9,8 @@ from typing import Annotated, Literal
 import msgspec
 import pytest
 
-from llmlb_core.settings import SettingsError, load_plugin_settings, load_settings, router_env_problems
-from llmlb_core.settings_problems import table_problems, unknown_variables
+from llmlb_core.config.problems import table_problems, unknown_variables
+from llmlb_core.config.settings import SettingsError, load_plugin_settings, load_settings, router_env_problems
 from llmlb_node.settings import load_node_settings, node_env_problems
 
 

@@ -1,4 +1,4 @@
-"""The bounded server-sent event reader and the writer (``llmlb_core.sse``).
+"""The bounded server-sent event reader and the writer (``llmlb_core.upstream.sse``).
 
 Chunks are fed as an async iterable of bytes, which is what ``httpx.Response.aiter_raw()``
 yields; no server is needed. The official openai SDK's own SSE decoder is the reference for what
@@ -14,9 +14,9 @@ import httpx
 import pytest
 from openai._streaming import SSEDecoder
 
-from llmlb_core.request_id import _current
-from llmlb_core.sse import EventParser, SSEBlock, SSEEvent, error_event, format_event, read_events
-from llmlb_core.upstream import BadAnswer
+from llmlb_core.server.request_id import _current
+from llmlb_core.upstream.client import BadAnswer
+from llmlb_core.upstream.sse import EventParser, SSEBlock, SSEEvent, error_event, format_event, read_events
 
 BIG = 1 << 20
 

@@ -18,9 +18,9 @@ import pytest
 
 from llmlb_core.capability import Capability, UpstreamFlags
 from llmlb_core.plugins import LoadedPlugins
-from llmlb_core.relay import Relay, RelayStream, sse_error_event
-from llmlb_core.request_id import RequestIdMiddleware
-from llmlb_core.upstream import BadAnswer
+from llmlb_core.server.request_id import RequestIdMiddleware
+from llmlb_core.upstream.client import BadAnswer
+from llmlb_core.upstream.relay import Relay, RelayStream, sse_error_event
 from llmlb_plugins.audio.upstream import UPSTREAM_FLAGS as AUDIO_FLAGS
 from llmlb_plugins.text.upstream import UPSTREAM_FLAGS as TEXT_FLAGS
 

@@ -1,0 +1,1 @@
+"""The ``llmlb`` command: where router, node and plugins are put together."""

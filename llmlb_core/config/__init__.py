@@ -1,0 +1,1 @@
+"""Settings: the router's, and the rules every process's tables share."""

@@ -1,0 +1,1 @@
+"""The router: nodes, models, keys, balancing, forwarding, and its own routes."""

@@ -1,0 +1,1 @@
+"""HTTP plumbing the router and the node share: serving, errors, bodies, logs, TLS."""

@@ -1,0 +1,1 @@
+"""What the router keeps: the storage interfaces, the SQLite store, sealed secrets."""

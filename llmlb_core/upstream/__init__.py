@@ -1,0 +1,1 @@
+"""Calling upstreams (nodes and OpenAI-compatible servers): client, relay, events."""
