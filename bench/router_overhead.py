@@ -6,7 +6,7 @@ to keep the numbers). It starts, as separate processes on loopback with real uvi
 - a router with a bench capability plugin (``POST /v1/bench`` forwarded the way the images
   plugin forwards a single-part ``b64_json`` answer: ``context.forward.call`` with model
   resolution, balancing, API-key guard, node credential, failover, the answer read up to the
-  images size bound and checked by ``llmlb_plugins.images.dispatch.read_answer`` - schema, base64,
+  images size bound and checked by ``llmlb_plugins.images.answers.read_answer`` - schema, base64,
   PNG signature - then passed on as the node's bytes);
 - a node with a bench runtime plugin that answers ``POST /v1/bench`` at once with a fixed
   ~1.5 MB body shaped like an OpenAI images response (one 1024x1024 PNG in base64).
@@ -60,7 +60,7 @@ from bench._common import (
 from llmlb_core.api import Capability, CapabilityContext, NoSettings, decode_json_bytes, hookimpl
 from llmlb_node.api import ModelAdvert, Runtime, RuntimeContext, RuntimeLoad, RuntimeType
 from llmlb_node.api import hookimpl as node_hookimpl
-from llmlb_plugins.images.dispatch import answer_limit, read_answer
+from llmlb_plugins.images.answers import answer_limit, read_answer
 
 MODEL = "bench-image-1"
 CAPABILITY = "bench"

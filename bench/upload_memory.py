@@ -112,6 +112,7 @@ def serve_stand_in_node(port: int, router_url: str, package: str) -> None:
     ``load``), ``create_node_app(settings, runtimes=...)`` and the node's connection settings.
     """
     from llmlb_core.protocol import ModelAdvert
+
     run = _common.core_module("server.serving", "serving").run
 
     create_node_app = importlib.import_module(f"{package}.app").create_node_app

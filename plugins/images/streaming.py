@@ -1,7 +1,7 @@
 """Streamed image jobs (``stream: true`` on generations and edits): the nodes' events, checked,
 relayed and merged into one server-sent event stream for the client.
 
-The job is planned and split as a buffered one (``dispatch``): each part (one per idle node with
+The job is planned and split as a buffered one (``planning``): each part (one per idle node with
 ``fan_out``) is sent with ``stream: true`` and ``partial_images`` through
 ``context.forward.events``, all parts at once. The client's response starts once every part's
 first event is in and checked, so anything that goes wrong before that (no node, a node's 4xx
@@ -13,9 +13,9 @@ bounded (:class:`NodeStreamEvent`); the event type of the endpoint (``image_gene
 ``image_edit.*``) in the ``event:`` line and in the data; ``image_index`` within the part; for
 each image at most ``partial_images`` partial events, in increasing ``partial_image_index``
 order, then exactly one completed event (with ``usage``), nothing after it; valid base64 that
-is one whole file of the requested ``output_format`` (``dispatch.check_image``); the requested size
+is one whole file of the requested ``output_format`` (``answers.check_image``); the requested size
 (for ``auto``: a size of at most ``MAX_SIDE`` a side); each event within the bound of one image
-(``dispatch.answer_limit``), the whole stream within that of all its events. When the stream
+(``answers.answer_limit``), the whole stream within that of all its events. When the stream
 ends, every image of the part must have had its completed event.
 
 A checked event is sent on as soon as it is in, its ``image_index`` moved by the part's offset
@@ -52,8 +52,9 @@ from llmlb_core.api import (
     format_event,
     note_request,
 )
-from llmlb_plugins.images.dispatch import JobPlan, Part, answer_limit, check_image
+from llmlb_plugins.images.answers import answer_limit, check_image
 from llmlb_plugins.images.model_info import FLAGS, MAX_SIDE
+from llmlb_plugins.images.planning import JobPlan, Part
 from llmlb_plugins.images.protocol import (
     MAX_N,
     MAX_PARTIAL_IMAGES,

@@ -11,7 +11,7 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from llmlb_core.api import BadAnswer
-from llmlb_plugins.images.dispatch import check_image
+from llmlb_plugins.images.answers import check_image
 from llmlb_plugins.images.file_layout import check_file
 
 HTML = b"<html><body><script>alert(document.domain)</script></body></html>"

@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 
 from llmlb_core.api import BadAnswer, OpenAIError
-from llmlb_plugins.images.dispatch import Part, answer_limit, read_answer, split
+from llmlb_plugins.images.answers import answer_limit, read_answer
+from llmlb_plugins.images.planning import Part, split
 from llmlb_plugins.images.protocol import SIZE_AUTO, SIZES
 from llmlb_plugins.images.validation import resolve_size
 from tests.support.images_util import gradient, png_bytes

@@ -17,7 +17,7 @@ import pytest
 
 from llmlb_core.api import OpenAIError, ParsedForm, SSEEvent
 from llmlb_core.upstream.client import BadAnswer
-from llmlb_plugins.images.dispatch import Part, answer_limit
+from llmlb_plugins.images.answers import answer_limit
 from llmlb_plugins.images.model_info import (
     MAX_SIDE,
     ModelInfo,
@@ -28,6 +28,7 @@ from llmlb_plugins.images.model_info import (
     images_allowed,
     model_info,
 )
+from llmlb_plugins.images.planning import Part
 from llmlb_plugins.images.protocol import ImageEditFields, LoraRef
 from llmlb_plugins.images.streaming import PartCheck, StreamSpec
 from llmlb_plugins.images.validation import form_request, form_value
