@@ -45,6 +45,7 @@ import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Collection, Mapping
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import httpx
@@ -105,6 +106,16 @@ from llmlb_core.upstream.relay_checks import SSERelayCheck
 log = logging.getLogger("llmlb.forward")
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class NodeClientError:
+    """A node's 4xx to a relayed request, read whole: the request's fault, answered to the
+    client OpenAI-shaped and never retried."""
+
+    status: int
+    content: bytes
+    content_type: str
 
 
 def upstream_error_response(
@@ -436,27 +447,17 @@ class Forwarder:
 
         async def attempt(lease: Lease) -> Response[Any]:
             started = time.monotonic()
-            try:
-                response = await self.open(lease, path, content, headers)
-            except BaseException as exc:
-                self._balancer.release(lease, abandoned=job_left_running(exc))
-                raise
+            response = await self._open_relayed(lease, path, content, headers, accept, limit, started)
             client_headers = {**lease.headers(), "x-llmlb-node": lease.node.id}
-            status, media = response.status_code, response.headers.get("content-type", "")
-            problem = _answer_problem(response, accept, limit)
-            if problem is not None or status >= 400:
-                try:  # a client that leaves while a 4xx is read must not leak the slot
-                    error = await read_bounded(response) if problem is None else b""
-                finally:
-                    await close_response(response)
-                    self._balancer.release(lease)
-                outcome = "client_error" if problem is None else "failed"
-                self._metrics.observe_upstream(lease.node.id, outcome, time.monotonic() - started)
-                if problem is not None:
-                    raise self.reject_answer(lease.node, problem)
+            if isinstance(response, NodeClientError):
                 return upstream_error_response(
-                    status, error, node_name=lease.node.name, content_type=media, headers=client_headers
+                    response.status,
+                    response.content,
+                    node_name=lease.node.name,
+                    content_type=response.content_type,
+                    headers=client_headers,
                 )
+            media = response.headers.get("content-type", "")
             relay = self._relay(lease, response, started, limit)
             try:  # the first bytes are read here: until they are in, another node may be tried
                 await relay.start()
@@ -481,6 +482,40 @@ class Forwarder:
             return not isinstance(content, StreamBody) or content.resendable
 
         return await self.failover(model, flags, attempt, can_retry=can_retry)
+
+    async def _open_relayed(
+        self,
+        lease: Lease,
+        path: str,
+        content: bytes | StreamBody,
+        headers: Mapping[str, str],
+        accept: Collection[str],
+        limit: int,
+        started: float,
+    ) -> httpx.Response | NodeClientError:
+        """Open an answer that is passed on as it arrives (:meth:`stream`, :meth:`events`) and
+        judge its head: usable (the response, still open), a 4xx (read within bounds, the lease
+        released: :class:`NodeClientError`), or unusable (the lease released, the node marked
+        suspect: :meth:`reject_answer`'s failure raised, for the failover to try elsewhere)."""
+        try:
+            response = await self.open(lease, path, content, headers)
+        except BaseException as exc:
+            self._balancer.release(lease, abandoned=job_left_running(exc))
+            raise
+        problem = _answer_problem(response, accept, limit)
+        if problem is None and response.status_code < 400:
+            return response
+        try:  # a client that leaves while a 4xx is read must not leak the slot
+            error = await read_bounded(response) if problem is None else b""
+        finally:
+            await close_response(response)
+            self._balancer.release(lease)
+        outcome = "client_error" if problem is None else "failed"
+        self._metrics.observe_upstream(lease.node.id, outcome, time.monotonic() - started)
+        if problem is not None:
+            raise self.reject_answer(lease.node, problem)
+        media = response.headers.get("content-type", "")
+        return NodeClientError(response.status_code, error, media)
 
     def _relay(self, lease: Lease, response: httpx.Response, started: float, limit: int) -> Relay:
         """The relay of a node's answer: server-sent events checked event by event
@@ -570,28 +605,15 @@ class Forwarder:
         async def attempt(lease: Lease) -> EventStream[T]:
             started = time.monotonic()
             node = lease.node
-            try:
-                response = await self.open(lease, path, content, headers)
-            except BaseException as exc:
-                self._balancer.release(lease, abandoned=job_left_running(exc))
-                raise
-            status, media = response.status_code, response.headers.get("content-type", "")
-            problem = _answer_problem(response, EVENT_STREAM_TYPES, limit)
-            if problem is not None or status >= 400:
-                try:  # a client that leaves while a 4xx is read must not leak the slot
-                    error = await read_bounded(response) if problem is None else b""
-                finally:
-                    await close_response(response)
-                    self._balancer.release(lease)
-                outcome = "client_error" if problem is None else "failed"
-                self._metrics.observe_upstream(node.id, outcome, time.monotonic() - started)
-                if problem is not None:
-                    raise self.reject_answer(node, problem)
+            response = await self._open_relayed(
+                lease, path, content, headers, EVENT_STREAM_TYPES, limit, started
+            )
+            if isinstance(response, NodeClientError):
                 raise upstream_client_error(
-                    status,
-                    error,
+                    response.status,
+                    response.content,
                     node_name=node.name,
-                    content_type=media,
+                    content_type=response.content_type,
                     headers={**lease.headers(), "x-llmlb-node": node.id},
                 )
             stream = EventStream(
