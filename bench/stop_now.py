@@ -80,8 +80,8 @@ class Stop:
 
 
 async def worker_cost(rounds: int, rounds_512: int) -> list[Cost]:
-    from llmlb_node.stable_diffusion.engine import EngineJob, SDEngine
-    from llmlb_node.stable_diffusion.model_folder import scan_models
+    from llmlb_node.stable_diffusion.engine.engine import EngineJob, SDEngine
+    from llmlb_node.stable_diffusion.models.model_folder import scan_models
 
     [demo] = [f for f in scan_models(DEMO_DIR.parent).models if f.id == DEMO_DIR.name]
     engines = {mode: SDEngine(threads=0, idle_unload_s=0, cancel=mode) for mode in ("next_image", "now")}

@@ -36,15 +36,20 @@ from llmlb_node.api import (
     parse_multipart,
     report_generation,
 )
-from llmlb_node.stable_diffusion.engine import EngineJob, JobListener, SDEngine
-from llmlb_node.stable_diffusion.events import StreamFormat
-from llmlb_node.stable_diffusion.imaging import Output, fit_inputs
-from llmlb_node.stable_diffusion.loras import plan_loras, usable_path
-from llmlb_node.stable_diffusion.model_folder import ModelFolder, ScanResult, log_scan_changes, scan_models
-from llmlb_node.stable_diffusion.params import engine_settings
-from llmlb_node.stable_diffusion.previews import resolve_method
+from llmlb_node.stable_diffusion.answers.events import StreamFormat
+from llmlb_node.stable_diffusion.answers.imaging import Output, fit_inputs
+from llmlb_node.stable_diffusion.answers.previews import resolve_method
+from llmlb_node.stable_diffusion.answers.streaming import ImageStream
+from llmlb_node.stable_diffusion.engine.engine import EngineJob, JobListener, SDEngine
+from llmlb_node.stable_diffusion.jobs.loras import plan_loras, usable_path
+from llmlb_node.stable_diffusion.jobs.params import engine_settings
+from llmlb_node.stable_diffusion.models.model_folder import (
+    ModelFolder,
+    ScanResult,
+    log_scan_changes,
+    scan_models,
+)
 from llmlb_node.stable_diffusion.settings import StableDiffusionSettings
-from llmlb_node.stable_diffusion.streaming import ImageStream
 from llmlb_plugins.images.decoding import IMAGE_FIELDS, EditInputs, ImageDecoder, ImageLimits, decode
 from llmlb_plugins.images.protocol import (
     MAX_EDIT_IMAGES,

@@ -4,7 +4,7 @@ served by nodes running the ``stable_diffusion`` runtime (stable-diffusion.cpp).
 This module only composes the capability. One image request passes through these files:
 ``routes`` (decode and check the request) -> ``dispatch`` (plan it, split it over idle nodes,
 merge the answers) -> ``llmlb_core.forwarding`` (pick a node, send, fail over) -> the node's
-``llmlb_node.stable_diffusion.runtime`` -> ``llmlb_node.stable_diffusion.engine``. Helpers they
+``llmlb_node.stable_diffusion.runtime`` -> ``llmlb_node.stable_diffusion.engine.engine``. Helpers they
 call: ``protocol`` (schemas, shared with the node), ``validation`` and ``decoding`` (checks,
 shared with the node), ``url_store`` (``response_format=url`` files), ``settings``,
 ``defaults`` (the admin's per-model defaults schema), ``model_info`` (what nodes say a model can

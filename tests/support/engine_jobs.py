@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from llmlb_node.stable_diffusion.engine import EngineJob
+from llmlb_node.stable_diffusion.engine.engine import EngineJob
 
 
 def job(**overrides: object) -> EngineJob:

@@ -28,9 +28,9 @@ from llmlb_core.balancer import Balancer
 from llmlb_core.protocol import Heartbeat
 from llmlb_node.app import create_node_app
 from llmlb_node.settings import NodeSettings
-from llmlb_node.stable_diffusion.engine import SDEngine
-from llmlb_node.stable_diffusion.runners import InProcessRunner
-from llmlb_node.stable_diffusion.sdcpp_calls import clear_callbacks
+from llmlb_node.stable_diffusion.engine.engine import SDEngine
+from llmlb_node.stable_diffusion.engine.runners import InProcessRunner
+from llmlb_node.stable_diffusion.engine.sdcpp_calls import clear_callbacks
 from tests.support.sd_workers import reaped, worker_pids
 from tests.support.servers import ADMIN_KEY, Proc, ThreadServer, admin_get, create_key, node_proc, router_proc
 from tests.system.test_sd_engine import folder, job

@@ -21,8 +21,8 @@ import pytest
 from PIL import Image
 
 from llmlb_node.api import RuntimeType, hookimpl
-from llmlb_node.stable_diffusion.engine import EngineJob, SDEngine
-from llmlb_node.stable_diffusion.model_folder import ModelFolder
+from llmlb_node.stable_diffusion.engine.engine import EngineJob, SDEngine
+from llmlb_node.stable_diffusion.models.model_folder import ModelFolder
 from llmlb_node.stable_diffusion.runtime import StableDiffusionRuntime
 from llmlb_node.stable_diffusion.settings import StableDiffusionSettings
 from llmlb_plugins.images.protocol import SIZES

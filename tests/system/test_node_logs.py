@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from llmlb_node.stable_diffusion.engine import SDEngine
-from llmlb_node.stable_diffusion.model_folder import ModelFolder, scan_models
+from llmlb_node.stable_diffusion.engine.engine import SDEngine
+from llmlb_node.stable_diffusion.models.model_folder import ModelFolder, scan_models
 from llmlb_node.stable_diffusion.settings import CancelMode
 from tests.support.engine_jobs import job
 from tests.support.images_util import gradient

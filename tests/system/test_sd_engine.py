@@ -22,12 +22,17 @@ from PIL import Image
 
 from llmlb_core.errors import OpenAIError
 from llmlb_core.protocol import JobProgress
-from llmlb_node.stable_diffusion.engine import SDEngine
-from llmlb_node.stable_diffusion.loras import plan_loras, prompt_with_loras
-from llmlb_node.stable_diffusion.model_folder import ModelFolder, ModelProfile, choose_weights, scan_models
-from llmlb_node.stable_diffusion.quantize import quantize
-from llmlb_node.stable_diffusion.runners import InProcessRunner
+from llmlb_node.stable_diffusion.engine.engine import SDEngine
+from llmlb_node.stable_diffusion.engine.runners import InProcessRunner
+from llmlb_node.stable_diffusion.jobs.loras import plan_loras, prompt_with_loras
+from llmlb_node.stable_diffusion.models.model_folder import (
+    ModelFolder,
+    ModelProfile,
+    choose_weights,
+    scan_models,
+)
 from llmlb_node.stable_diffusion.settings import CancelMode
+from llmlb_node.stable_diffusion.tools.quantize import quantize
 from tests.support.engine_jobs import job
 from tests.support.images_util import gradient, mean_abs_diff
 from tests.support.models import DEMO_MODEL, MODEL_CACHE, copy_model
@@ -307,9 +312,9 @@ async def test_previews_of_the_chosen_steps_and_progress_while_a_job_runs(models
 CALLBACKS_SCRIPT = """
 import asyncio, sys
 from pathlib import Path
-import llmlb_node.stable_diffusion.sdcpp_calls as sdcpp_calls
-from llmlb_node.stable_diffusion.engine import SDEngine
-from llmlb_node.stable_diffusion.model_folder import scan_models
+import llmlb_node.stable_diffusion.engine.sdcpp_calls as sdcpp_calls
+from llmlb_node.stable_diffusion.engine.engine import SDEngine
+from llmlb_node.stable_diffusion.models.model_folder import scan_models
 from tests.system.test_sd_engine import Recorder, job
 
 if sys.argv[3] == "no-clearing":

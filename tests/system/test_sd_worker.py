@@ -34,7 +34,7 @@ import pytest
 from llmlb_core.errors import OpenAIError
 from llmlb_node.app import create_node_app
 from llmlb_node.settings import NodeSettings
-from llmlb_node.stable_diffusion.engine import SDEngine
+from llmlb_node.stable_diffusion.engine.engine import SDEngine
 from tests.support.engine_jobs import job
 from tests.support.models import DEMO_MODEL
 from tests.support.sd_workers import ended, reaped, worker_pids

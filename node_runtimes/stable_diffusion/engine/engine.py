@@ -4,7 +4,7 @@
   the same for both:
 
   - ``"now"`` (the default): in a worker process per loaded model
-    (:class:`~llmlb_node.stable_diffusion.worker_runner.WorkerRunner`). A job whose client left,
+    (:class:`~llmlb_node.stable_diffusion.engine.worker_runner.WorkerRunner`). A job whose client left,
     or that runs past ``max_job_seconds``, stops at once, mid-image included: the worker is
     killed (SIGKILL, then reaped) and the job ends; then, holding the engine so that the next
     job waits for it, the same model is loaded again in a fresh worker. One line tells what the
@@ -62,12 +62,12 @@ from typing import Any, Protocol
 from PIL import Image
 
 from llmlb_node.api import JobProgress, OpenAIError
-from llmlb_node.stable_diffusion.loras import prompt_with_loras
-from llmlb_node.stable_diffusion.model_folder import ModelFolder, WeightsChoice, choose_weights
-from llmlb_node.stable_diffusion.runners import ImageCall, InProcessRunner, RunnerGone, SDRunner
-from llmlb_node.stable_diffusion.sdcpp_calls import GenerationFailed, LoadRefused, library_paths
+from llmlb_node.stable_diffusion.engine.runners import ImageCall, InProcessRunner, RunnerGone, SDRunner
+from llmlb_node.stable_diffusion.engine.sdcpp_calls import GenerationFailed, LoadRefused, library_paths
+from llmlb_node.stable_diffusion.engine.worker_runner import WorkerRunner
+from llmlb_node.stable_diffusion.jobs.loras import prompt_with_loras
+from llmlb_node.stable_diffusion.models.model_folder import ModelFolder, WeightsChoice, choose_weights
 from llmlb_node.stable_diffusion.settings import MAX_JOB_SECONDS, CancelMode
-from llmlb_node.stable_diffusion.worker_runner import WorkerRunner
 
 log = logging.getLogger("llmlb.node.sd")
 
@@ -322,7 +322,7 @@ async def until_done(future: asyncio.Future[Any]) -> None:
 
 
 class ImageProgress:
-    """The :class:`~llmlb_node.stable_diffusion.runners.ImageEvents` of image ``index`` of a
+    """The :class:`~llmlb_node.stable_diffusion.engine.runners.ImageEvents` of image ``index`` of a
     job: its progress (for :meth:`SDEngine.jobs` and the log) and its preview frames (for the
     job's listener). Called on the engine's worker thread."""
 

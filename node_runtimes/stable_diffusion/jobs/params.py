@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from llmlb_node.stable_diffusion.model_folder import ModelProfile
+from llmlb_node.stable_diffusion.models.model_folder import ModelProfile
 from llmlb_plugins.images.protocol import EngineExtras
 
 QUALITY_STEP_FACTOR = {"low": 0.5, "standard": 1.0, "medium": 1.0, "auto": 1.0, "hd": 2.0, "high": 2.0}
