@@ -8,7 +8,7 @@
   init image unless a mask is given; for the others the one image is the init image. More images
   than a model takes, or a mask for a model without mask edits, is a 400.
 - LoRAs (``loras`` extra, ``<lora:name:weight>`` tags) are checked against the model's known
-  LoRA files before anything runs (:mod:`loras`).
+  LoRA files before anything runs (:mod:`.jobs.loras`).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from llmlb_node.stable_diffusion.answers.imaging import Output, fit_inputs
 from llmlb_node.stable_diffusion.answers.previews import resolve_method
 from llmlb_node.stable_diffusion.answers.streaming import ImageStream
 from llmlb_node.stable_diffusion.engine.engine import EngineJob, JobListener, SDEngine
-from llmlb_node.stable_diffusion.jobs.loras import plan_loras, usable_path
+from llmlb_node.stable_diffusion.jobs.loras import OfferedLoras
 from llmlb_node.stable_diffusion.jobs.params import engine_settings
 from llmlb_node.stable_diffusion.models.model_folder import (
     ModelFolder,
@@ -135,7 +135,7 @@ class StableDiffusionRuntime(Runtime):
         )
         self._folders: dict[str, ModelFolder] = {}
         self._scan: ScanResult | None = None
-        self._unusable_loras: set[Path] = set()
+        self.loras = OfferedLoras()
         self._scanned_at = 0.0
         self.rescan()
 
@@ -161,21 +161,6 @@ class StableDiffusionRuntime(Runtime):
             )
         return self._folders[model]
 
-    def loras(self, folder: ModelFolder) -> dict[str, Path]:
-        """The model's LoRAs that a request may name (a name the protocol accepts, a path that
-        fits in a tag); none when its family takes none."""
-        if not folder.family.loras:
-            return {}
-        usable = {}
-        for name, path in folder.loras.items():
-            if not usable_path(path):
-                if path not in self._unusable_loras:
-                    self._unusable_loras.add(path)
-                    log.warning("LoRA %s is not offered: its path holds ':', '<' or '>'; move it", path)
-            else:
-                usable[name] = path
-        return usable
-
     def preview_method(self, folder: ModelFolder) -> str:
         """The node's ``preview_method`` when set (not ``auto``), else the model's."""
         return resolve_method(
@@ -200,7 +185,7 @@ class StableDiffusionRuntime(Runtime):
             "supports": {
                 "mask": family.mask_edits,
                 "reference_images": family.max_ref_images,
-                "loras": sorted(self.loras(folder)),
+                "loras": sorted(self.loras.of(folder)),
                 "partial_images": self.preview_method(folder) != "none",
             },
             "weights": [p.name for p in folder.weights],
@@ -264,14 +249,8 @@ class StableDiffusionRuntime(Runtime):
         folder = self.folder(req.model)
         width, height, size = self._size(req.size, folder)
         settings = engine_settings(req, folder.profile, quality=quality, style=style)
-        loras = plan_loras(
-            prompt=prompt,
-            negative_prompt=settings.negative_prompt,
-            requested=req.loras,
-            available=self.loras(folder),
-            supported=folder.family.loras,
-            model=folder.id,
-            family_label=folder.family.label,
+        loras = self.loras.plan(
+            folder, prompt=prompt, negative_prompt=settings.negative_prompt, requested=req.loras
         )
         seed = req.seed if req.seed is not None else secrets.randbelow(MAX_SEED - 16)
         if init is not None or mask is not None:
