@@ -40,9 +40,9 @@ from llmlb_node.stable_diffusion.answers.events import StreamFormat
 from llmlb_node.stable_diffusion.answers.imaging import Output, fit_inputs
 from llmlb_node.stable_diffusion.answers.previews import resolve_method
 from llmlb_node.stable_diffusion.answers.streaming import ImageStream
-from llmlb_node.stable_diffusion.engine.engine import EngineJob, JobListener, SDEngine
+from llmlb_node.stable_diffusion.engine.engine import SDEngine
+from llmlb_node.stable_diffusion.jobs.job import JobListener, SDJob, sdcpp_job
 from llmlb_node.stable_diffusion.jobs.loras import OfferedLoras
-from llmlb_node.stable_diffusion.jobs.params import engine_settings
 from llmlb_node.stable_diffusion.models.model_folder import (
     ModelFolder,
     ScanResult,
@@ -71,9 +71,6 @@ CAPABILITIES = ["image_generation"]
 EDIT_STRENGTH = 0.75
 INPAINT_STRENGTH = 1.0
 VARIATION_STRENGTH = 0.6
-# stable-diffusion.cpp regenerates where its mask is white (255): it blends
-# denoised * mask + init * (1 - mask) in latent space (tests/test_sd_engine.py proves it).
-SD_MASK_REGENERATE = 255
 # The node-wide LoRA folder when the settings name none: <models_dir>/loras.
 LORA_DIR_NAME = "loras"
 RESCAN_S = 5.0
@@ -248,37 +245,26 @@ class StableDiffusionRuntime(Runtime):
     ) -> Response[Any]:
         folder = self.folder(req.model)
         width, height, size = self._size(req.size, folder)
-        settings = engine_settings(req, folder.profile, quality=quality, style=style)
-        loras = self.loras.plan(
-            folder, prompt=prompt, negative_prompt=settings.negative_prompt, requested=req.loras
-        )
         seed = req.seed if req.seed is not None else secrets.randbelow(MAX_SEED - 16)
         if init is not None or mask is not None:
             # Resizing a large upload takes 100+ ms: off the event loop (heartbeats, /health).
             init, mask = await asyncio.to_thread(fit_inputs, init, mask, (width, height))
-        sd_mask = None
-        if mask is not None:
-            sd_mask = mask if SD_MASK_REGENERATE == 255 else mask.point(lambda v: 255 - v)
-        job = EngineJob(
-            prompt=loras.prompt,
-            negative_prompt=loras.negative_prompt,
-            width=width,
-            height=height,
-            steps=settings.steps,
-            cfg_scale=settings.cfg_scale,
-            sampler=settings.sampler,
-            scheduler=settings.scheduler,
+        job = sdcpp_job(
+            req,
+            folder,
+            self.loras,
+            prompt=prompt,
+            quality=quality,
+            style=style,
+            size=(width, height),
             seed=seed,
-            batch_count=req.n,
-            init_image=init,
-            mask_image=sd_mask,
-            strength=req.strength if req.strength is not None else default_strength,
-            guidance=settings.guidance,
-            flow_shift=settings.flow_shift,
-            vae_tiling=settings.vae_tiling,
-            cache_mode=settings.cache_mode,
-            ref_images=refs or [],
-            loras=loras.loras,
+            images=req.n,
+            default_strength=default_strength,
+            init=init,
+            mask=mask,
+            refs=refs,
+            partial_images=partial_images if stream else 0,
+            preview_method=self.preview_method(folder) if stream else "none",
         )
         output_format = req.output_format or "png"
         output = Output(
@@ -297,7 +283,6 @@ class StableDiffusionRuntime(Runtime):
                 output_format=output_format,
                 seed=seed,
             )
-            job.partial_images, job.preview_method = partial_images, self.preview_method(folder)
 
             async def run(listener: JobListener) -> list[Image.Image]:
                 return await self.engine.generate(folder, replace(job, listener=listener))
@@ -317,15 +302,14 @@ class StableDiffusionRuntime(Runtime):
         )
         return Response(content=msgspec.json.encode(body), media_type="application/json", headers=report)
 
-    def _report(self, started: float, job: EngineJob, images: int) -> dict[str, str]:
+    def _report(self, started: float, job: SDJob, images: int) -> dict[str, str]:
         """What a finished job took, for the node's request log and the router's metrics
         (:func:`report_generation`): the seconds since the job started or, when it had to load
         its model, since the model was loaded; and the sampling steps run for its images (from
         an init image, sd.cpp samples only the last ``strength`` part of the steps)."""
         loaded = self.engine.loaded
         since = max(started, loaded.loaded_at) if loaded is not None else started
-        steps = job.steps if job.init_image is None else max(1, int(job.steps * job.strength))
-        return report_generation(time.monotonic() - since, steps * images, images=images)
+        return report_generation(time.monotonic() - since, job.sampled_steps() * images, images=images)
 
     def routes(self) -> list[BaseRouteHandler]:
         runtime = self

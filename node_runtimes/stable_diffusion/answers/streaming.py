@@ -55,7 +55,7 @@ Item = Partial | Completed | Finished
 
 
 class QueuedEvents:
-    """A :class:`~llmlb_node.stable_diffusion.engine.engine.JobListener` that queues what it hears."""
+    """A :class:`~llmlb_node.stable_diffusion.jobs.job.JobListener` that queues what it hears."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop

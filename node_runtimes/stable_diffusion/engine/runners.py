@@ -17,6 +17,7 @@ from typing import Any, Protocol
 from PIL import Image
 
 from llmlb_node.stable_diffusion.engine.sdcpp_calls import close_model, generate_image, open_model
+from llmlb_node.stable_diffusion.jobs.job import GenerateArgs
 
 
 class RunnerGone(Exception):
@@ -28,12 +29,12 @@ class RunnerGone(Exception):
         self.stopped = stopped  # ended by stop_now, not by itself
 
 
-@dataclass
+@dataclass(frozen=True)
 class ImageCall:
-    """One image: the binding's ``generate_image`` arguments (images as PIL images; no
-    callbacks, ``batch_count`` 1) and how many partial images to hand to the events."""
+    """One image: the binding's ``generate_image`` arguments and how many partial images to hand
+    to the events."""
 
-    kwargs: dict[str, Any]
+    args: GenerateArgs
     partial_images: int = 0
 
 
@@ -92,7 +93,7 @@ class InProcessRunner:
             raise RunnerGone("no model is loaded", stopped=False)
         return generate_image(
             self.context,
-            call.kwargs,
+            call.args.kwargs(),
             partial_images=call.partial_images,
             on_progress=events.progress,
             on_partial=events.partial,

@@ -171,7 +171,7 @@ class WorkerRunner:
 
     def generate(self, call: ImageCall, events: ImageEvents) -> Image.Image:
         level = min(sdcpp_logger.getEffectiveLevel(), log.getEffectiveLevel())
-        reply = self._call(Generate(pack(call.kwargs), call.partial_images, level), events)
+        reply = self._call(Generate(pack(call.args.kwargs()), call.partial_images, level), events)
         if isinstance(reply, Failed):
             raise GenerationFailed(reply.message)
         assert isinstance(reply, Done), reply
