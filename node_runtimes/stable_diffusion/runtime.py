@@ -6,7 +6,9 @@
 - Edits: for a family that takes reference images (``Family.max_ref_images``: Flux Kontext,
   Flux.2, Qwen-Image-Edit) every ``image[]`` is a reference (sd.cpp's ``-r``) and there is no
   init image unless a mask is given; for the others the one image is the init image. More images
-  than a model takes, or a mask for a model without mask edits, is a 400.
+  than a model takes, or a mask for a model without mask edits, is a 400 (the router's checks,
+  ``validation.check_image_count`` and ``check_mask_supported``, against the model's family).
+- Each model is advertised with an ``ImageModelDetails`` (``protocol``), which the router reads.
 - LoRAs (``loras`` extra, ``<lora:name:weight>`` tags) are checked against the model's known
   LoRA files before anything runs (:mod:`.jobs.loras`).
 """
@@ -58,11 +60,20 @@ from llmlb_plugins.images.protocol import (
     ImageData,
     ImageEditFields,
     ImageGenerationRequest,
+    ImageModelDefaults,
+    ImageModelDetails,
+    ImageModelSupports,
     ImagesResponse,
     ImageVariationFields,
     parse_size,
 )
-from llmlb_plugins.images.validation import form_request, require_prompt, resolve_size
+from llmlb_plugins.images.validation import (
+    check_image_count,
+    check_mask_supported,
+    form_request,
+    require_prompt,
+    resolve_size,
+)
 
 log = logging.getLogger("llmlb.node.sd")
 
@@ -74,36 +85,6 @@ VARIATION_STRENGTH = 0.6
 # The node-wide LoRA folder when the settings name none: <models_dir>/loras.
 LORA_DIR_NAME = "loras"
 RESCAN_S = 5.0
-
-
-def check_images(folder: ModelFolder, count: int, *, has_mask: bool) -> None:
-    """400 unless the model takes ``count`` edit images (and a mask, when one is given)."""
-    family = folder.family
-    if has_mask and not family.mask_edits:
-        raise OpenAIError(
-            400,
-            f"Model '{folder.id}' ({family.label}) does not support edits with a mask; "
-            "send the image without one",
-            param="mask",
-            code="mask_not_supported",
-        )
-    limit = family.max_ref_images
-    if limit == 0 and count > 1:
-        raise OpenAIError(
-            400,
-            f"{count} images were sent, but model '{folder.id}' ({family.label}) takes one image "
-            "and no reference images",
-            param="image",
-            code="too_many_images",
-        )
-    if limit and count > limit:
-        raise OpenAIError(
-            400,
-            f"{count} images were sent, but model '{folder.id}' ({family.label}) takes at most "
-            f"{limit} reference images",
-            param="image",
-            code="too_many_images",
-        )
 
 
 def _decode_rgb(inputs: EditInputs) -> list[Image.Image]:
@@ -166,27 +147,27 @@ class StableDiffusionRuntime(Runtime):
             has_taesd="taesd_path" in folder.components,
         )
 
-    def details(self, folder: ModelFolder) -> dict[str, Any]:
-        """The advert's details, read by the router (``/v1/models``; keep the key names)."""
+    def details(self, folder: ModelFolder) -> ImageModelDetails:
+        """The advert's details, read by the router (``model_info``; ``/v1/models``)."""
         profile, family = folder.profile, folder.family
-        return {
-            "family": family.name,
-            "label": family.label,
-            "native_size": profile.native_size,
-            "defaults": {
-                "steps": profile.steps,
-                "cfg_scale": profile.cfg_scale,
-                "guidance": profile.guidance,
-                "sampler": profile.sampler,
-            },
-            "supports": {
-                "mask": family.mask_edits,
-                "reference_images": family.max_ref_images,
-                "loras": sorted(self.loras.of(folder)),
-                "partial_images": self.preview_method(folder) != "none",
-            },
-            "weights": [p.name for p in folder.weights],
-        }
+        return ImageModelDetails(
+            family=family.name,
+            label=family.label,
+            native_size=profile.native_size,
+            defaults=ImageModelDefaults(
+                steps=profile.steps,
+                cfg_scale=profile.cfg_scale,
+                guidance=profile.guidance,
+                sampler=profile.sampler,
+            ),
+            supports=ImageModelSupports(
+                mask=family.mask_edits,
+                reference_images=family.max_ref_images,
+                loras=sorted(self.loras.of(folder)),
+                partial_images=self.preview_method(folder) != "none",
+            ),
+            weights=[p.name for p in folder.weights],
+        )
 
     def models(self) -> list[ModelAdvert]:
         self._fresh()
@@ -195,7 +176,7 @@ class StableDiffusionRuntime(Runtime):
                 id=f.id,
                 capabilities=CAPABILITIES,
                 runtime=TYPE_NAME,
-                details=self.details(f),
+                details=msgspec.to_builtins(self.details(f)),
                 description=f.profile.description,
             )
             for f in self._folders.values()
@@ -315,14 +296,7 @@ class StableDiffusionRuntime(Runtime):
         runtime = self
         cfg = self.settings
         # Decodes uploads off the event loop, within this node's limits (>= the router's).
-        decoder = ImageDecoder(
-            ImageLimits(
-                max_bytes=cfg.max_upload_bytes,
-                max_pixels=cfg.max_pixels,
-                max_request_pixels=cfg.max_request_pixels,
-                decodes_at_once=cfg.max_concurrent_decodes,
-            )
-        )
+        decoder = ImageDecoder(ImageLimits.of(cfg))
         # Whole bodies: an edit carries up to MAX_EDIT_IMAGES images and a mask, a variation one
         # image (with room for the form fields). They follow max_upload_bytes, not the node's default.
         edits_max = (MAX_EDIT_IMAGES + 2) * cfg.max_upload_bytes
@@ -348,7 +322,12 @@ class StableDiffusionRuntime(Runtime):
             req = form_request(form, ImageEditFields)
             prompt = require_prompt(req.prompt)
             folder = runtime.folder(req.model)
-            check_images(folder, len(form.uploads(*IMAGE_FIELDS)), has_mask=bool(form.uploads("mask")))
+            family = folder.family  # what it takes, before any image is decoded (as the router)
+            if form.uploads("mask"):
+                check_mask_supported(folder.id, family.mask_edits, label=family.label)
+            check_image_count(
+                folder.id, len(form.uploads(*IMAGE_FIELDS)), family.max_ref_images, label=family.label
+            )
             inputs = await decoder.read(form, max_images=MAX_EDIT_IMAGES, mask_allowed=True, keep_pixels=True)
             mask = inputs.mask_pixels
             init, refs = inputs.init, None
