@@ -117,7 +117,7 @@ class SizeResult:
 
 
 def ensure_preset(family: str) -> Path:
-    from llmlb_node.stable_diffusion import demo_checkpoint, demo_flux
+    from llmlb_node.stable_diffusion.tools import demo_checkpoint, demo_flux
 
     folder = PRESETS[family]
     if family == "sd1" and not demo_checkpoint.demo_model_is_complete(folder):
@@ -131,8 +131,8 @@ def ensure_preset(family: str) -> Path:
 
 def resolve_model(args: argparse.Namespace) -> SpeedModel:
     """The model folder the node would serve, with its load arguments and resolved profile."""
-    from llmlb_node.stable_diffusion.engine import free_memory_bytes, has_accelerator
-    from llmlb_node.stable_diffusion.model_folder import FolderProblem, choose_weights, inspect_folder
+    from llmlb_node.stable_diffusion.engine.engine import free_memory_bytes, has_accelerator
+    from llmlb_node.stable_diffusion.models.model_folder import FolderProblem, choose_weights, inspect_folder
 
     if args.model:
         folder = Path(args.models_dir).expanduser() / args.model if args.models_dir else Path(args.model)

@@ -142,7 +142,7 @@ def _toml_str(value: str) -> str:
 
 
 def ensure_demo_model() -> Path:
-    from llmlb_node.stable_diffusion.demo_checkpoint import demo_model_is_complete, write_demo_model
+    from llmlb_node.stable_diffusion.tools.demo_checkpoint import demo_model_is_complete, write_demo_model
 
     if not demo_model_is_complete(DEMO_DIR):
         print(f"writing the synthetic demo checkpoint into {DEMO_DIR} (~850 MB, once) ...", flush=True)
@@ -152,8 +152,8 @@ def ensure_demo_model() -> Path:
 
 def prepare_model(args: argparse.Namespace, models_dir: Path) -> BenchModel:
     """Make ``models_dir/bench-sd`` with links to the weights and the bench's ``model.toml``."""
-    from llmlb_node.stable_diffusion.engine import free_memory_bytes, has_accelerator
-    from llmlb_node.stable_diffusion.model_folder import (
+    from llmlb_node.stable_diffusion.engine.engine import free_memory_bytes, has_accelerator
+    from llmlb_node.stable_diffusion.models.model_folder import (
         ModelFolder,
         ModelProfile,
         choose_weights,

@@ -80,25 +80,25 @@ class Stop:
 
 
 async def worker_cost(rounds: int, rounds_512: int) -> list[Cost]:
-    from llmlb_node.stable_diffusion.engine import EngineJob, SDEngine
-    from llmlb_node.stable_diffusion.model_folder import scan_models
+    from llmlb_node.stable_diffusion.engine.engine import SDEngine
+    from llmlb_node.stable_diffusion.jobs.job import GenerateArgs, SDJob
+    from llmlb_node.stable_diffusion.models.model_folder import scan_models
 
     [demo] = [f for f in scan_models(DEMO_DIR.parent).models if f.id == DEMO_DIR.name]
     engines = {mode: SDEngine(threads=0, idle_unload_s=0, cancel=mode) for mode in ("next_image", "now")}
 
-    def job(size: int, steps: int, seed: int) -> EngineJob:
-        return EngineJob(
+    def job(size: int, steps: int, seed: int) -> SDJob:
+        args = GenerateArgs(
             prompt="a lighthouse",
             negative_prompt="",
             width=size,
             height=size,
-            steps=steps,
             cfg_scale=1.0,
-            sampler="euler",
-            scheduler=None,
+            sample_method="euler",
+            sample_steps=steps,
             seed=seed,
-            batch_count=1,
         )
+        return SDJob(args)
 
     costs = []
     try:

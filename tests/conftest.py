@@ -23,7 +23,7 @@ from tests.support.servers import Proc, create_key, node_proc, router_proc
 @pytest.fixture(scope="session")
 def models_dir() -> Path:
     """A models dir holding the synthetic SD1 tiny-UNet checkpoint as model ``demo``."""
-    from llmlb_node.stable_diffusion.demo_checkpoint import demo_model_is_complete, write_demo_model
+    from llmlb_node.stable_diffusion.tools.demo_checkpoint import demo_model_is_complete, write_demo_model
 
     folder = MODEL_CACHE / DEMO_MODEL
     if not demo_model_is_complete(folder):
@@ -36,7 +36,7 @@ def flux_models_dir() -> Path:
     """A models dir holding the synthetic multi-file FLUX.1 as model ``flux-schnell-tiny``:
     ``flux1-schnell.safetensors`` (tiny DiT), ``clip_l.safetensors``, ``ae.safetensors``,
     ``taef1.safetensors``, no model.toml (about 431 MB, written once)."""
-    from llmlb_node.stable_diffusion.demo_flux import demo_flux_is_complete, write_demo_flux
+    from llmlb_node.stable_diffusion.tools.demo_flux import demo_flux_is_complete, write_demo_flux
 
     folder = FLUX_CACHE / FLUX_MODEL
     if not demo_flux_is_complete(folder):
@@ -48,7 +48,7 @@ def flux_models_dir() -> Path:
 def lora_dir() -> Path:
     """A LoRA folder with ``sd1-demo-lora.safetensors`` (for the SD1 demo model) and
     ``flux-tiny-lora.safetensors`` (for flux-schnell-tiny)."""
-    from llmlb_node.stable_diffusion.demo_lora import lora_is_complete, write_flux_lora, write_sd1_lora
+    from llmlb_node.stable_diffusion.tools.demo_lora import lora_is_complete, write_flux_lora, write_sd1_lora
 
     for name, family, write in ((SD1_LORA, "sd1", write_sd1_lora), (FLUX_LORA, "flux", write_flux_lora)):
         path = LORA_CACHE / f"{name}.safetensors"

@@ -14,8 +14,8 @@ from typing import Any
 import click
 
 from llmlb_core.api import hookimpl
-from llmlb_node.stable_diffusion.demo import run_demo, write_demo_model_with_progress
-from llmlb_node.stable_diffusion.quantize import GGUF_TYPES
+from llmlb_node.stable_diffusion.tools.demo import run_demo, write_demo_model_with_progress
+from llmlb_node.stable_diffusion.tools.quantize import GGUF_TYPES
 
 CONTEXT_SETTINGS: dict[str, Any] = {
     "help_option_names": ["-h", "--help"],
@@ -47,8 +47,8 @@ def quantize(model_dir: Path, output_type: str) -> int:
     """Write a quantised GGUF copy of a model's weights.
 
     The GGUF is written next to the weights; the node then chooses one (--weights)."""
-    from llmlb_node.stable_diffusion.model_folder import read_profile, weight_files
-    from llmlb_node.stable_diffusion.quantize import quantize as write_gguf
+    from llmlb_node.stable_diffusion.models.model_folder import read_profile, weight_files
+    from llmlb_node.stable_diffusion.tools.quantize import quantize as write_gguf
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
     sources = [p for p in weight_files(model_dir, read_profile(model_dir)) if p.suffix != ".gguf"]

@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from llmlb_node.api import Runtime, RuntimeConfigError, RuntimeContext, RuntimeType, hookimpl
-from llmlb_node.stable_diffusion.model_folder import scan_models
+from llmlb_node.stable_diffusion.models.model_folder import scan_models
 from llmlb_node.stable_diffusion.settings import StableDiffusionSettings
 
 log = logging.getLogger("llmlb.node.sd")

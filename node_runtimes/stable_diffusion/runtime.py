@@ -6,9 +6,11 @@
 - Edits: for a family that takes reference images (``Family.max_ref_images``: Flux Kontext,
   Flux.2, Qwen-Image-Edit) every ``image[]`` is a reference (sd.cpp's ``-r``) and there is no
   init image unless a mask is given; for the others the one image is the init image. More images
-  than a model takes, or a mask for a model without mask edits, is a 400.
+  than a model takes, or a mask for a model without mask edits, is a 400 (the router's checks,
+  ``validation.check_image_count`` and ``check_mask_supported``, against the model's family).
+- Each model is advertised with an ``ImageModelDetails`` (``protocol``), which the router reads.
 - LoRAs (``loras`` extra, ``<lora:name:weight>`` tags) are checked against the model's known
-  LoRA files before anything runs (:mod:`loras`).
+  LoRA files before anything runs (:mod:`.jobs.loras`).
 """
 
 from __future__ import annotations
@@ -36,15 +38,20 @@ from llmlb_node.api import (
     parse_multipart,
     report_generation,
 )
-from llmlb_node.stable_diffusion.engine import EngineJob, JobListener, SDEngine
-from llmlb_node.stable_diffusion.events import StreamFormat
-from llmlb_node.stable_diffusion.imaging import Output, fit_inputs
-from llmlb_node.stable_diffusion.loras import plan_loras, usable_path
-from llmlb_node.stable_diffusion.model_folder import ModelFolder, ScanResult, log_scan_changes, scan_models
-from llmlb_node.stable_diffusion.params import engine_settings
-from llmlb_node.stable_diffusion.previews import resolve_method
+from llmlb_node.stable_diffusion.answers.events import StreamFormat
+from llmlb_node.stable_diffusion.answers.imaging import Output, fit_inputs
+from llmlb_node.stable_diffusion.answers.previews import resolve_method
+from llmlb_node.stable_diffusion.answers.streaming import ImageStream
+from llmlb_node.stable_diffusion.engine.engine import SDEngine
+from llmlb_node.stable_diffusion.jobs.job import JobListener, SDJob, sdcpp_job
+from llmlb_node.stable_diffusion.jobs.loras import OfferedLoras
+from llmlb_node.stable_diffusion.models.model_folder import (
+    ModelFolder,
+    ScanResult,
+    log_scan_changes,
+    scan_models,
+)
 from llmlb_node.stable_diffusion.settings import StableDiffusionSettings
-from llmlb_node.stable_diffusion.streaming import ImageStream
 from llmlb_plugins.images.decoding import IMAGE_FIELDS, EditInputs, ImageDecoder, ImageLimits, decode
 from llmlb_plugins.images.protocol import (
     MAX_EDIT_IMAGES,
@@ -53,11 +60,20 @@ from llmlb_plugins.images.protocol import (
     ImageData,
     ImageEditFields,
     ImageGenerationRequest,
+    ImageModelDefaults,
+    ImageModelDetails,
+    ImageModelSupports,
     ImagesResponse,
     ImageVariationFields,
     parse_size,
 )
-from llmlb_plugins.images.validation import form_request, require_prompt, resolve_size
+from llmlb_plugins.images.validation import (
+    check_image_count,
+    check_mask_supported,
+    form_request,
+    require_prompt,
+    resolve_size,
+)
 
 log = logging.getLogger("llmlb.node.sd")
 
@@ -66,42 +82,9 @@ CAPABILITIES = ["image_generation"]
 EDIT_STRENGTH = 0.75
 INPAINT_STRENGTH = 1.0
 VARIATION_STRENGTH = 0.6
-# stable-diffusion.cpp regenerates where its mask is white (255): it blends
-# denoised * mask + init * (1 - mask) in latent space (tests/test_sd_engine.py proves it).
-SD_MASK_REGENERATE = 255
 # The node-wide LoRA folder when the settings name none: <models_dir>/loras.
 LORA_DIR_NAME = "loras"
 RESCAN_S = 5.0
-
-
-def check_images(folder: ModelFolder, count: int, *, has_mask: bool) -> None:
-    """400 unless the model takes ``count`` edit images (and a mask, when one is given)."""
-    family = folder.family
-    if has_mask and not family.mask_edits:
-        raise OpenAIError(
-            400,
-            f"Model '{folder.id}' ({family.label}) does not support edits with a mask; "
-            "send the image without one",
-            param="mask",
-            code="mask_not_supported",
-        )
-    limit = family.max_ref_images
-    if limit == 0 and count > 1:
-        raise OpenAIError(
-            400,
-            f"{count} images were sent, but model '{folder.id}' ({family.label}) takes one image "
-            "and no reference images",
-            param="image",
-            code="too_many_images",
-        )
-    if limit and count > limit:
-        raise OpenAIError(
-            400,
-            f"{count} images were sent, but model '{folder.id}' ({family.label}) takes at most "
-            f"{limit} reference images",
-            param="image",
-            code="too_many_images",
-        )
 
 
 def _decode_rgb(inputs: EditInputs) -> list[Image.Image]:
@@ -130,7 +113,7 @@ class StableDiffusionRuntime(Runtime):
         )
         self._folders: dict[str, ModelFolder] = {}
         self._scan: ScanResult | None = None
-        self._unusable_loras: set[Path] = set()
+        self.loras = OfferedLoras()
         self._scanned_at = 0.0
         self.rescan()
 
@@ -156,21 +139,6 @@ class StableDiffusionRuntime(Runtime):
             )
         return self._folders[model]
 
-    def loras(self, folder: ModelFolder) -> dict[str, Path]:
-        """The model's LoRAs that a request may name (a name the protocol accepts, a path that
-        fits in a tag); none when its family takes none."""
-        if not folder.family.loras:
-            return {}
-        usable = {}
-        for name, path in folder.loras.items():
-            if not usable_path(path):
-                if path not in self._unusable_loras:
-                    self._unusable_loras.add(path)
-                    log.warning("LoRA %s is not offered: its path holds ':', '<' or '>'; move it", path)
-            else:
-                usable[name] = path
-        return usable
-
     def preview_method(self, folder: ModelFolder) -> str:
         """The node's ``preview_method`` when set (not ``auto``), else the model's."""
         return resolve_method(
@@ -179,27 +147,27 @@ class StableDiffusionRuntime(Runtime):
             has_taesd="taesd_path" in folder.components,
         )
 
-    def details(self, folder: ModelFolder) -> dict[str, Any]:
-        """The advert's details, read by the router (``/v1/models``; keep the key names)."""
+    def details(self, folder: ModelFolder) -> ImageModelDetails:
+        """The advert's details, read by the router (``model_info``; ``/v1/models``)."""
         profile, family = folder.profile, folder.family
-        return {
-            "family": family.name,
-            "label": family.label,
-            "native_size": profile.native_size,
-            "defaults": {
-                "steps": profile.steps,
-                "cfg_scale": profile.cfg_scale,
-                "guidance": profile.guidance,
-                "sampler": profile.sampler,
-            },
-            "supports": {
-                "mask": family.mask_edits,
-                "reference_images": family.max_ref_images,
-                "loras": sorted(self.loras(folder)),
-                "partial_images": self.preview_method(folder) != "none",
-            },
-            "weights": [p.name for p in folder.weights],
-        }
+        return ImageModelDetails(
+            family=family.name,
+            label=family.label,
+            native_size=profile.native_size,
+            defaults=ImageModelDefaults(
+                steps=profile.steps,
+                cfg_scale=profile.cfg_scale,
+                guidance=profile.guidance,
+                sampler=profile.sampler,
+            ),
+            supports=ImageModelSupports(
+                mask=family.mask_edits,
+                reference_images=family.max_ref_images,
+                loras=sorted(self.loras.of(folder)),
+                partial_images=self.preview_method(folder) != "none",
+            ),
+            weights=[p.name for p in folder.weights],
+        )
 
     def models(self) -> list[ModelAdvert]:
         self._fresh()
@@ -208,7 +176,7 @@ class StableDiffusionRuntime(Runtime):
                 id=f.id,
                 capabilities=CAPABILITIES,
                 runtime=TYPE_NAME,
-                details=self.details(f),
+                details=msgspec.to_builtins(self.details(f)),
                 description=f.profile.description,
             )
             for f in self._folders.values()
@@ -258,43 +226,26 @@ class StableDiffusionRuntime(Runtime):
     ) -> Response[Any]:
         folder = self.folder(req.model)
         width, height, size = self._size(req.size, folder)
-        settings = engine_settings(req, folder.profile, quality=quality, style=style)
-        loras = plan_loras(
-            prompt=prompt,
-            negative_prompt=settings.negative_prompt,
-            requested=req.loras,
-            available=self.loras(folder),
-            supported=folder.family.loras,
-            model=folder.id,
-            family_label=folder.family.label,
-        )
         seed = req.seed if req.seed is not None else secrets.randbelow(MAX_SEED - 16)
         if init is not None or mask is not None:
             # Resizing a large upload takes 100+ ms: off the event loop (heartbeats, /health).
             init, mask = await asyncio.to_thread(fit_inputs, init, mask, (width, height))
-        sd_mask = None
-        if mask is not None:
-            sd_mask = mask if SD_MASK_REGENERATE == 255 else mask.point(lambda v: 255 - v)
-        job = EngineJob(
-            prompt=loras.prompt,
-            negative_prompt=loras.negative_prompt,
-            width=width,
-            height=height,
-            steps=settings.steps,
-            cfg_scale=settings.cfg_scale,
-            sampler=settings.sampler,
-            scheduler=settings.scheduler,
+        job = sdcpp_job(
+            req,
+            folder,
+            self.loras,
+            prompt=prompt,
+            quality=quality,
+            style=style,
+            size=(width, height),
             seed=seed,
-            batch_count=req.n,
-            init_image=init,
-            mask_image=sd_mask,
-            strength=req.strength if req.strength is not None else default_strength,
-            guidance=settings.guidance,
-            flow_shift=settings.flow_shift,
-            vae_tiling=settings.vae_tiling,
-            cache_mode=settings.cache_mode,
-            ref_images=refs or [],
-            loras=loras.loras,
+            images=req.n,
+            default_strength=default_strength,
+            init=init,
+            mask=mask,
+            refs=refs,
+            partial_images=partial_images if stream else 0,
+            preview_method=self.preview_method(folder) if stream else "none",
         )
         output_format = req.output_format or "png"
         output = Output(
@@ -313,7 +264,6 @@ class StableDiffusionRuntime(Runtime):
                 output_format=output_format,
                 seed=seed,
             )
-            job.partial_images, job.preview_method = partial_images, self.preview_method(folder)
 
             async def run(listener: JobListener) -> list[Image.Image]:
                 return await self.engine.generate(folder, replace(job, listener=listener))
@@ -333,28 +283,20 @@ class StableDiffusionRuntime(Runtime):
         )
         return Response(content=msgspec.json.encode(body), media_type="application/json", headers=report)
 
-    def _report(self, started: float, job: EngineJob, images: int) -> dict[str, str]:
+    def _report(self, started: float, job: SDJob, images: int) -> dict[str, str]:
         """What a finished job took, for the node's request log and the router's metrics
         (:func:`report_generation`): the seconds since the job started or, when it had to load
         its model, since the model was loaded; and the sampling steps run for its images (from
         an init image, sd.cpp samples only the last ``strength`` part of the steps)."""
         loaded = self.engine.loaded
         since = max(started, loaded.loaded_at) if loaded is not None else started
-        steps = job.steps if job.init_image is None else max(1, int(job.steps * job.strength))
-        return report_generation(time.monotonic() - since, steps * images, images=images)
+        return report_generation(time.monotonic() - since, job.sampled_steps() * images, images=images)
 
     def routes(self) -> list[BaseRouteHandler]:
         runtime = self
         cfg = self.settings
         # Decodes uploads off the event loop, within this node's limits (>= the router's).
-        decoder = ImageDecoder(
-            ImageLimits(
-                max_bytes=cfg.max_upload_bytes,
-                max_pixels=cfg.max_pixels,
-                max_request_pixels=cfg.max_request_pixels,
-                decodes_at_once=cfg.max_concurrent_decodes,
-            )
-        )
+        decoder = ImageDecoder(ImageLimits.of(cfg))
         # Whole bodies: an edit carries up to MAX_EDIT_IMAGES images and a mask, a variation one
         # image (with room for the form fields). They follow max_upload_bytes, not the node's default.
         edits_max = (MAX_EDIT_IMAGES + 2) * cfg.max_upload_bytes
@@ -380,7 +322,12 @@ class StableDiffusionRuntime(Runtime):
             req = form_request(form, ImageEditFields)
             prompt = require_prompt(req.prompt)
             folder = runtime.folder(req.model)
-            check_images(folder, len(form.uploads(*IMAGE_FIELDS)), has_mask=bool(form.uploads("mask")))
+            family = folder.family  # what it takes, before any image is decoded (as the router)
+            if form.uploads("mask"):
+                check_mask_supported(folder.id, family.mask_edits, label=family.label)
+            check_image_count(
+                folder.id, len(form.uploads(*IMAGE_FIELDS)), family.max_ref_images, label=family.label
+            )
             inputs = await decoder.read(form, max_images=MAX_EDIT_IMAGES, mask_allowed=True, keep_pixels=True)
             mask = inputs.mask_pixels
             init, refs = inputs.init, None

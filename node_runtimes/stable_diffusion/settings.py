@@ -30,7 +30,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from llmlb_node.stable_diffusion.model_folder import PreviewMethod
+from llmlb_node.stable_diffusion.models.model_folder import PreviewMethod
 
 MB = 1024 * 1024
 CancelMode = Literal["now", "next_image"]

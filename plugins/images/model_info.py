@@ -1,10 +1,13 @@
 """What the nodes say an image model can do, read from their adverts' ``details`` (untrusted).
 
-A node's stable_diffusion runtime advertises each model with ``details``: ``family``, ``label``,
+A node's stable_diffusion runtime advertises each model with ``details``, an
+:class:`~llmlb_plugins.images.protocol.ImageModelDetails`: ``family``, ``label``,
 ``native_size`` (``"WxH"``) and ``supports``: ``mask`` (edits with a mask), ``reference_images``
 (how many images an edit may pass as references; 0: none), ``loras`` (the LoRA names it has) and
-``partial_images`` (streamed previews). Every value is type-checked and bounded here; anything
-else is ignored, so a node's odd details can neither break ``/v1/models`` nor a request.
+``partial_images`` (streamed previews). :func:`read_details` reads one node's details into that
+struct value by value: each is type-checked and bounded on its own, and one that fails reads as
+unknown (a LoRA list keeps its good names), so a node's odd details can neither break
+``/v1/models`` nor a request.
 
 :func:`model_info` merges what every online node serving the model says, so that a request the
 router lets through works on whichever node takes it: ``reference_images`` is the smallest
@@ -13,18 +16,30 @@ node says so. A node that says nothing about a feature is left out of that featu
 no node says anything about it, it is unknown (``None``: not shown, not checked by the router;
 the node checks). :func:`describe_model` is the capability's ``describe_model``
 (``/v1/models``). The checks the router makes before sending an edit or a request with LoRAs are
-:func:`check_references`, :func:`check_mask` and :func:`check_loras`.
+:func:`check_references`, :func:`check_mask` (the node makes these two with the same functions
+of ``validation``) and :func:`check_loras`.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
+
+import msgspec
 
 from llmlb_core.api import ModelCatalog, OpenAIError
-from llmlb_plugins.images.protocol import MAX_EDIT_IMAGES, LoraRef
+from llmlb_plugins.images.protocol import (
+    MAX_EDIT_IMAGES,
+    ImageModelDetails,
+    ImageModelSupports,
+    LoraRef,
+    parse_size,
+)
+from llmlb_plugins.images.validation import check_image_count, check_mask_supported
+
+S = TypeVar("S", bound=msgspec.Struct)
 
 FLAGS = frozenset({"image_generation"})
 # The largest image side a node may advertise (and the router bounds answers by).
@@ -76,12 +91,12 @@ def _label(value: Any) -> str | None:
     return value
 
 
-def _size(value: Any) -> tuple[int, int] | None:
+def _size(value: Any) -> str | None:
     match = _SIZE.fullmatch(value) if isinstance(value, str) else None
     if match is None:
         return None
     width, height = int(match.group(1)), int(match.group(2))
-    return (width, height) if 0 < width <= MAX_SIDE and 0 < height <= MAX_SIDE else None
+    return f"{width}x{height}" if 0 < width <= MAX_SIDE and 0 < height <= MAX_SIDE else None
 
 
 def _flag(value: Any) -> bool | None:
@@ -94,30 +109,54 @@ def _count(value: Any) -> int | None:
     return min(value, MAX_EDIT_IMAGES)
 
 
-def _loras(value: Any) -> frozenset[str] | None:
+def _loras(value: Any) -> list[str] | None:
     if not isinstance(value, list):
         return None
-    return frozenset(
-        name for name in value[:MAX_LISTED_LORAS] if isinstance(name, str) and _LORA_NAME.fullmatch(name)
-    )
+    return [name for name in value[:MAX_LISTED_LORAS] if isinstance(name, str) and _LORA_NAME.fullmatch(name)]
 
 
 def _first(values: list[Any]) -> Any:
     return next((v for v in values if v is not None), None)
 
 
+def _read(raw: Any, type_: type[S], checks: Mapping[str, Callable[[Any], Any]]) -> S | None:
+    """``raw`` as the struct ``type_``, each field checked on its own by ``checks`` (field name ->
+    the value or None); None when ``raw`` is no mapping."""
+    if not isinstance(raw, Mapping):
+        return None
+    return type_(**{name: check(raw.get(name)) for name, check in checks.items()})
+
+
+_SUPPORTS = {"mask": _flag, "reference_images": _count, "loras": _loras, "partial_images": _flag}
+
+
+def _supports(value: Any) -> ImageModelSupports | None:
+    return _read(value, ImageModelSupports, _SUPPORTS)
+
+
+# What the router reads of a node's details (defaults and weights are for operators).
+_DETAILS = {"family": _family, "label": _label, "native_size": _size, "supports": _supports}
+
+
+def read_details(raw: Any) -> ImageModelDetails:
+    """One node's ``details`` as the struct the node wrote, every value checked (see the module
+    docstring): what is missing or does not pass reads as ``None``."""
+    return _read(raw, ImageModelDetails, _DETAILS) or ImageModelDetails()
+
+
 def model_info(details: Sequence[Mapping[str, Any]]) -> ModelInfo:
     """What the nodes serving a model say about it (one ``details`` mapping per node), merged."""
-    nodes = [d for d in details if isinstance(d, Mapping)]
-    supports = [s for s in (d.get("supports") for d in nodes) if isinstance(s, Mapping)]
-    masks = [m for m in (_flag(s.get("mask")) for s in supports) if m is not None]
-    references = [r for r in (_count(s.get("reference_images")) for s in supports) if r is not None]
-    lora_sets = [lo for lo in (_loras(s.get("loras")) for s in supports) if lo is not None]
-    partials = [p for p in (_flag(s.get("partial_images")) for s in supports) if p is not None]
+    nodes = [read_details(d) for d in details]
+    supports = [n.supports for n in nodes if n.supports is not None]
+    masks = [s.mask for s in supports if s.mask is not None]
+    references = [s.reference_images for s in supports if s.reference_images is not None]
+    lora_sets = [frozenset(s.loras) for s in supports if s.loras is not None]
+    partials = [s.partial_images for s in supports if s.partial_images is not None]
+    sizes = [parse_size(n.native_size) for n in nodes if n.native_size is not None]
     return ModelInfo(
-        family=_first([_family(d.get("family")) for d in nodes]),
-        label=_first([_label(d.get("label")) for d in nodes]),
-        native_size=_first([_size(d.get("native_size")) for d in nodes]),
+        family=_first([n.family for n in nodes]),
+        label=_first([n.label for n in nodes]),
+        native_size=_first(sizes),
         mask=all(masks) if masks else None,
         reference_images=min(references) if references else None,
         loras=tuple(sorted(frozenset.intersection(*lora_sets))) if lora_sets else None,
@@ -130,47 +169,26 @@ def describe_model(details: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     return model_info(details).describe()
 
 
-def images_allowed(info: ModelInfo) -> int:
-    """How many ``image[]`` files an edit of this model may carry: its reference-image limit
-    (every image is a reference for the families that take them), and 1 for the others."""
-    if info.reference_images is None:
-        return MAX_EDIT_IMAGES  # unknown: the node checks
-    return max(1, info.reference_images)
-
-
 def check_references(models: ModelCatalog, model: str, info: ModelInfo, count: int) -> None:
-    """400 when an edit carries more images than ``model`` takes, naming its limit and the online
-    image models that take reference images."""
-    allowed = images_allowed(info)
-    if count <= allowed:
-        return
-    others = []
-    for other in models.online(FLAGS):
-        limit = model_info(models.details(other, FLAGS)).reference_images
-        if other != model and limit:
-            others.append(f"{other} (up to {limit})")
-    takes = (
-        f"takes at most {allowed} image(s)"
-        if info.reference_images
-        else "takes one image and no reference images"
-    )
-    hint = f"; online models that take reference images: {', '.join(others)}" if others else ""
-    raise OpenAIError(
-        400,
-        f"{count} images were sent, but model '{model}' {takes}{hint}",
-        param="image",
-        code="too_many_images",
-    )
+    """400 when an edit carries more images than ``model`` takes
+    (:func:`~llmlb_plugins.images.validation.check_image_count`), naming the online image models
+    that take reference images."""
+
+    def takers() -> str:
+        others = []
+        for other in models.online(FLAGS):
+            limit = model_info(models.details(other, FLAGS)).reference_images
+            if other != model and limit:
+                others.append(f"{other} (up to {limit})")
+        return f"; online models that take reference images: {', '.join(others)}" if others else ""
+
+    check_image_count(model, count, info.reference_images, hint=takers)
 
 
 def check_mask(model: str, info: ModelInfo) -> None:
-    if info.mask is False:
-        raise OpenAIError(
-            400,
-            f"Model '{model}' does not support edits with a mask; send the image without one",
-            param="mask",
-            code="mask_not_supported",
-        )
+    """400 for a mask sent to a model that the nodes say takes none
+    (:func:`~llmlb_plugins.images.validation.check_mask_supported`)."""
+    check_mask_supported(model, info.mask)
 
 
 def check_loras(model: str, info: ModelInfo, loras: Sequence[LoraRef] | None) -> None:

@@ -2,14 +2,15 @@
 served by nodes running the ``stable_diffusion`` runtime (stable-diffusion.cpp).
 
 This module only composes the capability. One image request passes through these files:
-``routes`` (decode and check the request) -> ``dispatch`` (plan it, split it over idle nodes,
-merge the answers) -> ``llmlb_core.router.forwarding`` (pick a node, send, fail over) -> the node's
-``llmlb_node.stable_diffusion.runtime`` -> ``llmlb_node.stable_diffusion.engine``. Helpers they
-call: ``protocol`` (schemas, shared with the node), ``validation`` and ``decoding`` (checks,
-shared with the node), ``url_store`` (``response_format=url`` files), ``settings``,
-``defaults`` (the admin's per-model defaults schema), ``model_info`` (what nodes say a model can
-do: ``/v1/models`` details and the checks before an edit is sent). ``stream: true`` goes from
-``routes`` to ``streaming`` (the nodes' events checked and merged) instead of ``dispatch.run``.
+``routes`` (decode the request) -> ``dispatch`` (check and plan it with ``planning``, split it
+over idle nodes, merge the answers with ``answers``) -> the core's forwarder (pick a node, send,
+fail over) -> the node's ``llmlb_node.stable_diffusion.runtime`` ->
+``llmlb_node.stable_diffusion.engine.engine``. Helpers they call: ``protocol`` (schemas, shared
+with the node), ``validation`` and ``decoding`` (checks, shared with the node), ``url_store``
+(``response_format=url`` files), ``settings``, ``defaults`` (the admin's per-model defaults
+schema), ``model_info`` (what nodes say a model can do: ``/v1/models`` details and the checks
+before an edit is sent). ``stream: true`` goes from ``dispatch`` to ``streaming`` (the nodes'
+events checked and merged) instead of the forwarder's ``call``.
 """
 
 from __future__ import annotations

@@ -217,3 +217,36 @@ def stream_event_types(edit: bool) -> tuple[str, str]:
 def parse_size(size: str) -> tuple[int, int]:
     width, _, height = size.partition("x")
     return int(width), int(height)
+
+
+# --- model adverts -------------------------------------------------------------------------
+class ImageModelDefaults(msgspec.Struct, kw_only=True):
+    """A model's sampling defaults (its profile), for operators."""
+
+    steps: int | None = None
+    cfg_scale: float | None = None
+    guidance: float | None = None
+    sampler: str | None = None
+
+
+class ImageModelSupports(msgspec.Struct, kw_only=True):
+    """What a model can do."""
+
+    mask: bool | None = None  # edits with a mask
+    reference_images: int | None = None  # images an edit may pass as references (0: none)
+    loras: list[str] | None = None  # the names of the LoRAs it offers
+    partial_images: bool | None = None  # streamed previews
+
+
+class ImageModelDetails(msgspec.Struct, kw_only=True):
+    """What a node says about an image model: ``ModelAdvert.details``, as JSON the fields by
+    name. The node's ``stable_diffusion`` runtime sets every field; the router reads them as
+    untrusted input (``model_info.read_details``), where ``None`` is a field a node did not send,
+    or sent with a value the router does not take."""
+
+    family: str | None = None
+    label: str | None = None
+    native_size: str | None = None  # "WxH"
+    defaults: ImageModelDefaults | None = None
+    supports: ImageModelSupports | None = None
+    weights: list[str] | None = None  # the model's weights files, by name

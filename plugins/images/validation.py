@@ -1,16 +1,19 @@
 """Request checks shared by the router (routes, dispatch) and the node's stable_diffusion runtime:
-prompt, size, the form fields of edits and variations."""
+prompt, size, the form fields of edits and variations, and what a model takes in an edit (the
+number of images, a mask): the router checks against what the nodes advertise, the node
+against the model's family, with the same functions."""
 
 from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import msgspec
 
 from llmlb_core.api import OpenAIError, ParsedForm, check_json_bytes, convert_fields
-from llmlb_plugins.images.protocol import SIZE_AUTO, SIZES, parse_size
+from llmlb_plugins.images.protocol import MAX_EDIT_IMAGES, SIZE_AUTO, SIZES, parse_size
 
 T = TypeVar("T")
 
@@ -24,6 +27,56 @@ def require_prompt(prompt: str | None) -> str:
     if prompt is None or not prompt.strip():
         raise OpenAIError(400, "prompt must be a non-empty string", param="prompt", code="empty_prompt")
     return prompt
+
+
+def _model(model: str, label: str | None) -> str:
+    return f"'{model}' ({label})" if label else f"'{model}'"
+
+
+def images_allowed(reference_images: int | None) -> int:
+    """How many ``image[]`` files an edit of a model may carry: its reference-image limit (every
+    image is a reference for the families that take them), and 1 for the others; unknown
+    (``None``): ``MAX_EDIT_IMAGES``, the node checks."""
+    if reference_images is None:
+        return MAX_EDIT_IMAGES
+    return max(1, reference_images)
+
+
+def check_image_count(
+    model: str,
+    count: int,
+    reference_images: int | None,
+    *,
+    label: str | None = None,
+    hint: Callable[[], str] | None = None,
+) -> None:
+    """400 ``too_many_images`` when an edit carries more images than ``model`` takes
+    (:func:`images_allowed`); ``label`` (the family's) follows the model's name, ``hint()`` ends
+    the message."""
+    allowed = images_allowed(reference_images)
+    if count <= allowed:
+        return
+    takes = (
+        f"takes at most {allowed} image(s)" if reference_images else "takes one image and no reference images"
+    )
+    raise OpenAIError(
+        400,
+        f"{count} images were sent, but model {_model(model, label)} {takes}{hint() if hint else ''}",
+        param="image",
+        code="too_many_images",
+    )
+
+
+def check_mask_supported(model: str, mask: bool | None, *, label: str | None = None) -> None:
+    """400 ``mask_not_supported`` for a mask sent to a model that takes none (``mask`` False;
+    ``None``: unknown, not checked)."""
+    if mask is False:
+        raise OpenAIError(
+            400,
+            f"Model {_model(model, label)} does not support edits with a mask; send the image without one",
+            param="mask",
+            code="mask_not_supported",
+        )
 
 
 def nearest_size(width: int, height: int) -> str:

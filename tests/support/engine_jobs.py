@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
-from llmlb_node.stable_diffusion.engine import EngineJob
+from typing import Any
+
+from llmlb_node.stable_diffusion.jobs.job import GenerateArgs, SDJob
+
+# The SDJob fields; every other override is one of the binding's arguments (GenerateArgs).
+JOB_FIELDS = ("images", "partial_images", "listener")
 
 
-def job(**overrides: object) -> EngineJob:
-    base: dict[str, object] = dict(
+def job(**overrides: Any) -> SDJob:
+    args: dict[str, Any] = dict(
         prompt="a cat",
         negative_prompt="",
         width=64,
         height=64,
-        steps=1,
+        sample_steps=1,
         cfg_scale=1.0,
-        sampler="euler",
-        scheduler=None,
+        sample_method="euler",
         seed=5,
-        batch_count=1,
     )
-    base.update(overrides)
-    return EngineJob(**base)  # type: ignore[arg-type]
+    settings = {k: overrides.pop(k) for k in JOB_FIELDS if k in overrides}
+    args.update(overrides)
+    return SDJob(GenerateArgs(**args), **settings)

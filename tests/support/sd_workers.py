@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import psutil
 
-from llmlb_node.stable_diffusion.worker_runner import WORKER_MODULE
+from llmlb_node.stable_diffusion.engine.worker_runner import WORKER_MODULE
 
 
 def worker_pids(parent: int) -> list[int]:

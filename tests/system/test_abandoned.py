@@ -28,9 +28,9 @@ from llmlb_core.protocol import Heartbeat
 from llmlb_core.router.balancer import Balancer
 from llmlb_node.app import create_node_app
 from llmlb_node.settings import NodeSettings
-from llmlb_node.stable_diffusion.engine import SDEngine
-from llmlb_node.stable_diffusion.runners import InProcessRunner
-from llmlb_node.stable_diffusion.sdcpp_calls import clear_callbacks
+from llmlb_node.stable_diffusion.engine.engine import SDEngine
+from llmlb_node.stable_diffusion.engine.runners import InProcessRunner
+from llmlb_node.stable_diffusion.engine.sdcpp_calls import clear_callbacks
 from tests.support.sd_workers import reaped, worker_pids
 from tests.support.servers import ADMIN_KEY, Proc, ThreadServer, admin_get, create_key, node_proc, router_proc
 from tests.system.test_sd_engine import folder, job
@@ -159,7 +159,7 @@ async def test_images_one_by_one_equal_stable_diffusion_cpps_batch(models_dir: P
     ``batch_count=n`` call gives (what the node returned before)."""
     engine = SDEngine(threads=2, idle_unload_s=0, cancel="next_image")
     try:
-        two = job(batch_count=2, seed=11)
+        two = job(images=2, seed=11)
         ours = await engine.generate(folder(models_dir), two)
         runner = engine.runner
         assert isinstance(runner, InProcessRunner)
@@ -168,14 +168,14 @@ async def test_images_one_by_one_equal_stable_diffusion_cpps_batch(models_dir: P
             try:
                 return list(
                     runner.context.generate_image(
-                        prompt=two.prompt,
-                        negative_prompt=two.negative_prompt,
-                        width=two.width,
-                        height=two.height,
-                        cfg_scale=two.cfg_scale,
-                        sample_method=two.sampler,
-                        sample_steps=two.steps,
-                        seed=two.seed,
+                        prompt=two.args.prompt,
+                        negative_prompt=two.args.negative_prompt,
+                        width=two.args.width,
+                        height=two.args.height,
+                        cfg_scale=two.args.cfg_scale,
+                        sample_method=two.args.sample_method,
+                        sample_steps=two.args.sample_steps,
+                        seed=two.args.seed,
                         batch_count=2,
                     )
                 )
@@ -194,7 +194,7 @@ async def test_images_one_by_one_equal_stable_diffusion_cpps_batch(models_dir: P
 async def test_a_job_waiting_for_the_engine_is_dropped_at_once(models_dir: Path) -> None:
     engine = SDEngine(threads=2, idle_unload_s=0)
     try:
-        running = asyncio.create_task(engine.generate(folder(models_dir), job(steps=8)))
+        running = asyncio.create_task(engine.generate(folder(models_dir), job(sample_steps=8)))
         await eventually(lambda: engine.active_jobs == 1, 30, "the first job to run")
         waiting = asyncio.create_task(engine.generate(folder(models_dir), job()))
         await eventually(lambda: engine.waiting_jobs == 1, 5, "the second job to queue")
@@ -212,7 +212,7 @@ async def test_a_running_job_stops_at_the_next_image_boundary(
     engine = SDEngine(threads=2, idle_unload_s=0, cancel="next_image")
     try:
         with caplog.at_level(logging.INFO, logger="llmlb.node.sd"):
-            four = asyncio.create_task(engine.generate(folder(models_dir), job(batch_count=4, steps=6)))
+            four = asyncio.create_task(engine.generate(folder(models_dir), job(images=4, sample_steps=6)))
             await eventually(lambda: "image 1/4 done" in caplog.text, 60, "the first image")
             four.cancel()
             await asyncio.sleep(0.05)

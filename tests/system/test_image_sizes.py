@@ -21,8 +21,9 @@ import pytest
 from PIL import Image
 
 from llmlb_node.api import RuntimeType, hookimpl
-from llmlb_node.stable_diffusion.engine import EngineJob, SDEngine
-from llmlb_node.stable_diffusion.model_folder import ModelFolder
+from llmlb_node.stable_diffusion.engine.engine import SDEngine
+from llmlb_node.stable_diffusion.jobs.job import SDJob
+from llmlb_node.stable_diffusion.models.model_folder import ModelFolder
 from llmlb_node.stable_diffusion.runtime import StableDiffusionRuntime
 from llmlb_node.stable_diffusion.settings import StableDiffusionSettings
 from llmlb_plugins.images.protocol import SIZES
@@ -54,13 +55,13 @@ class StandInEngine(SDEngine):
 
     def __init__(self) -> None:
         super().__init__(threads=1, idle_unload_s=0, accelerator=False)
-        self.jobs: list[EngineJob] = []
+        self.jobs: list[SDJob] = []
 
-    async def generate(self, folder: ModelFolder, job: EngineJob) -> list[Image.Image]:
+    async def generate(self, folder: ModelFolder, job: SDJob) -> list[Image.Image]:
         self.jobs.append(job)
         return [
-            Image.linear_gradient("L").resize((job.width, job.height)).convert("RGBA")
-            for _ in range(job.batch_count)
+            Image.linear_gradient("L").resize((job.args.width, job.args.height)).convert("RGBA")
+            for _ in range(job.images)
         ]
 
 
@@ -124,7 +125,7 @@ def test_every_listed_size_reaches_the_engine_and_comes_back_exact(sized_system,
     assert decode_b64(response.json()["data"][0]["b64_json"]).size == (width, height)
     assert response.json()["size"] == size
     if isinstance(engine, StandInEngine):
-        assert (engine.jobs[-1].width, engine.jobs[-1].height) == (width, height)
+        assert (engine.jobs[-1].args.width, engine.jobs[-1].args.height) == (width, height)
 
 
 def test_auto_is_the_model_native_size(sized_system) -> None:

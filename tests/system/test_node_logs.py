@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from llmlb_node.stable_diffusion.engine import SDEngine
-from llmlb_node.stable_diffusion.model_folder import ModelFolder, scan_models
+from llmlb_node.stable_diffusion.engine.engine import SDEngine
+from llmlb_node.stable_diffusion.models.model_folder import ModelFolder, scan_models
 from llmlb_node.stable_diffusion.settings import CancelMode
 from tests.support.engine_jobs import job
 from tests.support.images_util import gradient
@@ -48,10 +48,12 @@ async def test_sdcpp_log_reaches_python_logging_at_debug_for_load_txt2img_and_im
     caplog.set_level(logging.DEBUG, logger=SD_CPP)
     engine = SDEngine(threads=2, idle_unload_s=0, cancel=cancel)
     try:
-        await engine.generate(demo(models_dir), job(steps=1))
+        await engine.generate(demo(models_dir), job(sample_steps=1))
         loaded_and_txt2img = list(caplog.records)
         caplog.clear()
-        await engine.generate(demo(models_dir), job(steps=2, init_image=gradient(64, 64), strength=0.5))
+        await engine.generate(
+            demo(models_dir), job(sample_steps=2, init_image=gradient(64, 64), strength=0.5)
+        )
         img2img = list(caplog.records)
     finally:
         await engine.stop()
@@ -75,11 +77,11 @@ async def test_progress_lines_at_info_are_throttled_and_every_step_is_at_debug(
     caplog.set_level(logging.DEBUG, logger=ENGINE)
     engine = SDEngine(threads=2, idle_unload_s=0, progress_log_interval_s=0)
     try:
-        await engine.generate(demo(models_dir), job(steps=3, batch_count=2))
+        await engine.generate(demo(models_dir), job(sample_steps=3, images=2))
         every_step = list(caplog.records)
         caplog.clear()
         engine.progress_log_interval_s = 3600
-        await engine.generate(demo(models_dir), job(steps=3))
+        await engine.generate(demo(models_dir), job(sample_steps=3))
         throttled = list(caplog.records)
     finally:
         await engine.stop()
@@ -111,7 +113,7 @@ async def test_the_process_keeps_logging_while_a_generation_runs(
 
     ticker = asyncio.create_task(tick())
     try:
-        await engine.generate(demo(models_dir), job(steps=4))
+        await engine.generate(demo(models_dir), job(sample_steps=4))
     finally:
         ticker.cancel()
         await engine.stop()

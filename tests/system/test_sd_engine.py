@@ -22,12 +22,17 @@ from PIL import Image
 
 from llmlb_core.protocol import JobProgress
 from llmlb_core.server.errors import OpenAIError
-from llmlb_node.stable_diffusion.engine import SDEngine
-from llmlb_node.stable_diffusion.loras import plan_loras, prompt_with_loras
-from llmlb_node.stable_diffusion.model_folder import ModelFolder, ModelProfile, choose_weights, scan_models
-from llmlb_node.stable_diffusion.quantize import quantize
-from llmlb_node.stable_diffusion.runners import InProcessRunner
+from llmlb_node.stable_diffusion.engine.engine import SDEngine
+from llmlb_node.stable_diffusion.engine.runners import InProcessRunner
+from llmlb_node.stable_diffusion.jobs.loras import plan_loras, prompt_with_loras
+from llmlb_node.stable_diffusion.models.model_folder import (
+    ModelFolder,
+    ModelProfile,
+    choose_weights,
+    scan_models,
+)
 from llmlb_node.stable_diffusion.settings import CancelMode
+from llmlb_node.stable_diffusion.tools.quantize import quantize
 from tests.support.engine_jobs import job
 from tests.support.images_util import gradient, mean_abs_diff
 from tests.support.models import DEMO_MODEL, MODEL_CACHE, copy_model
@@ -71,7 +76,7 @@ async def test_mask_white_means_regenerate(models_dir: Path) -> None:
             ("black", Image.new("L", (64, 64), 0)),
         ):
             [out] = await engine.generate(
-                folder(models_dir), job(init_image=init, mask_image=mask, strength=0.9, steps=2)
+                folder(models_dir), job(init_image=init, mask_image=mask, strength=0.9, sample_steps=2)
             )
             runs[name] = out
         left, right = (0, 0, 32, 64), (32, 0, 64, 64)
@@ -279,7 +284,7 @@ async def test_previews_of_the_chosen_steps_and_progress_while_a_job_runs(models
     engine = SDEngine(threads=2, idle_unload_s=0)
     recorder = Recorder()
     try:
-        two = job(steps=3, batch_count=2, partial_images=2, preview_method="proj", listener=recorder)
+        two = job(sample_steps=3, images=2, partial_images=2, preview_method="proj", listener=recorder)
         running = asyncio.create_task(engine.generate(folder(models_dir), two))
         seen: list[JobProgress] = []
         while not running.done():
@@ -307,9 +312,9 @@ async def test_previews_of_the_chosen_steps_and_progress_while_a_job_runs(models
 CALLBACKS_SCRIPT = """
 import asyncio, sys
 from pathlib import Path
-import llmlb_node.stable_diffusion.sdcpp_calls as sdcpp_calls
-from llmlb_node.stable_diffusion.engine import SDEngine
-from llmlb_node.stable_diffusion.model_folder import scan_models
+import llmlb_node.stable_diffusion.engine.sdcpp_calls as sdcpp_calls
+from llmlb_node.stable_diffusion.engine.engine import SDEngine
+from llmlb_node.stable_diffusion.models.model_folder import scan_models
 from tests.system.test_sd_engine import Recorder, job
 
 if sys.argv[3] == "no-clearing":
@@ -319,7 +324,7 @@ async def main():
     demo, other = ({f.id: f for f in scan_models(Path(p)).models} for p in sys.argv[1:3])
     engine = SDEngine(threads=2, idle_unload_s=0, cancel="next_image")
     recorder = Recorder()
-    previewed = job(steps=2, partial_images=1, preview_method="proj", listener=recorder)
+    previewed = job(sample_steps=2, partial_images=1, preview_method="proj", listener=recorder)
     await engine.generate(demo["demo"], previewed)
     print("previews", len(recorder.heard), flush=True)
     await engine.generate(demo["demo"], job())
@@ -356,7 +361,7 @@ def test_callbacks_are_cleared_after_every_call(models_dir: Path, tmp_path: Path
 async def test_engine_options_reach_stable_diffusion_cpp(models_dir: Path) -> None:
     """guidance, flow_shift, vae_tiling and the LoRA tags the node builds are passed on (a spy
     around the real binding call, which still runs, in-process); unset guidance/flow_shift are
-    not passed. The arguments are built the same way for a worker process (``image_call``)."""
+    not passed. A worker process gets the same arguments (``GenerateArgs.kwargs``)."""
     engine = SDEngine(threads=2, idle_unload_s=0, cancel="next_image")
     calls: list[dict[str, object]] = []
     try:

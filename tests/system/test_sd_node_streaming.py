@@ -31,10 +31,10 @@ from litestar import Litestar
 
 from llmlb_node.app import create_node_app
 from llmlb_node.settings import NodeSettings
-from llmlb_node.stable_diffusion.engine import SDEngine
-from llmlb_node.stable_diffusion.runners import ImageCall, ImageEvents
+from llmlb_node.stable_diffusion.engine.engine import SDEngine
+from llmlb_node.stable_diffusion.engine.runners import ImageCall, ImageEvents
+from llmlb_node.stable_diffusion.engine.sdcpp_calls import GenerationFailed
 from llmlb_node.stable_diffusion.runtime import StableDiffusionRuntime
-from llmlb_node.stable_diffusion.sdcpp_calls import GenerationFailed
 from tests.support.images_util import decode_b64, gradient, mean_abs_diff, png_bytes
 from tests.support.models import DEMO_MODEL, FLUX_LORA, SD1_LORA, ImageSystem
 from tests.support.servers import ThreadServer, admin_get, wait_until

@@ -34,7 +34,7 @@ import pytest
 from llmlb_core.server.errors import OpenAIError
 from llmlb_node.app import create_node_app
 from llmlb_node.settings import NodeSettings
-from llmlb_node.stable_diffusion.engine import SDEngine
+from llmlb_node.stable_diffusion.engine.engine import SDEngine
 from tests.support.engine_jobs import job
 from tests.support.models import DEMO_MODEL
 from tests.support.sd_workers import ended, reaped, worker_pids
@@ -43,7 +43,7 @@ from tests.system.test_abandoned import computing, eventually, leave
 from tests.system.test_sd_engine import folder
 
 MIB = 1024 * 1024
-LARGE = {"width": 1024, "height": 1024, "steps": 30}
+LARGE = {"width": 1024, "height": 1024, "sample_steps": 30}
 STOPPED = re.compile(
     r"job (\d+) \(demo\): stopped mid-image \(([^)]+)\) after ([\d.]+)s, (\d+) of (\d+) image\(s\) done; "
     r"worker killed, model reloaded in ([\d.]+)s"
@@ -115,7 +115,7 @@ async def test_with_next_image_a_job_past_max_job_seconds_gets_no_further_image(
     engine = SDEngine(threads=2, idle_unload_s=0, cancel="next_image", max_job_seconds=0.01)
     try:
         with caplog.at_level(logging.INFO, logger="llmlb.node.sd"), pytest.raises(OpenAIError) as timed_out:
-            await engine.generate(folder(models_dir), job(batch_count=3))
+            await engine.generate(folder(models_dir), job(images=3))
         assert timed_out.value.status == 504 and timed_out.value.code == "job_timeout"
         assert "1 of 3 image(s) done" in timed_out.value.message  # the image in progress ended
         stopped = "job 1 (demo): stopped at an image boundary (max_job_seconds = 0.01s passed) after "

@@ -24,8 +24,8 @@ import pytest
 import stable_diffusion_cpp as sdc
 from PIL import Image
 
-from llmlb_node.stable_diffusion import sdcpp_log
-from llmlb_node.stable_diffusion.demo_flux import (
+from llmlb_node.stable_diffusion.engine import sdcpp_log
+from llmlb_node.stable_diffusion.tools.demo_flux import (
     AE_FILE,
     CLIP_L_FILE,
     DIFFUSION_FILE,
@@ -85,7 +85,7 @@ def flux_image(flux_sd: Any) -> Image.Image:
 
 
 def test_flux_folder_is_what_a_user_downloads(flux_models_dir: Path) -> None:
-    from llmlb_node.stable_diffusion.demo_checkpoint import whole_safetensors_header
+    from llmlb_node.stable_diffusion.tools.demo_checkpoint import whole_safetensors_header
 
     folder = flux_models_dir / FLUX_MODEL
     assert sorted(p.name for p in folder.iterdir()) == sorted(FLUX_FILES)  # and no model.toml

@@ -25,13 +25,19 @@ from llmlb_plugins.images.model_info import (
     check_mask,
     check_references,
     describe_model,
-    images_allowed,
     model_info,
+    read_details,
 )
 from llmlb_plugins.images.planning import Part
-from llmlb_plugins.images.protocol import ImageEditFields, LoraRef
+from llmlb_plugins.images.protocol import (
+    ImageEditFields,
+    ImageModelDefaults,
+    ImageModelDetails,
+    ImageModelSupports,
+    LoraRef,
+)
 from llmlb_plugins.images.streaming import PartCheck, StreamSpec
-from llmlb_plugins.images.validation import form_request, form_value
+from llmlb_plugins.images.validation import form_request, form_value, images_allowed
 from tests.support.fake_node import image_event, image_events, png_b64
 from tests.support.images_util import gradient, png_bytes
 
@@ -189,6 +195,29 @@ def test_describe_merges_the_nodes_conservatively() -> None:
     }
 
 
+def test_the_router_reads_the_details_struct_the_node_writes() -> None:
+    """The node writes ``ImageModelDetails`` as JSON (what its runtime puts in the advert); the
+    router reads the same struct back, value by value."""
+    written = ImageModelDetails(
+        family="flux_kontext",
+        label="FLUX.1 Kontext",
+        native_size="1024x1024",
+        defaults=ImageModelDefaults(steps=20, cfg_scale=1.0, guidance=2.5, sampler="euler"),
+        supports=ImageModelSupports(
+            mask=True, reference_images=4, loras=["ink", "pixel"], partial_images=True
+        ),
+        weights=["model.safetensors"],
+    )
+    wire = msgspec.json.decode(msgspec.json.encode(written))
+    assert wire == node_details(loras=["ink", "pixel"]) | {
+        "defaults": {"steps": 20, "cfg_scale": 1.0, "guidance": 2.5, "sampler": "euler"},
+        "weights": ["model.safetensors"],
+    }
+    read = read_details(wire)
+    assert read == msgspec.structs.replace(written, defaults=None, weights=None)  # for operators only
+    assert read_details("not a mapping") == ImageModelDetails()
+
+
 HOSTILE_DETAILS: list[Any] = [
     {"family": "../etc", "label": "x" * 1000, "native_size": "99999x1", "supports": "yes"},
     {"family": 5, "label": "\x1b[31mred", "native_size": [64, 64], "supports": {"mask": 1}},
@@ -218,10 +247,10 @@ def test_unknown_features_are_not_shown_nor_checked() -> None:
     assert describe_model([{"native_size": "512x512"}]) == {"native_size": "512x512"}
     check_loras("m", info, [LoraRef(name="anything")])  # the node checks
     check_mask("m", info)
-    assert images_allowed(info) == 16
+    assert images_allowed(info.reference_images) == 16
     # A node that says nothing is left out of the merge; one that does speaks for the feature.
     merged = model_info([{}, node_details(reference_images=0)])
-    assert merged.reference_images == 0 and images_allowed(merged) == 1
+    assert merged.reference_images == 0 and images_allowed(merged.reference_images) == 1
 
 
 class Catalog:

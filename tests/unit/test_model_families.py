@@ -17,8 +17,8 @@ from typing import get_args
 
 import pytest
 
-from llmlb_node.stable_diffusion.families import FAMILIES, FamilyName
-from llmlb_node.stable_diffusion.model_folder import (
+from llmlb_node.stable_diffusion.models.families import FAMILIES, FamilyName
+from llmlb_node.stable_diffusion.models.model_folder import (
     ModelFolder,
     ModelProfile,
     choose_weights,
@@ -28,7 +28,11 @@ from llmlb_node.stable_diffusion.model_folder import (
     scan_models,
     weight_files,
 )
-from llmlb_node.stable_diffusion.tensor_index import UnreadableWeights, classify_file, read_tensor_index
+from llmlb_node.stable_diffusion.models.tensor_index import (
+    UnreadableWeights,
+    classify_file,
+    read_tensor_index,
+)
 from llmlb_plugins.images.protocol import MAX_EDIT_IMAGES
 from tests.support import family_files as ff
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from llmlb_core.server.errors import OpenAIError
-from llmlb_node.stable_diffusion.loras import LORA_TAG, plan_loras, prompt_with_loras, strip_tags
+from llmlb_node.stable_diffusion.jobs.loras import LORA_TAG, plan_loras, prompt_with_loras, strip_tags
 from llmlb_plugins.images.protocol import LoraRef
 
 KNOWN = {"pixel-art": Path("/srv/loras/pixel-art.safetensors"), "ink": Path("/srv/m/loras/ink.gguf")}

@@ -8,8 +8,8 @@ import pytest
 from PIL import Image
 
 from llmlb_core.server.errors import OpenAIError
-from llmlb_node.stable_diffusion.events import StreamFormat, error_event
-from llmlb_node.stable_diffusion.previews import frame_to_image, preview_steps, resolve_method
+from llmlb_node.stable_diffusion.answers.events import StreamFormat, error_event
+from llmlb_node.stable_diffusion.answers.previews import frame_to_image, preview_steps, resolve_method
 from llmlb_plugins.images.protocol import ImageStreamEvent
 
 

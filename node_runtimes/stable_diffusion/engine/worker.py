@@ -1,7 +1,7 @@
-"""The stable-diffusion.cpp worker process: ``python -m llmlb_node.stable_diffusion.worker FD PID``.
+"""The stable-diffusion.cpp worker process: ``python -m llmlb_node.stable_diffusion.engine.worker FD PID``.
 
 A node with ``cancel = "now"`` runs each loaded model in one of these (started by
-:class:`~llmlb_node.stable_diffusion.worker_runner.WorkerRunner`), so that it can stop an image
+:class:`~llmlb_node.stable_diffusion.engine.worker_runner.WorkerRunner`), so that it can stop an image
 in progress by killing it. The worker reads commands from the pipe end ``FD``
 (:mod:`worker_protocol`), runs them with :mod:`sdcpp_calls`, and sends its log records (sd.cpp's
 own lines included), progress, preview frames and one reply per command.
@@ -25,8 +25,13 @@ import time
 from multiprocessing.connection import Connection
 from typing import Any
 
-from llmlb_node.stable_diffusion.sdcpp_calls import GenerationFailed, LoadRefused, generate_image, open_model
-from llmlb_node.stable_diffusion.worker_protocol import (
+from llmlb_node.stable_diffusion.engine.sdcpp_calls import (
+    GenerationFailed,
+    LoadRefused,
+    generate_image,
+    open_model,
+)
+from llmlb_node.stable_diffusion.engine.worker_protocol import (
     Done,
     Exit,
     Failed,

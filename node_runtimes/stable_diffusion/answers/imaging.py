@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from llmlb_node.stable_diffusion.previews import frame_to_image
+from llmlb_node.stable_diffusion.answers.previews import frame_to_image
 
 
 def encode_image(image: Image.Image, output_format: str, compression: int | None) -> str:

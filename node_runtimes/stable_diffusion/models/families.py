@@ -20,7 +20,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
-from llmlb_node.stable_diffusion.tensor_index import TensorIndex
+from llmlb_node.stable_diffusion.models.tensor_index import TensorIndex
 from llmlb_plugins.images.protocol import MAX_EDIT_IMAGES, Sampler, Scheduler
 
 # Component roles a family can need, named like the binding's constructor arguments (without

@@ -28,8 +28,8 @@ from typing import Any
 
 from PIL import Image
 
-from llmlb_node.stable_diffusion import sdcpp_log
-from llmlb_node.stable_diffusion.previews import preview_steps
+from llmlb_node.stable_diffusion.answers.previews import preview_steps
+from llmlb_node.stable_diffusion.engine import sdcpp_log
 
 # "stable-diffusion.cpp:299  - " in front of sd.cpp's log lines.
 SOURCE_LOCATION = re.compile(r"^[\w.-]+\.(?:cpp|hpp|h):\d+\s+-\s+")

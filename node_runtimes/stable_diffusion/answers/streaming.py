@@ -26,7 +26,7 @@ from litestar.response import Stream
 from PIL import Image
 
 from llmlb_node.api import OpenAIError
-from llmlb_node.stable_diffusion.events import MEDIA_TYPE, StreamFormat, error_event
+from llmlb_node.stable_diffusion.answers.events import MEDIA_TYPE, StreamFormat, error_event
 
 log = logging.getLogger("llmlb.node.sd")
 
@@ -55,7 +55,7 @@ Item = Partial | Completed | Finished
 
 
 class QueuedEvents:
-    """A :class:`~llmlb_node.stable_diffusion.engine.JobListener` that queues what it hears."""
+    """A :class:`~llmlb_node.stable_diffusion.jobs.job.JobListener` that queues what it hears."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop

@@ -107,7 +107,7 @@ def write_demo_model_with_progress(target: Path, *, force: bool = False, family:
     every 2 s otherwise."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from llmlb_node.stable_diffusion import demo_checkpoint, demo_flux
+    from llmlb_node.stable_diffusion.tools import demo_checkpoint, demo_flux
 
     write_demo_model, demo_model_is_complete = {
         "sd1": (demo_checkpoint.write_demo_model, demo_checkpoint.demo_model_is_complete),

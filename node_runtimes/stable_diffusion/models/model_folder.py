@@ -48,7 +48,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-from llmlb_node.stable_diffusion.families import (
+from llmlb_node.stable_diffusion.models.families import (
     SD1,
     Family,
     FamilyName,
@@ -56,7 +56,7 @@ from llmlb_node.stable_diffusion.families import (
     family_by_name,
     resolve_family,
 )
-from llmlb_node.stable_diffusion.tensor_index import FORMAT_BY_SUFFIX, FileRole, Role, classify_file
+from llmlb_node.stable_diffusion.models.tensor_index import FORMAT_BY_SUFFIX, FileRole, Role, classify_file
 from llmlb_plugins.images.protocol import CfgScale, FlowShift, Guidance, Sampler, Scheduler, Steps, parse_size
 
 log = logging.getLogger("llmlb.node.sd")

@@ -30,7 +30,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Final
 
-from llmlb_node.stable_diffusion.demo_checkpoint import (
+from llmlb_node.stable_diffusion.tools.demo_checkpoint import (
     Fill,
     Normal,
     TensorSpec,
@@ -39,7 +39,7 @@ from llmlb_node.stable_diffusion.demo_checkpoint import (
     whole_safetensors_header,
     write_weight_files,
 )
-from llmlb_node.stable_diffusion.demo_flux import TINY_FLUX, FluxShape
+from llmlb_node.stable_diffusion.tools.demo_flux import TINY_FLUX, FluxShape
 
 __all__ = ["lora_is_complete", "write_flux_lora", "write_sd1_lora"]
 

@@ -31,10 +31,10 @@ from typing import Any
 
 from PIL import Image
 
-from llmlb_node.stable_diffusion.runners import ImageCall, ImageEvents, RunnerGone
-from llmlb_node.stable_diffusion.sdcpp_calls import GenerationFailed, LoadRefused
-from llmlb_node.stable_diffusion.sdcpp_log import log as sdcpp_logger
-from llmlb_node.stable_diffusion.worker_protocol import (
+from llmlb_node.stable_diffusion.engine.runners import ImageCall, ImageEvents, RunnerGone
+from llmlb_node.stable_diffusion.engine.sdcpp_calls import GenerationFailed, LoadRefused
+from llmlb_node.stable_diffusion.engine.sdcpp_log import log as sdcpp_logger
+from llmlb_node.stable_diffusion.engine.worker_protocol import (
     Command,
     Done,
     Exit,
@@ -52,7 +52,7 @@ from llmlb_node.stable_diffusion.worker_protocol import (
 
 log = logging.getLogger("llmlb.node.sd")
 
-WORKER_MODULE = "llmlb_node.stable_diffusion.worker"
+WORKER_MODULE = "llmlb_node.stable_diffusion.engine.worker"
 EXIT_WAIT_S = 5.0
 
 
@@ -171,7 +171,7 @@ class WorkerRunner:
 
     def generate(self, call: ImageCall, events: ImageEvents) -> Image.Image:
         level = min(sdcpp_logger.getEffectiveLevel(), log.getEffectiveLevel())
-        reply = self._call(Generate(pack(call.kwargs), call.partial_images, level), events)
+        reply = self._call(Generate(pack(call.args.kwargs()), call.partial_images, level), events)
         if isinstance(reply, Failed):
             raise GenerationFailed(reply.message)
         assert isinstance(reply, Done), reply

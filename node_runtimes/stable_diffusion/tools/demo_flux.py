@@ -50,7 +50,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from llmlb_node.stable_diffusion.demo_checkpoint import (
+from llmlb_node.stable_diffusion.tools.demo_checkpoint import (
     ProgressCallback,
     TensorSpec,
     check_seed,

@@ -4,7 +4,7 @@
   the same for both:
 
   - ``"now"`` (the default): in a worker process per loaded model
-    (:class:`~llmlb_node.stable_diffusion.worker_runner.WorkerRunner`). A job whose client left,
+    (:class:`~llmlb_node.stable_diffusion.engine.worker_runner.WorkerRunner`). A job whose client left,
     or that runs past ``max_job_seconds``, stops at once, mid-image included: the worker is
     killed (SIGKILL, then reaped) and the job ends; then, holding the engine so that the next
     job waits for it, the same model is loaded again in a fresh worker. One line tells what the
@@ -29,9 +29,10 @@
   ``idle_unload_s`` is unloaded. A folder that cannot be loaded answers 503
   ``model_load_failed`` with the reason, logged once; the failure is remembered, so requests in
   the next ``load_retry_s`` seconds get the same answer at once unless the folder's files change.
-- A job of ``n`` images runs image by image (``batch_count=1``, seeds ``seed, seed+1, ...``:
-  the pixels stable-diffusion.cpp's own batch gives, image ``i`` of a batch having the seed
-  ``seed + i``).
+- A job (:class:`~llmlb_node.stable_diffusion.jobs.job.SDJob`: the binding's arguments, typed,
+  as the runtime translated the request) of ``n`` images runs image by image (``batch_count=1``,
+  seeds ``seed, seed+1, ...``: the pixels stable-diffusion.cpp's own batch gives, image ``i`` of
+  a batch having the seed ``seed + i``).
 - The running job's progress (image ``i`` of ``n``, step of steps, from the progress callback)
   is :meth:`SDEngine.jobs`, which heartbeats report. A step is logged at info level when
   ``progress_log_interval_s`` has passed since the image's last progress line (so a slow job
@@ -39,10 +40,10 @@
   image of a job of several and each job at info. sd.cpp's own lines go to Python logging
   (:mod:`sdcpp_log`; from a worker process, relayed), and nothing redirects the process's output
   meanwhile, so every thread's log lines keep flowing during a generation.
-- LoRAs come as the job's file -> weight map (checked by ``loras.plan_loras``); the binding gets
-  them as tags the engine builds (``loras.prompt_with_loras``), applied at run time
-  (``lora_apply_mode="at_runtime"``), so they never change the loaded weights of later jobs.
-- A job with a :class:`JobListener` (a streamed answer) hears of every image as it is done and
+- LoRAs come in the job's prompt as the tags the runtime built (``jobs.loras``); every model is
+  loaded with ``lora_apply_mode="at_runtime"``, so they never change the loaded weights of later
+  jobs.
+- A job with a ``JobListener`` (a streamed answer) hears of every image as it is done and
   of the preview frames of the steps ``previews.preview_steps`` picks.
 """
 
@@ -55,19 +56,20 @@ import logging
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from PIL import Image
 
 from llmlb_node.api import JobProgress, OpenAIError
-from llmlb_node.stable_diffusion.loras import prompt_with_loras
-from llmlb_node.stable_diffusion.model_folder import ModelFolder, WeightsChoice, choose_weights
-from llmlb_node.stable_diffusion.runners import ImageCall, InProcessRunner, RunnerGone, SDRunner
-from llmlb_node.stable_diffusion.sdcpp_calls import GenerationFailed, LoadRefused, library_paths
+from llmlb_node.stable_diffusion.engine.runners import ImageCall, InProcessRunner, RunnerGone, SDRunner
+from llmlb_node.stable_diffusion.engine.sdcpp_calls import GenerationFailed, LoadRefused, library_paths
+from llmlb_node.stable_diffusion.engine.worker_runner import WorkerRunner
+from llmlb_node.stable_diffusion.jobs.job import SDJob
+from llmlb_node.stable_diffusion.jobs.loras import LORA_APPLY_MODE
+from llmlb_node.stable_diffusion.models.model_folder import ModelFolder, WeightsChoice, choose_weights
 from llmlb_node.stable_diffusion.settings import MAX_JOB_SECONDS, CancelMode
-from llmlb_node.stable_diffusion.worker_runner import WorkerRunner
 
 log = logging.getLogger("llmlb.node.sd")
 
@@ -76,46 +78,6 @@ PROGRESS_LOG_INTERVAL_S = 2.0
 # JobProgress counts are bounded (protocol.Count).
 MAX_COUNT = 1_000_000
 CLIENT_GONE = "client gone"
-
-
-class JobListener(Protocol):
-    """Who hears of a job's images as they come (a streamed answer)."""
-
-    def partial(self, image_index: int, partial_index: int, frame: Image.Image) -> None:
-        """A preview frame of image ``image_index``. Called on the engine's worker thread: hand
-        it over (``loop.call_soon_threadsafe``) and return."""
-
-    def completed(self, image_index: int, image: Image.Image) -> None:
-        """Image ``image_index`` is done. Called on the event loop."""
-
-
-@dataclass
-class EngineJob:
-    prompt: str
-    negative_prompt: str
-    width: int
-    height: int
-    steps: int
-    cfg_scale: float
-    sampler: str
-    scheduler: str | None
-    seed: int
-    batch_count: int
-    init_image: Image.Image | None = None
-    mask_image: Image.Image | None = None
-    strength: float = 0.75
-    # None: the binding's default (guidance 3.5; flow_shift inf = the model's own).
-    guidance: float | None = None
-    flow_shift: float | None = None
-    vae_tiling: bool = False
-    cache_mode: str | None = None
-    ref_images: list[Image.Image] = field(default_factory=list)
-    # LoRA file (a known one, see loras.plan_loras) -> weight.
-    loras: dict[Path, float] = field(default_factory=dict)
-    # Partial images per image, made with preview_method, for the listener.
-    partial_images: int = 0
-    preview_method: str = "none"
-    listener: JobListener | None = None
 
 
 @dataclass
@@ -161,7 +123,7 @@ class JobRun:
 
     id: int
     model: str
-    job: EngineJob
+    job: SDJob
     started: float
     deadline: float | None  # monotonic time, from max_job_seconds
     images: list[Image.Image] = field(default_factory=list)
@@ -170,7 +132,7 @@ class JobRun:
         return time.monotonic() - self.started
 
     def done_of(self) -> str:
-        return f"{len(self.images)} of {self.job.batch_count} image(s)"
+        return f"{len(self.images)} of {self.job.images} image(s)"
 
 
 @dataclass(frozen=True)
@@ -263,41 +225,6 @@ def load_error(folder: ModelFolder, reason: str) -> OpenAIError:
     )
 
 
-def image_call(job: EngineJob) -> ImageCall:
-    """The binding's ``generate_image`` arguments for a job of one image (``job.seed``)."""
-    kwargs: dict[str, Any] = {
-        "prompt": prompt_with_loras(job.prompt, job.loras),
-        "negative_prompt": job.negative_prompt,
-        "width": job.width,
-        "height": job.height,
-        "cfg_scale": job.cfg_scale,
-        "sample_method": job.sampler,
-        "sample_steps": job.steps,
-        "seed": job.seed,
-        "vae_tiling": job.vae_tiling,
-    }
-    if job.scheduler:
-        kwargs["scheduler"] = job.scheduler
-    if job.guidance is not None:
-        kwargs["guidance"] = job.guidance
-    if job.flow_shift is not None:
-        kwargs["flow_shift"] = job.flow_shift
-    if job.cache_mode and job.cache_mode != "disabled":
-        kwargs["cache_mode"] = job.cache_mode
-    if job.init_image is not None:
-        kwargs["init_image"] = job.init_image
-        kwargs["strength"] = job.strength
-    if job.mask_image is not None:
-        kwargs["mask_image"] = job.mask_image
-    if job.ref_images:
-        kwargs["ref_images"] = job.ref_images
-    partial_images = 0
-    if job.listener is not None and job.partial_images > 0 and job.preview_method != "none":
-        kwargs["preview_method"] = job.preview_method
-        partial_images = job.partial_images
-    return ImageCall(kwargs, partial_images)
-
-
 def job_timeout(limit_s: float, run: JobRun) -> OpenAIError:
     return OpenAIError(
         504,
@@ -322,7 +249,7 @@ async def until_done(future: asyncio.Future[Any]) -> None:
 
 
 class ImageProgress:
-    """The :class:`~llmlb_node.stable_diffusion.runners.ImageEvents` of image ``index`` of a
+    """The :class:`~llmlb_node.stable_diffusion.engine.runners.ImageEvents` of image ``index`` of a
     job: its progress (for :meth:`SDEngine.jobs` and the log) and its preview frames (for the
     job's listener). Called on the engine's worker thread."""
 
@@ -342,7 +269,7 @@ class ImageProgress:
         due = now - self.last_line >= self.engine.progress_log_interval_s
         if due:
             self.last_line = now
-        images, index = self.run.job.batch_count, self.index
+        images, index = self.run.job.images, self.index
         log.log(
             logging.INFO if due else logging.DEBUG,
             "job %d (%s): step %d/%d%s, %.2f s/step, about %.0fs left",
@@ -477,10 +404,7 @@ class SDEngine:
             if problem := weights_problem(path):
                 raise load_error(folder, problem)
         kwargs.update(n_threads=self.threads, verbose=True)  # verbose: see sdcpp_log
-        # LoRAs join the computation per call instead of being merged into the weights: a merge
-        # and un-merge in f16 leaves the weights slightly changed for every later request
-        # (measured: mean pixel difference 0.05 after one LoRA request).
-        kwargs.setdefault("lora_apply_mode", "at_runtime")
+        kwargs.setdefault("lora_apply_mode", LORA_APPLY_MODE)  # see loras
         started = time.monotonic()
         try:
             self.runner.load(kwargs, choice.path.name)
@@ -542,8 +466,8 @@ class SDEngine:
             self._lock.release()
 
     # --- generation ----------------------------------------------------------------------
-    async def generate(self, folder: ModelFolder, job: EngineJob) -> list[Image.Image]:
-        """The job's ``batch_count`` images (image ``i`` with seed ``job.seed + i``)."""
+    async def generate(self, folder: ModelFolder, job: SDJob) -> list[Image.Image]:
+        """The job's images (image ``i`` with seed ``job.args.seed + i``)."""
         self._refuse_if_failed(folder)
         self.waiting_jobs += 1
         try:
@@ -552,7 +476,7 @@ class SDEngine:
             self.waiting_jobs -= 1
         self.active_jobs += 1
         self.running = RunningJob(
-            folder.id, images=job.batch_count, started=time.monotonic(), steps=job.steps
+            folder.id, images=job.images, started=time.monotonic(), steps=job.args.sample_steps
         )
         try:
             if self.loaded is None or self.loaded.id != folder.id:
@@ -571,12 +495,14 @@ class SDEngine:
             else:  # the job has ended; the reload holds the engine until the model is back
                 self._reload = asyncio.create_task(self._reload_after(folder, stop), name="sd-reload")
 
-    async def _images(self, loaded: LoadedModel, job: EngineJob, job_id: int) -> list[Image.Image]:
+    async def _images(self, loaded: LoadedModel, job: SDJob, job_id: int) -> list[Image.Image]:
         now = time.monotonic()
         limit = self.max_job_seconds
         run = JobRun(job_id, loaded.id, job, started=now, deadline=now + limit if limit > 0 else None)
+        # Preview frames only for a listener (a streamed answer).
+        partial_images = job.partial_images if job.listener is not None and job.args.preview_method else 0
         try:
-            for index in range(job.batch_count):
+            for index in range(job.images):
                 if index and run.deadline is not None and time.monotonic() >= run.deadline:
                     log.info(
                         "job %d (%s): stopped at an image boundary (max_job_seconds = %gs passed) after "
@@ -590,14 +516,14 @@ class SDEngine:
                     raise job_timeout(limit, run)
                 if self.running is not None:
                     self.running.image, self.running.step = index + 1, 0
-                one = replace(job, seed=job.seed + index, batch_count=1)
-                image = await self._image(run, image_call(one), ImageProgress(self, run, index))
+                call = ImageCall(job.image(index), partial_images)
+                image = await self._image(run, call, ImageProgress(self, run, index))
                 run.images.append(image)
                 loaded.last_used = time.monotonic()
                 if job.listener is not None:
                     job.listener.completed(index, image)
-                if job.batch_count > 1:
-                    log.info("job %d (%s): image %d/%d done", job_id, loaded.id, index + 1, job.batch_count)
+                if job.images > 1:
+                    log.info("job %d (%s): image %d/%d done", job_id, loaded.id, index + 1, job.images)
         except asyncio.CancelledError:
             if self._mid_image_stop is None:
                 log.info("job %d (%s): cancelled after %s", job_id, loaded.id, run.done_of())
@@ -607,8 +533,8 @@ class SDEngine:
             job_id,
             loaded.id,
             len(run.images),
-            job.width,
-            job.height,
+            job.args.width,
+            job.args.height,
             run.elapsed(),
         )
         return run.images

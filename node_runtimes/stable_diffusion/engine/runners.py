@@ -1,6 +1,6 @@
 """Where stable-diffusion.cpp runs for the engine: the one interface (:class:`SDRunner`) and the
 in-process runner (``cancel = "next_image"``). The worker-process runner (``cancel = "now"``)
-is :class:`~llmlb_node.stable_diffusion.worker_runner.WorkerRunner`.
+is :class:`~llmlb_node.stable_diffusion.engine.worker_runner.WorkerRunner`.
 
 A runner holds at most one loaded model. Its blocking methods are called on the engine's one
 worker thread, one at a time (the engine serialises jobs); only :meth:`SDRunner.stop_now` is
@@ -16,7 +16,8 @@ from typing import Any, Protocol
 
 from PIL import Image
 
-from llmlb_node.stable_diffusion.sdcpp_calls import close_model, generate_image, open_model
+from llmlb_node.stable_diffusion.engine.sdcpp_calls import close_model, generate_image, open_model
+from llmlb_node.stable_diffusion.jobs.job import GenerateArgs
 
 
 class RunnerGone(Exception):
@@ -28,12 +29,12 @@ class RunnerGone(Exception):
         self.stopped = stopped  # ended by stop_now, not by itself
 
 
-@dataclass
+@dataclass(frozen=True)
 class ImageCall:
-    """One image: the binding's ``generate_image`` arguments (images as PIL images; no
-    callbacks, ``batch_count`` 1) and how many partial images to hand to the events."""
+    """One image: the binding's ``generate_image`` arguments and how many partial images to hand
+    to the events."""
 
-    kwargs: dict[str, Any]
+    args: GenerateArgs
     partial_images: int = 0
 
 
@@ -55,7 +56,7 @@ class SDRunner(Protocol):
 
     def load(self, kwargs: dict[str, Any], weights_name: str) -> None:
         """Load a model (the ``StableDiffusion`` constructor's ``kwargs``) in place of the loaded
-        one; :class:`~llmlb_node.stable_diffusion.sdcpp_calls.LoadRefused` with the reason."""
+        one; :class:`~llmlb_node.stable_diffusion.engine.sdcpp_calls.LoadRefused` with the reason."""
 
     def generate(self, call: ImageCall, events: ImageEvents) -> Image.Image:
         """One image with the loaded model; ``GenerationFailed`` or :class:`RunnerGone`."""
@@ -92,7 +93,7 @@ class InProcessRunner:
             raise RunnerGone("no model is loaded", stopped=False)
         return generate_image(
             self.context,
-            call.kwargs,
+            call.args.kwargs(),
             partial_images=call.partial_images,
             on_progress=events.progress,
             on_partial=events.partial,
