@@ -81,18 +81,13 @@ NativeSize = Annotated[str, msgspec.Meta(pattern=r"^\d{2,5}x\d{2,5}$")]
 FileName = Annotated[str, msgspec.Meta(min_length=1, max_length=1024)]
 
 
-class ModelToml(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """``model.toml`` as the operator wrote it: ``None`` = the family's default / detection."""
+class ModelOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """What ``model.toml`` says that the profile keeps as written (:class:`ModelToml`,
+    :class:`ModelProfile`). File keys hold names relative to the folder (``None``: not used);
+    ``weights``/``model``/``diffusion_model`` are what model.toml forced (``None``: chosen by the
+    node)."""
 
     description: str = ""
-    family: FamilyName | None = None
-    steps: Steps | None = None
-    cfg_scale: CfgScale | None = None
-    guidance: Guidance | None = None
-    flow_shift: FlowShift | None = None
-    sampler: Sampler | None = None
-    scheduler: Scheduler | None = None
-    native_size: NativeSize | None = None
     negative_prompt: str = ""
     weights: FileName | None = None
     model: FileName | None = None
@@ -112,18 +107,29 @@ class ModelToml(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     vae_tiling: bool = False
     wtype: WType = "default"
     cache_mode: CacheMode = "disabled"
+
+
+class ModelToml(ModelOptions, kw_only=True, forbid_unknown_fields=True):
+    """``model.toml`` as the operator wrote it: ``None`` = the family's default / detection."""
+
+    family: FamilyName | None = None
+    steps: Steps | None = None
+    cfg_scale: CfgScale | None = None
+    guidance: Guidance | None = None
+    flow_shift: FlowShift | None = None
+    sampler: Sampler | None = None
+    scheduler: Scheduler | None = None
+    native_size: NativeSize | None = None
     preview_method: PreviewMethod = "auto"
     # sd.cpp's docs/qwen_image_edit.md: Qwen-Image-Edit-2511 needs it (default: on for a
     # diffusion model whose name holds "2511").
     qwen_image_zero_cond_t: bool | None = None
 
 
-class ModelProfile(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """The resolved profile: model.toml over the family's defaults, every field set. File keys
-    hold names relative to the folder (``None``: not used); ``weights``/``model``/
-    ``diffusion_model`` are what model.toml forced (``None``: chosen by the node)."""
+class ModelProfile(ModelOptions, kw_only=True, forbid_unknown_fields=True):
+    """The resolved profile: model.toml over the family's defaults, every field set (the
+    components' files as found, named relative to the folder)."""
 
-    description: str = ""
     family: str = "sd1"
     steps: Steps = 20
     cfg_scale: CfgScale = 7.0
@@ -132,25 +138,6 @@ class ModelProfile(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     sampler: Sampler = "euler_a"
     scheduler: Scheduler | None = None
     native_size: NativeSize = "512x512"
-    negative_prompt: str = ""
-    weights: str | None = None
-    model: str | None = None
-    diffusion_model: str | None = None
-    clip_l: str | None = None
-    clip_g: str | None = None
-    t5xxl: str | None = None
-    llm: str | None = None
-    llm_vision: str | None = None
-    vae: str | None = None
-    taesd: str | None = None
-    flash_attn: bool = False
-    diffusion_flash_attn: bool = False
-    offload_params_to_cpu: bool = False
-    keep_clip_on_cpu: bool = False
-    keep_vae_on_cpu: bool = False
-    vae_tiling: bool = False
-    wtype: WType = "default"
-    cache_mode: CacheMode = "disabled"
     preview_method: PreviewMethod = "proj"
     qwen_image_zero_cond_t: bool = False
 
@@ -519,8 +506,12 @@ def _resolve_profile(
     zero_cond = toml.qwen_image_zero_cond_t
     if zero_cond is None:
         zero_cond = family.name == "qwen_image_edit" and "2511" in main.name
+    # What model.toml says as written; the files as found, named relative to the folder.
+    as_written = {name: getattr(toml, name) for name in ModelOptions.__struct_fields__}
+    as_written["weights"] = toml.weights or toml.model or toml.diffusion_model
+    as_written.update({name: rel(f"{name}_path") for name in COMPONENTS})
     return ModelProfile(
-        description=toml.description,
+        **as_written,
         family=family.name,
         steps=toml.steps if toml.steps is not None else family.steps,
         cfg_scale=toml.cfg_scale if toml.cfg_scale is not None else family.cfg_scale,
@@ -529,25 +520,6 @@ def _resolve_profile(
         sampler=toml.sampler or family.sampler,
         scheduler=toml.scheduler or family.scheduler,
         native_size=toml.native_size or family.native_size,
-        negative_prompt=toml.negative_prompt,
-        weights=toml.weights or toml.model or toml.diffusion_model,
-        model=toml.model,
-        diffusion_model=toml.diffusion_model,
-        clip_l=rel("clip_l_path"),
-        clip_g=rel("clip_g_path"),
-        t5xxl=rel("t5xxl_path"),
-        llm=rel("llm_path"),
-        llm_vision=rel("llm_vision_path"),
-        vae=rel("vae_path"),
-        taesd=rel("taesd_path"),
-        flash_attn=toml.flash_attn,
-        diffusion_flash_attn=toml.diffusion_flash_attn,
-        offload_params_to_cpu=toml.offload_params_to_cpu,
-        keep_clip_on_cpu=toml.keep_clip_on_cpu,
-        keep_vae_on_cpu=toml.keep_vae_on_cpu,
-        vae_tiling=toml.vae_tiling,
-        wtype=toml.wtype,
-        cache_mode=toml.cache_mode,
         preview_method=preview,
         qwen_image_zero_cond_t=zero_cond,
     )
