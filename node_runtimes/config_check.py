@@ -13,7 +13,7 @@ import msgspec
 
 from llmlb_core.cli.config_check import ConfigKind, Report, lenient
 from llmlb_core.config.problems import near_miss, table_problems
-from llmlb_core.config.settings import SettingsError
+from llmlb_core.config.settings import SettingsError, lists_from_text
 from llmlb_core.server.tls import check_server_cert
 from llmlb_node.plugins import RuntimePluginError, load_runtime_types
 from llmlb_node.settings import (
@@ -61,6 +61,7 @@ def check_node(path: Path, environ: Mapping[str, str], cli_envvars: set[str]) ->
             )
             continue
         struct = types[name].settings
+        table = lists_from_text(table, struct)
         where, env_prefix = f"[runtime.{name}]", f"{RUNTIME_ENV_PREFIX}{name.upper()}__"
         problems = table_problems(table, struct, where=where, env_prefix=env_prefix)
         report.problems += problems
