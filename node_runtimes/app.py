@@ -74,7 +74,7 @@ def build_runtimes(settings: NodeSettings, *, extra_plugins: Iterable[object] = 
         else:
             log.debug("runtime %s has nothing to serve here; not started", name)
     if not runtimes:
-        raise RuntimeConfigError(nothing_to_serve(settings.models_path))
+        raise RuntimeConfigError(nothing_to_serve(settings.models_path, sorted(types)))
     if not settings.models_path.is_dir() and settings.models_dir != DEFAULT_MODELS_DIR:
         log.warning(
             "models dir %s does not exist (--models-dir); serving %s only",
@@ -87,14 +87,19 @@ def build_runtimes(settings: NodeSettings, *, extra_plugins: Iterable[object] = 
 DEFAULT_MODELS_DIR = NodeSettings().models_dir
 
 
-def nothing_to_serve(models_path: Path) -> str:
-    """Why a node has nothing to serve, and what to do (one line)."""
+def nothing_to_serve(models_path: Path, installed: list[str]) -> str:
+    """Why a node has nothing to serve, and what to do (one line): model folders for the
+    built-in runtimes, a server to front, or a runtime named with ``--runtime NAME``, such as
+    one that needs no files (``installed``: the runtime types the node tried)."""
     demo = f"`llmlb demo-model {models_path / 'demo'}` writes a small one"
     if not models_path.is_dir():
         where = f"the models dir {models_path} does not exist (--models-dir: one folder per model; {demo})"
     else:
         where = f"no model folder in {models_path} (--models-dir: one folder per model; {demo})"
-    return f"this node has nothing to serve: {where}, and no server to front (--upstream URL)"
+    return (
+        f"this node has nothing to serve: {where}, no server to front (--upstream URL), "
+        f"and no runtime asked for (--runtime NAME; installed: {', '.join(installed)})"
+    )
 
 
 def _router_credential_guard(token: str) -> Any:
