@@ -1,7 +1,8 @@
 """``llmlb config check`` for a node's config file (``llmlb node --config FILE``): the node's
 settings and each ``[runtime.<name>]`` table against its runtime's settings type, every problem
 one line; warnings for unknown ``LLMLB_NODE_*`` variables, tables no runtime reads, a missing
-key or models folder. Registered with the core's ``llmlb config`` group by
+key, or a missing models folder when a runtime the node would start needs one
+(``RuntimeType.needs_models_dir``). Registered with the core's ``llmlb config`` group by
 ``llmlb_node.commands``."""
 
 from __future__ import annotations
@@ -69,7 +70,8 @@ def check_node(path: Path, environ: Mapping[str, str], cli_envvars: set[str]) ->
             effective["runtime"][name] = msgspec.to_builtins(msgspec.convert(table, struct, strict=False))
     if not settings.api_key:
         report.warnings.append("no api_key: give the node's key with --api-key or LLMLB_API_KEY")
-    if not settings.models_path.is_dir():
+    started = [types[name] for name in settings.runtimes or types if name in types]
+    if not settings.models_path.is_dir() and any(t.needs_models_dir for t in started):
         report.warnings.append(
             f"models_dir {settings.models_dir} is not a folder "
             "(`llmlb demo-model DIR/demo` writes a demo model there)"

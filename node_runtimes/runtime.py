@@ -99,6 +99,10 @@ class RuntimeType(Generic[S]):
     # `llmlb node` with one line naming the runtime, the key and its environment variable.
     settings: type[S] = NoSettings  # type: ignore[assignment]
     description: str = ""
+    # Whether it serves files from the node's models dir (`--models-dir`): `llmlb config check`
+    # warns about a missing models dir only when a runtime the node would start needs one. A
+    # runtime that fronts a server or computes its answers says False.
+    needs_models_dir: bool = True
     # `llmlb node` flags that set keys of this runtime's settings table. Each option's name (its
     # plain declaration, e.g. click.Option(["--threads", "threads"])) is the key; the node shows
     # the settings field's default and prefixes the help with the runtime's name.
