@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import msgspec
 from litestar import Litestar, Request, Router, get
 from litestar.connection import ASGIConnection
@@ -207,10 +208,15 @@ def create_node_app(
     runtimes: list[Runtime] | None = None,
     extra_plugins: Iterable[object] = (),
     register: bool = True,
+    router_transport: httpx.AsyncBaseTransport | None = None,
 ) -> Litestar:
+    """The node's app: its runtimes' routes behind the router's credential, ``/health``, and the
+    link that registers with the router and heartbeats while the app runs (``register``).
+    ``router_transport`` is for tests only: what the link sends through instead of the network
+    (:mod:`llmlb_core.testing`: the router's ASGI app)."""
     runtimes = runtimes if runtimes is not None else build_runtimes(settings, extra_plugins=extra_plugins)
     token = secrets.token_urlsafe(32)
-    link = RouterLink(settings, runtimes, token)
+    link = RouterLink(settings, runtimes, token, transport=router_transport)
 
     @get("/health")
     async def health() -> dict[str, Any]:

@@ -39,15 +39,25 @@ MAX_ERROR_BYTES = 1024 * 1024
 
 
 def upstream_client(
-    *, connect_timeout_s: float, read_timeout_s: float, ssl_context: ssl.SSLContext | None = None
+    *,
+    connect_timeout_s: float,
+    read_timeout_s: float,
+    ssl_context: ssl.SSLContext | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
 ) -> httpx.AsyncClient:
     """The shared client. HTTPS peers are verified with ``ssl_context`` (aiohttp's connector uses
     it as is: certificate chain and host name), by default the system trust store
-    (:func:`llmlb_core.server.tls.client_ssl_context`)."""
+    (:func:`llmlb_core.server.tls.client_ssl_context`).
+
+    ``transport`` is for tests only (:mod:`llmlb_core.testing` passes one that hands requests to
+    in-process ASGI apps); None, always in production, is the checked aiohttp transport. It is
+    chosen once, here: nothing on a request's path looks at it."""
     limits = httpx.Limits(max_connections=1000, max_keepalive_connections=200, keepalive_expiry=60)
-    verify = ssl_context if ssl_context is not None else client_ssl_context(None)
+    if transport is None:
+        verify = ssl_context if ssl_context is not None else client_ssl_context(None)
+        transport = CheckedTransport(verify=verify, limits=limits, trust_env=False)
     return httpx.AsyncClient(
-        transport=CheckedTransport(verify=verify, limits=limits, trust_env=False),
+        transport=transport,
         timeout=httpx.Timeout(read_timeout_s, connect=connect_timeout_s),
         limits=limits,
         trust_env=False,
