@@ -46,6 +46,7 @@ from llmlb_core.server.errors import (
     exception_handlers,
     from_msgspec_error,
 )
+from llmlb_core.server.json_route import json_route
 from llmlb_core.server.multipart import (
     MultipartRelay,
     ParsedForm,
@@ -58,7 +59,14 @@ from llmlb_core.server.multipart import (
 from llmlb_core.server.openapi_docs import openapi_form_body, openapi_json_body
 from llmlb_core.server.stream_body import StreamBody
 from llmlb_core.upstream.answer import EVENT_STREAM_TYPES, JSON_TYPES, STREAM_TYPES, UpstreamResult
-from llmlb_core.upstream.client import BadAnswer, close_response, is_garbled, is_timeout, upstream_client
+from llmlb_core.upstream.client import (
+    BadAnswer,
+    answer_type,
+    close_response,
+    is_garbled,
+    is_timeout,
+    upstream_client,
+)
 from llmlb_core.upstream.event_stream import EventCheck, EventStream
 from llmlb_core.upstream.openai_servers import (
     KINDS,
@@ -111,6 +119,7 @@ __all__ = [
     "UpstreamStreamBroken",
     "UpstreamTimeout",
     "UpstreamUnreachable",
+    "answer_type",
     "auth_headers",
     "build_adverts",
     "check_json_bytes",
@@ -130,6 +139,7 @@ __all__ = [
     "hookimpl",
     "is_garbled",
     "is_timeout",
+    "json_route",
     "load_plugin_settings",
     "normalize_url",
     "note_request",

@@ -93,6 +93,7 @@ class RouterLink:
         token: str,
         *,
         accelerators: Callable[[], list[Accelerator]] = detect_accelerators,
+        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.settings = settings
         self.runtimes = runtimes
@@ -103,6 +104,7 @@ class RouterLink:
             headers={"authorization": f"Bearer {settings.api_key}"} if settings.api_key else {},
             timeout=httpx.Timeout(10.0, connect=3.0),
             verify=client_ssl_context(settings.router_ca_bundle, what="--router-ca-bundle"),
+            transport=transport,  # tests only (llmlb_core.testing: the router's ASGI app); None: the network
         )
         self.interval_s = settings.heartbeat_interval_s or 10.0
         self.registered = asyncio.Event()

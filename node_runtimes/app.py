@@ -17,12 +17,16 @@ from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from typing import Any
 
-from litestar import Litestar, Router, get
+import httpx
+import msgspec
+from litestar import Litestar, Request, Router, get
 from litestar.connection import ASGIConnection
 from litestar.handlers import BaseRouteHandler
 from litestar.middleware import DefineMiddleware
+from litestar.types import ASGIApp, Receive, Scope, Send
 
 from llmlb_core.server import access_log
+from llmlb_core.server.bodies import check_json_bytes
 from llmlb_core.server.credentials import key_from_headers
 from llmlb_core.server.disconnect import DisconnectMiddleware
 from llmlb_core.server.errors import OpenAIError, exception_handlers
@@ -74,7 +78,7 @@ def build_runtimes(settings: NodeSettings, *, extra_plugins: Iterable[object] = 
         else:
             log.debug("runtime %s has nothing to serve here; not started", name)
     if not runtimes:
-        raise RuntimeConfigError(nothing_to_serve(settings.models_path))
+        raise RuntimeConfigError(nothing_to_serve(settings.models_path, sorted(types)))
     if not settings.models_path.is_dir() and settings.models_dir != DEFAULT_MODELS_DIR:
         log.warning(
             "models dir %s does not exist (--models-dir); serving %s only",
@@ -87,14 +91,19 @@ def build_runtimes(settings: NodeSettings, *, extra_plugins: Iterable[object] = 
 DEFAULT_MODELS_DIR = NodeSettings().models_dir
 
 
-def nothing_to_serve(models_path: Path) -> str:
-    """Why a node has nothing to serve, and what to do (one line)."""
+def nothing_to_serve(models_path: Path, installed: list[str]) -> str:
+    """Why a node has nothing to serve, and what to do (one line): model folders for the
+    built-in runtimes, a server to front, or a runtime named with ``--runtime NAME``, such as
+    one that needs no files (``installed``: the runtime types the node tried)."""
     demo = f"`llmlb demo-model {models_path / 'demo'}` writes a small one"
     if not models_path.is_dir():
         where = f"the models dir {models_path} does not exist (--models-dir: one folder per model; {demo})"
     else:
         where = f"no model folder in {models_path} (--models-dir: one folder per model; {demo})"
-    return f"this node has nothing to serve: {where}, and no server to front (--upstream URL)"
+    return (
+        f"this node has nothing to serve: {where}, no server to front (--upstream URL), "
+        f"and no runtime asked for (--runtime NAME; installed: {', '.join(installed)})"
+    )
 
 
 def _router_credential_guard(token: str) -> Any:
@@ -110,16 +119,104 @@ def _router_credential_guard(token: str) -> Any:
     return guard
 
 
+# The scope key of a request's :class:`_Job` (Litestar hands a handler a copy of the scope:
+# the object is shared, a key set on the copy would not be).
+_JOB = "llmlb_node.job"
+
+
+class _Job:
+    """One request on a runtime's routes: counted once it passed the guards, until it ends."""
+
+    runtime: Runtime | None = None
+
+    def start(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        runtime.active_jobs += 1
+
+    def end(self) -> None:
+        if self.runtime is not None:
+            self.runtime.active_jobs -= 1
+            self.runtime = None
+
+
+class _Model(msgspec.Struct):
+    """The ``model`` of a JSON body; every other member is skipped."""
+
+    model: Any = None
+
+
+_model_decoder = msgspec.json.Decoder(_Model)
+
+
+def requested_model(body: bytes) -> str | None:
+    """The ``"model"`` string of a JSON object body; None when there is none (or the body is
+    not such an object: the handler's own decoding says what is wrong with it)."""
+    try:
+        check_json_bytes(body)
+        model = _model_decoder.decode(body).model
+    except (OpenAIError, msgspec.DecodeError, RecursionError):
+        return None
+    return model if isinstance(model, str) else None
+
+
+def _job_guard(runtime: Runtime) -> Any:
+    """After the router's credential: refuse a JSON request for a model ``runtime`` does not
+    advertise (when it asks for that), then count the request as one of its jobs (the
+    :class:`_Job` that :class:`_JobCount` put in its scope, and ends)."""
+
+    async def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+        if (
+            runtime.refuse_unknown_models
+            and isinstance(connection, Request)
+            and connection.content_type[0] == "application/json"
+        ):
+            model = requested_model(await connection.body())  # kept for the handler
+            if model is not None and model not in {m.id for m in runtime.models()}:
+                raise OpenAIError(
+                    404,
+                    f"The model '{model}' does not exist on this node",
+                    param="model",
+                    code="model_not_found",
+                )
+        job = connection.scope.get(_JOB)  # type: ignore[misc]
+        if isinstance(job, _Job):
+            job.start(runtime)
+
+    return guard
+
+
+class _JobCount:
+    """ASGI middleware around a runtime's routes: a request that :func:`_job_guard` counted is
+    uncounted when its answer is over (sent in full, streams included, or abandoned). It holds
+    no runtime (Litestar copies a middleware's arguments): the guard tells the request's job."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        job = _Job()
+        scope[_JOB] = job  # type: ignore[literal-required]
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            job.end()
+
+
 def create_node_app(
     settings: NodeSettings,
     *,
     runtimes: list[Runtime] | None = None,
     extra_plugins: Iterable[object] = (),
     register: bool = True,
+    router_transport: httpx.AsyncBaseTransport | None = None,
 ) -> Litestar:
+    """The node's app: its runtimes' routes behind the router's credential, ``/health``, and the
+    link that registers with the router and heartbeats while the app runs (``register``).
+    ``router_transport`` is for tests only: what the link sends through instead of the network
+    (:mod:`llmlb_core.testing`: the router's ASGI app)."""
     runtimes = runtimes if runtimes is not None else build_runtimes(settings, extra_plugins=extra_plugins)
     token = secrets.token_urlsafe(32)
-    link = RouterLink(settings, runtimes, token)
+    link = RouterLink(settings, runtimes, token, transport=router_transport)
 
     @get("/health")
     async def health() -> dict[str, Any]:
@@ -134,8 +231,18 @@ def create_node_app(
             "runtime_status": {r.type_name: status for r in runtimes if (status := r.status())},
         }
 
-    handlers = [h for r in runtimes for h in r.routes()]
-    guarded = Router(path="/", route_handlers=handlers, guards=[_router_credential_guard(token)])
+    # One router per runtime: the router's credential, then the core's model check and job count.
+    credential = _router_credential_guard(token)
+    guarded = [
+        Router(
+            path="/",
+            route_handlers=handlers,
+            guards=[credential, _job_guard(runtime)],
+            middleware=[_JobCount],
+        )
+        for runtime in runtimes
+        if (handlers := runtime.routes())
+    ]
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -151,7 +258,7 @@ def create_node_app(
                 await runtime.stop()
 
     app = Litestar(
-        route_handlers=[health, guarded] if handlers else [health],
+        route_handlers=[health, *guarded],
         exception_handlers=exception_handlers(),
         middleware=[DefineMiddleware(DisconnectMiddleware, on_abandoned=link.beat_now)],
         lifespan=[lifespan],

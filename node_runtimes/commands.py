@@ -113,7 +113,7 @@ NEED_A_KEY = (
     field="runtimes",
     multiple=True,
     show_default=False,
-    help="runtime type to start (repeatable; comma-separated in the variable)  "
+    help="runtime type to start (repeatable; comma-separated or a JSON array in the variable)  "
     "[default: every installed one with something to serve]",
 )
 @node_option(

@@ -1,7 +1,8 @@
 """``llmlb config check`` for a node's config file (``llmlb node --config FILE``): the node's
 settings and each ``[runtime.<name>]`` table against its runtime's settings type, every problem
 one line; warnings for unknown ``LLMLB_NODE_*`` variables, tables no runtime reads, a missing
-key or models folder. Registered with the core's ``llmlb config`` group by
+key, or a missing models folder when a runtime the node would start needs one
+(``RuntimeType.needs_models_dir``). Registered with the core's ``llmlb config`` group by
 ``llmlb_node.commands``."""
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import msgspec
 
 from llmlb_core.cli.config_check import ConfigKind, Report, lenient
 from llmlb_core.config.problems import near_miss, table_problems
-from llmlb_core.config.settings import SettingsError
+from llmlb_core.config.settings import SettingsError, lists_from_text
 from llmlb_core.server.tls import check_server_cert
 from llmlb_node.plugins import RuntimePluginError, load_runtime_types
 from llmlb_node.settings import (
@@ -61,6 +62,7 @@ def check_node(path: Path, environ: Mapping[str, str], cli_envvars: set[str]) ->
             )
             continue
         struct = types[name].settings
+        table = lists_from_text(table, struct)
         where, env_prefix = f"[runtime.{name}]", f"{RUNTIME_ENV_PREFIX}{name.upper()}__"
         problems = table_problems(table, struct, where=where, env_prefix=env_prefix)
         report.problems += problems
@@ -68,7 +70,8 @@ def check_node(path: Path, environ: Mapping[str, str], cli_envvars: set[str]) ->
             effective["runtime"][name] = msgspec.to_builtins(msgspec.convert(table, struct, strict=False))
     if not settings.api_key:
         report.warnings.append("no api_key: give the node's key with --api-key or LLMLB_API_KEY")
-    if not settings.models_path.is_dir():
+    started = [types[name] for name in settings.runtimes or types if name in types]
+    if not settings.models_path.is_dir() and any(t.needs_models_dir for t in started):
         report.warnings.append(
             f"models_dir {settings.models_dir} is not a folder "
             "(`llmlb demo-model DIR/demo` writes a demo model there)"

@@ -39,11 +39,26 @@ class RuntimeLoad:
 
 
 class Runtime(ABC):
-    """One runtime instance inside a node process."""
+    """One runtime instance inside a node process.
+
+    The node core does two things for every runtime, so that a runtime need not: it counts the
+    requests running on the runtime's routes (:attr:`active_jobs`, what the default
+    :meth:`load` reports), and it answers a JSON request for a model the runtime does not
+    advertise with a 404 ``model_not_found`` before the handler runs
+    (:attr:`refuse_unknown_models`)."""
 
     type_name: str = ""
     # How many requests this runtime can run at once (the router balances on it).
     slots: int = 1
+    # Set by the node core, never by the runtime: the requests on this runtime's routes that
+    # passed the router's credential and the model check and have not ended (a streamed answer
+    # ends when its last byte is sent, or its client left).
+    active_jobs: int = 0
+    # The node core refuses (404 model_not_found) a request whose JSON body names a "model"
+    # that `models()` does not list, before the handler runs. A form (multipart) body is not
+    # read: its handler checks the model itself. False: every model reaches the handlers (e.g.
+    # a proxy whose server decides).
+    refuse_unknown_models: bool = True
 
     @abstractmethod
     def models(self) -> list[ModelAdvert]:
@@ -53,9 +68,11 @@ class Runtime(ABC):
     def routes(self) -> list[BaseRouteHandler]:
         """OpenAI-shaped route handlers; the node guards them with the router's credential."""
 
-    @abstractmethod
     def load(self) -> RuntimeLoad:
-        """Current load, reported in heartbeats."""
+        """Current load, reported in heartbeats. By default the node core's count of
+        :attr:`active_jobs`, and every advertised model as loaded; a runtime that queues jobs
+        or loads models on demand says so itself."""
+        return RuntimeLoad(active_jobs=self.active_jobs, loaded_models=[m.id for m in self.models()])
 
     def status(self) -> dict[str, Any]:
         """Optional: what an operator should see of the runtime's state (the node's ``/health``
@@ -99,6 +116,10 @@ class RuntimeType(Generic[S]):
     # `llmlb node` with one line naming the runtime, the key and its environment variable.
     settings: type[S] = NoSettings  # type: ignore[assignment]
     description: str = ""
+    # Whether it serves files from the node's models dir (`--models-dir`): `llmlb config check`
+    # warns about a missing models dir only when a runtime the node would start needs one. A
+    # runtime that fronts a server or computes its answers says False.
+    needs_models_dir: bool = True
     # `llmlb node` flags that set keys of this runtime's settings table. Each option's name (its
     # plain declaration, e.g. click.Option(["--threads", "threads"])) is the key; the node shows
     # the settings field's default and prefixes the help with the runtime's name.

@@ -27,6 +27,7 @@ from llmlb_core.config.settings import (
     RouterSettings,
     SettingsError,
     checked_log_level,
+    lists_from_text,
     load_plugin_settings,
     merge_tables,
     read_toml,
@@ -131,10 +132,10 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
     for field in NodeSettings.__struct_fields__:
         text = environ.get(f"{ENV_PREFIX}{field.upper()}")
         if text is not None and field != "runtime_settings":
-            raw[field] = [v.strip() for v in text.split(",") if v.strip()] if field == "runtimes" else text
+            raw[field] = text
     if "api_key" not in raw and environ.get(API_KEY_ENV):
         raw["api_key"] = environ[API_KEY_ENV]
-    return raw
+    return lists_from_text(raw, NodeSettings)
 
 
 def node_env_problems(environ: Mapping[str, str], also_known: Iterable[str] = ()) -> list[str]:

@@ -29,6 +29,7 @@ from llmlb_core.config.settings import (
     ENV_PREFIX,
     RouterSettings,
     SettingsError,
+    lists_from_text,
     raw_settings,
     read_toml,
     router_env_problems,
@@ -132,7 +133,7 @@ def check_router(path: Path, environ: Mapping[str, str], cli_envvars: set[str]) 
     effective["plugin"] = {}
     for name in plugins.enabled:
         struct = plugins.capabilities[name].settings
-        table = tables.get(name, {})
+        table = lists_from_text(tables.get(name, {}), struct)
         where, env_prefix = f"[plugin.{name}]", f"{ENV_PREFIX}PLUGIN__{name.upper()}__"
         problems = table_problems(table, struct, where=where, env_prefix=env_prefix)
         report.problems += problems

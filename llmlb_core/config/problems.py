@@ -28,7 +28,7 @@ _EXPECTED = {
     "int": "an integer",
     "float": "a number",
     "str": "a string",
-    "array": "a list (TOML [...], or comma-separated in the environment)",
+    "array": "a list (TOML [...]; in the environment a,b or a JSON array [...])",
     "object": "a table",
     "null": "nothing",
 }

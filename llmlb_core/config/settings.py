@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
+import msgspec.inspect
 
 from llmlb_core.config.problems import describe_invalid, unknown_variables
 
@@ -147,6 +148,60 @@ class SettingsError(ValueError):
     """The configuration could not be read or is invalid."""
 
 
+def text_list(text: str) -> list[Any]:
+    """A list setting written as text, as the environment gives it: a JSON array
+    (``["a", "b"]``), else comma-separated (``a,b``; blanks around items and empty items
+    dropped). A ValueError for a text that starts with ``[`` and is not a JSON array."""
+    if text.lstrip().startswith("["):
+        try:
+            value = msgspec.json.decode(text)
+        except msgspec.DecodeError:
+            value = None
+        if not isinstance(value, list):
+            raise ValueError(f"not a JSON array: {text!r}")
+        return value
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _as_list(text: str) -> list[Any] | str:
+    try:
+        return text_list(text)
+    except ValueError:
+        return text  # left to the type check: "expected a list (...), got '[a,'"
+
+
+_ARRAYS = (
+    msgspec.inspect.ListType,
+    msgspec.inspect.SetType,
+    msgspec.inspect.FrozenSetType,
+    msgspec.inspect.VarTupleType,
+    msgspec.inspect.TupleType,
+)
+_TEXTS = (msgspec.inspect.StrType, msgspec.inspect.LiteralType, msgspec.inspect.EnumType)
+
+
+def _list_keys(type_: type[Any]) -> frozenset[str]:
+    """The keys of ``type_`` (a struct or dataclass) whose field takes a list and no string."""
+    try:
+        info = msgspec.inspect.type_info(type_)
+    except (TypeError, ValueError):
+        return frozenset()
+    keys = set()
+    for field in getattr(info, "fields", ()):
+        kinds = field.type.types if isinstance(field.type, msgspec.inspect.UnionType) else (field.type,)
+        if any(isinstance(k, _ARRAYS) for k in kinds) and not any(isinstance(k, _TEXTS) for k in kinds):
+            keys.add(field.encode_name)
+    return frozenset(keys)
+
+
+def lists_from_text(table: Mapping[str, Any], type_: type[Any]) -> dict[str, Any]:
+    """``table`` with the text given for each list field of ``type_`` read as a list
+    (:func:`text_list`): how a settings table takes lists from the environment, where every
+    value is a string. Used for the top-level settings and every plugin's and runtime's table."""
+    keys = _list_keys(type_)
+    return {k: _as_list(v) if k in keys and isinstance(v, str) else v for k, v in table.items()}
+
+
 def load_plugin_settings(
     name: str,
     table: Mapping[str, Any],
@@ -156,12 +211,14 @@ def load_plugin_settings(
     env_prefix: str = f"{ENV_PREFIX}PLUGIN__",
 ) -> T:
     """A plugin's ``[plugin.<name>]`` table (a node runtime's: ``section="runtime"``) as its
-    settings struct; strings from the environment are converted ("true", "2"). A bad value is a
+    settings struct; strings from the environment are converted ("true", "2"; for a list,
+    ``a,b`` or ``["a", "b"]``: :func:`lists_from_text`). A bad value is a
     :class:`SettingsError` naming the table, the key and its environment variable
     (``<env_prefix><NAME>__<KEY>``), which ``llmlb serve`` / ``llmlb node`` report in one line
     (exit 2)."""
+    table = lists_from_text(table, type_)
     try:
-        return msgspec.convert(dict(table), type_, strict=False)
+        return msgspec.convert(table, type_, strict=False)
     except msgspec.ValidationError as exc:
         raise SettingsError(
             describe_invalid(
@@ -181,13 +238,9 @@ def _env_overrides(environ: dict[str, str], fields: set[str]) -> dict[str, Any]:
             if len(parts) == 3:
                 out.setdefault("plugin", {}).setdefault(parts[1], {})[parts[2]] = value
             continue
-        if name not in fields:
-            continue
-        if name == "capabilities":
-            out[name] = [part.strip() for part in value.split(",") if part.strip()]
-        else:
+        if name in fields:
             out[name] = value
-    return out
+    return lists_from_text(out, RouterSettings)
 
 
 def router_env_problems(environ: Mapping[str, str], also_known: Iterable[str] = ()) -> list[str]:

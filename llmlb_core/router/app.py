@@ -8,6 +8,7 @@ import logging
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
+import httpx
 from litestar import Litestar, Router, get
 from litestar.handlers import BaseRouteHandler
 from litestar.params import FromPath
@@ -107,8 +108,13 @@ def create_app(
     settings: RouterSettings,
     *,
     extra_plugins: Iterable[object] = (),
+    upstream_transport: httpx.AsyncBaseTransport | None = None,
 ) -> Litestar:
-    """Build the router: stores, registries, plugins, routes. Nothing listens yet."""
+    """Build the router: stores, registries, plugins, routes. Nothing listens yet.
+
+    ``upstream_transport`` is for tests only: what the router's one upstream client (to nodes
+    and endpoints) sends through instead of the network, e.g. :mod:`llmlb_core.testing`'s
+    in-process ASGI transport. None (production) keeps the checked aiohttp transport."""
     check_admin_key(settings.admin_key)  # before anything is written
     plugins = load_plugins(
         settings.capabilities, extra_plugins=extra_plugins, third_party=settings.load_entry_points
@@ -138,6 +144,7 @@ def create_app(
         connect_timeout_s=settings.upstream_connect_timeout_s,
         read_timeout_s=settings.upstream_timeout_s,
         ssl_context=ssl_context,
+        transport=upstream_transport,
     )
     metrics_ = Metrics(nodes, balancer)
     forward = Forwarder(

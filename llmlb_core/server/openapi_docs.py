@@ -9,10 +9,11 @@
   ``/docs/assets/``. So every answer under ``/docs`` carries :data:`DOCS_HEADERS`: a
   Content-Security-Policy that lets the page run scripts and fetch from the router only, and
   never be framed (``frame-ancestors 'none'``, ``X-Frame-Options: DENY``).
-- **Request bodies.** Handlers read their bodies themselves (msgspec, strict, OpenAI-shaped
-  errors), so Litestar cannot see what they take. A handler says it with its
+- **Request bodies and answers.** Handlers read their bodies themselves (msgspec, strict,
+  OpenAI-shaped errors), so Litestar cannot see what they take. A handler says it with its
   ``operation_class``: :func:`openapi_json_body` for a JSON body, :func:`openapi_form_body` for
-  a ``multipart/form-data`` one (plain fields from a struct, plus the file parts). The schema
+  a ``multipart/form-data`` one (plain fields from a struct, plus the file parts);
+  ``openapi_json_body(Type, answer=Answer)`` also shows the JSON a handler answers. The schema
   is msgspec's own JSON Schema of the type the handler decodes with, so the docs show exactly
   what is accepted (bounds, enums, unknown fields refused). It is built once, when the docs are
   first asked for: nothing is added to a request's path.
@@ -100,29 +101,55 @@ def json_schema(body: type[Any]) -> dict[str, Any]:
 
 
 class _BodyOperation(Operation):
-    """An operation whose request body is described from the type its handler decodes."""
+    """An operation whose request body (and, when given, JSON answer) is described from the
+    types its handler decodes and answers."""
 
     media_type: ClassVar[str]
     body_schema: ClassVar[Callable[[], dict[str, Any]]]
+    answer_schema: ClassVar[Callable[[], dict[str, Any]] | None] = None
 
     def to_schema(self) -> dict[str, Any]:
         out = super().to_schema()
         schema = type(self).body_schema()
         out["requestBody"] = {"required": True, "content": {self.media_type: {"schema": schema}}}
+        answer = type(self).answer_schema
+        if answer is not None:
+            responses = out.setdefault("responses", {})
+            success = [code for code in responses if str(code).startswith("2")] or ["200"]
+            for code in success:
+                described = responses.get(code) or {}
+                responses[code] = {
+                    "description": described.get("description") or "Request fulfilled",
+                    "content": {"application/json": {"schema": answer()}},
+                }
         return out
 
 
-def _operation(name: str, media_type: str, schema: Callable[[], dict[str, Any]]) -> type[Operation]:
-    attrs = {"media_type": media_type, "body_schema": staticmethod(functools.cache(schema))}
+def _operation(
+    name: str,
+    media_type: str,
+    schema: Callable[[], dict[str, Any]],
+    answer: Callable[[], dict[str, Any]] | None = None,
+) -> type[Operation]:
+    attrs = {
+        "media_type": media_type,
+        "body_schema": staticmethod(functools.cache(schema)),
+        "answer_schema": staticmethod(functools.cache(answer)) if answer is not None else None,
+    }
     return type(name, (_BodyOperation,), attrs)
 
 
-def openapi_json_body(body: type[Any]) -> type[Operation]:
+def openapi_json_body(body: type[Any], *, answer: type[Any] | None = None) -> type[Operation]:
     """A route handler's ``operation_class`` for a handler that decodes a JSON body into
-    ``body`` (a msgspec struct): the docs show its schema as the request body.
+    ``body`` (a msgspec struct): the docs show its schema as the request body, and ``answer``'s
+    (when given) as the JSON of its successful answer (a handler that returns a ``Response``
+    of bytes shows Litestar nothing of it).
 
-    ``@post("/v1/things", operation_class=openapi_json_body(ThingRequest))``"""
-    return _operation(f"{body.__name__}Operation", "application/json", lambda: json_schema(body))
+    ``@post("/v1/things", operation_class=openapi_json_body(ThingRequest, answer=Thing))``"""
+    answer_schema = (lambda: json_schema(answer)) if answer is not None else None
+    return _operation(
+        f"{body.__name__}Operation", "application/json", lambda: json_schema(body), answer_schema
+    )
 
 
 def _file_part(description: str, many: bool) -> dict[str, Any]:

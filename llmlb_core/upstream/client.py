@@ -11,8 +11,8 @@ from __future__ import annotations
 import logging
 import re
 import ssl
-from collections.abc import Collection
-from typing import Any
+from collections.abc import Callable, Collection
+from typing import Any, TypeVar
 
 import anyio
 import httpx
@@ -25,6 +25,7 @@ from llmlb_core.server.tls import client_ssl_context
 from llmlb_core.upstream.transport import CheckedTransport
 
 log = logging.getLogger("llmlb.upstream")
+T = TypeVar("T")
 
 # Node failures that make the router try another node: every 5xx. The client sees these
 # statuses as they were; any other 5xx becomes a 502.
@@ -38,15 +39,25 @@ MAX_ERROR_BYTES = 1024 * 1024
 
 
 def upstream_client(
-    *, connect_timeout_s: float, read_timeout_s: float, ssl_context: ssl.SSLContext | None = None
+    *,
+    connect_timeout_s: float,
+    read_timeout_s: float,
+    ssl_context: ssl.SSLContext | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
 ) -> httpx.AsyncClient:
     """The shared client. HTTPS peers are verified with ``ssl_context`` (aiohttp's connector uses
     it as is: certificate chain and host name), by default the system trust store
-    (:func:`llmlb_core.server.tls.client_ssl_context`)."""
+    (:func:`llmlb_core.server.tls.client_ssl_context`).
+
+    ``transport`` is for tests only (:mod:`llmlb_core.testing` passes one that hands requests to
+    in-process ASGI apps); None, always in production, is the checked aiohttp transport. It is
+    chosen once, here: nothing on a request's path looks at it."""
     limits = httpx.Limits(max_connections=1000, max_keepalive_connections=200, keepalive_expiry=60)
-    verify = ssl_context if ssl_context is not None else client_ssl_context(None)
+    if transport is None:
+        verify = ssl_context if ssl_context is not None else client_ssl_context(None)
+        transport = CheckedTransport(verify=verify, limits=limits, trust_env=False)
     return httpx.AsyncClient(
-        transport=CheckedTransport(verify=verify, limits=limits, trust_env=False),
+        transport=transport,
         timeout=httpx.Timeout(read_timeout_s, connect=connect_timeout_s),
         limits=limits,
         trust_env=False,
@@ -231,6 +242,30 @@ def check_json_object(content: bytes) -> None:
         _json_object.decode(content)
     except (OpenAIError, msgspec.DecodeError, RecursionError):
         raise BadAnswer("the answer is not a JSON object") from None
+
+
+def answer_type(type_: type[T]) -> Callable[[bytes], T]:
+    """A ``check`` for ``Forwarder.call`` that accepts a node's answer only as ``type_``:
+    UTF-8, sanely nested, decoded **strictly** by msgspec (``"2"`` is not an int); anything
+    else is a :class:`BadAnswer` naming what was wrong (a 502 for the client, the node marked
+    suspect, the request tried elsewhere). What it returns is ``UpstreamResult.parsed``::
+
+        result = await context.forward.call(..., check=answer_type(ReverseResponse))
+        answer: ReverseResponse = result.parsed
+    """
+    decoder = msgspec.json.Decoder(type_)
+    name = getattr(type_, "__name__", str(type_))
+
+    def check(content: bytes) -> T:
+        try:
+            check_json_bytes(content, max_depth=2 * MAX_JSON_DEPTH)
+            return decoder.decode(content)
+        except OpenAIError:
+            raise BadAnswer(f"the answer is no {name}: not UTF-8, or nested too deep") from None
+        except (msgspec.DecodeError, RecursionError) as exc:
+            raise BadAnswer(f"the answer is no {name}: {exc}") from None
+
+    return check
 
 
 async def read_bounded(response: httpx.Response, limit: int = MAX_ERROR_BYTES) -> bytes:

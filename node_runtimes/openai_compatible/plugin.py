@@ -48,5 +48,6 @@ def llmlb_node_register_runtimes(register: Callable[[RuntimeType[Any]], None]) -
             settings=OpenAICompatibleSettings,
             description="A local OpenAI-compatible server (llama.cpp, vLLM, Ollama, whisper.cpp, ...)",
             cli_options=CLI_OPTIONS,
+            needs_models_dir=False,  # it fronts a server
         )
     )

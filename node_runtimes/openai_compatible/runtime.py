@@ -65,6 +65,9 @@ MAX_BODY_BYTES = 64 * 1024 * 1024
 
 class OpenAICompatibleRuntime(Runtime):
     type_name = TYPE_NAME
+    # Bodies are streamed to the server as they arrive (never read whole here), and the
+    # server decides which models it serves.
+    refuse_unknown_models = False
 
     def __init__(self, cfg: OpenAICompatibleSettings) -> None:
         assert cfg.url

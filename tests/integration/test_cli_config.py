@@ -216,3 +216,17 @@ def test_node_log_level_and_key_mistakes_are_one_line(tmp_path: Path) -> None:
         "llmlb: llmlb node needs a node-scope API key: pass --api-key or set LLMLB_API_KEY "
         "(an admin makes one with `llmlb keys create NAME --scope node`)"
     )
+
+
+def test_a_missing_models_dir_is_a_warning_only_for_runtimes_that_need_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "node.toml"
+    missing = tmp_path / "no-models"
+    front = f'models_dir = "{missing}"\napi_key = "sk-llmlb-node-secret-0123456789"\n'
+    config.write_text(front + 'runtimes = ["openai_compatible"]\n')
+    assert main(["config", "check", "--node", "--no-env", str(config)]) == 0
+    assert "is not a folder" not in capsys.readouterr().err  # it fronts a server: no files
+    config.write_text(front)  # every installed runtime, stable_diffusion among them
+    assert main(["config", "check", "--node", "--no-env", str(config)]) == 0
+    assert f"models_dir {missing} is not a folder" in capsys.readouterr().err

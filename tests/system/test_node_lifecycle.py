@@ -162,8 +162,9 @@ def test_a_missing_models_dir_stops_the_node_suggesting_the_demo_model(
     assert node.popen.wait(60) == 2, node.log()
     assert node.log().strip().splitlines() == [
         f"llmlb: this node has nothing to serve: the models dir {missing} does not exist (--models-dir: "
-        f"one folder per model; `llmlb demo-model {missing / 'demo'}` writes a small one), and no server "
-        "to front (--upstream URL)"
+        f"one folder per model; `llmlb demo-model {missing / 'demo'}` writes a small one), no server "
+        "to front (--upstream URL), and no runtime asked for (--runtime NAME; installed: "
+        "openai_compatible, stable_diffusion)"
     ]
     assert admin_get(router.url, "/v0/nodes")["data"] == []
 

@@ -172,6 +172,10 @@ def test_a_node_with_nothing_to_serve_is_a_config_error_suggesting_the_demo_mode
         build_runtimes(NodeSettings(models_dir=str(missing), runtime_settings=idle), extra_plugins=[Plugin()])
     assert f"the models dir {missing} does not exist" in str(raised.value)
     assert f"llmlb demo-model {missing / 'demo'}" in str(raised.value)
+    # Runtimes that need no files start only when named: the line says how, and which there are.
+    assert "no runtime asked for (--runtime NAME; installed: counted, idle, openai_compatible" in str(
+        raised.value
+    )
     with pytest.raises(RuntimeConfigError, match=f"no model folder in {tmp_path}"):
         build_runtimes(
             NodeSettings(models_dir=str(tmp_path), runtime_settings=idle), extra_plugins=[Plugin()]

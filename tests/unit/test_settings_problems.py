@@ -11,7 +11,7 @@ import pytest
 
 from llmlb_core.config.problems import table_problems, unknown_variables
 from llmlb_core.config.settings import SettingsError, load_plugin_settings, load_settings, router_env_problems
-from llmlb_node.settings import load_node_settings, node_env_problems
+from llmlb_node.settings import load_node_settings, load_runtime_settings, node_env_problems
 
 
 class Sample(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -121,3 +121,54 @@ def test_variables_nothing_reads_are_named_with_their_near_miss() -> None:
         "unknown environment variable LLMLB_NODE_PROT ignored (did you mean LLMLB_NODE_PORT?)"
     ]
     assert unknown_variables({"A_x": "1"}, prefix="A_", known={"A_X"}) == []  # names in any case
+
+
+class Lists(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    words: list[str] = msgspec.field(default_factory=list)
+    sizes: frozenset[int] | None = None
+    name: str = ""  # a text field keeps its commas
+    either: list[str] | str = ""  # takes a string as it is
+
+
+@pytest.mark.parametrize("text", ["a,b", " a , b ,", '["a", "b"]', ' ["a","b"] '])
+def test_a_list_setting_of_a_plugin_table_comes_from_text_comma_separated_or_json(text: str) -> None:
+    loaded = load_plugin_settings(
+        "lists", {"words": text, "sizes": "1,2", "name": "x,y", "either": "p,q"}, Lists
+    )
+    assert loaded == Lists(words=["a", "b"], sizes=frozenset({1, 2}), name="x,y", either="p,q")
+    assert load_plugin_settings("lists", {"words": '["a,b", "c"]'}, Lists).words == ["a,b", "c"]
+    assert load_plugin_settings("lists", {"words": ""}, Lists).words == []
+    assert load_plugin_settings("lists", {"words": ["t"]}, Lists).words == ["t"]  # TOML's own list
+
+
+def test_list_settings_come_from_the_environment_of_router_and_node() -> None:
+    environ = {
+        "LLMLB_CAPABILITIES": '["text", "images"]',
+        "LLMLB_PLUGIN__LISTS__WORDS": "a,b",
+        "LLMLB_PLUGIN__LISTS__SIZES": "[3, 4]",
+    }
+    router = load_settings(None, environ=environ)
+    assert router.capabilities == ["text", "images"]
+    assert load_plugin_settings("lists", router.plugin_settings("lists"), Lists).sizes == frozenset({3, 4})
+    node = load_node_settings(
+        None, environ={"LLMLB_NODE_RUNTIMES": "a, b", "LLMLB_NODE_RUNTIME__LISTS__WORDS": '["x", "y"]'}
+    )
+    assert node.runtimes == ["a", "b"]
+    assert load_runtime_settings("lists", node.runtime_settings["lists"], Lists).words == ["x", "y"]
+    assert load_settings(None, environ={"LLMLB_CAPABILITIES": "text,images"}).capabilities == [
+        "text",
+        "images",
+    ]
+
+
+def test_a_bad_list_item_names_the_key_and_says_what_the_environment_takes() -> None:
+    with pytest.raises(SettingsError) as caught:
+        load_runtime_settings("lists", {"sizes": "1,two"}, Lists)
+    assert "[runtime.lists] sizes (env LLMLB_NODE_RUNTIME__LISTS__SIZES)" in str(caught.value)
+    assert table_problems({"words": 3}, Lists, env_prefix="X_") == [
+        "invalid setting words (env X_WORDS): expected a list (TOML [...]; in the environment a,b "
+        "or a JSON array [...]), got 3"
+    ]
+    with pytest.raises(SettingsError) as caught:  # a JSON array that does not parse is not a list
+        load_plugin_settings("lists", {"words": '["a", "b"'}, Lists)
+    assert 'a JSON array [...]), got \'["a", "b"\'' in str(caught.value)

@@ -11,17 +11,10 @@ from collections.abc import Callable, Sequence
 from typing import Annotated, Any
 
 import msgspec
-from litestar import Request, Response, post
+from litestar import Response
 from litestar.handlers import BaseRouteHandler
 
-from llmlb_core.api import (
-    BadAnswer,
-    Capability,
-    CapabilityContext,
-    OpenAIError,
-    decode_json_bytes,
-    hookimpl,
-)
+from llmlb_core.api import Capability, CapabilityContext, OpenAIError, answer_type, hookimpl, json_route
 from llmlb_echo_capability.protocol import FLAG, PATH, ReverseRequest, ReverseResponse
 
 NAME = "reverse"
@@ -38,35 +31,25 @@ class ReverseSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_chars: Annotated[int, msgspec.Meta(ge=1)] = 10_000
 
 
-_answer_decoder = msgspec.json.Decoder(ReverseResponse)
-
-
-def check_answer(content: bytes) -> ReverseResponse:
-    """A node's answer is untrusted: one that is not a ReverseResponse is a 502 for the client,
-    makes the node suspect, and the request is tried on another node."""
-    try:
-        return _answer_decoder.decode(content)
-    except msgspec.DecodeError as exc:
-        raise BadAnswer(f"not a reverse answer: {exc}") from None
-
-
 def build_routes(context: CapabilityContext[ReverseSettings]) -> Sequence[BaseRouteHandler]:
     """Called once by the router when ``reverse`` is enabled; the handler closes over
     ``context`` (no app state, no globals)."""
     max_chars = context.settings.max_chars
 
-    @post(PATH, status_code=200)
-    async def reverse(request: Request[Any, Any, Any]) -> Response[bytes]:
-        body = await request.body()
-        # Strict decoding: a bad body is an OpenAI-shaped 400 naming the field.
-        req = decode_json_bytes(body, ReverseRequest)
+    # json_route: the body is decoded strictly first (a bad one is an OpenAI-shaped 400 naming
+    # the field), and /docs shows both types.
+    @json_route(PATH, ReverseRequest, ReverseResponse)
+    async def reverse(req: ReverseRequest, body: bytes) -> Response[bytes]:
+        """Answers the text reversed, by a node that serves the model."""
         if len(req.text) > max_chars:
             raise OpenAIError(400, f"text is {len(req.text)} characters; at most {max_chars}", param="text")
-        # Pick a node serving `req.model` with the flag, fail over, check the answer. Unknown
+        # Pick a node serving `req.model` with the flag, fail over, and accept the node's answer
+        # only as a ReverseResponse (else a 502, the node suspect, another node tried). Unknown
         # model: 404 model_not_found; no node online: 503 no_capable_nodes.
         result = await context.forward.call(
-            req.model, FLAGS, PATH, content=body, content_type="application/json", check=check_answer
-        )
+            req.model, FLAGS, PATH, content=body, content_type="application/json",
+            check=answer_type(ReverseResponse),
+        )  # fmt: skip
         return result.to_response()  # x-llmlb-node names the node that answered
 
     return [reverse]

@@ -12,20 +12,10 @@ from collections.abc import Callable
 from typing import Annotated, Any
 
 import msgspec
-from litestar import Request, post
 from litestar.handlers import BaseRouteHandler
 from llmlb_echo_capability.protocol import FLAG, PATH, ReverseRequest, ReverseResponse
 
-from llmlb_node.api import (
-    ModelAdvert,
-    OpenAIError,
-    Runtime,
-    RuntimeContext,
-    RuntimeLoad,
-    RuntimeType,
-    decode_json_bytes,
-    hookimpl,
-)
+from llmlb_node.api import ModelAdvert, Runtime, RuntimeContext, RuntimeType, hookimpl, json_route
 
 NAME = "reverser"
 
@@ -43,37 +33,25 @@ class ReverserSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True)
 
 
 class ReverserRuntime(Runtime):
-    """Reverses text. Its state is its own: the handler closes over the runtime."""
+    """Reverses text. The node core counts its jobs (the default ``load()``) and refuses a
+    request for a model it does not advertise before the handler runs."""
 
     type_name = NAME
 
     def __init__(self, context: RuntimeContext[ReverserSettings]) -> None:
         self.settings = context.settings
         self.slots = context.settings.slots
-        self.active = 0
 
     def models(self) -> list[ModelAdvert]:
         return [ModelAdvert(id=self.settings.model, capabilities=[FLAG], runtime=NAME)]
 
-    def load(self) -> RuntimeLoad:
-        return RuntimeLoad(active_jobs=self.active, loaded_models=[self.settings.model])
-
     def routes(self) -> list[BaseRouteHandler]:
-        runtime = self
-
-        @post(PATH, status_code=200)
-        async def reverse(request: Request[Any, Any, Any]) -> ReverseResponse:
-            # The router checked the body already; a node checks again, since the contract is
-            # the node's own API (an OpenAIError is answered OpenAI-shaped).
-            req = decode_json_bytes(await request.body(), ReverseRequest)
-            if req.model != runtime.settings.model:
-                raise OpenAIError(404, f"This node does not serve model '{req.model}'", param="model")
-            runtime.active += 1
-            try:
-                await asyncio.sleep(runtime.settings.delay_s)
-                return ReverseResponse(model=req.model, text=req.text[::-1])
-            finally:
-                runtime.active -= 1
+        # The router checked the body already; the node decodes it strictly again (json_route),
+        # since the contract is the node's own API too.
+        @json_route(PATH, ReverseRequest, ReverseResponse)
+        async def reverse(req: ReverseRequest) -> ReverseResponse:
+            await asyncio.sleep(self.settings.delay_s)
+            return ReverseResponse(model=req.model, text=req.text[::-1])
 
         return [reverse]
 
@@ -93,5 +71,6 @@ def llmlb_node_register_runtimes(register: Callable[[RuntimeType[Any]], None]) -
             factory=create_runtime,
             settings=ReverserSettings,
             description="Example: reverses text for the reverse capability (llmlb-echo-capability)",
+            needs_models_dir=False,  # it computes its answers: no files
         )
     )
