@@ -14,22 +14,23 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-# The router, the node and the StableDiffusion runtime. stable-diffusion-cpp-python compiles
-# from source the first time (~3 min on 2 cores); pip caches the wheel.
-$(VENV)/.installed-sd: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[sd]'
+# The router, the node and the StableDiffusion runtime, and the openai SDK for the banner's
+# example. stable-diffusion-cpp-python compiles from source the first time (~3 min on 2 cores);
+# pip caches the wheel.
+$(VENV)/.installed-demo: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[demo]'
 	touch $@
 
 # Plus the test tools and a real OpenAI-compatible text server (llama-cpp-python compiles
 # llama.cpp the first time: 10-20 min on 2 cores; cached afterwards).
-$(VENV)/.installed-test: pyproject.toml $(VENV)/.installed-sd
+$(VENV)/.installed-test: pyproject.toml $(VENV)/.installed-demo
 	$(BIN)/python -m pip install --quiet -e '.[sd,test]'
 	touch $@
 
 install: $(VENV)/.installed-test
 
 # Router + one local node serving the synthetic demo model (made on first run).
-demo: $(VENV)/.installed-sd
+demo: $(VENV)/.installed-demo
 	$(BIN)/llmlb demo
 
 # The dashboard's browser tests (tests/browser) drive Debian's chromium with Playwright (never
