@@ -7,24 +7,29 @@ CHROMIUM := /usr/bin/chromium
 # llama-cpp-python (test extra) compiles llama.cpp: skip its examples, tests and tools.
 # stable-diffusion-cpp-python ignores these. GPU: CMAKE_ARGS="-DSD_CUDA=ON" make demo
 export CMAKE_ARGS := $(CMAKE_ARGS) -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF
+# pip (26+) shows the build backend's warnings even with --quiet. An editable install of this
+# project (its folders install under other names: see pyproject.toml) always gets setuptools'
+# notice "Editable installation ... be careful with folders in your working directory": only
+# that notice is silenced, any other warning still shows.
+PIP := PYTHONWARNINGS="ignore:Editable installation" $(BIN)/python -m pip
 
 .PHONY: demo test test-unit lint bench install clean chromium
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(PIP) install --quiet --upgrade pip
 
 # The router, the node and the StableDiffusion runtime, and the openai SDK for the banner's
 # example. stable-diffusion-cpp-python compiles from source the first time (~3 min on 2 cores);
 # pip caches the wheel.
 $(VENV)/.installed-demo: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[demo]'
+	$(PIP) install --quiet -e '.[demo]'
 	touch $@
 
 # Plus the test tools and a real OpenAI-compatible text server (llama-cpp-python compiles
 # llama.cpp the first time: 10-20 min on 2 cores; cached afterwards).
 $(VENV)/.installed-test: pyproject.toml $(VENV)/.installed-demo
-	$(BIN)/python -m pip install --quiet -e '.[sd,test]'
+	$(PIP) install --quiet -e '.[sd,test]'
 	touch $@
 
 install: $(VENV)/.installed-test
