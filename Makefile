@@ -34,6 +34,13 @@ $(VENV)/.installed-test: pyproject.toml $(VENV)/.installed-demo
 
 install: $(VENV)/.installed-test
 
+# What tests/unit needs alone: pytest, the openai SDK, numpy and gguf; nothing that compiles
+# (neither llama-cpp-python nor stable-diffusion-cpp-python), so a first `make test-unit` takes
+# seconds.
+$(VENV)/.installed-unit: pyproject.toml | $(BIN)/python
+	$(PIP) install --quiet -e '.[unit]'
+	touch $@
+
 # Router + one local node serving the synthetic demo model (made on first run).
 demo: $(VENV)/.installed-demo
 	$(BIN)/llmlb demo
@@ -60,7 +67,7 @@ test: $(VENV)/.installed-test chromium
 	$(BIN)/python -m pytest -q
 
 # The fast loop: unit tests only (pure functions, balancer, forwarding; seconds).
-test-unit: $(VENV)/.installed-test
+test-unit: $(VENV)/.installed-unit
 	$(BIN)/python -m pytest -q tests/unit
 
 bench: $(VENV)/.installed-test
