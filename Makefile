@@ -13,6 +13,11 @@ export CMAKE_ARGS := $(CMAKE_ARGS) -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLE
 # that notice is silenced, any other warning still shows.
 PIP := PYTHONWARNINGS="ignore:Editable installation" $(BIN)/python -m pip
 
+# The suite on pytest-xdist workers (`make test PYTEST_WORKERS=0` runs it in one process). By
+# file: a module's fixtures (a cluster of nodes, a loaded model) start once, on one worker.
+PYTEST_WORKERS ?= 2
+PYTEST_PARALLEL := $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadfile)
+
 .PHONY: demo test test-unit lint bench install clean chromium
 
 $(BIN)/python:
@@ -64,7 +69,7 @@ test: $(VENV)/.installed-test chromium
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(PYTEST_PARALLEL)
 
 # The fast loop: unit tests only (pure functions, balancer, forwarding; seconds).
 test-unit: $(VENV)/.installed-unit
