@@ -7,29 +7,47 @@ CHROMIUM := /usr/bin/chromium
 # llama-cpp-python (test extra) compiles llama.cpp: skip its examples, tests and tools.
 # stable-diffusion-cpp-python ignores these. GPU: CMAKE_ARGS="-DSD_CUDA=ON" make demo
 export CMAKE_ARGS := $(CMAKE_ARGS) -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF
+# pip (26+) shows the build backend's warnings even with --quiet. An editable install of this
+# project (its folders install under other names: see pyproject.toml) always gets setuptools'
+# notice "Editable installation ... be careful with folders in your working directory": only
+# that notice is silenced, any other warning still shows.
+PIP := PYTHONWARNINGS="ignore:Editable installation" $(BIN)/python -m pip
+
+# The suite on pytest-xdist workers (`make test PYTEST_WORKERS=0` runs it in one process). By
+# file: a module's fixtures (a cluster of nodes, a loaded model) start once, on one worker.
+PYTEST_WORKERS ?= 2
+PYTEST_PARALLEL := $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadfile)
 
 .PHONY: demo test test-unit lint bench install clean chromium
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(PIP) install --quiet --upgrade pip
 
-# The router, the node and the StableDiffusion runtime. stable-diffusion-cpp-python compiles
-# from source the first time (~3 min on 2 cores); pip caches the wheel.
-$(VENV)/.installed-sd: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[sd]'
+# The router, the node and the StableDiffusion runtime, and the openai SDK for the banner's
+# example. stable-diffusion-cpp-python compiles from source the first time (~3 min on 2 cores);
+# pip caches the wheel.
+$(VENV)/.installed-demo: pyproject.toml | $(BIN)/python
+	$(PIP) install --quiet -e '.[demo]'
 	touch $@
 
 # Plus the test tools and a real OpenAI-compatible text server (llama-cpp-python compiles
 # llama.cpp the first time: 10-20 min on 2 cores; cached afterwards).
-$(VENV)/.installed-test: pyproject.toml $(VENV)/.installed-sd
-	$(BIN)/python -m pip install --quiet -e '.[sd,test]'
+$(VENV)/.installed-test: pyproject.toml $(VENV)/.installed-demo
+	$(PIP) install --quiet -e '.[sd,test]'
 	touch $@
 
 install: $(VENV)/.installed-test
 
+# What tests/unit needs alone: pytest, the openai SDK, numpy and gguf; nothing that compiles
+# (neither llama-cpp-python nor stable-diffusion-cpp-python), so a first `make test-unit` takes
+# seconds.
+$(VENV)/.installed-unit: pyproject.toml | $(BIN)/python
+	$(PIP) install --quiet -e '.[unit]'
+	touch $@
+
 # Router + one local node serving the synthetic demo model (made on first run).
-demo: $(VENV)/.installed-sd
+demo: $(VENV)/.installed-demo
 	$(BIN)/llmlb demo
 
 # The dashboard's browser tests (tests/browser) drive Debian's chromium with Playwright (never
@@ -51,10 +69,10 @@ test: $(VENV)/.installed-test chromium
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(PYTEST_PARALLEL)
 
 # The fast loop: unit tests only (pure functions, balancer, forwarding; seconds).
-test-unit: $(VENV)/.installed-test
+test-unit: $(VENV)/.installed-unit
 	$(BIN)/python -m pytest -q tests/unit
 
 bench: $(VENV)/.installed-test

@@ -16,6 +16,7 @@ from tests.support.models import (
     MODEL_CACHE,
     SD1_LORA,
     ImageSystem,
+    cache_lock,
 )
 from tests.support.servers import Proc, create_key, node_proc, router_proc
 
@@ -26,8 +27,9 @@ def models_dir() -> Path:
     from llmlb_node.stable_diffusion.tools.demo_checkpoint import demo_model_is_complete, write_demo_model
 
     folder = MODEL_CACHE / DEMO_MODEL
-    if not demo_model_is_complete(folder):
-        write_demo_model(folder)
+    with cache_lock():
+        if not demo_model_is_complete(folder):
+            write_demo_model(folder)
     return MODEL_CACHE
 
 
@@ -39,8 +41,9 @@ def flux_models_dir() -> Path:
     from llmlb_node.stable_diffusion.tools.demo_flux import demo_flux_is_complete, write_demo_flux
 
     folder = FLUX_CACHE / FLUX_MODEL
-    if not demo_flux_is_complete(folder):
-        write_demo_flux(folder)
+    with cache_lock():
+        if not demo_flux_is_complete(folder):
+            write_demo_flux(folder)
     return FLUX_CACHE
 
 
@@ -50,10 +53,11 @@ def lora_dir() -> Path:
     ``flux-tiny-lora.safetensors`` (for flux-schnell-tiny)."""
     from llmlb_node.stable_diffusion.tools.demo_lora import lora_is_complete, write_flux_lora, write_sd1_lora
 
-    for name, family, write in ((SD1_LORA, "sd1", write_sd1_lora), (FLUX_LORA, "flux", write_flux_lora)):
-        path = LORA_CACHE / f"{name}.safetensors"
-        if not lora_is_complete(path, family):
-            write(path)
+    with cache_lock():
+        for name, family, write in ((SD1_LORA, "sd1", write_sd1_lora), (FLUX_LORA, "flux", write_flux_lora)):
+            path = LORA_CACHE / f"{name}.safetensors"
+            if not lora_is_complete(path, family):
+                write(path)
     return LORA_CACHE
 
 

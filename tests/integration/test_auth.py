@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sqlite3
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import pytest
 
 from llmlb_core.router.auth import hash_key
 from tests.support.inproc import start_router
-from tests.support.servers import ADMIN_KEY, ThreadServer, create_key
+from tests.support.servers import ADMIN_KEY, ThreadServer, create_key, wait_until
 
 
 @pytest.fixture
@@ -80,9 +79,15 @@ def test_revoked_key_is_refused(router: ThreadServer) -> None:
 
 
 def test_expired_key_is_refused(router: ThreadServer) -> None:
-    key = create_key(router.url, ["api"], expires_in_s=0.5)
+    # Room for the first request on a busy machine (it was 0.5 s); then poll for the expiry
+    # rather than sleep a guess.
+    key = create_key(router.url, ["api"], expires_in_s=2)
     assert httpx.get(f"{router.url}/v1/models", headers={"x-api-key": key}).status_code == 200
-    time.sleep(0.8)
+    wait_until(
+        lambda: httpx.get(f"{router.url}/v1/models", headers={"x-api-key": key}).status_code == 401,
+        15,
+        "the key to expire",
+    )
     assert_openai_error(
         httpx.get(f"{router.url}/v1/models", headers={"x-api-key": key}), 401, "expired_api_key"
     )

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import fcntl
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import openai
@@ -21,6 +24,18 @@ FLUX_MODEL = "flux-schnell-tiny"
 LORA_CACHE = REPO / ".cache" / "test-loras"
 SD1_LORA = "sd1-demo-lora"
 FLUX_LORA = "flux-tiny-lora"
+
+
+@contextmanager
+def cache_lock() -> Iterator[None]:
+    """Held while a synthetic file in ``.cache/`` is checked and written: pytest-xdist's workers
+    (``make test``) share the folder, so the first worker that needs a file writes it while the
+    others wait, then find it complete."""
+    folder = REPO / ".cache"
+    folder.mkdir(parents=True, exist_ok=True)
+    with (folder / "write.lock").open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file closes
+        yield
 
 
 def copy_model(models_dir: Path, target: Path, name: str, source: str = DEMO_MODEL) -> Path:

@@ -17,6 +17,8 @@ import httpx
 from tests.support.servers import base_env, free_port, wait_until
 
 BANNER_KEY = re.compile(r"API key:\s+(sk-llmlb-\S+)")
+# The banner's openai example: an interpreter, -c and a quoted script over several lines.
+BANNER_PYTHON = re.compile(r'^ (\S+ -c "\n.*?\n[^\n]*")$', re.MULTILINE | re.DOTALL)
 
 
 @contextmanager
@@ -75,6 +77,16 @@ def test_the_demo_serves_stops_cleanly_on_ctrl_c_and_reuses_its_keys(
             banner = out.read_text()
             assert f"{base}/dashboard" in banner and f"{base}/docs" in banner
             assert httpx.get(f"{base}/dashboard/login").status_code == 200
+            if run == 1:
+                # The openai example works as printed, in a shell, with the interpreter it names
+                # (the demo's, which has the openai package: `make demo` installs it).
+                example = BANNER_PYTHON.search(banner)
+                assert example and example.group(1).startswith(f"{sys.executable} -c"), banner
+                done = subprocess.run(
+                    ["bash", "-c", example.group(1)], capture_output=True, text=True, timeout=120
+                )
+                assert done.returncode == 0, done.stderr
+                assert done.stdout.startswith(f"{base}/"), done.stdout
             admin = (tmp_path / "data" / "demo-admin-key").read_text().strip()
             listed = httpx.get(f"{base}/v0/keys", headers={"authorization": f"Bearer {admin}"}).json()["data"]
         log = out.read_text()

@@ -35,7 +35,7 @@ from llmlb_node.stable_diffusion.settings import CancelMode
 from llmlb_node.stable_diffusion.tools.quantize import quantize
 from tests.support.engine_jobs import job
 from tests.support.images_util import gradient, mean_abs_diff
-from tests.support.models import DEMO_MODEL, MODEL_CACHE, copy_model
+from tests.support.models import DEMO_MODEL, MODEL_CACHE, cache_lock, copy_model
 from tests.support.servers import REPO
 
 MIB = 1024 * 1024
@@ -51,13 +51,14 @@ def dual_models_dir(models_dir: Path) -> Path:
     root = MODEL_CACHE.parent / "dual-models"
     target = root / "dual"
     gguf = target / "model-q8_0.gguf"
-    if not gguf.exists():
-        if target.exists():
-            for item in target.iterdir():
-                item.unlink()
-            target.rmdir()
-        copy_model(models_dir, root, "dual")
-        quantize(target / "model.safetensors", "q8_0", gguf)
+    with cache_lock():
+        if not gguf.exists():
+            if target.exists():
+                for item in target.iterdir():
+                    item.unlink()
+                target.rmdir()
+            copy_model(models_dir, root, "dual")
+            quantize(target / "model.safetensors", "q8_0", gguf)
     return root
 
 

@@ -203,7 +203,7 @@ def run_demo(*, host: str, port: int, node_port: int, data_dir: Path, models_dir
    -H "Authorization: Bearer {api_key}" -H "Content-Type: application/json" \\
    -d '{{"model": "{DEMO_MODEL}", "prompt": "a white cat", "size": "256x256", "response_format": "url"}}'
 
- python -c "
+ {sys.executable} -c "
 from openai import OpenAI
 client = OpenAI(base_url='{base}/v1', api_key='{api_key}')
 img = client.images.generate(model='{DEMO_MODEL}', prompt='a white cat', size='256x256',
