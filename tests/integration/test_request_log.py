@@ -122,8 +122,9 @@ def test_router_and_node_log_one_line_each_with_the_clients_request_id(
     assert router_line["bytes_in"] == len(b'{"model":"echo-1","text":"hi"}')
     assert router_line["bytes_out"] == len(response.content)
     assert "model" not in node_line  # the node logs what it knows: the route, not the router's view
-    # The router's line is no shorter than the node's: it waited for the node's whole answer.
-    assert router_line["duration_s"] >= node_line["duration_s"]
+    # Both lines time the request. (Not compared: the node's line ends when its app has returned,
+    # after its last byte went out, and the router may read that byte and log first.)
+    assert router_line["duration_s"] > 0 and node_line["duration_s"] > 0
 
 
 def test_a_queued_request_logs_and_counts_its_wait(
