@@ -129,17 +129,27 @@ class ServerProcess:
         wait_until(ok, timeout, f"{self.name} at {self.url}/health")
         return self
 
-    def log_tail(self, chars: int = 4000) -> str:
+    def log(self) -> str:
+        """Everything the process wrote so far."""
         try:
-            return self.log_path.read_text(errors="replace")[-chars:]
+            return self.log_path.read_text(errors="replace")
         except OSError:
             return ""
+
+    def log_tail(self, chars: int = 4000) -> str:
+        return self.log()[-chars:]
+
+    def signal(self, sig: int) -> None:
+        """Send ``sig`` to the process while it runs."""
+        if self.popen is not None and self.popen.poll() is None:
+            os.kill(self.popen.pid, sig)
 
     def stop(self, timeout: float = 10) -> int | None:
         """SIGINT, then SIGKILL to the whole session after ``timeout`` seconds."""
         if self.popen is None:
             return None
         if self.popen.poll() is None:
+            self.signal(signal.SIGCONT)  # a stopped process (SIGSTOP) could not act on SIGINT
             self.popen.send_signal(signal.SIGINT)
             try:
                 self.popen.wait(timeout)

@@ -7,40 +7,17 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
-import socket
-import subprocess
-import sys
 import threading
-import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import httpx
 import uvicorn
 
+from bench._common import ServerProcess, free_port, wait_until
+
 ADMIN_KEY = "sk-llmlb-test-admin-key-0123456789"
 REPO = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.05) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if predicate():
-                return
-        except (httpx.HTTPError, OSError):
-            pass
-        time.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
 
 
 class Server(Protocol):
@@ -89,37 +66,19 @@ class ThreadServer:
             self.thread.join(timeout=10)
 
 
-@dataclass
-class Proc:
-    """A server process (router or node) started with ``python -m llmlb_core.cli``."""
+class Proc(ServerProcess):
+    """A server process (router or node) started with ``python -m llmlb_core.cli ARGS`` (the
+    benchmarks' :class:`bench._common.ServerProcess`, with the test's environment ``env``)."""
 
-    args: list[str]
-    env: dict[str, str]
-    log_path: Path
-    url: str
-    popen: subprocess.Popen[bytes] | None = None
-    _log: Any = field(default=None, repr=False)
+    def __init__(self, args: list[str], env: dict[str, str], log_path: Path, url: str) -> None:
+        super().__init__(args[0], "llmlb_core.cli", args, log_path, url, env=env)
 
     def start(self) -> Proc:
-        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
-        self.popen = subprocess.Popen(
-            [sys.executable, "-m", "llmlb_core.cli", *self.args],
-            env=self.env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            cwd=REPO,
-            start_new_session=True,
-        )
+        super().start()
         return self
 
     def wait_healthy(self, timeout: float = 30) -> Proc:
-        def ok() -> bool:
-            assert self.popen is not None
-            if self.popen.poll() is not None:
-                raise RuntimeError(f"process exited with {self.popen.returncode}:\n{self.log()}")
-            return httpx.get(f"{self.url}/health", timeout=1).status_code == 200
-
-        wait_until(ok, timeout, f"{self.url}/health")
+        super().wait_healthy(timeout)
         return self
 
     def wait_online(self, router_url: str, timeout: float = 30) -> Proc:
@@ -128,28 +87,8 @@ class Proc:
         wait_until(lambda: node_status(router_url, name) == "online", timeout, f"{name} online")
         return self
 
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def signal(self, sig: int) -> None:
-        if self.popen is not None and self.popen.poll() is None:
-            os.kill(self.popen.pid, sig)
-
     def stop(self, timeout: float = 15) -> int | None:
-        if self.popen is None:
-            return None
-        if self.popen.poll() is None:
-            self.signal(signal.SIGCONT)
-            self.popen.send_signal(signal.SIGINT)
-            try:
-                self.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.popen.pid, signal.SIGKILL)
-                self.popen.wait(5)
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-        return self.popen.returncode
+        return super().stop(timeout)
 
 
 def base_env(**extra: str) -> dict[str, str]:
