@@ -58,6 +58,11 @@ def router_option(*decls: str, field: str, help: str, **attrs: Any) -> Any:
 @router_option("--host", field="host", help="address to listen on")
 @router_option("--port", field="port", type=int, help="port to listen on")
 @router_option("--data-dir", field="data_dir", help="where keys, nodes, models and stored images live")
+@router_option(
+    "--database-url",
+    field="database_url",
+    help="keys, nodes, models, endpoints: unset, SQLite in data_dir; postgresql://user:pw@host/db",
+)
 @router_option("--log-level", field="log_level", type=LOG_LEVEL_CHOICE, help="least severe log level shown")
 @router_option(
     "--log-format",
