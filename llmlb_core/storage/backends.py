@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from llmlb_core.config.settings import RouterSettings
 from llmlb_core.storage.sql import SqlStore
 from llmlb_core.storage.urls import DatabaseTarget, parse_database_url
 
@@ -25,7 +24,3 @@ def open_url(url: str | None, data_path: Path, *, allow_path: bool = False) -> S
     """The store ``url`` names (empty: SQLite in ``data_path``); SettingsError when it is bad."""
     return open_target(parse_database_url(url, data_path, allow_path=allow_path))
 
-
-def open_storage(settings: RouterSettings) -> SqlStore:
-    """The router's store, chosen by ``settings.database_url``."""
-    return open_url(settings.database_url, settings.data_path)

@@ -266,4 +266,3 @@ class SqlStore:
             )
         record["api_key"] = self.endpoint_box.open(token, what=f"the key of endpoint '{name}'")
         return record
-
