@@ -238,6 +238,28 @@ class SqlStore:
             (key, value),
         )
 
+    # --- copying a whole store (``llmlb db copy``): rows as stored, endpoint keys still sealed ---
+    def stored_rows(self) -> dict[str, list[tuple[Any, ...]]]:
+        """Every durable row, as stored, by table (endpoint records not opened)."""
+        self._endpoints_table()
+        self._meta_table()
+        return {table: self._rows(f"SELECT {columns} FROM {table}") for table, columns in COPIED_TABLES}
+
+    def load_rows(self, rows: dict[str, list[tuple[Any, ...]]]) -> None:
+        """Insert rows from :meth:`stored_rows` (of another store) as they are."""
+        self._endpoints_table()
+        self._meta_table()
+        for table, columns in COPIED_TABLES:
+            if rows.get(table):
+                self._run_many(f"INSERT INTO {table} ({columns}) VALUES ({_marks(columns)})", rows[table])
+
+    def clear_rows(self) -> None:
+        """Delete every durable row (``llmlb db copy --force`` on a store that is not empty)."""
+        self._endpoints_table()
+        self._meta_table()
+        for table, _ in COPIED_TABLES:
+            self._run(f"DELETE FROM {table}")
+
     # --- internals ------------------------------------------------------------------------
     def _endpoint_rows(self) -> list[EndpointEntry]:
         self._endpoints_table()
@@ -266,3 +288,13 @@ class SqlStore:
             )
         record["api_key"] = self.endpoint_box.open(token, what=f"the key of endpoint '{name}'")
         return record
+
+
+# What ``llmlb db copy`` copies, table by table (store_meta: the sealing salt and verifier).
+COPIED_TABLES: tuple[tuple[str, str], ...] = (
+    ("api_keys", KEY_COLUMNS),
+    ("nodes", NODE_COLUMNS),
+    ("models", MODEL_COLUMNS),
+    ("endpoints", ENDPOINT_COLUMNS),
+    ("store_meta", META_COLUMNS),
+)
