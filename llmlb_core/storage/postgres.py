@@ -8,14 +8,16 @@ autocommit (each statement its own transaction; :meth:`PostgresStore._run_many` 
 transaction) is enough. The schema is versioned (:mod:`llmlb_core.storage.migrations`) and
 brought up to date at open, under an advisory lock.
 
-A connection that broke (the server restarted) is opened again on the next call. The URL is
+A connection that broke (the server restarted) is opened again, and the statement run once more
+on it; while the server is down a call raises :class:`DatabaseError`. The URL is
 only ever shown without its password (:func:`~llmlb_core.storage.urls.redact_url`).
 """
 
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import psycopg
 
@@ -28,6 +30,7 @@ if TYPE_CHECKING:
     from llmlb_core.storage.interfaces import Storage
 
 CONNECT_TIMEOUT_S = 10
+T = TypeVar("T")
 
 
 class DatabaseError(SettingsError):
@@ -66,28 +69,36 @@ class PostgresStore(SqlStore):
         with self._lock:
             self._conn.close()
 
-    def _connection(self) -> psycopg.Connection[Any]:
-        if self._conn.closed or self._conn.broken:
+    def _call(self, work: Callable[[psycopg.Connection[Any]], T]) -> T:
+        """``work`` on the connection; once more on a new one when it broke (the server restarted:
+        a statement on a dead connection never reached it). A database still down: DatabaseError."""
+        with self._lock:
+            if self._conn.closed or self._conn.broken:
+                self._conn = connect(self._url)
+            try:
+                return work(self._conn)
+            except psycopg.OperationalError:
+                if not self._conn.broken:
+                    raise
             self._conn = connect(self._url)
-        return self._conn
+            return work(self._conn)
 
     @staticmethod
     def _sql(sql: str) -> str:
         return sql.replace("?", "%s")  # our statements hold no literal '?'
 
     def _rows(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        with self._lock:
-            return self._connection().execute(self._sql(sql), args).fetchall()
+        return self._call(lambda conn: conn.execute(self._sql(sql), args).fetchall())
 
     def _run(self, sql: str, args: tuple[Any, ...] = ()) -> int:
-        with self._lock:
-            return self._connection().execute(self._sql(sql), args).rowcount
+        return self._call(lambda conn: conn.execute(self._sql(sql), args).rowcount)
 
     def _run_many(self, sql: str, args: list[tuple[Any, ...]]) -> None:
-        with self._lock:
-            conn = self._connection()
+        def many(conn: psycopg.Connection[Any]) -> None:
             with conn.transaction(), conn.cursor() as cur:
                 cur.executemany(self._sql(sql), args)
+
+        self._call(many)
 
 
 if TYPE_CHECKING:

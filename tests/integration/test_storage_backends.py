@@ -188,6 +188,18 @@ def test_urls_are_shown_without_password(postgres: PostgresServer, tmp_path: Pat
     assert "s3cret" not in str(caught.value) and "no_such_db" in str(caught.value)
 
 
+def test_the_store_reconnects_after_a_server_restart(postgres: PostgresServer, postgres_url: str) -> None:
+    store = PostgresStore(postgres_url)
+    try:
+        store.set_meta("before", "1")
+        postgres.restart()  # the store's connection is cut
+        assert store.get_meta("before") == "1"  # reopened, the read run again
+        store.set_meta("after", "2")
+        assert store.get_meta("after") == "2"
+    finally:
+        store.close()
+
+
 @pytest.mark.parametrize(
     ("url", "kind"),
     [(None, "sqlite"), ("", "sqlite"), ("sqlite:///x.db", "sqlite"), ("postgres://h/db", "postgresql")],
