@@ -18,7 +18,7 @@ PIP := PYTHONWARNINGS="ignore:Editable installation" $(BIN)/python -m pip
 PYTEST_WORKERS ?= 2
 PYTEST_PARALLEL := $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadfile)
 
-.PHONY: demo test test-unit lint bench install clean chromium
+.PHONY: demo test test-unit lint bench install clean chromium postgresql
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -64,8 +64,22 @@ chromium:
 	  fi; \
 	fi
 
+# The PostgreSQL tests (tests/support/postgres.py) start a private server from Debian's
+# postgresql package's binaries (initdb, pg_ctl; no system cluster is used). Installed here when
+# missing, as root (CI); otherwise a hint, and those tests skip (outside CI) saying why.
+postgresql:
+	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "make: installing Debian's postgresql for the PostgreSQL tests"; \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    apt-get install -y -q postgresql || { apt-get update -q && apt-get install -y -q postgresql; }; \
+	  else \
+	    echo "make: PostgreSQL's initdb is missing: sudo apt-get install -y postgresql (its tests skip without it)"; \
+	  fi; \
+	fi
+
 # The whole test suite (CI runs exactly this through .ci/run).
-test: $(VENV)/.installed-test chromium
+test: $(VENV)/.installed-test chromium postgresql
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports
