@@ -23,4 +23,3 @@ def open_target(target: DatabaseTarget) -> SqlStore:
 def open_url(url: str | None, data_path: Path, *, allow_path: bool = False) -> SqlStore:
     """The store ``url`` names (empty: SQLite in ``data_path``); SettingsError when it is bad."""
     return open_target(parse_database_url(url, data_path, allow_path=allow_path))
-

@@ -15,7 +15,9 @@ import json
 import logging
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypeVar
+
+import msgspec
 
 from llmlb_core.storage.interfaces import EndpointEntry, KeyRow, ModelRow, NodeRow
 from llmlb_core.storage.secretbox import HOW_TO_SET, SecretBox, SecretKeyError
@@ -31,73 +33,34 @@ ENDPOINT_COLUMNS = "name, record, created_at"
 META_COLUMNS = "key, value"
 
 
-# --- rows <-> structs (the column orders above) ----------------------------------------------
-def key_values(row: KeyRow) -> tuple[Any, ...]:
-    return (
-        row.id,
-        row.name,
-        row.key_hash,
-        row.prefix,
-        json.dumps(row.scopes),
-        row.created_at,
-        row.expires_at,
-        row.revoked_at,
-        row.node_id,
+# --- rows <-> structs (the column orders above; the JSON fields stored as text) --------------
+_JSON = frozenset({"scopes", "record", "capabilities", "defaults"})
+S = TypeVar("S", KeyRow, NodeRow, ModelRow)
+
+
+def _names(columns: str) -> list[str]:
+    return [name.strip() for name in columns.split(",")]
+
+
+def values_of(row: msgspec.Struct, columns: str) -> tuple[Any, ...]:
+    """``row``'s values in the order of ``columns``, JSON fields as text."""
+    return tuple(
+        json.dumps(getattr(row, name)) if name in _JSON else getattr(row, name) for name in _names(columns)
     )
 
 
-def key_row(r: Sequence[Any]) -> KeyRow:
-    return KeyRow(
-        id=r[0],
-        name=r[1],
-        key_hash=r[2],
-        prefix=r[3],
-        scopes=json.loads(r[4]),
-        created_at=r[5],
-        expires_at=r[6],
-        revoked_at=r[7],
-        node_id=r[8],
-    )
-
-
-def node_values(row: NodeRow) -> tuple[Any, ...]:
-    return (
-        row.id,
-        json.dumps(row.record),
-        row.registered_at,
-        row.last_seen_at,
-        row.owner_key_id,
-        row.deregistered_at,
-    )
-
-
-def node_row(r: Sequence[Any]) -> NodeRow:
-    return NodeRow(
-        id=r[0],
-        record=json.loads(r[1]),
-        registered_at=r[2],
-        last_seen_at=r[3],
-        owner_key_id=r[4],
-        deregistered_at=r[5],
-    )
-
-
-def model_values(row: ModelRow) -> tuple[Any, ...]:
-    return (row.id, json.dumps(row.capabilities), json.dumps(row.defaults), row.description, row.created_at)
-
-
-def model_row(r: Sequence[Any]) -> ModelRow:
-    return ModelRow(
-        id=r[0],
-        capabilities=json.loads(r[1]),
-        defaults=json.loads(r[2]),
-        description=r[3],
-        created_at=r[4],
+def struct_of(type_: type[S], columns: str, values: Sequence[Any]) -> S:
+    """A ``type_`` from a row selected as ``columns``."""
+    return type_(
+        **{
+            name: json.loads(v) if name in _JSON else v
+            for name, v in zip(_names(columns), values, strict=True)
+        }
     )
 
 
 def _marks(columns: str) -> str:
-    return ", ".join("?" for _ in columns.split(","))
+    return ", ".join("?" for _ in _names(columns))
 
 
 class SqlStore:
@@ -136,10 +99,14 @@ class SqlStore:
 
     # --- API keys -------------------------------------------------------------------------
     def add_key(self, row: KeyRow) -> None:
-        self._run(f"INSERT INTO api_keys ({KEY_COLUMNS}) VALUES ({_marks(KEY_COLUMNS)})", key_values(row))
+        self._run(
+            f"INSERT INTO api_keys ({KEY_COLUMNS}) VALUES ({_marks(KEY_COLUMNS)})",
+            values_of(row, KEY_COLUMNS),
+        )
 
     def list_keys(self) -> list[KeyRow]:
-        return [key_row(r) for r in self._rows(f"SELECT {KEY_COLUMNS} FROM api_keys ORDER BY created_at")]
+        rows = self._rows(f"SELECT {KEY_COLUMNS} FROM api_keys ORDER BY created_at")
+        return [struct_of(KeyRow, KEY_COLUMNS, r) for r in rows]
 
     def revoke_key(self, key_id: str) -> bool:
         sql = "UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL"
@@ -169,7 +136,8 @@ class SqlStore:
         return self._run("DELETE FROM nodes WHERE id = ?", (node_id,)) > 0
 
     def list_nodes(self) -> list[NodeRow]:
-        return [node_row(r) for r in self._rows(f"SELECT {NODE_COLUMNS} FROM nodes ORDER BY registered_at")]
+        rows = self._rows(f"SELECT {NODE_COLUMNS} FROM nodes ORDER BY registered_at")
+        return [struct_of(NodeRow, NODE_COLUMNS, r) for r in rows]
 
     # --- models ---------------------------------------------------------------------------
     def upsert_model(self, row: ModelRow) -> None:
@@ -177,14 +145,15 @@ class SqlStore:
             f"INSERT INTO models ({MODEL_COLUMNS}) VALUES ({_marks(MODEL_COLUMNS)}) ON CONFLICT(id) DO"
             " UPDATE SET capabilities = excluded.capabilities, defaults = excluded.defaults,"
             " description = excluded.description",
-            model_values(row),
+            values_of(row, MODEL_COLUMNS),
         )
 
     def delete_model(self, model_id: str) -> bool:
         return self._run("DELETE FROM models WHERE id = ?", (model_id,)) > 0
 
     def list_models(self) -> list[ModelRow]:
-        return [model_row(r) for r in self._rows(f"SELECT {MODEL_COLUMNS} FROM models ORDER BY id")]
+        rows = self._rows(f"SELECT {MODEL_COLUMNS} FROM models ORDER BY id")
+        return [struct_of(ModelRow, MODEL_COLUMNS, r) for r in rows]
 
     # --- OpenAI-compatible endpoints (``/v0/endpoints``) -------------------------------------
     # The record holds the upstream API key: the router needs it after a restart. It is never
