@@ -1,7 +1,9 @@
 """A router (``llmlb serve``, a real process) with its durable state in a real PostgreSQL
 (tests/support/postgres.py): keys, a node, a model and an endpoint whose key is sealed at rest
 survive a restart on the same database, even with a fresh data_dir; the password of the URL is
-never shown; a bad URL is one line and exit 2."""
+never shown; a bad URL is one line and exit 2. And ``llmlb db copy``: a populated SQLite install
+copied into PostgreSQL, where a router accepts the same API keys and opens the same sealed
+endpoint key with the same secret_key."""
 
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ ADMIN = {"authorization": f"Bearer {ADMIN_KEY}"}
 SECRET = "router-secret-for-endpoint-keys"
 PASSWORD = "pg-s3cret-pw"
 UPSTREAM_KEY = "sk-upstream-key-0123456789"
+COPIED_KEY = "sk-upstream-copied-0123456789"
 
 
 @pytest.fixture
@@ -31,8 +34,10 @@ def procs() -> Iterator[list[Proc]]:
         proc.stop()
 
 
-def start(tmp: Path, data_dir: Path, url: str, procs: list[Proc]) -> Proc:
-    router = router_proc(tmp, data_dir=data_dir, env={"LLMLB_DATABASE_URL": url, "LLMLB_SECRET_KEY": SECRET})
+def start(tmp: Path, data_dir: Path, url: str | None, procs: list[Proc]) -> Proc:
+    """A router on ``url`` (None: SQLite in ``data_dir``), endpoint keys sealed with SECRET."""
+    env = {"LLMLB_SECRET_KEY": SECRET} | ({"LLMLB_DATABASE_URL": url} if url else {})
+    router = router_proc(tmp, data_dir=data_dir, env=env)
     procs.append(router)
     return router.start().wait_healthy()
 
@@ -104,3 +109,69 @@ def test_a_bad_or_unreachable_database_url_is_one_line_and_exit_2(
     assert refused.code == 2 and refused.err_lines[-1].startswith("llmlb: refusing to start:"), refused.err
     assert "Traceback" not in refused.err
     assert "no_such_database" in refused.err and "pw-2" not in refused.err and "***" in refused.err
+
+
+# --- llmlb db copy -------------------------------------------------------------------------
+def test_a_sqlite_install_copied_into_postgresql_serves_the_same_keys(
+    postgres: PostgresServer, postgres_url: str, tmp_path: Path, procs: list[Proc]
+) -> None:
+    data_dir = tmp_path / "sqlite-install"
+    old = start(tmp_path, data_dir, None, procs)
+    api_key = create_key(old.url, ["api"], name="client")
+    revoked = create_key(old.url, ["api"], name="gone")
+    gone_id = next(k["id"] for k in admin_get(old.url, "/v0/keys")["data"] if k["name"] == "gone")
+    assert httpx.delete(
+        f"{old.url}/v0/keys/{gone_id}", headers={"authorization": f"Bearer {ADMIN_KEY}"}
+    ).is_success
+    assert (
+        post(old, "/v0/models", ADMIN_KEY, {"id": "demo", "capabilities": ["image_generation"]}).status_code
+        == 201
+    )
+    endpoint = {"name": "up", "url": "http://127.0.0.1:9", "api_key": COPIED_KEY}
+    assert post(old, "/v0/endpoints", ADMIN_KEY, endpoint).status_code == 201
+    old.stop()
+
+    copied = run_cli("db", "copy", "--from", str(data_dir), "--to", postgres_url, cwd=tmp_path)
+    assert copied.code == 0, copied.err
+    assert copied.out.startswith("copied 3 keys, 0 nodes, 1 models, 1 endpoints, 2 meta"), copied.out
+    assert "1 endpoint key(s) sealed" in copied.out
+    with psycopg.connect(postgres_url) as conn:
+        (record,) = conn.execute("SELECT record FROM endpoints").fetchone() or ("",)
+    assert COPIED_KEY not in record  # still sealed
+
+    again = run_cli(
+        "db", "copy", "--from", str(data_dir / "llmlb.sqlite3"), "--to", postgres_url, cwd=tmp_path
+    )
+    assert again.code == 2 and "not empty" in again.err and "--force" in again.err
+    forced = run_cli(
+        "db", "copy", "--from", f"sqlite:///{data_dir / 'llmlb.sqlite3'}", "--to", postgres_url, "--force",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert forced.code == 0 and forced.out.startswith("copied 3 keys"), forced.err
+
+    new = start(tmp_path, tmp_path / "pg-data", postgres_url, procs)
+    headers = {"authorization": f"Bearer {api_key}"}
+    assert httpx.get(f"{new.url}/v1/models", headers=headers, timeout=10).status_code == 200
+    refused = httpx.get(f"{new.url}/v1/models", headers={"authorization": f"Bearer {revoked}"}, timeout=10)
+    assert refused.status_code == 401
+    assert [e["name"] for e in admin_get(new.url, "/v0/endpoints")["data"]] == ["up"]
+    assert "demo" in {m["id"] for m in admin_get(new.url, "/v0/models")["data"]}
+    assert "encrypted" not in new.log() and "Traceback" not in new.log()
+
+
+def test_db_copy_refusals_are_one_line(postgres: PostgresServer, tmp_path: Path) -> None:
+    missing = run_cli("db", "copy", "--from", str(tmp_path / "none.sqlite3"), "--to", "x.db", cwd=tmp_path)
+    assert missing.code == 2 and missing.err_lines == [
+        f"llmlb: no database at {tmp_path / 'none.sqlite3'} (--from)"
+    ]
+    same = tmp_path / "a.sqlite3"
+    assert run_cli("db", "copy", "--from", "/dev/null", "--to", str(same), cwd=tmp_path).code != 0
+    same.touch()
+    itself = run_cli("db", "copy", "--from", str(same), "--to", f"sqlite:///{same}", cwd=tmp_path)
+    assert itself.code == 2 and "the same database" in itself.err
+    gone = f"postgresql://postgres:pw-9@127.0.0.1:{postgres.port}/absent"
+    unreachable = run_cli("db", "copy", "--from", str(same), "--to", gone, cwd=tmp_path)
+    assert unreachable.code == 2 and "pw-9" not in unreachable.err and "Traceback" not in unreachable.err
+    assert unreachable.err_lines[-1].startswith(
+        "llmlb: cannot connect to PostgreSQL at postgresql://postgres:***@"
+    )
