@@ -18,7 +18,7 @@ PIP := PYTHONWARNINGS="ignore:Editable installation" $(BIN)/python -m pip
 PYTEST_WORKERS ?= 2
 PYTEST_PARALLEL := $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadfile)
 
-.PHONY: demo test test-unit lint bench install clean chromium
+.PHONY: demo test test-unit lint bench install clean chromium postgresql
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -50,22 +50,31 @@ $(VENV)/.installed-unit: pyproject.toml | $(BIN)/python
 demo: $(VENV)/.installed-demo
 	$(BIN)/llmlb demo
 
+# $(call apt-install,PACKAGE,WHAT NEEDS IT,MISSING): Debian's PACKAGE installed with apt-get as
+# root (CI); otherwise a hint naming MISSING, and the tests that need it skip (outside CI).
+apt-install = \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "make: installing Debian's $(1) for $(2)"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get install -y -q $(1) || { apt-get update -q && apt-get install -y -q $(1); }; \
+	else \
+	  echo "make: $(3) is missing: sudo apt-get install -y $(1) ($(2) skip without it)"; \
+	fi
+
 # The dashboard's browser tests (tests/browser) drive Debian's chromium with Playwright (never
-# `playwright install`). Installed here when missing, as root (CI); otherwise a hint, and the
-# browser tests skip (outside CI) saying why.
+# `playwright install`). Installed here when missing.
 chromium:
-	@if [ ! -x $(CHROMIUM) ]; then \
-	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    echo "make: installing Debian's chromium for tests/browser"; \
-	    export DEBIAN_FRONTEND=noninteractive; \
-	    apt-get install -y -q chromium || { apt-get update -q && apt-get install -y -q chromium; }; \
-	  else \
-	    echo "make: $(CHROMIUM) is missing: sudo apt-get install -y chromium (tests/browser skip without it)"; \
-	  fi; \
+	@if [ ! -x $(CHROMIUM) ]; then $(call apt-install,chromium,tests/browser,$(CHROMIUM)); fi
+
+# The PostgreSQL tests (tests/support/postgres.py) start a private server from the binaries of
+# Debian's postgresql package (initdb, pg_ctl; no system cluster is used). Installed when missing.
+postgresql:
+	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null; then \
+	  $(call apt-install,postgresql,the PostgreSQL tests,initdb); \
 	fi
 
 # The whole test suite (CI runs exactly this through .ci/run).
-test: $(VENV)/.installed-test chromium
+test: $(VENV)/.installed-test chromium postgresql
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports

@@ -18,6 +18,7 @@ from tests.support.models import (
     ImageSystem,
     cache_lock,
 )
+from tests.support.postgres import PostgresServer, postgres_server
 from tests.support.servers import Proc, create_key, node_proc, router_proc
 
 
@@ -135,3 +136,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         kind = item.path.parent.name
         if kind in ("unit", "integration", "system", "browser"):
             item.add_marker(getattr(pytest.mark, kind))
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """This worker's private PostgreSQL server (tests/support/postgres.py)."""
+    with postgres_server() as server:
+        yield server
+
+
+@pytest.fixture
+def postgres_url(postgres: PostgresServer) -> str:
+    """The URL of a new, empty database on :func:`postgres`, for one test."""
+    return postgres.database()

@@ -34,9 +34,11 @@ from llmlb_core.config.settings import (
     read_toml,
     router_env_problems,
 )
+from llmlb_core.storage.urls import parse_database_url, redact_url
 
 T = TypeVar("T")
 SECRETS = frozenset({"admin_key", "secret_key", "api_key"})
+SECRET_URLS = frozenset({"database_url"})  # shown with the password masked
 
 
 @dataclass
@@ -114,6 +116,10 @@ def check_router(path: Path, environ: Mapping[str, str], cli_envvars: set[str]) 
     if admin_key is not None:
         report.problems.append(admin_key)
     try:
+        parse_database_url(settings.database_url, settings.data_path)
+    except SettingsError as exc:
+        report.problems.append(str(exc))
+    try:
         if not report.problems:
             check_server_cert(settings.tls_cert, settings.tls_key, flags="tls_cert/tls_key")
         plugins = load_plugins(settings.capabilities, third_party=settings.load_entry_points)
@@ -188,6 +194,8 @@ def toml_text(table: Mapping[str, Any], prefix: str = "") -> str:
             lines.append(f"# {_toml_key(key)} = (unset)")
         else:
             shown = '"***"' if key in SECRETS else _toml_value(value)
+            if key in SECRET_URLS and isinstance(value, str):
+                shown = _toml_value(redact_url(value))
             lines.append(f"{_toml_key(key)} = {shown}")
     for name, sub in subtables:
         lines += ["", f"[{name}]", toml_text(sub, f"{name}.")]

@@ -1,10 +1,11 @@
 """The ``llmlb`` command line: the core's commands, and those plugins add.
 
 The core has ``serve`` (the router), the admin's ``keys``, ``models`` and ``nodes``
-(:mod:`llmlb_core.cli.admin`) and ``config check`` (:mod:`llmlb_core.cli.config_check`). Plugins add
-theirs through ``llmlb_register_commands(cli)`` (as datasette's ``register_commands``): the
-node's ``node``, ``demo``, ``demo-model`` and ``quantize`` come from ``llmlb_node.commands``, an
-entry point of the ``llmlb`` distribution, so the core imports no node code.
+(:mod:`llmlb_core.cli.admin`), ``config check`` (:mod:`llmlb_core.cli.config_check`) and
+``db copy`` (:mod:`llmlb_core.cli.db`). Plugins add theirs through
+``llmlb_register_commands(cli)`` (as datasette's ``register_commands``): the node's ``node``,
+``demo``, ``demo-model`` and ``quantize`` come from ``llmlb_node.commands``, an entry point of
+the ``llmlb`` distribution, so the core imports no node code.
 
 An ordinary mistake (a bad setting, a broken plugin, a router that is down, a refused key, a
 taken port) prints one line, ``llmlb: ...``, saying what to do next, and exits 2 (1 for a
@@ -23,6 +24,7 @@ import click
 
 from llmlb_core.cli.admin import ADMIN_COMMANDS
 from llmlb_core.cli.config_check import config_group
+from llmlb_core.cli.db import db_group
 from llmlb_core.cli.support import (
     CONTEXT_SETTINGS,
     LOG_LEVEL_CHOICE,
@@ -58,6 +60,11 @@ def router_option(*decls: str, field: str, help: str, **attrs: Any) -> Any:
 @router_option("--host", field="host", help="address to listen on")
 @router_option("--port", field="port", type=int, help="port to listen on")
 @router_option("--data-dir", field="data_dir", help="where keys, nodes, models and stored images live")
+@router_option(
+    "--database-url",
+    field="database_url",
+    help="keys, nodes, models, endpoints: unset, SQLite in data_dir; postgresql://user:pw@host/db",
+)
 @router_option("--log-level", field="log_level", type=LOG_LEVEL_CHOICE, help="least severe log level shown")
 @router_option(
     "--log-format",
@@ -135,6 +142,7 @@ def build_cli() -> tuple[click.Group, PluginError | None]:
     for command in ADMIN_COMMANDS:
         cli.add_command(command)
     cli.add_command(config_group())
+    cli.add_command(db_group())
     error: PluginError | None = None
     try:
         manager = build_manager(third_party=True)

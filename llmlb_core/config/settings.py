@@ -48,6 +48,10 @@ class RouterSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8080
     # Where the SQLite database (keys, nodes, models) and stored images live.
     data_dir: str = "./llmlb-data"
+    # Where keys, nodes, models and endpoints live (llmlb_core/storage/urls.py): unset, the SQLite
+    # file in data_dir; sqlite:///path, another SQLite file; postgresql://user:password@host/db,
+    # a PostgreSQL database (schema migrated at start). Shown only without its password.
+    database_url: str | None = None
     # Base URL clients use to reach the router (for image `url` responses); default http://host:port.
     public_url: str | None = None
     # Capabilities (plugin names) that are served; a capability not listed has no routes.

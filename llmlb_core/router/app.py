@@ -33,13 +33,13 @@ from llmlb_core.server.disconnect import DisconnectMiddleware
 from llmlb_core.server.errors import exception_handlers
 from llmlb_core.server.openapi_docs import openapi_config
 from llmlb_core.server.tls import client_ssl_context
+from llmlb_core.storage.backends import open_target
 from llmlb_core.storage.secretbox import protect_endpoint_keys
-from llmlb_core.storage.sqlite import Store
+from llmlb_core.storage.urls import parse_database_url
 from llmlb_core.upstream.client import upstream_client
 
 log = logging.getLogger("llmlb.router")
 
-DB_FILE = "llmlb.sqlite3"
 SWEEP_INTERVAL_S = 0.5
 
 
@@ -116,13 +116,18 @@ def create_app(
     and endpoints) sends through instead of the network, e.g. :mod:`llmlb_core.testing`'s
     in-process ASGI transport. None (production) keeps the checked aiohttp transport."""
     check_admin_key(settings.admin_key)  # before anything is written
+    database = parse_database_url(settings.database_url, settings.data_path)  # a bad URL: refused now
     plugins = load_plugins(
         settings.capabilities, extra_plugins=extra_plugins, third_party=settings.load_entry_points
     )
     settings.data_path.mkdir(mode=0o700, parents=True, exist_ok=True)
     ssl_context = client_ssl_context(settings.node_ca_bundle)  # a bad bundle: refuse to start
-    store = Store(settings.data_path / DB_FILE)
-    protect_endpoint_keys(store, settings.secret_key)
+    store = open_target(database)  # SQLite in data_dir (the default), or PostgreSQL
+    try:
+        protect_endpoint_keys(store, settings.secret_key)
+    except BaseException:
+        store.close()
+        raise
     keys = KeyManager(store)
     generated = keys.ensure_admin_key(settings.admin_key)
     if generated:

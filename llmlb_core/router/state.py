@@ -19,13 +19,13 @@ from llmlb_core.router.forwarding import Forwarder
 from llmlb_core.router.metrics import Metrics
 from llmlb_core.router.models import ModelRegistry
 from llmlb_core.router.nodes import NodeRegistry
-from llmlb_core.storage.sqlite import Store
+from llmlb_core.storage.sql import SqlStore
 
 
 @dataclass
 class RouterState:
     settings: RouterSettings
-    store: Store
+    store: SqlStore
     keys: KeyManager
     nodes: NodeRegistry
     models: ModelRegistry

@@ -1,1 +1,1 @@
-"""What the router keeps: the storage interfaces, the SQLite store, sealed secrets."""
+"""What the router keeps: storage interfaces, the SQLite and PostgreSQL stores, sealed secrets."""

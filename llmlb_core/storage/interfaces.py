@@ -6,10 +6,11 @@ Each registry takes only the narrow store it uses: :class:`~llmlb_core.router.au
 :class:`~llmlb_core.router.endpoints.EndpointManager` an :class:`EndpointStore`. :class:`Storage` is all
 four plus ``close``: what the app opens at start-up and closes at shutdown.
 
-:class:`llmlb_core.storage.sqlite.Store` (one SQLite file in ``data_dir``) implements :class:`Storage`. A
-shared database for several routers implements the same protocols; nothing else changes (the
-registries keep in-memory copies for the hot paths and write through on every change, so a
-store only has to persist and list).
+:class:`llmlb_core.storage.sqlite.Store` (one SQLite file in ``data_dir``) and
+:class:`llmlb_core.storage.postgres.PostgresStore` (a PostgreSQL database, ``database_url``)
+implement :class:`Storage`, their statements shared in :mod:`llmlb_core.storage.sql`. Nothing
+else changes between them (the registries keep in-memory copies for the hot paths and write
+through on every change, so a store only has to persist and list).
 
 The row types live here, with the interface, because every implementation returns them.
 """

@@ -1,9 +1,9 @@
 """Upstream endpoint keys encrypted at rest with a secret that only the operator holds.
 
 The router must keep the upstream API keys of ``/v0/endpoints`` (it needs them after a restart),
-so they sit in its SQLite database. With ``secret_key`` (env ``LLMLB_SECRET_KEY``) set, each key
-is stored as a Fernet token (AES-128-CBC + HMAC-SHA256: confidential and tamper-evident), and a
-copy of the database alone does not reveal it.
+so they sit in its database (SQLite or PostgreSQL). With ``secret_key`` (env
+``LLMLB_SECRET_KEY``) set, each key is stored as a Fernet token (AES-128-CBC + HMAC-SHA256:
+confidential and tamper-evident), and a copy of the database alone does not reveal it.
 
 Key derivation (our choice: a passphrase, not a raw Fernet key). ``secret_key`` is any string of
 at least 16 characters; a generated one is best::
@@ -36,7 +36,6 @@ import base64
 import hashlib
 import logging
 import secrets
-from pathlib import Path
 from typing import Protocol
 
 from cryptography.fernet import Fernet, InvalidToken
@@ -57,9 +56,9 @@ HOW_TO_SET = (
 
 
 class Store(Protocol):
-    """What the sealing policy needs of a store (:class:`llmlb_core.storage.sqlite.Store`)."""
+    """What the sealing policy needs of a store (:class:`llmlb_core.storage.sql.SqlStore`)."""
 
-    path: Path
+    location: str  # the database, in messages (a file path, or a URL without its password)
     endpoint_box: SecretBox | None
 
     def count_endpoint_keys(self, *, sealed: bool) -> int: ...
@@ -103,7 +102,7 @@ def protect_endpoint_keys(store: Store, secret_key: str | None) -> None:
         sealed = store.count_endpoint_keys(sealed=True)
         if sealed:
             raise SecretKeyError(
-                f"{sealed} endpoint key(s) in {store.path} are encrypted; set secret_key or "
+                f"{sealed} endpoint key(s) in {store.location} are encrypted; set secret_key or "
                 "LLMLB_SECRET_KEY to the secret they were encrypted with"
             )
         if store.count_endpoint_keys(sealed=False):
@@ -126,7 +125,7 @@ def open_box(store: Store, secret_key: str) -> SecretBox:
             return box
         if store.count_endpoint_keys(sealed=True):
             raise SecretKeyError(
-                f"secret_key is not the one the endpoint keys in {store.path} were encrypted with; "
+                f"secret_key is not the one the endpoint keys in {store.location} were encrypted with; "
                 "start with that secret (if it is lost, see 'secrets' in docs/security.md)"
             )
         log.info("secret_key changed while no encrypted endpoint key is stored; the new one is adopted")

@@ -8,18 +8,16 @@ selection) read in-memory copies that the owners keep in sync with this store.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sqlite3
 import stat
 import threading
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from llmlb_core.storage.interfaces import EndpointEntry, KeyRow, ModelRow, NodeRow, Storage
-from llmlb_core.storage.secretbox import HOW_TO_SET, SecretBox, SecretKeyError
+from llmlb_core.storage.interfaces import Storage
+from llmlb_core.storage.sql import SqlStore
 
 log = logging.getLogger("llmlb.store")
 
@@ -60,11 +58,12 @@ MIGRATIONS: tuple[tuple[str, str, str], ...] = (
 )
 
 
-class Store:
+class Store(SqlStore):
     """The router's :class:`~llmlb_core.storage.interfaces.Storage` in one SQLite file (mode 0600).
 
     Beyond the protocol it seals endpoint keys (``endpoint_box``, set by
-    :func:`llmlb_core.storage.secretbox.protect_endpoint_keys`) and keeps small facts in ``store_meta``.
+    :func:`llmlb_core.storage.secretbox.protect_endpoint_keys`) and keeps small facts in
+    ``store_meta`` (both in :class:`~llmlb_core.storage.sql.SqlStore`, shared with PostgreSQL).
     """
 
     def __init__(self, path: Path) -> None:
@@ -73,6 +72,7 @@ class Store:
         if not existed:  # created private: never readable by others, not even for a moment
             os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
         self.path = path
+        self.location = str(path)
         self._lock = threading.Lock()
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -81,8 +81,7 @@ class Store:
         self._db.execute("PRAGMA secure_delete=ON")
         self._db.executescript(SCHEMA)
         secure_permissions(path, announce=existed)
-        # Endpoint keys: sealed with this box when the operator set secret_key (see secretbox.py).
-        self.endpoint_box: SecretBox | None = None
+        self.endpoint_box = None
         self._warned_plaintext = False
         self._migrate()
 
@@ -94,215 +93,36 @@ class Store:
         with self._lock:
             return self._db.execute(sql, args)
 
+    def _rows(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        return self._exec(sql, args).fetchall()
+
+    def _run(self, sql: str, args: tuple[Any, ...] = ()) -> int:
+        return self._exec(sql, args).rowcount
+
+    def _run_many(self, sql: str, args: list[tuple[Any, ...]]) -> None:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.executemany(sql, args)
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+            # Move the change into the database file, and out of the write-ahead log (a key
+            # that was re-encrypted leaves no plain copy there).
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    def _endpoints_table(self) -> None:
+        self._exec(ENDPOINTS_SCHEMA)
+
+    def _meta_table(self) -> None:
+        self._exec(META_SCHEMA)
+
     def _migrate(self) -> None:
         for table, column, decl in MIGRATIONS:
             present = {row[1] for row in self._exec(f"PRAGMA table_info({table})").fetchall()}
             if column not in present:
                 self._exec(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
-
-    # --- API keys -------------------------------------------------------------------------
-    def add_key(self, row: KeyRow) -> None:
-        self._exec(
-            "INSERT INTO api_keys (id, name, key_hash, prefix, scopes, created_at, expires_at, node_id)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                row.id,
-                row.name,
-                row.key_hash,
-                row.prefix,
-                json.dumps(row.scopes),
-                row.created_at,
-                row.expires_at,
-                row.node_id,
-            ),
-        )
-
-    def list_keys(self) -> list[KeyRow]:
-        rows = self._exec(
-            "SELECT id, name, key_hash, prefix, scopes, created_at, expires_at, revoked_at, node_id"
-            " FROM api_keys ORDER BY created_at"
-        ).fetchall()
-        return [
-            KeyRow(
-                id=r[0],
-                name=r[1],
-                key_hash=r[2],
-                prefix=r[3],
-                scopes=json.loads(r[4]),
-                created_at=r[5],
-                expires_at=r[6],
-                revoked_at=r[7],
-                node_id=r[8],
-            )
-            for r in rows
-        ]
-
-    def revoke_key(self, key_id: str) -> bool:
-        cur = self._exec(
-            "UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
-            (time.time(), key_id),
-        )
-        return cur.rowcount > 0
-
-    def count_keys(self) -> int:
-        return int(self._exec("SELECT COUNT(*) FROM api_keys").fetchone()[0])
-
-    # --- nodes ----------------------------------------------------------------------------
-    def upsert_node(
-        self, node_id: str, record: dict[str, Any], now: float, owner_key_id: str | None = None
-    ) -> None:
-        self._exec(
-            "INSERT INTO nodes (id, record, registered_at, last_seen_at, owner_key_id)"
-            " VALUES (?, ?, ?, ?, ?)"
-            " ON CONFLICT(id) DO UPDATE SET record = excluded.record,"
-            " registered_at = excluded.registered_at, last_seen_at = excluded.last_seen_at,"
-            " owner_key_id = excluded.owner_key_id, deregistered_at = NULL",
-            (node_id, json.dumps(record), now, now, owner_key_id),
-        )
-
-    def mark_node_deregistered(self, node_id: str, now: float) -> None:
-        """The node left: no longer listed, but its id stays claimed by its owner."""
-        self._exec("UPDATE nodes SET deregistered_at = ? WHERE id = ?", (now, node_id))
-
-    def delete_node(self, node_id: str) -> bool:
-        return self._exec("DELETE FROM nodes WHERE id = ?", (node_id,)).rowcount > 0
-
-    def list_nodes(self) -> list[NodeRow]:
-        rows = self._exec(
-            "SELECT id, record, registered_at, last_seen_at, owner_key_id, deregistered_at"
-            " FROM nodes ORDER BY registered_at"
-        ).fetchall()
-        return [
-            NodeRow(
-                id=r[0],
-                record=json.loads(r[1]),
-                registered_at=r[2],
-                last_seen_at=r[3],
-                owner_key_id=r[4],
-                deregistered_at=r[5],
-            )
-            for r in rows
-        ]
-
-    # --- models ---------------------------------------------------------------------------
-    def upsert_model(self, row: ModelRow) -> None:
-        self._exec(
-            "INSERT INTO models (id, capabilities, defaults, description, created_at)"
-            " VALUES (?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET"
-            " capabilities = excluded.capabilities, defaults = excluded.defaults,"
-            " description = excluded.description",
-            (row.id, json.dumps(row.capabilities), json.dumps(row.defaults), row.description, row.created_at),
-        )
-
-    def delete_model(self, model_id: str) -> bool:
-        return self._exec("DELETE FROM models WHERE id = ?", (model_id,)).rowcount > 0
-
-    def list_models(self) -> list[ModelRow]:
-        rows = self._exec(
-            "SELECT id, capabilities, defaults, description, created_at FROM models ORDER BY id"
-        ).fetchall()
-        return [
-            ModelRow(
-                id=r[0],
-                capabilities=json.loads(r[1]),
-                defaults=json.loads(r[2]),
-                description=r[3],
-                created_at=r[4],
-            )
-            for r in rows
-        ]
-
-    # --- OpenAI-compatible endpoints (``/v0/endpoints``) -------------------------------------
-    # The record holds the upstream API key: the router needs it after a restart. It is never
-    # returned by an API or logged. With ``endpoint_box`` set (``secret_key``) the key is stored
-    # sealed, as ``api_key_sealed`` instead of ``api_key``; without it in plain text, and the
-    # router warns once (see llmlb_core/storage/secretbox.py).
-    def _endpoints_table(self) -> None:
-        self._exec(ENDPOINTS_SCHEMA)
-
-    def upsert_endpoint(self, name: str, record: dict[str, Any], created_at: float) -> None:
-        self._endpoints_table()
-        self._exec(
-            "INSERT INTO endpoints (name, record, created_at) VALUES (?, ?, ?)"
-            " ON CONFLICT(name) DO UPDATE SET record = excluded.record",
-            (name, json.dumps(self._seal(record)), created_at),
-        )
-
-    def delete_endpoint(self, name: str) -> bool:
-        self._endpoints_table()
-        return self._exec("DELETE FROM endpoints WHERE name = ?", (name,)).rowcount > 0
-
-    def list_endpoints(self) -> list[EndpointEntry]:
-        """Every endpoint with its key in clear (:class:`SecretKeyError` when one cannot be opened)."""
-        return [(name, self._open(name, record), created) for name, record, created in self._endpoint_rows()]
-
-    def count_endpoint_keys(self, *, sealed: bool) -> int:
-        """Endpoints whose key is stored sealed (``sealed``) or in plain text (not ``sealed``)."""
-        field = SEALED_FIELD if sealed else "api_key"
-        return sum(1 for _, record, _ in self._endpoint_rows() if record.get(field))
-
-    def seal_plaintext_endpoint_keys(self) -> int:
-        """Re-store every plain-text key sealed (``endpoint_box`` must be set); how many were."""
-        assert self.endpoint_box is not None
-        plain = [(name, record) for name, record, _ in self._endpoint_rows() if record.get("api_key")]
-        sealed = [(json.dumps(self._seal(record)), name) for name, record in plain]
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                self._db.executemany("UPDATE endpoints SET record = ? WHERE name = ?", sealed)
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
-            # Move the change into the database file, and out of the write-ahead log.
-            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        return len(plain)
-
-    def warn_plaintext_endpoint_keys(self) -> None:
-        if not self._warned_plaintext:
-            self._warned_plaintext = True
-            log.warning("endpoint API keys are stored in plain text in %s; %s", self.path, HOW_TO_SET)
-
-    def get_meta(self, key: str) -> str | None:
-        self._exec(META_SCHEMA)
-        row = self._exec("SELECT value FROM store_meta WHERE key = ?", (key,)).fetchone()
-        return None if row is None else str(row[0])
-
-    def set_meta(self, key: str, value: str) -> None:
-        self._exec(META_SCHEMA)
-        self._exec(
-            "INSERT INTO store_meta (key, value) VALUES (?, ?)"
-            " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-            (key, value),
-        )
-
-    def _endpoint_rows(self) -> list[EndpointEntry]:
-        self._endpoints_table()
-        rows = self._exec("SELECT name, record, created_at FROM endpoints ORDER BY created_at").fetchall()
-        return [(r[0], json.loads(r[1]), r[2]) for r in rows]
-
-    def _seal(self, record: dict[str, Any]) -> dict[str, Any]:
-        key = record.get("api_key")
-        if not key:
-            return record
-        if self.endpoint_box is None:
-            self.warn_plaintext_endpoint_keys()
-            return record
-        sealed = {k: v for k, v in record.items() if k != "api_key"}
-        sealed[SEALED_FIELD] = self.endpoint_box.seal(key)
-        return sealed
-
-    def _open(self, name: str, record: dict[str, Any]) -> dict[str, Any]:
-        token = record.pop(SEALED_FIELD, None)
-        if token is None:
-            return record
-        if self.endpoint_box is None:
-            raise SecretKeyError(
-                f"the key of endpoint '{name}' is encrypted; set secret_key or LLMLB_SECRET_KEY to the "
-                "secret it was encrypted with"
-            )
-        record["api_key"] = self.endpoint_box.open(token, what=f"the key of endpoint '{name}'")
-        return record
 
 
 if TYPE_CHECKING:
@@ -323,7 +143,6 @@ CREATE TABLE IF NOT EXISTS store_meta (
     value TEXT NOT NULL
 )
 """
-SEALED_FIELD = "api_key_sealed"
 PRIVATE_DIR, PRIVATE_FILE = 0o700, 0o600
 
 

@@ -104,6 +104,25 @@ def test_a_good_router_config_prints_the_effective_settings_with_the_environment
     assert tomllib.loads(captured.out)["queue_max"] == 100 and "LLMLB_PROT" not in captured.err
 
 
+def test_database_url_is_checked_and_shown_without_its_password(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "router.toml"
+    config.write_text("port = 9000\n")
+    monkeypatch.setenv("LLMLB_DATABASE_URL", "postgresql://llmlb:pw-secret@db:5432/llmlb?sslmode=require")
+    assert main(["config", "check", str(config)]) == 0
+    captured = capsys.readouterr()
+    assert (
+        tomllib.loads(captured.out)["database_url"] == "postgresql://llmlb:***@db:5432/llmlb?sslmode=require"
+    )
+    assert "pw-secret" not in captured.out + captured.err
+    monkeypatch.setenv("LLMLB_DATABASE_URL", "mysql://llmlb:pw-secret@db/llmlb")
+    assert main(["config", "check", str(config)]) == 2
+    captured = capsys.readouterr()
+    assert f"llmlb: {config}: database_url 'mysql://llmlb:***@db/llmlb': expected empty" in captured.err
+    assert "pw-secret" not in captured.out + captured.err
+
+
 def test_a_node_config_is_told_by_its_keys_and_its_runtime_tables_are_checked(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
