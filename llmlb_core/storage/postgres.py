@@ -15,13 +15,16 @@ only ever shown without its password (:func:`~llmlb_core.storage.urls.redact_url
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import urlsplit
 
 import psycopg
 
 from llmlb_core.config.settings import SettingsError
+from llmlb_core.server.errors import OpenAIError
 from llmlb_core.storage.migrations import SchemaTooNew, migrate
 from llmlb_core.storage.sql import SqlStore
 from llmlb_core.storage.urls import redact_url
@@ -29,12 +32,29 @@ from llmlb_core.storage.urls import redact_url
 if TYPE_CHECKING:
     from llmlb_core.storage.interfaces import Storage
 
-CONNECT_TIMEOUT_S = 10
+log = logging.getLogger("llmlb.storage")
+
+# A request waits at most this long for the database to answer a new connection.
+CONNECT_TIMEOUT_S = 5
 T = TypeVar("T")
 
 
 class DatabaseError(SettingsError):
     """The database cannot be reached or used (one line for the operator, password redacted)."""
+
+
+class DatabaseUnavailable(OpenAIError):
+    """A request that needs the database while it is down: 503, to try again (the store
+    reconnects by itself when the database is back)."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            503,
+            "The router's database is unavailable; try again shortly",
+            type="server_error",
+            code="database_unavailable",
+            headers={"retry-after": "1"},
+        )
 
 
 def connect(url: str) -> psycopg.Connection[Any]:
@@ -71,17 +91,30 @@ class PostgresStore(SqlStore):
 
     def _call(self, work: Callable[[psycopg.Connection[Any]], T]) -> T:
         """``work`` on the connection; once more on a new one when it broke (the server restarted:
-        a statement on a dead connection never reached it). A database still down: DatabaseError."""
+        a statement on a dead connection never reached it). A database still down: a 503
+        :class:`DatabaseUnavailable` for the request that needed it (never a 500), one warning
+        line, and the next call tries again."""
         with self._lock:
-            if self._conn.closed or self._conn.broken:
-                self._conn = connect(self._url)
             try:
-                return work(self._conn)
-            except psycopg.OperationalError:
-                if not self._conn.broken:
-                    raise
+                return self._work(work)
+            except (DatabaseError, psycopg.OperationalError) as exc:
+                reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                password = urlsplit(self._url).password
+                if password:
+                    reason = reason.replace(password, "***")
+                log.warning("database %s unavailable: %s", self.location, reason)
+                raise DatabaseUnavailable() from None
+
+    def _work(self, work: Callable[[psycopg.Connection[Any]], T]) -> T:
+        if self._conn.closed or self._conn.broken:
             self._conn = connect(self._url)
+        try:
             return work(self._conn)
+        except psycopg.OperationalError:
+            if not self._conn.broken:
+                raise
+        self._conn = connect(self._url)
+        return work(self._conn)
 
     @staticmethod
     def _sql(sql: str) -> str:

@@ -86,20 +86,33 @@ class PostgresServer:
         )  # fmt: skip
         for attempt in range(5):  # a port taken between free_port() and the start: another one
             self.port = free_port()
-            options = (
-                f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off"
-                " -c synchronous_commit=off -c full_page_writes=off"
-            )
-            done = self._cmd(
-                str(self.bin / "pg_ctl"), "-D", str(self.data), "-o", options, "-l", str(self.root / "log"),
-                "-w", "-t", "60", "start", check=False,
-            )  # fmt: skip
+            done = self._pg_ctl_start()
             if done.returncode == 0:
                 return self
             if attempt == 4:
                 log = (self.root / "log").read_text(errors="replace")[-2000:]
                 raise RuntimeError(f"PostgreSQL did not start: {done.stdout}{done.stderr}\n{log}")
         return self
+
+    def _pg_ctl_start(self) -> subprocess.CompletedProcess[str]:
+        options = (
+            f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off"
+            " -c synchronous_commit=off -c full_page_writes=off"
+        )
+        return self._cmd(
+            str(self.bin / "pg_ctl"), "-D", str(self.data), "-o", options, "-l", str(self.root / "log"),
+            "-w", "-t", "60", "start", check=False,
+        )  # fmt: skip
+
+    def down(self) -> None:
+        """Stop the server (every connection cut), keeping its data for :meth:`up`."""
+        self._cmd(str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "-t", "60", "stop")
+
+    def up(self) -> None:
+        """Start a server stopped by :meth:`down` again, on the same port."""
+        done = self._pg_ctl_start()
+        if done.returncode != 0:
+            raise RuntimeError(f"PostgreSQL did not start again: {done.stdout}{done.stderr}")
 
     def url(self, database: str = "postgres", password: str | None = None) -> str:
         user = SUPERUSER if password is None else f"{SUPERUSER}:{password}"

@@ -16,7 +16,7 @@ import psycopg
 import pytest
 
 from tests.support.cli_runs import run_cli
-from tests.support.postgres import PostgresServer
+from tests.support.postgres import PostgresServer, postgres_server
 from tests.support.servers import ADMIN_KEY, Proc, admin_get, create_key, router_proc
 
 ADMIN = {"authorization": f"Bearer {ADMIN_KEY}"}
@@ -175,3 +175,30 @@ def test_db_copy_refusals_are_one_line(postgres: PostgresServer, tmp_path: Path)
     assert unreachable.err_lines[-1].startswith(
         "llmlb: cannot connect to PostgreSQL at postgresql://postgres:***@"
     )
+
+
+def test_while_postgresql_is_down_a_write_is_a_503_and_the_router_recovers(
+    tmp_path: Path, procs: list[Proc]
+) -> None:
+    """A private server of its own (the worker's shared one keeps running for other tests)."""
+    with postgres_server() as pg:
+        router = start(tmp_path, tmp_path / "data", pg.database(), procs)
+        api_key = create_key(router.url, ["api"], name="before")
+        pg.down()
+        try:
+            refused = post(router, "/v0/keys", ADMIN_KEY, {"name": "during", "scopes": ["api"]})
+            assert refused.status_code == 503, refused.text
+            assert refused.json()["error"]["code"] == "database_unavailable"
+            assert refused.headers["retry-after"] == "1"
+            # What the router holds in memory still serves: the key made before is accepted.
+            listed = httpx.get(f"{router.url}/v1/models", headers={"authorization": f"Bearer {api_key}"})
+            assert listed.status_code == 200
+        finally:
+            pg.up()
+        made = post(router, "/v0/keys", ADMIN_KEY, {"name": "after", "scopes": ["api"]})
+        assert made.status_code == 201, made.text
+        keys = admin_get(router.url, "/v0/keys")["data"]
+        assert {"before", "after"} <= {k["name"] for k in keys}
+        log = router.log()
+        assert "Traceback" not in log
+        assert "unavailable" in log  # one warning line said what happened
