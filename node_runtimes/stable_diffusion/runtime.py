@@ -96,6 +96,10 @@ def _decode_rgb(inputs: EditInputs) -> list[Image.Image]:
 class StableDiffusionRuntime(Runtime):
     type_name = TYPE_NAME
     slots = 1  # one generation at a time per node process
+    # Every handler looks its model up itself (folder(): the only model when none is named, a
+    # 404 otherwise), after decoding the request; the core's check would build every advert
+    # per request to do it again.
+    refuse_unknown_models = False
 
     def __init__(
         self, context: RuntimeContext[StableDiffusionSettings], engine: SDEngine | None = None
