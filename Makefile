@@ -18,7 +18,7 @@ PIP := PYTHONWARNINGS="ignore:Editable installation" $(BIN)/python -m pip
 PYTEST_WORKERS ?= 2
 PYTEST_PARALLEL := $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadfile)
 
-.PHONY: demo test test-unit lint bench install clean chromium postgresql
+.PHONY: demo test test-unit lint bench install clean chromium postgresql redis-server nginx
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -73,8 +73,22 @@ postgresql:
 	  $(call apt-install,postgresql,the PostgreSQL tests,initdb); \
 	fi
 
+# The Redis tests (tests/support/redis.py) start a private redis-server per pytest-xdist worker
+# (no system instance is used). Debian's redis-server, installed when missing.
+redis-server:
+	@if ! command -v redis-server >/dev/null; then \
+	  $(call apt-install,redis-server,the Redis tests,redis-server); \
+	fi
+
+# The router-replica tests put nginx in front of the routers (tests/support/nginx.py; a private
+# config and folder per balancer, no system instance). Debian's nginx, installed when missing.
+nginx:
+	@if [ ! -x /usr/sbin/nginx ] && ! command -v nginx >/dev/null; then \
+	  $(call apt-install,nginx,the nginx tests,nginx); \
+	fi
+
 # The whole test suite (CI runs exactly this through .ci/run).
-test: $(VENV)/.installed-test chromium postgresql
+test: $(VENV)/.installed-test chromium postgresql redis-server nginx
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports
