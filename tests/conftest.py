@@ -19,6 +19,7 @@ from tests.support.models import (
     cache_lock,
 )
 from tests.support.postgres import PostgresServer, postgres_server
+from tests.support.redis import RedisServer, private_redis_server
 from tests.support.servers import Proc, create_key, node_proc, router_proc
 
 
@@ -149,3 +150,20 @@ def postgres() -> Iterator[PostgresServer]:
 def postgres_url(postgres: PostgresServer) -> str:
     """The URL of a new, empty database on :func:`postgres`, for one test."""
     return postgres.database()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """This worker's private Redis server (tests/support/redis.py)."""
+    with private_redis_server() as server:
+        yield server
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """The URL of database 0 on :func:`redis_server`, for one test: the server is started again
+    if an earlier test left it down, and flushed, so no test sees another's keys (each xdist
+    worker has its own server)."""
+    redis_server.up()
+    redis_server.flush()
+    return redis_server.url
