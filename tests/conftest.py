@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from tests.support.models import (
     ImageSystem,
     cache_lock,
 )
+from tests.support.nginx import NginxBalancer
 from tests.support.postgres import PostgresServer, postgres_server
 from tests.support.redis import RedisServer, private_redis_server
 from tests.support.servers import Proc, create_key, node_proc, router_proc
@@ -167,3 +169,17 @@ def redis_url(redis_server: RedisServer) -> str:
     redis_server.up()
     redis_server.flush()
     return redis_server.url
+
+
+@pytest.fixture
+def nginx_balancer() -> Iterator[Callable[..., NginxBalancer]]:
+    """Starts nginx in front of router replicas: ``nginx_balancer(["127.0.0.1:PORT", ...])``
+    returns a started :class:`NginxBalancer` (its ``url`` answers), with the upstreams'
+    ``max_fails`` (1) and ``fail_timeout`` ("2s"). Every one started is stopped at teardown."""
+    with ExitStack() as stack:
+
+        def start(upstreams: Sequence[str], *, max_fails: int = 1, fail_timeout: str = "2s") -> NginxBalancer:
+            balancer = NginxBalancer(upstreams, max_fails=max_fails, fail_timeout=fail_timeout)
+            return stack.enter_context(balancer)
+
+        yield start
