@@ -38,7 +38,7 @@ from llmlb_core.storage.urls import parse_database_url, redact_url
 
 T = TypeVar("T")
 SECRETS = frozenset({"admin_key", "secret_key", "api_key"})
-SECRET_URLS = frozenset({"database_url"})  # shown with the password masked
+SECRET_URLS = frozenset({"database_url", "redis_url"})  # shown with the password masked
 
 
 @dataclass

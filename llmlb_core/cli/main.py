@@ -65,6 +65,11 @@ def router_option(*decls: str, field: str, help: str, **attrs: Any) -> Any:
     field="database_url",
     help="keys, nodes, models, endpoints: unset, SQLite in data_dir; postgresql://user:pw@host/db",
 )
+@router_option(
+    "--redis-url",
+    field="redis_url",
+    help="live state shared by several routers (nodes, slots, revocations): redis://host:port/0",
+)
 @router_option("--log-level", field="log_level", type=LOG_LEVEL_CHOICE, help="least severe log level shown")
 @router_option(
     "--log-format",

@@ -52,6 +52,10 @@ class RouterSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # file in data_dir; sqlite:///path, another SQLite file; postgresql://user:password@host/db,
     # a PostgreSQL database (schema migrated at start). Shown only without its password.
     database_url: str | None = None
+    # Live state several routers share (llmlb_core/shared/, docs/scaling.md): node registrations
+    # and heartbeats, node slots, key/model/endpoint changes, failure marks. Unset: this router
+    # keeps them itself (one router). redis://[:password@]host:port/db or rediss:// (TLS).
+    redis_url: str | None = None
     # Base URL clients use to reach the router (for image `url` responses); default http://host:port.
     public_url: str | None = None
     # Capabilities (plugin names) that are served; a capability not listed has no routes.

@@ -26,6 +26,7 @@ from llmlb_core.router.metrics import Metrics
 from llmlb_core.router.models import Describer, ModelObject, ModelRegistry
 from llmlb_core.router.node_routes import node_router
 from llmlb_core.router.nodes import NodeRegistry
+from llmlb_core.router.replicas import Replicas
 from llmlb_core.router.state import RouterState
 from llmlb_core.server import access_log
 from llmlb_core.server.credentials import check_admin_key
@@ -33,6 +34,8 @@ from llmlb_core.server.disconnect import DisconnectMiddleware
 from llmlb_core.server.errors import exception_handlers
 from llmlb_core.server.openapi_docs import openapi_config
 from llmlb_core.server.tls import client_ssl_context
+from llmlb_core.shared.link import RedisLink, check_redis_url
+from llmlb_core.shared.slots import SharedSlots
 from llmlb_core.storage.backends import open_target
 from llmlb_core.storage.secretbox import protect_endpoint_keys
 from llmlb_core.storage.urls import parse_database_url
@@ -62,11 +65,14 @@ def core_routes(state: RouterState) -> list[ControllerRouterHandler]:
 
     @get("/health", exclude_from_auth=True)
     async def health() -> dict[str, Any]:
+        replicas = state.replicas
+        shared = {} if replicas is None else {"shared_state": "up" if replicas.link.up else "down"}
         return {
             "status": "ok",
             "nodes_online": len(state.nodes.online()),
             "nodes_total": len(state.nodes.all()),
             "capabilities": state.plugins.enabled,
+            **shared,
         }
 
     metrics_guards = [] if state.settings.metrics_public else [require_scope("admin", keys)]
@@ -117,6 +123,14 @@ def create_app(
     in-process ASGI transport. None (production) keeps the checked aiohttp transport."""
     check_admin_key(settings.admin_key)  # before anything is written
     database = parse_database_url(settings.database_url, settings.data_path)  # a bad URL: refused now
+    if settings.redis_url:
+        check_redis_url(settings.redis_url)
+    elif database.kind == "postgresql":
+        log.warning(
+            "database_url is PostgreSQL but redis_url is unset: this router shares keys, nodes and "
+            "models with others on that database, not live state (nodes registered elsewhere, "
+            "slots, revocations); run several routers with redis_url set too (docs/scaling.md)"
+        )
     plugins = load_plugins(
         settings.capabilities, extra_plugins=extra_plugins, third_party=settings.load_entry_points
     )
@@ -144,7 +158,11 @@ def create_app(
             if capability.describe_model is not None
         ]
     )
-    balancer = Balancer(nodes, queue_max=settings.queue_max, queue_timeout_s=settings.queue_timeout_s)
+    link = RedisLink(settings.redis_url) if settings.redis_url else None
+    shared_slots = SharedSlots(link) if link is not None else None
+    balancer = Balancer(
+        nodes, queue_max=settings.queue_max, queue_timeout_s=settings.queue_timeout_s, shared=shared_slots
+    )
     http = upstream_client(
         connect_timeout_s=settings.upstream_connect_timeout_s,
         read_timeout_s=settings.upstream_timeout_s,
@@ -169,6 +187,20 @@ def create_app(
         endpoints=EndpointManager(settings=settings, store=store, nodes=nodes, http=http, plugins=plugins),
     )
 
+    replicas = None
+    if link is not None and shared_slots is not None:
+        replicas = Replicas(
+            link,
+            shared_slots,
+            nodes=nodes,
+            keys=keys,
+            models=models,
+            endpoints=state.endpoints,
+            balancer=balancer,
+            box=store.endpoint_box,
+        )
+    state.replicas = replicas
+
     contexts = _contexts(plugins, settings, forward, models)
     capability_routers = []
     for capability, context in contexts:
@@ -189,6 +221,8 @@ def create_app(
                 nodes.sweep()
 
         sweeper = asyncio.create_task(sweep(), name="llmlb-node-sweep")
+        if replicas is not None:
+            await replicas.start()
         state.endpoints.start()
         for _, context in contexts:
             for callback in context._startup:
@@ -204,6 +238,8 @@ def create_app(
             for _, context in reversed(contexts):
                 for callback in reversed(context._shutdown):
                     await callback()
+            if replicas is not None:
+                await replicas.stop()
             await http.aclose()
             store.close()
 

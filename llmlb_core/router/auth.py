@@ -62,6 +62,8 @@ class KeyManager:
         self._store = store
         self._clock = clock
         self._by_hash: dict[str, KeyRow] = {}
+        # Called after every change made here (several routers: the others reload).
+        self.on_change: Callable[[], None] | None = None
         self.reload()
 
     def reload(self) -> None:
@@ -101,6 +103,8 @@ class KeyManager:
         )
         self._store.add_key(row)
         self._by_hash[row.key_hash] = row
+        if self.on_change is not None:
+            self.on_change()
         return key, self.info(row)
 
     def info(self, row: KeyRow) -> ApiKeyInfo:
@@ -122,6 +126,8 @@ class KeyManager:
         ok = self._store.revoke_key(key_id)
         if ok:
             self.reload()
+            if self.on_change is not None:
+                self.on_change()
         return ok
 
     def has_hash(self, key: str) -> bool:

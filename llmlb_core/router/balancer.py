@@ -11,6 +11,10 @@ used; a bounded FIFO wait queue when every capable slot is busy.
   ``queue_full``; wait longer than ``queue_timeout_s``: 504 ``queue_timeout``. Both say when to
   come back in ``Retry-After``: the nodes' average job time times the jobs ahead, over their
   slots.
+- Several routers (``redis_url``): a slot picked here is claimed in Redis before the job is
+  sent (:mod:`llmlb_core.shared.slots`), so two routers never overfill a node; a claim that a
+  peer beat is given back and the pick made again, knowing the peers' count. Each release
+  writes this router's count back. Redis down: this router's own accounting alone.
 - No online node at all for the model: 503 ``no_capable_nodes`` at once (or when the last
   capable node goes offline while waiting).
 - A waiter that is cancelled (its client left) leaves the queue at once; a slot handed to it
@@ -31,6 +35,8 @@ from dataclasses import dataclass, field
 
 from llmlb_core.router.nodes import NodeRegistry, NodeState
 from llmlb_core.server.errors import NoCapableNodes, OpenAIError, UpstreamTimeout
+from llmlb_core.shared.link import SharedDown
+from llmlb_core.shared.slots import SharedSlots
 
 log = logging.getLogger("llmlb.balancer")
 
@@ -82,8 +88,21 @@ def job_left_running(exc: BaseException) -> bool:
 
 
 class Balancer:
-    def __init__(self, nodes: NodeRegistry, *, queue_max: int, queue_timeout_s: float) -> None:
+    def __init__(
+        self,
+        nodes: NodeRegistry,
+        *,
+        queue_max: int,
+        queue_timeout_s: float,
+        shared: SharedSlots | None = None,
+    ) -> None:
         self._nodes = nodes
+        self._shared = shared
+        # Writes to Redis one node at a time, each with the count as it is when sent; the last
+        # count written per node (a write of the same count again is skipped).
+        self._write_locks: dict[str, asyncio.Lock] = {}
+        self._written: dict[str, int] = {}
+        self._writes: set[asyncio.Task[None]] = set()
         self.queue_max = queue_max
         self.queue_timeout_s = queue_timeout_s
         # One FIFO per kind of request (model, flags, excluded nodes): only queue heads are
@@ -130,6 +149,36 @@ class Balancer:
         return Lease(node=node)
 
     async def acquire(self, model: str, flags: frozenset[str], exclude: Iterable[str] = ()) -> Lease:
+        exclude = frozenset(exclude)
+        while True:
+            lease = await self._acquire_here(model, flags, exclude)
+            if self._shared is None or await self._claim(lease):
+                return lease
+
+    async def _claim(self, lease: Lease) -> bool:
+        """Claim ``lease``'s slot among all routers; False (lease undone) when peers hold it."""
+        assert self._shared is not None
+        node = lease.node
+        if not self._shared.up:
+            return True
+        try:
+            async with self._write_lock(node.id):
+                mine = node.inflight + node.abandoned
+                ok, others = await self._shared.claim(node.id, mine, node.slots)
+                if ok:
+                    self._written[node.id] = mine
+        except SharedDown:
+            return True  # this router's own accounting, until Redis is back
+        except BaseException:
+            self.release(lease)  # cancelled while claiming: written back by the release
+            raise
+        node.others_busy = others
+        if not ok:
+            lease._released = True
+            node.inflight = max(0, node.inflight - 1)
+        return ok
+
+    async def _acquire_here(self, model: str, flags: frozenset[str], exclude: frozenset[str]) -> Lease:
         exclude = frozenset(exclude)
         if not self._waiting:  # FIFO: nobody may overtake earlier waiters
             lease = self.try_acquire(model, flags, exclude)
@@ -214,7 +263,73 @@ class Balancer:
             lease.node.abandoned += 1
         if duration_s is not None:
             lease.node.record_duration(duration_s)
+        if self._shared is not None:
+            self.write_back(lease.node)
         self._drain()
+
+    # --- slots shared with other routers ----------------------------------------------------
+    def _write_lock(self, node_id: str) -> asyncio.Lock:
+        lock = self._write_locks.get(node_id)
+        if lock is None:
+            lock = self._write_locks[node_id] = asyncio.Lock()
+        return lock
+
+    def write_back(self, node: NodeState) -> None:
+        """Write this router's count on ``node`` to Redis soon (in the background)."""
+        if self._shared is None or not self._shared.up:
+            return
+        task = asyncio.get_running_loop().create_task(self._write(node))
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
+
+    async def _write(self, node: NodeState, *, force: bool = False) -> None:
+        assert self._shared is not None
+        async with self._write_lock(node.id):
+            mine = node.inflight + node.abandoned
+            if not force and self._written.get(node.id) == mine:
+                return  # a write of this count already went out
+            try:
+                node.others_busy = await self._shared.report(node.id, mine, node.slots)
+            except SharedDown:
+                return
+            self._written[node.id] = mine
+        self._drain()
+
+    async def refresh(self, node_ids: Iterable[str]) -> None:
+        """Re-read the peers' counts on these nodes (a peer freed a slot, or died), then hand
+        what is free to waiters."""
+        if self._shared is None:
+            return
+        for node_id in node_ids:
+            node = self._nodes.get(node_id)
+            if node is None:
+                continue
+            try:
+                node.others_busy = await self._shared.others(node_id)
+            except SharedDown:
+                return
+        self._drain()
+
+    async def resync(self) -> None:
+        """Redis is back (or first reached): write every count again, re-read the peers'."""
+        if self._shared is None:
+            return
+        self._written.clear()
+        for node in self._nodes.all():
+            if node.inflight + node.abandoned:
+                await self._write(node, force=True)
+        await self.refresh([n.id for n in self._nodes.all()])
+
+    def forget_peers(self) -> None:
+        """Redis is down: the peers' counts are unknown; this router counts only its own."""
+        for node in self._nodes.all():
+            node.others_busy = 0
+        self._drain()
+
+    async def flush(self) -> None:
+        """Wait for the background writes (shutdown)."""
+        if self._writes:
+            await asyncio.gather(*self._writes, return_exceptions=True)
 
     def _drain(self) -> None:
         """Hand free slots to waiting requests, oldest first among the queues' heads."""
@@ -235,6 +350,10 @@ class Balancer:
 
     def _on_nodes_changed(self) -> None:
         """A node came, went or changed status: fail waiters nobody can ever serve, then drain."""
+        if self._shared is not None:  # e.g. a heartbeat showed abandoned jobs ended
+            for node in self._nodes.all():
+                if self._written.get(node.id, 0) != node.inflight + node.abandoned:
+                    self.write_back(node)
         for queue in list(self._queues.values()):
             head = queue[0]
             if not any(n.id not in head.exclude for n in self._nodes.candidates(head.model, head.flags)):

@@ -31,6 +31,7 @@ import contextlib
 import logging
 import re
 import time
+from collections.abc import Callable
 from typing import Annotated, Any
 from urllib.parse import quote
 
@@ -168,9 +169,15 @@ class EndpointManager:
         self._health: dict[str, _Health] = {}
         self._task: asyncio.Task[None] | None = None
         self._locks: dict[str, asyncio.Lock] = {}
-        for name, record, created_at in store.list_endpoints():
+        # Called after every change made here (several routers: the others reload).
+        self.on_change: Callable[[], None] | None = None
+        self._records = self._load()
+
+    def _load(self) -> dict[str, EndpointRecord]:
+        records = {}
+        for name, record, created_at in self._store.list_endpoints():
             try:
-                self._records[name] = msgspec.convert({**record, "created_at": created_at}, EndpointRecord)
+                records[name] = msgspec.convert({**record, "created_at": created_at}, EndpointRecord)
             except msgspec.ValidationError as exc:
                 log.warning(
                     "skipping stored endpoint %r: %s. Delete it (DELETE /v0/endpoints/%s) and add it again.",
@@ -178,6 +185,18 @@ class EndpointManager:
                     exc,
                     quote(name, safe=""),
                 )
+        return records
+
+    async def reload(self) -> None:
+        """Re-read the endpoint list (another router changed it) and check the new ones."""
+        records = self._load()
+        for name in set(self._records) - set(records):
+            self._health.pop(name, None)
+            self._nodes.release(node_id_of(name))
+        added = [name for name in records if records[name] != self._records.get(name)]
+        self._records = records
+        for name in added:
+            await self.check(name)
 
     # --- lifecycle ----------------------------------------------------------------------
     def start(self) -> None:
@@ -234,6 +253,8 @@ class EndpointManager:
         del stored["created_at"]
         self._store.upsert_endpoint(record.name, stored, record.created_at)
         self._records[record.name] = record
+        if self.on_change is not None:
+            self.on_change()
         log.info("endpoint %s added: %s (kind %s)", record.name, record.url, record.kind)
         return record
 
@@ -242,6 +263,8 @@ class EndpointManager:
         self._health.pop(name, None)
         existed = self._store.delete_endpoint(name)
         self._nodes.release(node_id_of(name))
+        if self.on_change is not None:
+            self.on_change()
         if record is not None:
             log.info("endpoint %s removed", name)
         return record is not None or existed

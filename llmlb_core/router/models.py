@@ -161,6 +161,8 @@ class ModelRegistry:
         self._nodes = nodes
         self._clock = clock  # wall clock: the nodes' last_seen_at are unix times
         self._registered: dict[str, ModelRow] = {m.id: m for m in store.list_models()}
+        # Called after every change made here (several routers: the others reload).
+        self.on_change: Callable[[], None] | None = None
         self._describers: list[Describer] = []
         self._failed_describers: set[str] = set()
         self._listed: dict[str, NodeState] = {n.id: n for n in nodes.all()}
@@ -225,12 +227,20 @@ class ModelRegistry:
         )
         self._store.upsert_model(row)
         self._registered[model_id] = row
+        if self.on_change is not None:
+            self.on_change()
         return row
 
     def delete(self, model_id: str) -> bool:
         existed = self._store.delete_model(model_id)
         self._registered.pop(model_id, None)
+        if self.on_change is not None:
+            self.on_change()
         return existed
+
+    def reload(self) -> None:
+        """Re-read the registered models (another router changed them)."""
+        self._registered = {m.id: m for m in self._store.list_models()}
 
     def registered(self) -> list[ModelRow]:
         return list(self._registered.values())

@@ -19,7 +19,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import msgspec
 
@@ -63,10 +63,15 @@ class NodeState:
     # Jobs the router stopped waiting for (client gone, timeout) that the node may still run;
     # they hold their slots until a heartbeat shows them ended (see ``heartbeat``).
     abandoned: int = 0
+    # Slots other routers hold on this node (several routers: llmlb_core.shared.slots), as
+    # last read from Redis; 0 with one router.
+    others_busy: int = 0
     completed: int = 0
     failures: deque[tuple[float, str]] = field(default_factory=lambda: deque(maxlen=20))
     suspect_until: float = 0.0  # monotonic
     avg_duration_s: float | None = None
+    # Told of every failure recorded here (several routers: the others mark it suspect too).
+    on_failure: Callable[[NodeState, str, float], None] | None = field(default=None, repr=False)
 
     @property
     def is_endpoint(self) -> bool:
@@ -80,7 +85,7 @@ class NodeState:
 
     @property
     def free(self) -> int:
-        return self.slots - self.inflight - self.abandoned
+        return self.slots - self.inflight - self.abandoned - self.others_busy
 
     def serves(self, model: str, flags: frozenset[str]) -> bool:
         advert = self.models.get(model)
@@ -93,9 +98,11 @@ class NodeState:
         else:
             self.avg_duration_s = 0.8 * self.avg_duration_s + 0.2 * seconds
 
-    def record_failure(self, reason: str, cooldown_s: float) -> None:
-        self.failures.append((time.time(), reason))
-        self.suspect_until = time.monotonic() + cooldown_s
+    def record_failure(self, reason: str, cooldown_s: float, *, at: float | None = None) -> None:
+        self.failures.append((at or time.time(), reason))
+        self.suspect_until = max(self.suspect_until, time.monotonic() + cooldown_s)
+        if self.on_failure is not None and at is None:  # ``at``: a failure another router saw
+            self.on_failure(self, reason, cooldown_s)
 
 
 @dataclass(frozen=True)
@@ -104,6 +111,24 @@ class Claim:
 
     owner_key_id: str
     base_url: str
+
+
+class NodeObserver(Protocol):
+    """Told of every change to this router's nodes that other routers must see (several routers:
+    :mod:`llmlb_core.router.replicas`). Not told of endpoints' nodes: each router derives those
+    from the shared endpoint list itself."""
+
+    def registered(self, node: NodeState) -> None:
+        """A node registered here, or its registration changed (models, draining)."""
+
+    def heartbeat(self, node: NodeState) -> None:
+        """A node's heartbeat arrived here."""
+
+    def removed(self, node_id: str, claim: Claim | None) -> None:
+        """A node left (``claim``: its id stays its owner's) or was released (None)."""
+
+    def failed(self, node: NodeState, reason: str, cooldown_s: float) -> None:
+        """A request to the node failed here."""
 
 
 class NodeView(msgspec.Struct, kw_only=True):
@@ -148,6 +173,7 @@ class NodeRegistry:
         self._claims: dict[str, Claim] = {}
         self._listeners: list[Callable[[], None]] = []
         self._last_status: dict[str, NodeStatus] = {}
+        self._observer: NodeObserver | None = None
         for row in store.list_nodes():
             try:
                 reg = msgspec.convert(row.record, NodeRegistration)
@@ -172,6 +198,18 @@ class NodeRegistry:
     def changed(self) -> None:
         for listener in self._listeners:
             listener()
+
+    def share_with(self, observer: NodeObserver) -> None:
+        """Tell ``observer`` of every shared change from now on (several routers)."""
+        self._observer = observer
+        for node in self._nodes.values():
+            node.on_failure = observer.failed
+
+    def _shared(self, node_id: str) -> NodeObserver | None:
+        """The observer, for a node other routers must hear of (not an endpoint's)."""
+        if node_id.startswith(ENDPOINT_ID_PREFIX):
+            return None
+        return self._observer
 
     # --- registration and heartbeats -----------------------------------------------------
     @staticmethod
@@ -206,11 +244,16 @@ class NodeRegistry:
         state.draining = reg.draining  # a restarted node takes work again; a draining one does not
         if old is not None:  # keep router-side accounting across re-registration
             state.inflight = old.inflight
+            state.others_busy = old.others_busy
             state.completed = old.completed
             state.failures = old.failures
             state.avg_duration_s = old.avg_duration_s
         self._nodes[reg.node_id] = state
         self._forget_stale(state)
+        if self._observer is not None:
+            state.on_failure = self._observer.failed
+            if (observer := self._shared(state.id)) is not None:
+                observer.registered(state)
         log.info(
             "node %s (%s) registered at %s: runtimes=%s models=%s slots=%d",
             reg.name,
@@ -243,6 +286,10 @@ class NodeRegistry:
         state.abandoned = still_running
         if hb.models is not None:
             state.models = {m.id: m for m in hb.models}
+        if (observer := self._shared(state.id)) is not None:
+            if hb.models is not None:
+                observer.registered(state)  # the registration now carries the new models
+            observer.heartbeat(state)
         if was_offline:
             # A draining node stays draining: its heartbeats do not put it back in traffic.
             log.info(
@@ -277,17 +324,22 @@ class NodeRegistry:
             return False
         state.draining = draining
         log.info("node %s (%s) %s", state.name, node_id, "is draining" if draining else "resumed")
+        if (observer := self._shared(node_id)) is not None:
+            observer.registered(state)
         self.changed()
         return True
 
     def deregister(self, node_id: str) -> bool:
         """The node leaves the list; an owned id stays claimed (see :meth:`release`)."""
         state = self._nodes.pop(node_id, None)
+        claim = None
         if state is not None and state.owner_key_id is not None:
             self._store.mark_node_deregistered(node_id, time.time())
-            self._claims[node_id] = Claim(state.owner_key_id, state.base_url)
+            claim = self._claims[node_id] = Claim(state.owner_key_id, state.base_url)
         else:
             self._store.delete_node(node_id)
+        if (observer := self._shared(node_id)) is not None:
+            observer.removed(node_id, claim)
         if state is not None:
             log.info("node %s (%s) deregistered", state.name, node_id)
             self.changed()
@@ -298,6 +350,8 @@ class NodeRegistry:
         state = self._nodes.pop(node_id, None)
         claim = self._claims.pop(node_id, None)
         existed = self._store.delete_node(node_id)
+        if (observer := self._shared(node_id)) is not None:
+            observer.removed(node_id, None)
         if state is not None or claim is not None or existed:
             log.info("node id %s released", node_id)
         if state is not None or claim is not None:
@@ -328,6 +382,76 @@ class NodeRegistry:
         for node_id in stale:
             log.info("node %s replaces its stale entry %s (same key and address)", fresh.id, node_id)
             self.release(node_id)
+
+    # --- what other routers saw (several routers) -----------------------------------------
+    def apply_registration(
+        self, reg: NodeRegistration, *, owner_key_id: str | None, registered_at: float, draining: bool
+    ) -> None:
+        """A node registered (or changed) through another router: serve it here too. Not
+        written to the database (that router did) nor told back to the observer."""
+        old = self._nodes.get(reg.node_id)
+        state = self._state_from(reg, registered_at)
+        state.owner_key_id = owner_key_id
+        state.token = reg.token
+        state.draining = draining
+        state.free_slots = reg.slots
+        if self._observer is not None:
+            state.on_failure = self._observer.failed
+        if old is not None:
+            for name in ("last_heartbeat", "last_seen_wall", "active_jobs", "free_slots", "queued_jobs"):
+                setattr(state, name, getattr(old, name))
+            state.loaded_models, state.jobs = old.loaded_models, old.jobs
+            state.inflight, state.abandoned, state.others_busy = old.inflight, old.abandoned, old.others_busy
+            state.completed, state.failures = old.completed, old.failures
+            state.avg_duration_s, state.suspect_until = old.avg_duration_s, old.suspect_until
+        else:
+            log.info("node %s (%s) registered through another router", reg.name, reg.node_id)
+        self._nodes[reg.node_id] = state
+        self._claims.pop(reg.node_id, None)
+        self.changed()
+
+    def apply_heartbeat(self, hb: Heartbeat, *, age_s: float) -> None:
+        """A heartbeat another router received ``age_s`` ago (its slot bookkeeping is that
+        router's; here it refreshes liveness and what the node reports)."""
+        state = self._nodes.get(hb.node_id)
+        if state is None or state.token is None:
+            return
+        was_offline = state.status(self._clock(), self.timeout_s) == "offline"
+        seen = self._clock() - max(0.0, age_s)
+        if state.last_heartbeat is not None and seen < state.last_heartbeat:
+            return  # older than what this router knows
+        state.last_heartbeat = seen
+        state.last_seen_wall = time.time() - max(0.0, age_s)
+        state.active_jobs, state.free_slots, state.queued_jobs = hb.active_jobs, hb.free_slots, hb.queued_jobs
+        state.loaded_models, state.jobs = list(hb.loaded_models), list(hb.jobs)
+        still_running = min(state.abandoned, max(0, hb.active_jobs + hb.queued_jobs - state.inflight))
+        slots_freed = still_running < state.abandoned
+        state.abandoned = still_running
+        if was_offline:
+            self._last_status[state.id] = self.status(state)
+        if was_offline or slots_freed:
+            self.changed()
+
+    def apply_removal(self, node_id: str, claim: Claim | None) -> None:
+        """A node left (or was released) through another router."""
+        state = self._nodes.pop(node_id, None)
+        if claim is not None:
+            self._claims[node_id] = claim
+        else:
+            self._claims.pop(node_id, None)
+        if state is not None:
+            log.info("node %s (%s) left through another router", state.name, node_id)
+            self.changed()
+
+    def apply_failure(self, node_id: str, reason: str, cooldown_s: float, at: float) -> None:
+        """Another router saw a request to the node fail: it is suspect here too."""
+        state = self._nodes.get(node_id)
+        if state is not None:
+            state.record_failure(reason, cooldown_s, at=at)
+
+    def shared_nodes(self) -> list[NodeState]:
+        """The nodes other routers must know of (every one but endpoints')."""
+        return [n for n in self._nodes.values() if not n.is_endpoint]
 
     # --- ownership -----------------------------------------------------------------------
     def owner_of(self, node_id: str) -> str | None:

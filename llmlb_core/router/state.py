@@ -6,7 +6,7 @@ Capability plugins never see this: they get a :class:`llmlb_core.capability.Capa
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import httpx
 
@@ -19,6 +19,7 @@ from llmlb_core.router.forwarding import Forwarder
 from llmlb_core.router.metrics import Metrics
 from llmlb_core.router.models import ModelRegistry
 from llmlb_core.router.nodes import NodeRegistry
+from llmlb_core.router.replicas import Replicas
 from llmlb_core.storage.sql import SqlStore
 
 
@@ -35,6 +36,7 @@ class RouterState:
     metrics: Metrics
     forward: Forwarder
     endpoints: EndpointManager
+    replicas: Replicas | None = field(default=None)  # several routers: redis_url
 
     @property
     def enabled_flags(self) -> frozenset[str]:

@@ -18,6 +18,8 @@ It is a Litestar app served by uvicorn on a loopback port (``tests.support.serve
   streams in (``multipart.PushMultipartParser``); the fields, the file's size and SHA-256 and
   when its bytes arrived are recorded; the answer follows ``response_format``.
 - ``POST /v1/audio/speech``: ``x_chunks`` binary chunks of 4 KiB (default 8), ``x_delay`` apart.
+- ``x_sleep``: a non-streamed chat answer comes that many seconds late (``active`` and
+  ``max_active`` count such answers under way).
 - ``x_break_after``: a streamed answer (SSE or speech) breaks off after that many chunks.
 - Models named ``fail-400``, ``fail-500``, ``text-400`` answer that status (``text-400`` with a
   plain-text, not OpenAI-shaped, body).
@@ -80,6 +82,9 @@ class BackendState:
     chunk_times: list[float] = field(default_factory=list)
     disconnects: int = 0
     completed_streams: int = 0
+    # Non-streamed chat requests with ``x_sleep`` (seconds) being answered now, and the most at once.
+    active: int = 0
+    max_active: int = 0
     uploads: list[Upload] = field(default_factory=list)
     body_bytes_seen: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -177,6 +182,15 @@ def build_backend(state: BackendState) -> Litestar:
             return failed
         last = data["messages"][-1].get("content", "")
         reply = f"{state.name} heard: {last}"
+        if (pause := float(data.get("x_sleep", 0))) and not data.get("stream"):
+            with state.lock:
+                state.active += 1
+                state.max_active = max(state.max_active, state.active)
+            try:
+                await asyncio.sleep(pause)
+            finally:
+                with state.lock:
+                    state.active -= 1
         if data.get("stream"):
             words = reply.split(" ")
             chunks = int(data.get("x_chunks", len(words)))

@@ -1,0 +1,213 @@
+"""One router's link to Redis: the client, whether Redis answers now, and the change channel.
+
+Every call into Redis goes through :meth:`RedisLink.run`. A failure (refused, reset, timed out)
+marks the link *down* with one warning line, and until Redis answers a ping again every caller
+gets :class:`SharedDown` at once, without a network wait: the router serves on its own
+accounting meanwhile (docs/scaling.md, "Redis down"). The watch task pings every
+``RETRY_S``; when Redis is back it logs one line and runs the ``on_back`` callbacks, which push
+this router's state again and re-read everyone else's (messages sent while it was away are
+lost: Redis pub/sub keeps nothing).
+
+Messages on :data:`CHANNEL` are small JSON objects ``{"o": origin router, "k": kind, ...}``;
+each router ignores its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import msgspec
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from llmlb_core.config.settings import SettingsError
+from llmlb_core.storage.urls import redact_url
+
+log = logging.getLogger("llmlb.shared")
+
+T = TypeVar("T")
+
+PREFIX = "llmlb:"
+CHANNEL = PREFIX + "events"
+REDIS_SCHEMES = ("redis", "rediss")
+# How long a call may take before Redis counts as down (a router never waits longer on it).
+CALL_TIMEOUT_S = 1.0
+RETRY_S = 1.0
+
+Handler = Callable[[dict[str, Any]], None]
+
+
+class SharedDown(Exception):
+    """Redis is unreachable: the caller goes on with this router's own state."""
+
+
+def check_redis_url(url: str) -> str:
+    """``url`` stripped, or a :class:`SettingsError` (one line, password masked)."""
+    text = url.strip()
+    try:
+        parts = urlsplit(text)
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError as exc:
+        raise SettingsError(f"redis_url {redact_url(text)}: {exc}") from None
+    if parts.scheme not in REDIS_SCHEMES or not parts.hostname:
+        raise SettingsError(
+            f"redis_url {redact_url(text)!r}: expected redis://[:password@]host:port/db or rediss:// (TLS)"
+        )
+    return text
+
+
+class RedisLink:
+    def __init__(self, url: str, *, router_id: str | None = None) -> None:
+        self.url = check_redis_url(url)
+        self.shown = redact_url(self.url)
+        self.router_id = router_id or secrets.token_hex(6)
+        self.client: aioredis.Redis = aioredis.Redis.from_url(
+            self.url,
+            socket_timeout=CALL_TIMEOUT_S,
+            socket_connect_timeout=CALL_TIMEOUT_S,
+            retry_on_timeout=False,
+        )
+        self.up = False
+        self._ever_up = False
+        self._reachable = asyncio.Event()
+        self._handlers: dict[str, Handler] = {}
+        self._on_back: list[Callable[[], Awaitable[None]]] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._encode = msgspec.json.Encoder().encode
+        self._decode = msgspec.json.Decoder(dict[str, Any]).decode
+
+    # --- wiring --------------------------------------------------------------------------
+    def on(self, kind: str, handler: Handler) -> None:
+        """Call ``handler(message)`` for every message of ``kind`` another router sends."""
+        self._handlers[kind] = handler
+
+    def on_back(self, callback: Callable[[], Awaitable[None]]) -> None:
+        """Run ``callback`` at the first contact and whenever Redis answers after being down
+        (once subscribed to the channel again)."""
+        self._on_back.append(callback)
+
+    async def start(self) -> None:
+        """Connect (a Redis that is down now is retried in the background: never fatal)."""
+        await self._check()
+        self._tasks = [
+            asyncio.create_task(self._watch(), name="llmlb-redis-watch"),
+            asyncio.create_task(self._listen(), name="llmlb-redis-listen"),
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        with contextlib.suppress(RedisError, OSError):
+            await self.client.aclose()
+
+    # --- calls ---------------------------------------------------------------------------
+    async def run(self, call: Awaitable[T]) -> T:
+        """Await one Redis call; :class:`SharedDown` (at once, while down) when it fails."""
+        if not self.up:
+            if asyncio.iscoroutine(call):
+                call.close()
+            raise SharedDown(self.shown)
+        try:
+            return await call
+        except (RedisError, OSError) as exc:
+            self._went_down(exc)
+            raise SharedDown(self.shown) from None
+
+    def message(self, kind: str, **fields: Any) -> bytes:
+        """A message of ``kind`` from this router, as sent on :data:`CHANNEL`."""
+        return self._encode({"o": self.router_id, "k": kind, **fields})
+
+    async def publish(self, kind: str, **fields: Any) -> None:
+        """Tell every other router (fire and forget; a router that misses it resyncs later)."""
+        with contextlib.suppress(SharedDown):
+            await self.run(self.client.publish(CHANNEL, self.message(kind, **fields)))
+
+    def _went_down(self, exc: BaseException) -> None:
+        self._reachable.clear()
+        if self.up:
+            self.up = False
+            log.warning(
+                "redis %s unreachable (%s): this router serves on its own accounting until it "
+                "returns; other routers do not see its changes meanwhile",
+                self.shown,
+                type(exc).__name__ if not str(exc) else str(exc).splitlines()[0],
+            )
+
+    async def _check(self) -> bool:
+        try:
+            await self.client.ping()
+        except (RedisError, OSError) as exc:
+            if not self._ever_up:
+                log.warning(
+                    "redis %s unreachable at start (%s); retrying every %gs", self.shown, exc, RETRY_S
+                )
+                self._ever_up = True  # warn once, not at every retry
+            return False
+        if not self.up:
+            log.info("redis %s reachable: sharing live state with the other routers", self.shown)
+        self.up = self._ever_up = True
+        self._reachable.set()
+        return True
+
+    async def _resync(self) -> None:
+        for callback in self._on_back:
+            try:
+                await callback()
+            except SharedDown:
+                return
+            except Exception:  # a bug in one resync must not stop the others
+                log.exception("resynchronising with redis failed")
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(RETRY_S)
+            if not self.up:
+                await self._check()
+
+    async def _listen(self) -> None:
+        """Receive the other routers' messages, resubscribing after every failure."""
+        while True:
+            pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(CHANNEL)
+                # Subscribed first, then re-read: nothing sent from now on is missed.
+                await self._resync()
+                while True:
+                    message = await pubsub.get_message(timeout=None)
+                    if message is not None:
+                        self._dispatch(message.get("data"))
+            except (RedisError, OSError) as exc:
+                self._went_down(exc)
+            finally:
+                with contextlib.suppress(RedisError, OSError):
+                    await pubsub.aclose()
+            await asyncio.sleep(RETRY_S / 4)
+            await self._reachable.wait()  # the watch task pings until Redis answers
+
+    def _dispatch(self, data: Any) -> None:
+        if not isinstance(data, bytes):
+            return
+        try:
+            message = self._decode(data)
+        except msgspec.DecodeError:
+            log.warning("ignoring an unreadable message on %s", CHANNEL)
+            return
+        if message.get("o") == self.router_id:
+            return
+        handler = self._handlers.get(str(message.get("k")))
+        if handler is None:
+            return
+        try:
+            handler(message)
+        except Exception:  # one bad message must not stop the listener
+            log.exception("handling a %s message from router %s failed", message.get("k"), message.get("o"))

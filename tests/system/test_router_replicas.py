@@ -1,0 +1,219 @@
+"""Several routers, one state: real routers (``llmlb serve`` processes) on one real PostgreSQL and
+one real Redis, nginx in front, and real nodes (``llmlb node``, the openai_compatible runtime in
+front of a loopback upstream whose answers take as long as a test asks: ``x_sleep``).
+
+Each freshness bound of docs/scaling.md is measured here: a revocation refused on every router
+within 1 s, a node registered through one router served by the others within 2 s, a drain seen
+everywhere within 1 s, a node's one slot never used twice at once by two routers, a SIGKILLed
+router's slots free within 5 s with an SDK client behind nginx losing no request, and Redis
+down: every router serves on alone, with one warning line, and shares again when it returns.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from bench._common import wait_until
+from tests.support.nginx import NginxBalancer
+from tests.support.redis import RedisServer
+from tests.support.servers import ADMIN_KEY, Proc, admin_get, create_key, node_proc, router_proc
+from tests.support.text_fixtures import UPSTREAM_KEY, Backend, backend
+
+SECRET = "replicas-secret-key-0123456789"
+MODEL = "shared-model"
+ADMIN = {"authorization": f"Bearer {ADMIN_KEY}"}
+
+
+@dataclass
+class Fleet:
+    routers: list[Proc]
+    upstream: Backend
+    tmp: Path
+    env: dict[str, str]
+    procs: list[Proc]
+
+    def router(self, index: int) -> Proc:
+        return self.routers[index]
+
+    def add_router(self) -> Proc:
+        router = router_proc(self.tmp, data_dir=self.tmp / f"data-{len(self.routers)}", env=self.env)
+        self.procs.append(router)
+        self.routers.append(router.start().wait_healthy())
+        return router
+
+    def add_node(self, routers: list[Proc], name: str, slots: int = 1) -> Proc:
+        node = node_proc(
+            self.tmp,
+            ",".join(r.url for r in routers),
+            self.tmp / "no-models",
+            ADMIN_KEY,
+            name=name,
+            extra=[
+                "--runtime", "openai_compatible",
+                "--upstream", f"{self.upstream.url}/v1",
+                "--upstream-key", UPSTREAM_KEY,
+                "--upstream-model", MODEL,
+                "--upstream-capability", "text_generation",
+                "--upstream-slots", str(slots),
+            ],
+        )  # fmt: skip
+        self.procs.append(node)
+        return node.start().wait_healthy()
+
+
+def nodes_of(router: Proc) -> dict[str, dict[str, Any]]:
+    return {n["name"]: n for n in admin_get(router.url, "/v0/nodes")["data"]}
+
+
+def chat(url: str, key: str, *, sleep: float = 0.0, timeout: float = 30) -> httpx.Response:
+    body: dict[str, Any] = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
+    if sleep:
+        body["x_sleep"] = sleep
+    return httpx.post(
+        f"{url}/v1/chat/completions", json=body, headers={"authorization": f"Bearer {key}"}, timeout=timeout
+    )
+
+
+def seconds_until(predicate: Callable[[], bool], timeout: float, what: str) -> float:
+    start = time.monotonic()
+    wait_until(predicate, timeout, what, interval=0.02)
+    return time.monotonic() - start
+
+
+@pytest.fixture
+def fleet(postgres_url: str, redis_url: str, tmp_path: Path) -> Iterator[Fleet]:
+    procs: list[Proc] = []
+    env = {
+        "LLMLB_DATABASE_URL": postgres_url,
+        "LLMLB_REDIS_URL": redis_url,
+        "LLMLB_SECRET_KEY": SECRET,
+        "LLMLB_NODE_TIMEOUT_S": "5",
+        "LLMLB_CAPABILITIES": "text",
+    }
+    with backend("up", [MODEL]) as upstream:
+        fleet = Fleet([], upstream, tmp_path, env, procs)
+        try:
+            fleet.add_router()
+            fleet.add_router()
+            yield fleet
+        finally:
+            for proc in reversed(procs):
+                proc.stop()
+
+
+def test_a_key_made_or_revoked_on_one_router_counts_on_every_router_within_1s(fleet: Fleet) -> None:
+    a, b = fleet.router(0), fleet.router(1)
+    key = create_key(a.url, ["api"], name="client")
+    headers = {"authorization": f"Bearer {key}"}
+    made = seconds_until(
+        lambda: httpx.get(f"{b.url}/v1/models", headers=headers, timeout=5).status_code == 200, 5, "key on b"
+    )
+    assert made < 1.0
+    key_id = next(k["id"] for k in admin_get(a.url, "/v0/keys")["data"] if k["name"] == "client")
+    assert httpx.delete(f"{a.url}/v0/keys/{key_id}", headers=ADMIN, timeout=5).status_code == 200
+    revoked = seconds_until(
+        lambda: httpx.get(f"{b.url}/v1/models", headers=headers, timeout=5).status_code == 401, 5, "refused on b"
+    )
+    assert revoked < 1.0
+    assert httpx.get(f"{b.url}/v1/models", headers=headers, timeout=5).json()["error"]["code"] == "revoked_api_key"
+
+
+def test_a_node_registered_through_one_router_is_served_by_all_and_drained_everywhere(fleet: Fleet) -> None:
+    a, b = fleet.router(0), fleet.router(1)
+    api_key = create_key(a.url, ["api"])
+    node = fleet.add_node([a], "gpu-a")
+    wait_until(lambda: nodes_of(a).get("gpu-a", {}).get("status") == "online", 20, "online on a")
+    seen = seconds_until(lambda: nodes_of(b).get("gpu-a", {}).get("status") == "online", 5, "online on b")
+    assert seen < 2.0
+    answer = chat(b.url, api_key)
+    assert answer.status_code == 200, answer.text
+    assert "up heard: hi" in answer.json()["choices"][0]["message"]["content"]
+    assert "credential" not in b.log() and SECRET not in b.log() + a.log()
+
+    node_id = nodes_of(a)["gpu-a"]["id"]
+    drain = httpx.post(f"{b.url}/v0/nodes/{node_id}/drain", headers=ADMIN, timeout=5)
+    assert drain.status_code == 200, drain.text
+    drained = seconds_until(lambda: nodes_of(a)["gpu-a"]["status"] == "draining", 5, "draining on a")
+    assert drained < 1.0
+    assert chat(a.url, api_key).status_code == 503  # no node takes new work
+
+    node.stop()  # deregisters through a: gone from b too
+    wait_until(lambda: "gpu-a" not in nodes_of(b), 5, "gone from b")
+
+
+def test_one_slot_is_never_used_twice_by_two_routers(fleet: Fleet) -> None:
+    a, b = fleet.router(0), fleet.router(1)
+    api_key = create_key(a.url, ["api"])
+    fleet.add_node([a], "one-slot", slots=1)
+    for router in (a, b):
+        wait_until(lambda r=router: nodes_of(r).get("one-slot", {}).get("status") == "online", 20, "online")
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        answers = list(pool.map(lambda i: chat((a, b)[i % 2].url, api_key, sleep=0.4), range(6)))
+    assert [r.status_code for r in answers] == [200] * 6, [r.text for r in answers]
+    assert fleet.upstream.state.max_active == 1
+    assert sum(r.headers.get("x-queue-status") == "queued" for r in answers) >= 4
+
+
+def test_a_killed_router_frees_its_slots_and_nginx_clients_lose_nothing(fleet: Fleet) -> None:
+    a, b = fleet.router(0), fleet.router(1)
+    api_key = create_key(a.url, ["api"])
+    fleet.add_node([a, b], "survivor", slots=1)
+    for router in (a, b):
+        wait_until(lambda r=router: nodes_of(r).get("survivor", {}).get("status") == "online", 20, "online")
+    # a takes the node's one slot with a long request, then dies with it.
+    pool = concurrent.futures.ThreadPoolExecutor(1)
+    pending = pool.submit(chat, a.url, api_key, sleep=30, timeout=60)
+    wait_until(lambda: fleet.upstream.state.active == 1, 10, "a's job running")
+    killed_at = time.monotonic()
+    a.kill()
+    freed = chat(b.url, api_key, timeout=30)
+    assert freed.status_code == 200, freed.text
+    assert time.monotonic() - killed_at < 5.0 + 0.5  # TTL of a's liveness + one answer
+    with pytest.raises(httpx.HTTPError):
+        pending.result()
+    pool.shutdown()
+
+    # nginx in front of a (dead) and b: the SDK's default retries lose no request.
+    with NginxBalancer([a.url.removeprefix("http://"), b.url.removeprefix("http://")]) as lb:
+        client = openai.OpenAI(base_url=f"{lb.url}/v1", api_key=api_key)
+        for i in range(6):
+            reply = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": str(i)}])
+            assert reply.choices[0].message.content == f"up heard: {i}"
+
+
+def test_redis_down_each_router_serves_alone_then_shares_again(
+    fleet: Fleet, redis_server: RedisServer
+) -> None:
+    a, b = fleet.router(0), fleet.router(1)
+    api_key = create_key(a.url, ["api"])
+    fleet.add_node([a, b], "steady", slots=2)
+    for router in (a, b):
+        wait_until(lambda r=router: nodes_of(r).get("steady", {}).get("status") == "online", 20, "online")
+    redis_server.down()
+    for router in (a, b):
+        for _ in range(3):
+            assert chat(router.url, api_key).status_code == 200
+        wait_until(lambda r=router: "redis" in r.log() and "unreachable" in r.log(), 5, "warning")
+        assert httpx.get(f"{router.url}/health", timeout=5).json()["shared_state"] == "down"
+    redis_server.up()
+    for router in (a, b):
+        wait_until(
+            lambda r=router: httpx.get(f"{r.url}/health", timeout=5).json()["shared_state"] == "up", 10, "back"
+        )
+        warnings = [line for line in router.log().splitlines() if "unreachable" in line and "redis" in line]
+        assert len(warnings) == 1, warnings
+        assert "Traceback" not in router.log()
+    # Shared again: a node registered through a is served through b.
+    fleet.add_node([a], "after")
+    wait_until(lambda: nodes_of(b).get("after", {}).get("status") == "online", 5, "after on b")
+    threading.Event().wait(0.1)
