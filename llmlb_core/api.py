@@ -7,7 +7,8 @@ this module). See ``docs/plugins.md`` for a guide and ``examples/`` for two smal
 A capability plugin implements ``llmlb_register_capabilities`` and registers a
 :class:`Capability`, whose ``build_routes(context)`` returns its Litestar handlers; the
 :class:`CapabilityContext` holds the plugin's parsed settings, its data dir, the public URL, the
-:class:`Forwarder` that sends work to nodes, and the :class:`ModelCatalog`.
+:class:`Forwarder` that sends work to nodes, the :class:`ModelCatalog`, and (on PostgreSQL)
+the :class:`SharedBlobs` that every router of the database sees.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from llmlb_core.capability import (
     ModelCatalog,
     ModelDescriber,
     NoSettings,
+    SharedBlobs,
     UpstreamFlags,
 )
 from llmlb_core.config.settings import SettingsError, load_plugin_settings
@@ -111,6 +113,7 @@ __all__ = [
     "RequestRecord",
     "SSEEvent",
     "SettingsError",
+    "SharedBlobs",
     "StreamBody",
     "Upload",
     "UpstreamError",

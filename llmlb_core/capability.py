@@ -169,6 +169,35 @@ class Capability(Generic[S]):
 Callback = Callable[[], Awaitable[None]]
 
 
+class SharedBlobs(Protocol):
+    """Short-lived values that every router of one database sees (``CapabilityContext.shared``):
+    bytes under ``(namespace, key)``, each with its own lifetime. Put ``namespace`` as your
+    capability's name (or start it with it). A value past its lifetime is never returned, and the
+    router deletes it in the background.
+
+    The router offers it only when its database is PostgreSQL (several routers may share it);
+    with SQLite (one router) ``shared`` is None and a capability keeps such state on its own
+    (memory, its data dir). While the database is down each call raises an ``OpenAIError`` 503
+    ``database_unavailable`` (the router answers it as is)."""
+
+    async def put(self, namespace: str, key: str, data: bytes, ttl_s: float) -> None:
+        """Store ``data`` (replacing any value of that key), to live ``ttl_s`` seconds from now."""
+        ...
+
+    async def get(self, namespace: str, key: str) -> bytes | None:
+        """The value, if present and not expired; else None."""
+        ...
+
+    async def touch(self, namespace: str, key: str, ttl_s: float) -> bool:
+        """Let a live value live ``ttl_s`` seconds from now (sliding expiry); False when absent or
+        expired."""
+        ...
+
+    async def delete(self, namespace: str, key: str) -> bool:
+        """Delete the value; False when there was none."""
+        ...
+
+
 @dataclass
 class CapabilityContext(Generic[S]):
     """Everything the router gives a capability: typed, built once per enabled capability."""
@@ -184,6 +213,9 @@ class CapabilityContext(Generic[S]):
     forward: Forwarder
     # Model lookup, admin defaults, idle capacity.
     models: ModelCatalog
+    # Values every router on the same database sees (image files, sessions): only when the
+    # database is PostgreSQL; None with SQLite (one router: keep such state locally).
+    shared: SharedBlobs | None = None
     _startup: list[Callback] = field(default_factory=list)
     _shutdown: list[Callback] = field(default_factory=list)
 

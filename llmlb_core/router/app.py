@@ -14,7 +14,7 @@ from litestar.handlers import BaseRouteHandler
 from litestar.params import FromPath
 from litestar.types import ControllerRouterHandler
 
-from llmlb_core.capability import Capability, CapabilityContext
+from llmlb_core.capability import Capability, CapabilityContext, SharedBlobs
 from llmlb_core.config.settings import RouterSettings, load_plugin_settings
 from llmlb_core.plugins import LoadedPlugins, PluginError, load_plugins
 from llmlb_core.router.admin_routes import admin_router
@@ -36,7 +36,7 @@ from llmlb_core.server.openapi_docs import openapi_config
 from llmlb_core.server.tls import client_ssl_context
 from llmlb_core.shared.link import RedisLink, check_redis_url
 from llmlb_core.shared.slots import SharedSlots
-from llmlb_core.storage.backends import open_target
+from llmlb_core.storage.backends import open_shared, open_target
 from llmlb_core.storage.secretbox import protect_endpoint_keys
 from llmlb_core.storage.urls import parse_database_url
 from llmlb_core.upstream.client import upstream_client
@@ -87,7 +87,11 @@ def core_routes(state: RouterState) -> list[ControllerRouterHandler]:
 
 
 def _contexts(
-    plugins: LoadedPlugins, settings: RouterSettings, forward: Forwarder, models: ModelRegistry
+    plugins: LoadedPlugins,
+    settings: RouterSettings,
+    forward: Forwarder,
+    models: ModelRegistry,
+    shared: SharedBlobs | None = None,
 ) -> list[tuple[Capability[Any], CapabilityContext[Any]]]:
     """One context per enabled capability, its ``[plugin.<name>]`` table parsed once."""
     unused = sorted(set(settings.plugin) - set(plugins.capabilities))
@@ -105,6 +109,7 @@ def _contexts(
             public_url=settings.base_url,
             forward=forward,
             models=models,
+            shared=shared,
         )
         out.append((capability, context))
     return out
@@ -142,6 +147,7 @@ def create_app(
     except BaseException:
         store.close()
         raise
+    shared = open_shared(database, store)  # PostgreSQL: values every router sees; SQLite: None
     keys = KeyManager(store)
     generated = keys.ensure_admin_key(settings.admin_key)
     if generated:
@@ -201,7 +207,7 @@ def create_app(
         )
     state.replicas = replicas
 
-    contexts = _contexts(plugins, settings, forward, models)
+    contexts = _contexts(plugins, settings, forward, models, shared)
     capability_routers = []
     for capability, context in contexts:
         handlers = list(capability.build_routes(context))
@@ -224,6 +230,8 @@ def create_app(
         if replicas is not None:
             await replicas.start()
         state.endpoints.start()
+        if shared is not None:
+            await shared.start_purging()
         for _, context in contexts:
             for callback in context._startup:
                 await callback()
@@ -240,6 +248,8 @@ def create_app(
                     await callback()
             if replicas is not None:
                 await replicas.stop()
+            if shared is not None:
+                await shared.stop_purging()
             await http.aclose()
             store.close()
 

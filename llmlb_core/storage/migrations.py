@@ -60,6 +60,23 @@ CREATE TABLE store_meta (
 );
 """,
     ),
+    # Version 2: values every router of the database shares (CapabilityContext.shared: image
+    # files of response_format=url, dashboard sessions), each with its own end of life, in
+    # seconds since the epoch by the database's clock (so routers agree). Expired rows are
+    # never read and are deleted by a periodic purge (the index).
+    (
+        2,
+        """
+CREATE TABLE shared_blobs (
+    namespace TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value BYTEA NOT NULL,
+    expires_at DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (namespace, key)
+);
+CREATE INDEX shared_blobs_expires_at ON shared_blobs (expires_at);
+""",
+    ),
 )
 LATEST = MIGRATIONS[-1][0]
 

@@ -37,6 +37,8 @@ log = logging.getLogger("llmlb.storage")
 # A request waits at most this long for the database to answer a new connection.
 CONNECT_TIMEOUT_S = 5
 T = TypeVar("T")
+# Now, in seconds since the epoch, by the database's clock (one clock for every router).
+_NOW = "EXTRACT(EPOCH FROM clock_timestamp())::DOUBLE PRECISION"
 
 
 class DatabaseError(SettingsError):
@@ -125,6 +127,36 @@ class PostgresStore(SqlStore):
 
     def _run(self, sql: str, args: tuple[Any, ...] = ()) -> int:
         return self._call(lambda conn: conn.execute(self._sql(sql), args).rowcount)
+
+    # --- shared_blobs (llmlb_core.storage.blobs): lifetimes by the database's clock -----------
+    def blob_put(self, namespace: str, key: str, data: bytes, ttl_s: float) -> None:
+        self._run(
+            "INSERT INTO shared_blobs (namespace, key, value, expires_at)"
+            f" VALUES (?, ?, ?, {_NOW} + ?) ON CONFLICT (namespace, key) DO UPDATE"
+            " SET value = excluded.value, expires_at = excluded.expires_at",
+            (namespace, key, data, float(ttl_s)),
+        )
+
+    def blob_get(self, namespace: str, key: str) -> bytes | None:
+        rows = self._rows(
+            f"SELECT value FROM shared_blobs WHERE namespace = ? AND key = ? AND expires_at > {_NOW}",
+            (namespace, key),
+        )
+        return None if not rows else bytes(rows[0][0])
+
+    def blob_touch(self, namespace: str, key: str, ttl_s: float) -> bool:
+        sql = (
+            f"UPDATE shared_blobs SET expires_at = {_NOW} + ?"
+            f" WHERE namespace = ? AND key = ? AND expires_at > {_NOW}"
+        )
+        return self._run(sql, (float(ttl_s), namespace, key)) > 0
+
+    def blob_delete(self, namespace: str, key: str) -> bool:
+        return self._run("DELETE FROM shared_blobs WHERE namespace = ? AND key = ?", (namespace, key)) > 0
+
+    def blob_purge(self) -> int:
+        """Delete every expired value; how many."""
+        return self._run(f"DELETE FROM shared_blobs WHERE expires_at <= {_NOW}")
 
     def _run_many(self, sql: str, args: list[tuple[Any, ...]]) -> None:
         def many(conn: psycopg.Connection[Any]) -> None:

@@ -71,6 +71,7 @@ def build_routes(context: CapabilityContext[DashboardSettings]) -> list[BaseRout
         idle_s=cfg.session_idle_minutes * 60,
         max_age_s=cfg.session_max_hours * 3600,
         max_sessions=cfg.max_sessions,
+        shared=context.shared,
     )
     throttle = SignInThrottle(max_failures=cfg.max_failed_sign_ins, window_s=cfg.sign_in_window_s)
     api = PublicApi()
@@ -89,8 +90,8 @@ def build_routes(context: CapabilityContext[DashboardSettings]) -> list[BaseRout
             max_age=0 if expire else None,
         )
 
-    def session_of(request: Request[Any, Any, Any]) -> Session | None:
-        return sessions.get(request.cookies.get(COOKIE))
+    async def session_of(request: Request[Any, Any, Any]) -> Session | None:
+        return await sessions.get(request.cookies.get(COOKIE))
 
     def page(
         body: str,
@@ -129,14 +130,14 @@ def build_routes(context: CapabilityContext[DashboardSettings]) -> list[BaseRout
 
     @get(PATH, **OPTIONS)
     async def dashboard(request: Request[Any, Any, Any]) -> Response[Any]:
-        session = session_of(request)
+        session = await session_of(request)
         if session is None:
             return Redirect(f"{PATH}/login", status_code=303)
         return page(dashboard_page(assets, session.csrf))
 
     @get(f"{PATH}/login", **OPTIONS)
     async def login_form(request: Request[Any, Any, Any]) -> Response[Any]:
-        if session_of(request) is not None:
+        if await session_of(request) is not None:
             return Redirect(PATH, status_code=303)
         ended = "Your session ended: sign in again." if request.query_params.get("ended") else None
         return login_again(request, ended)
@@ -163,7 +164,7 @@ def build_routes(context: CapabilityContext[DashboardSettings]) -> list[BaseRout
             )
         if answer.status_code != 200:
             return login_again(request, f"That key was refused: {_error_message(answer)}", 502)
-        session = sessions.create(key)
+        session = await sessions.create(key)
         return Redirect(
             PATH,
             status_code=303,
@@ -172,11 +173,11 @@ def build_routes(context: CapabilityContext[DashboardSettings]) -> list[BaseRout
 
     @post(f"{PATH}/logout", status_code=303, request_max_body_size=LOGIN_FORM_LIMIT, **OPTIONS)
     async def logout(request: Request[Any, Any, Any]) -> Response[Any]:
-        session = session_of(request)
+        session = await session_of(request)
         if session is not None:
             if not same_token(_form_text(await request.form(), CSRF_FIELD), session.csrf):
                 raise OpenAIError(403, CSRF_MESSAGE, code="csrf_failed")
-            sessions.end(session.id)
+            await sessions.end(session.id)
         return Redirect(f"{PATH}/login", status_code=303, cookies=[cookie(request, COOKIE, "", expire=True)])
 
     @get(f"{PATH}/static/{{name:str}}", **QUIET)
@@ -199,7 +200,7 @@ def build_routes(context: CapabilityContext[DashboardSettings]) -> list[BaseRout
     )
     async def relay(request: Request[Any, Any, Any], path: FromPath[str]) -> Response[bytes]:
         """The public API, called for the signed-in admin."""
-        session = session_of(request)
+        session = await session_of(request)
         if session is None:
             raise OpenAIError(
                 401, "Sign in to the dashboard first (/dashboard/login).", code="dashboard_session_required"
@@ -222,7 +223,7 @@ def build_routes(context: CapabilityContext[DashboardSettings]) -> list[BaseRout
             request_id=request.headers.get("x-request-id"),
         )
         if answer.status_code == 401:
-            sessions.end(session.id)  # the key was revoked or expired: sign in again
+            await sessions.end(session.id)  # the key was revoked or expired: sign in again
         headers = passed_headers(answer)
         media_type = headers.get("content-type", "application/octet-stream")  # stays a header, as sent
         headers["cache-control"] = "no-store"

@@ -106,7 +106,7 @@ def read_answer(content: bytes, *, count: int) -> NodeAnswer:
     return answer
 
 
-def merge(
+async def merge(
     results: list[UpstreamResult],
     *,
     response_format: str,
@@ -136,7 +136,7 @@ def merge(
         extension = first.output_format or "png"
         data = [
             NodeImage(
-                url=f"{base_url}{FILES_PATH}/{store.save(d.b64_json or b'', extension)}",
+                url=f"{base_url}{FILES_PATH}/{await store.save(d.b64_json or b'', extension)}",
                 revised_prompt=d.revised_prompt,
                 seed=d.seed,
             )

@@ -165,7 +165,7 @@ class ImageJobs:
         results = list(await asyncio.gather(*(send(p) for p in parts)))
         note_request(images=sum(len(r.parsed.data) for r in results if r.parsed is not None))
         replaced = plan.replaced_size
-        return merge(
+        return await merge(
             results,
             response_format=plan.response_format,
             store=self._store,

@@ -9,8 +9,9 @@ Before an edit is sent, the router checks it against what the nodes serving the 
 (``model_info``): the number of images (reference images), a mask, the LoRAs.
 
 :func:`build_routes` is the capability's ``build_routes``: it makes the capability's own
-objects (the URL store in its data dir, whose purge task runs between the router's start-up
-and shut-down; the job dispatcher) and the handlers that close over them.
+objects (the URL store: in its data dir, whose purge task runs between the router's start-up
+and shut-down, or in the routers' shared table on PostgreSQL; the job dispatcher) and the
+handlers that close over them.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ VARIATION_FILES = {"image": "The image to vary (PNG, JPEG or WebP)"}
 
 def build_routes(context: CapabilityContext[ImagesSettings]) -> list[BaseRouteHandler]:
     cfg = context.settings
-    store = ImageUrlStore(context.data_dir, cfg.url_ttl_minutes * 60)
+    store = ImageUrlStore(context.data_dir, cfg.url_ttl_minutes * 60, context.shared)
     context.on_startup(store.start_purging)
     context.on_shutdown(store.stop_purging)
     jobs = ImageJobs(context, store)
@@ -86,16 +87,27 @@ def build_routes(context: CapabilityContext[ImagesSettings]) -> list[BaseRouteHa
         return await jobs.from_form(request, ImageVariationFields, "/v1/images/variations", edit=False)
 
     @get(f"{FILES_PATH}/{{name:str}}", opt={PUBLIC_OPT: True}, media_type="image/png")
-    async def image_file(name: FromPath[str]) -> File:
-        path: Path | None = store.path(name)
-        if path is None:
+    async def image_file(name: FromPath[str]) -> File | Response[bytes]:
+        found = await store.find(name)
+        if found is None:
             raise OpenAIError(404, "This image does not exist or has expired", code="image_expired")
-        return File(
-            path=path,
-            media_type=MEDIA_TYPES[path.suffix.lstrip(".")],
-            content_disposition_type="inline",
-            filename=path.name,  # a name of the store: letters, digits, '-', '_' and its extension
-            headers={"content-security-policy": FILE_POLICY},
+        # `name` is one of the store's: letters, digits, '-', '_' and its extension.
+        media_type = MEDIA_TYPES[name.rpartition(".")[2]]
+        if isinstance(found, Path):  # one router: the file on disk
+            return File(
+                path=found,
+                media_type=media_type,
+                content_disposition_type="inline",
+                filename=name,
+                headers={"content-security-policy": FILE_POLICY},
+            )
+        return Response(  # several routers: the bytes from the shared table, the same headers
+            found,
+            media_type=media_type,
+            headers={
+                "content-security-policy": FILE_POLICY,
+                "content-disposition": f'inline; filename="{name}"',
+            },
         )
 
     return [generations, edits, variations, image_file]

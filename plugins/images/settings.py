@@ -16,7 +16,8 @@ MB = 1024 * 1024
 class ImagesSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # Map an unsupported `size` to the nearest supported one instead of answering 400.
     size_fallback: bool = False
-    # Lifetime of images served by `response_format=url`, then deleted from disk.
+    # Lifetime of images served by `response_format=url`, then deleted (from disk, or from the
+    # routers' shared table on PostgreSQL).
     url_ttl_minutes: Annotated[float, msgspec.Meta(gt=0)] = 60.0
     # Format used when a request does not name one (OpenAI's dall-e default is "url").
     default_response_format: str = "url"

@@ -15,6 +15,7 @@ import httpx
 import psycopg
 import pytest
 
+from llmlb_core.storage.migrations import LATEST
 from tests.support.cli_runs import run_cli
 from tests.support.postgres import PostgresServer, postgres_server
 from tests.support.servers import ADMIN_KEY, Proc, admin_get, create_key, router_proc
@@ -72,11 +73,12 @@ def test_a_router_on_postgresql_keeps_everything_across_a_restart(
     assert post(first, "/v0/endpoints", ADMIN_KEY, endpoint).status_code == 201
     first.stop()
 
-    # In the database: the endpoint key sealed, never in clear; the schema at version 1.
+    # In the database: the endpoint key sealed, never in clear; the schema at its last version.
     with psycopg.connect(postgres.url(database)) as conn:
         (record,) = conn.execute("SELECT record FROM endpoints WHERE name = 'up'").fetchone() or ("",)
         assert UPSTREAM_KEY not in record and "api_key_sealed" in record
-        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(1,)]
+        versions = conn.execute("SELECT version FROM schema_version ORDER BY version").fetchall()
+        assert versions == [(v,) for v in range(1, LATEST + 1)]
         assert conn.execute("SELECT COUNT(*) FROM api_keys").fetchone() == (3,)  # admin, client, node
 
     second = start(tmp_path, tmp_path / "data-2", url, procs)  # nothing of the first's data_dir

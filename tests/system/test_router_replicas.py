@@ -75,6 +75,14 @@ def nodes_of(router: Proc) -> dict[str, dict[str, Any]]:
     return {n["name"]: n for n in admin_get(router.url, "/v0/nodes")["data"]}
 
 
+def models_status(router: Proc, headers: dict[str, str]) -> int:
+    return httpx.get(f"{router.url}/v1/models", headers=headers, timeout=5).status_code
+
+
+def shared_state(router: Proc) -> str:
+    return str(httpx.get(f"{router.url}/health", timeout=5).json()["shared_state"])
+
+
 def chat(url: str, key: str, *, sleep: float = 0.0, timeout: float = 30) -> httpx.Response:
     body: dict[str, Any] = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
     if sleep:
@@ -115,17 +123,14 @@ def test_a_key_made_or_revoked_on_one_router_counts_on_every_router_within_1s(fl
     a, b = fleet.router(0), fleet.router(1)
     key = create_key(a.url, ["api"], name="client")
     headers = {"authorization": f"Bearer {key}"}
-    made = seconds_until(
-        lambda: httpx.get(f"{b.url}/v1/models", headers=headers, timeout=5).status_code == 200, 5, "key on b"
-    )
+    made = seconds_until(lambda: models_status(b, headers) == 200, 5, "key on b")
     assert made < 1.0
     key_id = next(k["id"] for k in admin_get(a.url, "/v0/keys")["data"] if k["name"] == "client")
     assert httpx.delete(f"{a.url}/v0/keys/{key_id}", headers=ADMIN, timeout=5).status_code == 200
-    revoked = seconds_until(
-        lambda: httpx.get(f"{b.url}/v1/models", headers=headers, timeout=5).status_code == 401, 5, "refused on b"
-    )
+    revoked = seconds_until(lambda: models_status(b, headers) == 401, 5, "refused on b")
     assert revoked < 1.0
-    assert httpx.get(f"{b.url}/v1/models", headers=headers, timeout=5).json()["error"]["code"] == "revoked_api_key"
+    refused = httpx.get(f"{b.url}/v1/models", headers=headers, timeout=5)
+    assert refused.json()["error"]["code"] == "revoked_api_key"
 
 
 def test_a_node_registered_through_one_router_is_served_by_all_and_drained_everywhere(fleet: Fleet) -> None:
@@ -187,7 +192,8 @@ def test_a_killed_router_frees_its_slots_and_nginx_clients_lose_nothing(fleet: F
     with NginxBalancer([a.url.removeprefix("http://"), b.url.removeprefix("http://")]) as lb:
         client = openai.OpenAI(base_url=f"{lb.url}/v1", api_key=api_key)
         for i in range(6):
-            reply = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": str(i)}])
+            messages: Any = [{"role": "user", "content": str(i)}]
+            reply = client.chat.completions.create(model=MODEL, messages=messages)
             assert reply.choices[0].message.content == f"up heard: {i}"
 
 
@@ -204,12 +210,10 @@ def test_redis_down_each_router_serves_alone_then_shares_again(
         for _ in range(3):
             assert chat(router.url, api_key).status_code == 200
         wait_until(lambda r=router: "redis" in r.log() and "unreachable" in r.log(), 5, "warning")
-        assert httpx.get(f"{router.url}/health", timeout=5).json()["shared_state"] == "down"
+        assert shared_state(router) == "down"
     redis_server.up()
     for router in (a, b):
-        wait_until(
-            lambda r=router: httpx.get(f"{r.url}/health", timeout=5).json()["shared_state"] == "up", 10, "back"
-        )
+        wait_until(lambda r=router: shared_state(r) == "up", 10, "back")
         warnings = [line for line in router.log().splitlines() if "unreachable" in line and "redis" in line]
         assert len(warnings) == 1, warnings
         assert "Traceback" not in router.log()
