@@ -173,7 +173,9 @@ class Replicas:
     def registered(self, node: NodeState) -> None:
         self._here.add(node.id)
         blob = self._encode(self._shared_node(node))
+        beat = self._encode(self._shared_beat(node))  # registering is a sign of life too
         self._send(lambda: self._put_node(node.id, blob))
+        self._send(lambda: self._put_beat(node.id, beat))
 
     def heartbeat(self, node: NodeState) -> None:
         self._here.add(node.id)

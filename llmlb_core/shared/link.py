@@ -39,6 +39,8 @@ REDIS_SCHEMES = ("redis", "rediss")
 # How long a call may take before Redis counts as down (a router never waits longer on it).
 CALL_TIMEOUT_S = 1.0
 RETRY_S = 1.0
+# How often the listener looks up from the channel (to notice that it must resubscribe).
+LISTEN_POLL_S = 0.5
 
 Handler = Callable[[dict[str, Any]], None]
 
@@ -76,6 +78,7 @@ class RedisLink:
         self.up = False
         self._ever_up = False
         self._reachable = asyncio.Event()
+        self._stale = True
         self._handlers: dict[str, Handler] = {}
         self._on_back: list[Callable[[], Awaitable[None]]] = []
         self._tasks: list[asyncio.Task[None]] = []
@@ -134,6 +137,7 @@ class RedisLink:
 
     def _went_down(self, exc: BaseException) -> None:
         self._reachable.clear()
+        self._stale = True  # the subscription may have missed messages: renew it, resync
         if self.up:
             self.up = False
             log.warning(
@@ -175,15 +179,18 @@ class RedisLink:
                 await self._check()
 
     async def _listen(self) -> None:
-        """Receive the other routers' messages, resubscribing after every failure."""
+        """Receive the other routers' messages. After any failure (seen here or by a call), it
+        waits for Redis, subscribes again, and only then resyncs: nothing sent from then on is
+        missed, and what was sent meanwhile is re-read."""
         while True:
+            await self._reachable.wait()
             pubsub = self.client.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(CHANNEL)
-                # Subscribed first, then re-read: nothing sent from now on is missed.
+                self._stale = False
                 await self._resync()
-                while True:
-                    message = await pubsub.get_message(timeout=None)
+                while not self._stale:
+                    message = await pubsub.get_message(timeout=LISTEN_POLL_S)
                     if message is not None:
                         self._dispatch(message.get("data"))
             except (RedisError, OSError) as exc:
@@ -191,8 +198,6 @@ class RedisLink:
             finally:
                 with contextlib.suppress(RedisError, OSError):
                     await pubsub.aclose()
-            await asyncio.sleep(RETRY_S / 4)
-            await self._reachable.wait()  # the watch task pings until Redis answers
 
     def _dispatch(self, data: Any) -> None:
         if not isinstance(data, bytes):

@@ -1,0 +1,179 @@
+"""Node slots counted across routers (llmlb_core/shared/slots.py) and the router's link to Redis
+(llmlb_core/shared/link.py), against a real, private redis-server (tests/support/redis.py).
+
+Two links with different router ids stand for two routers: their claims on one node never pass
+its capacity together, a dead router's slots come back once its liveness key is gone, a release
+that frees a full node wakes the others (and only that one does), and a Redis that goes away
+costs one warning line, then callers get SharedDown at once until it answers again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+import redis.asyncio as aioredis
+
+from llmlb_core.config.settings import SettingsError
+from llmlb_core.shared.link import CHANNEL, RedisLink, SharedDown, check_redis_url
+from llmlb_core.shared.slots import ROUTER_KEY, SLOTS_KEY, SharedSlots
+from tests.support.redis import RedisServer
+
+
+@pytest.fixture
+async def routers(redis_url: str) -> AsyncIterator[tuple[SharedSlots, SharedSlots]]:
+    links = [RedisLink(redis_url, router_id=name) for name in ("router-a", "router-b")]
+    for link in links:
+        await link.start()
+    slots = (SharedSlots(links[0]), SharedSlots(links[1]))
+    for side in slots:
+        await side.alive()
+    try:
+        yield slots
+    finally:
+        for link in links:
+            await link.stop()
+
+
+async def test_two_routers_never_hold_more_than_a_nodes_slots(routers: tuple[SharedSlots, SharedSlots]) -> None:
+    a, b = routers
+    assert await a.claim("gpu-1", 1, 2) == (True, 0)
+    assert await b.claim("gpu-1", 1, 2) == (True, 1)
+    assert await a.claim("gpu-1", 2, 2) == (False, 1)  # b holds the other one
+    assert await b.claim("gpu-1", 2, 2) == (False, 1)
+    assert await a.report("gpu-1", 0, 2) == 1  # a's job ended
+    assert await b.claim("gpu-1", 2, 2) == (True, 0)
+    assert await a.others("gpu-1") == 2
+    assert await b.others("gpu-2") == 0  # another node: its own count
+
+
+async def test_a_dead_routers_slots_come_back(routers: tuple[SharedSlots, SharedSlots], redis_url: str) -> None:
+    a, b = routers
+    assert await b.claim("gpu-1", 1, 1) == (True, 0)
+    assert await a.claim("gpu-1", 1, 1) == (False, 1)
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        assert 0 < await client.pttl(ROUTER_KEY + "router-b") <= 4000  # b must refresh it
+        await client.delete(ROUTER_KEY + "router-b")  # b stopped refreshing: its key expired
+        assert await a.claim("gpu-1", 1, 1) == (True, 0)
+        assert await client.hgetall(SLOTS_KEY + "gpu-1") == {b"router-a": b"1"}  # b's field dropped
+    finally:
+        await client.aclose()
+
+
+async def test_a_clean_stop_frees_a_routers_slots_at_once(routers: tuple[SharedSlots, SharedSlots]) -> None:
+    a, b = routers
+    assert await b.claim("gpu-1", 1, 1) == (True, 0)
+    await b.leave()
+    assert await a.claim("gpu-1", 1, 1) == (True, 0)
+
+
+async def test_only_a_release_that_frees_a_full_node_wakes_the_others(
+    routers: tuple[SharedSlots, SharedSlots], redis_url: str
+) -> None:
+    a, b = routers
+    client = aioredis.Redis.from_url(redis_url)
+    pubsub = client.pubsub(ignore_subscribe_messages=True)
+    await pubsub.subscribe(CHANNEL)
+
+    async def messages() -> list[bytes]:
+        got = []
+        while (message := await pubsub.get_message(timeout=0.3)) is not None:
+            got.append(message["data"])
+        return got
+
+    try:
+        assert await a.claim("gpu-1", 1, 3) == (True, 0)
+        assert await a.claim("gpu-1", 2, 3) == (True, 0)
+        assert await a.report("gpu-1", 1, 3) == 0  # 2 of 3 -> 1 of 3: it was not full
+        assert await messages() == []
+        assert await b.claim("gpu-1", 2, 3) == (True, 1)  # now 3 of 3
+        await a.report("gpu-1", 0, 3)  # full -> one free: the others are told
+        (woken,) = await messages()
+        assert b'"k":"slots"' in woken and b'"n":"gpu-1"' in woken and b'"o":"router-a"' in woken
+    finally:
+        await pubsub.aclose()
+        await client.aclose()
+
+
+async def test_messages_reach_the_other_routers_not_the_sender(redis_url: str) -> None:
+    a, b = RedisLink(redis_url, router_id="a"), RedisLink(redis_url, router_id="b")
+    heard: dict[str, list[dict[str, object]]] = {"a": [], "b": []}
+    a.on("keys", heard["a"].append)
+    b.on("keys", heard["b"].append)
+    resyncs: list[str] = []
+
+    async def resynced() -> None:
+        resyncs.append("b")
+
+    b.on_back(resynced)
+    await a.start()
+    await b.start()
+    try:
+        deadline = time.monotonic() + 5
+        while not resyncs and time.monotonic() < deadline:  # b subscribed, then resynced
+            await asyncio.sleep(0.02)
+        assert resyncs == ["b"]
+        await a.publish("keys", why="revoked")
+        while not heard["b"] and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        assert [m["why"] for m in heard["b"]] == ["revoked"]
+        assert heard["a"] == []
+    finally:
+        await a.stop()
+        await b.stop()
+
+
+async def test_redis_down_is_one_warning_then_shared_down_at_once_then_back(
+    redis_server: RedisServer, redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    link = RedisLink(redis_url, router_id="solo")
+    backs: list[float] = []
+
+    async def back() -> None:
+        backs.append(time.monotonic())
+
+    link.on_back(back)
+    await link.start()
+    slots = SharedSlots(link)
+    try:
+        assert await slots.claim("gpu-1", 1, 1) == (True, 0)
+        redis_server.down()
+        caplog.set_level(logging.INFO, logger="llmlb.shared")
+        with pytest.raises(SharedDown):
+            await slots.claim("gpu-1", 1, 1)
+        started = time.monotonic()
+        for _ in range(20):  # while down: refused at once, no network wait
+            with pytest.raises(SharedDown):
+                await slots.report("gpu-1", 0, 1)
+        assert time.monotonic() - started < 0.1
+        assert not link.up
+        redis_server.up()
+        deadline = time.monotonic() + 10
+        while len(backs) < 2 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert link.up and len(backs) == 2  # at start, and once back
+        warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+        assert len(warnings) == 1, [r.getMessage() for r in warnings]
+        assert "unreachable" in warnings[0].getMessage() and "own accounting" in warnings[0].getMessage()
+        assert await slots.claim("gpu-1", 1, 1) == (True, 0)  # an empty Redis: counts start again
+    finally:
+        await link.stop()
+
+
+@pytest.mark.parametrize(
+    "url", ["http://127.0.0.1:6379", "redis://", "redis://:secret-pw@host:99999/0", "postgresql://h/db"]
+)
+def test_a_bad_redis_url_is_one_line_without_its_password(url: str) -> None:
+    with pytest.raises(SettingsError) as caught:
+        check_redis_url(url)
+    assert "redis_url" in str(caught.value) and "secret-pw" not in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_good_redis_urls_pass() -> None:
+    for url in ("redis://127.0.0.1:6379/0", "rediss://:pw@cache.internal:6380/2", " redis://h "):
+        assert check_redis_url(url) == url.strip()
