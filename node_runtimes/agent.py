@@ -100,7 +100,7 @@ class RouterLink:
         self.token = token
         self._accelerators = accelerators
         self._client = httpx.AsyncClient(
-            base_url=settings.router_url.rstrip("/"),
+            base_url=settings.router_urls[0],
             headers={"authorization": f"Bearer {settings.api_key}"} if settings.api_key else {},
             timeout=httpx.Timeout(10.0, connect=3.0),
             verify=client_ssl_context(settings.router_ca_bundle, what="--router-ca-bundle"),
@@ -202,7 +202,7 @@ class RouterLink:
                         self.interval_s = reply.heartbeat_interval_s
                     log.info(
                         "registered with router %s as %s (heartbeat every %.1fs)",
-                        self.settings.router_url,
+                        self.settings.router_urls[0],
                         reply.node_id,
                         self.interval_s,
                     )
@@ -211,7 +211,7 @@ class RouterLink:
                     return
                 if response.status_code in (401, 403):
                     # Printed by `llmlb node` as it exits (one line, not logged twice).
-                    self.fatal = refusal(response, self.settings.router_url, self.settings.id)
+                    self.fatal = refusal(response, self.settings.router_urls[0], self.settings.id)
                     log.debug("registration refused: %s", self.fatal)
                     return
                 self._report(
@@ -230,7 +230,7 @@ class RouterLink:
                         logging.ERROR,
                         "TLS to router %s failed (%s); give its CA with --router-ca-bundle; "
                         "retrying (up to every %.0fs)",
-                        self.settings.router_url,
+                        self.settings.router_urls[0],
                         tls,
                         MAX_BACKOFF_S,
                     )
@@ -239,7 +239,7 @@ class RouterLink:
                         f"unreachable {type(exc).__name__}",
                         logging.WARNING,
                         "router %s not reachable (%s); retrying (up to every %.0fs) until it is",
-                        self.settings.router_url,
+                        self.settings.router_urls[0],
                         type(exc).__name__,
                         MAX_BACKOFF_S,
                     )
@@ -258,7 +258,7 @@ class RouterLink:
                 f"heartbeat {type(exc).__name__}",
                 logging.WARNING,
                 "heartbeat to router %s failed (%s); still trying every %.1fs",
-                self.settings.router_url,
+                self.settings.router_urls[0],
                 type(exc).__name__,
                 self.interval_s,
             )
@@ -277,7 +277,7 @@ class RouterLink:
                 f"heartbeat {response.status_code}",
                 logging.ERROR,
                 "%s",
-                refusal(response, self.settings.router_url, self.settings.id),
+                refusal(response, self.settings.router_urls[0], self.settings.id),
             )
         else:
             self._report(
