@@ -6,6 +6,13 @@ wrong, revoked or under-scoped key, or a node id that is another key's) will not
 retrying: the link stops and sets :attr:`RouterLink.fatal`, which ends the node with that line
 (exit 2: the node app's ``llmlb_core.server.serving.STOP_WHEN``). A heartbeat the router answers with
 ``reregister`` (it restarted and lost the node's credential) triggers a new registration at once.
+
+Router replicas: given several router URLs (``--router`` repeated), the node registers with the
+first that answers and heartbeats to that one. When its router stops answering (a connection
+error, a timeout or a 5xx, at a heartbeat or a registration), the node tries the next at once,
+round-robin, and re-registers there: one line per switch, and the node keeps serving its jobs
+meanwhile (its HTTP server does not depend on the link). A 401 or 403 is no reason to switch:
+the routers share their keys, so another would refuse the node too.
 """
 
 from __future__ import annotations
@@ -99,8 +106,12 @@ class RouterLink:
         self.runtimes = runtimes
         self.token = token
         self._accelerators = accelerators
+        self.router_urls = settings.router_urls
+        # The router registered with (or being tried): an index into router_urls.
+        self._current = 0
+        # (router, reason) of the router the node left, until it registers elsewhere: the switch's line.
+        self._left: tuple[str, str] | None = None
         self._client = httpx.AsyncClient(
-            base_url=settings.router_url.rstrip("/"),
             headers={"authorization": f"Bearer {settings.api_key}"} if settings.api_key else {},
             timeout=httpx.Timeout(10.0, connect=3.0),
             verify=client_ssl_context(settings.router_ca_bundle, what="--router-ca-bundle"),
@@ -117,6 +128,14 @@ class RouterLink:
         self.fatal: str | None = None
         # The last problem logged, so that a problem that lasts is one line, not one per retry.
         self._problem: str | None = None
+
+    @property
+    def router_url(self) -> str:
+        """The router the node is registered with (or is trying)."""
+        return self.router_urls[self._current]
+
+    def _next_router(self) -> None:
+        self._current = (self._current + 1) % len(self.router_urls)
 
     def _report(self, problem: str | None, level: int, message: str, *args: object) -> None:
         """Log ``message`` when the link's state changes to ``problem`` (None: all is well)."""
@@ -186,79 +205,130 @@ class RouterLink:
         )
 
     async def register(self) -> None:
-        """Register, retrying until the router answers 200; on a 401 or 403, set :attr:`fatal`
-        and return without registering."""
+        """Register, retrying until a router answers 200: the current router first, then the
+        next ones in turn (a round), backing off between rounds; on a 401 or 403, set
+        :attr:`fatal` and return without registering."""
         backoff = 0.2
         while True:
-            try:
-                response = await self._client.post(
-                    "/v0/nodes/register",
-                    content=msgspec.json.encode(self.registration()),
-                    headers={"content-type": "application/json"},
-                )
-                if response.status_code == 200:
-                    reply = msgspec.json.decode(response.content, type=RegistrationReply)
-                    if self.settings.heartbeat_interval_s is None:
-                        self.interval_s = reply.heartbeat_interval_s
-                    log.info(
-                        "registered with router %s as %s (heartbeat every %.1fs)",
-                        self.settings.router_url,
-                        reply.node_id,
-                        self.interval_s,
-                    )
-                    self._problem = None
-                    self.registered.set()
+            failed: list[tuple[str, str]] = []  # (router, why), in the order tried
+            for _ in self.router_urls:
+                reason = await self._register_here()
+                if reason is None:
                     return
-                if response.status_code in (401, 403):
-                    # Printed by `llmlb node` as it exits (one line, not logged twice).
-                    self.fatal = refusal(response, self.settings.router_url, self.settings.id)
-                    log.debug("registration refused: %s", self.fatal)
-                    return
+                failed.append((self.router_url, reason))
+                self._next_router()
+            if len(self.router_urls) > 1:
                 self._report(
-                    f"http {response.status_code}",
-                    logging.ERROR,
-                    "router refused registration: HTTP %d %s; retrying (up to every %.0fs)",
-                    response.status_code,
-                    _router_message(response),
+                    f"no router {sorted(failed)}",
+                    logging.WARNING,
+                    "no router answered (%s); retrying (up to every %.0fs) until one does",
+                    "; ".join(f"{url}: {why}" for url, why in failed),
                     MAX_BACKOFF_S,
                 )
-            except httpx.HTTPError as exc:
-                tls = tls_failure(exc)
-                if tls is not None:
+            await asyncio.sleep(backoff)
+            backoff = min(MAX_BACKOFF_S, backoff * 2)
+
+    async def _register_here(self) -> str | None:
+        """One registration with the current router: None when it is over (registered, or
+        refused for good: :attr:`fatal`), else why not, in a few words."""
+        router = self.router_url
+        single = len(self.router_urls) == 1
+        try:
+            response = await self._client.post(
+                f"{router}/v0/nodes/register",
+                content=msgspec.json.encode(self.registration()),
+                headers={"content-type": "application/json"},
+            )
+        except httpx.HTTPError as exc:
+            tls = tls_failure(exc)
+            if tls is not None:
+                if single:
                     self._report(
                         f"tls {tls}",
                         logging.ERROR,
                         "TLS to router %s failed (%s); give its CA with --router-ca-bundle; "
                         "retrying (up to every %.0fs)",
-                        self.settings.router_url,
+                        router,
                         tls,
                         MAX_BACKOFF_S,
                     )
-                else:
-                    self._report(
-                        f"unreachable {type(exc).__name__}",
-                        logging.WARNING,
-                        "router %s not reachable (%s); retrying (up to every %.0fs) until it is",
-                        self.settings.router_url,
-                        type(exc).__name__,
-                        MAX_BACKOFF_S,
-                    )
-            await asyncio.sleep(backoff)
-            backoff = min(MAX_BACKOFF_S, backoff * 2)
+                return f"TLS failed ({tls}; give its CA with --router-ca-bundle)"
+            if single:
+                self._report(
+                    f"unreachable {type(exc).__name__}",
+                    logging.WARNING,
+                    "router %s not reachable (%s); retrying (up to every %.0fs) until it is",
+                    router,
+                    type(exc).__name__,
+                    MAX_BACKOFF_S,
+                )
+            return type(exc).__name__
+        if response.status_code == 200:
+            reply = msgspec.json.decode(response.content, type=RegistrationReply)
+            if self.settings.heartbeat_interval_s is None:
+                self.interval_s = reply.heartbeat_interval_s
+            if self._left is not None and self._left[0] != router:
+                log.warning(
+                    "router %s unreachable (%s); registered with %s as %s (heartbeat every %.1fs)",
+                    self._left[0],
+                    self._left[1],
+                    router,
+                    reply.node_id,
+                    self.interval_s,
+                )
+            else:
+                log.info(
+                    "registered with router %s as %s (heartbeat every %.1fs)",
+                    router,
+                    reply.node_id,
+                    self.interval_s,
+                )
+            self._left = None
+            self._problem = None
+            self.registered.set()
+            return None
+        if response.status_code in (401, 403):
+            # Printed by `llmlb node` as it exits (one line, not logged twice).
+            self.fatal = refusal(response, router, self.settings.id)
+            log.debug("registration refused: %s", self.fatal)
+            return None
+        if single:
+            self._report(
+                f"http {response.status_code}",
+                logging.ERROR,
+                "router refused registration: HTTP %d %s; retrying (up to every %.0fs)",
+                response.status_code,
+                _router_message(response),
+                MAX_BACKOFF_S,
+            )
+        return f"HTTP {response.status_code} {_router_message(response)}"
+
+    async def _switch(self, reason: str) -> None:
+        """The current router stopped answering (``reason``): register with the next one."""
+        if self._left is None:
+            self._left = (self.router_url, reason)
+        self._problem = None
+        self.registered.clear()
+        self._next_router()
+        await self.register()
 
     async def beat(self) -> None:
+        replicas = len(self.router_urls) > 1
         try:
             response = await self._client.post(
-                "/v0/nodes/heartbeat",
+                f"{self.router_url}/v0/nodes/heartbeat",
                 content=msgspec.json.encode(self.heartbeat_message()),
                 headers={"content-type": "application/json"},
             )
         except httpx.HTTPError as exc:
+            if replicas:
+                await self._switch(tls_failure(exc) or type(exc).__name__)
+                return
             self._report(
                 f"heartbeat {type(exc).__name__}",
                 logging.WARNING,
                 "heartbeat to router %s failed (%s); still trying every %.1fs",
-                self.settings.router_url,
+                self.router_url,
                 type(exc).__name__,
                 self.interval_s,
             )
@@ -266,7 +336,7 @@ class RouterLink:
         if response.status_code == 200:
             reply = msgspec.json.decode(response.content, type=HeartbeatReply)
             if reply.reregister:
-                log.info("router does not know this node (restarted?); re-registering")
+                log.info("router %s does not know this node (restarted?); re-registering", self.router_url)
                 self._problem = None
                 self.registered.clear()
                 await self.register()
@@ -277,8 +347,10 @@ class RouterLink:
                 f"heartbeat {response.status_code}",
                 logging.ERROR,
                 "%s",
-                refusal(response, self.settings.router_url, self.settings.id),
+                refusal(response, self.router_url, self.settings.id),
             )
+        elif response.status_code >= 500 and replicas:
+            await self._switch(f"HTTP {response.status_code} {_router_message(response)}")
         else:
             self._report(
                 f"heartbeat {response.status_code}",
@@ -312,7 +384,7 @@ class RouterLink:
         if not self.registered.is_set():
             return  # the registration in progress says draining=True
         try:
-            response = await self._client.post(f"/v0/nodes/{self.settings.id}/drain")
+            response = await self._client.post(f"{self.router_url}/v0/nodes/{self.settings.id}/drain")
         except httpx.HTTPError as exc:
             log.warning("could not tell the router of the drain (%s)", type(exc).__name__)
             return
@@ -332,14 +404,14 @@ class RouterLink:
 
     async def _deregister(self) -> None:
         try:
-            response = await self._client.post(f"/v0/nodes/{self.settings.id}/deregister")
+            response = await self._client.post(f"{self.router_url}/v0/nodes/{self.settings.id}/deregister")
         except httpx.TransportError as exc:
             # The router is gone or going (stopped with the node, e.g. `llmlb demo`): it takes the
             # node offline when heartbeats stop. Nothing for the operator to do.
             log.debug("router not reachable to deregister (%s); it will mark this node offline", exc)
             return
         if response.status_code in (200, 204):
-            log.info("deregistered from router")
+            log.info("deregistered from router %s", self.router_url)
         elif response.status_code == 404:
             log.debug("router no longer lists this node; nothing to deregister")
         else:

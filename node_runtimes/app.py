@@ -225,6 +225,8 @@ def create_node_app(
             "status": "draining" if link.draining else "ok",
             "node_id": settings.id,
             "registered": link.registered.is_set(),
+            # The router the node is registered with (or trying, while "registered" is false).
+            "router": link.router_url,
             "runtimes": [r.type_name for r in runtimes],
             "active_jobs": sum(load.active_jobs for load in loads),
             "loaded_models": [m for load in loads for m in load.loaded_models],

@@ -34,7 +34,13 @@ from llmlb_core.config.settings import SettingsError
 from llmlb_node.config_check import NODE
 from llmlb_node.plugins import RuntimePluginError, load_runtime_types
 from llmlb_node.runtime import RuntimeType
-from llmlb_node.settings import CONFIG_ENV, ENV_PREFIX, NodeSettings, node_env_problems
+from llmlb_node.settings import (
+    CONFIG_ENV,
+    DEFAULT_ROUTER_URL,
+    ENV_PREFIX,
+    NodeSettings,
+    node_env_problems,
+)
 
 log = logging.getLogger("llmlb.config")
 
@@ -87,7 +93,15 @@ NEED_A_KEY = (
 
 
 @click.command(context_settings=CONTEXT_SETTINGS)
-@node_option("--router", field="router_url", help="router URL")
+@click.option(
+    "--router",
+    "router_url",
+    multiple=True,
+    default=[DEFAULT_ROUTER_URL],
+    help="router URL; repeat it for router replicas: the node registers with the first that "
+    "answers, and with the next when that one stops answering (comma-separated or a JSON array "
+    f"in the variable)  [env var: {ENV_PREFIX}ROUTER_URL]",
+)
 @node_option("--host", field="host", help="address to listen on")
 @node_option("--port", field="port", type=int, help="port to listen on")
 @node_option(

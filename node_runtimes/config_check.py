@@ -23,6 +23,7 @@ from llmlb_node.settings import (
     NodeSettings,
     node_env_problems,
     raw_node_settings,
+    shown_table,
 )
 
 
@@ -30,7 +31,7 @@ def check_node(path: Path, environ: Mapping[str, str], cli_envvars: set[str]) ->
     report = Report(warnings=node_env_problems(environ, cli_envvars))
     raw = raw_node_settings(path, environ=environ)
     report.problems += table_problems(
-        raw, NodeSettings, noun="node setting", env_prefix=ENV_PREFIX, skip={"runtime"}
+        shown_table(raw), NodeSettings, noun="node setting", env_prefix=ENV_PREFIX, skip={"runtime"}
     )
     tables = raw.get("runtime", {})
     if not isinstance(tables, dict) or not all(isinstance(t, dict) for t in tables.values()):

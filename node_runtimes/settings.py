@@ -18,6 +18,7 @@ from collections.abc import Iterable, Mapping
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
+from urllib.parse import urlsplit
 
 import msgspec
 
@@ -31,6 +32,7 @@ from llmlb_core.config.settings import (
     load_plugin_settings,
     merge_tables,
     read_toml,
+    text_list,
 )
 from llmlb_core.protocol import NodeName
 
@@ -43,6 +45,64 @@ RUNTIME_ENV_PREFIX = f"{ENV_PREFIX}RUNTIME__"
 RUNTIME_ENV_RE = re.compile(rf"{RUNTIME_ENV_PREFIX}(?:(?!__)\w)+__(?:(?!__)\w)+", re.IGNORECASE)
 # The node's key may also come from LLMLB_API_KEY (as the node's other clients name it).
 API_KEY_ENV = f"{ROUTER_ENV_PREFIX}API_KEY"
+DEFAULT_ROUTER_URL = "http://127.0.0.1:8080"
+
+
+def shown_url(url: str) -> str:
+    """``url`` as it may be printed: whatever stands before an ``@`` in its authority (a user,
+    a password, a token) replaced by ``***``."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    authority, slash, path = rest.partition("/")
+    if "@" not in authority:
+        return url
+    return f"{scheme}://***@{authority.rpartition('@')[2]}{slash}{path}"
+
+
+def router_url_problem(url: str) -> str | None:
+    """Why ``url`` cannot be a router's URL (None: it can): an http:// or https:// URL with a
+    host and no credentials (the node's key goes in --api-key, never in a URL)."""
+    shown = repr(shown_url(url))
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError as exc:
+        return f"{shown}: {exc}"
+    if parts.scheme.lower() not in ("http", "https"):
+        return f"{shown}: expected an http:// or https:// URL"
+    if "@" in parts.netloc:
+        return (
+            f"{shown}: no credentials in a router URL (give the node's key with --api-key or LLMLB_API_KEY)"
+        )
+    if not parts.hostname:
+        return f"{shown}: no host"
+    return None
+
+
+def checked_router_urls(value: str | list[str]) -> list[str]:
+    """``router_url`` as a list of URLs, in order, each once, without a trailing ``/``: one URL,
+    several comma-separated (or a JSON array, as the environment gives lists), or a list. A
+    ValueError that msgspec reports at ``router_url`` names the first bad one (credentials
+    hidden)."""
+    at = " - at `$.router_url`"
+    try:
+        items = text_list(value) if isinstance(value, str) else list(value)
+    except ValueError:
+        raise ValueError(f"expected URLs, comma-separated or a JSON array{at}") from None
+    urls: list[str] = []
+    for item in items:
+        if not isinstance(item, str):
+            raise ValueError(f"expected URLs, got {item!r}{at}")
+        problem = router_url_problem(item.strip())
+        if problem:
+            raise ValueError(f"{problem}{at}")
+        url = item.strip().rstrip("/")
+        if url not in urls:
+            urls.append(url)
+    if not urls:
+        raise ValueError(f"expected at least one router URL{at}")
+    return urls
 
 
 def sanitized_hostname(hostname: str | None = None, max_length: int = 40) -> str:
@@ -54,7 +114,11 @@ def sanitized_hostname(hostname: str | None = None, max_length: int = 40) -> str
 
 # dict=True: room for the cached default id (one random id per settings object, i.e. process).
 class NodeSettings(msgspec.Struct, kw_only=True, dict=True, forbid_unknown_fields=True):
-    router_url: str = "http://127.0.0.1:8080"
+    # The router, or its replicas: one URL, or several (TOML a list; LLMLB_NODE_ROUTER_URL
+    # comma-separated; --router repeated). The node registers with the first that answers and,
+    # when that one stops answering, with the next (RouterLink). Kept as given: a string for
+    # one URL, a list for several; read it as `router_urls`.
+    router_url: str | list[str] = DEFAULT_ROUTER_URL
     # Node-scope API key used to register and heartbeat (env LLMLB_API_KEY).
     api_key: str | None = None
     host: str = "127.0.0.1"
@@ -95,6 +159,13 @@ class NodeSettings(msgspec.Struct, kw_only=True, dict=True, forbid_unknown_field
 
     def __post_init__(self) -> None:
         self.log_level = checked_log_level(self.log_level)
+        urls = checked_router_urls(self.router_url)
+        self.router_url = urls[0] if len(urls) == 1 else urls
+
+    @property
+    def router_urls(self) -> list[str]:
+        """The routers to register with, in the order they are tried."""
+        return [self.router_url] if isinstance(self.router_url, str) else list(self.router_url)
 
     @property
     def models_path(self) -> Path:
@@ -193,5 +264,17 @@ def load_node_settings(
         return msgspec.convert(raw, NodeSettings, strict=False)
     except msgspec.ValidationError as exc:
         raise SettingsError(
-            describe_invalid(exc, raw, NodeSettings, noun="node setting", env_prefix=ENV_PREFIX)
+            describe_invalid(exc, shown_table(raw), NodeSettings, noun="node setting", env_prefix=ENV_PREFIX)
         ) from None
+
+
+def shown_table(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """``raw`` as it may be printed in a problem's line: the router URLs without credentials
+    (still with an ``@``, so that what is wrong with them stays wrong)."""
+    table = dict(raw)
+    value = table.get("router_url")
+    if isinstance(value, str):
+        table["router_url"] = ",".join(shown_url(part) for part in value.split(","))
+    elif isinstance(value, list):
+        table["router_url"] = [shown_url(v) if isinstance(v, str) else v for v in value]
+    return table

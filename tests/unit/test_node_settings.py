@@ -180,3 +180,81 @@ def test_a_node_with_nothing_to_serve_is_a_config_error_suggesting_the_demo_mode
         build_runtimes(
             NodeSettings(models_dir=str(tmp_path), runtime_settings=idle), extra_plugins=[Plugin()]
         )
+
+
+def test_router_url_takes_one_router_or_several(tmp_path: Path) -> None:
+    """One URL stays a string (configs as before); several come as a TOML list, a comma-separated
+    (or JSON array) variable, or repeated flags; in order, each once, without a trailing /."""
+    one = tmp_path / "one.toml"
+    one.write_text('router_url = "http://r1:8080/"\n')
+    assert load_node_settings(one, environ={}).router_url == "http://r1:8080"
+    assert load_node_settings(one, environ={}).router_urls == ["http://r1:8080"]
+    several = tmp_path / "several.toml"
+    several.write_text('router_url = ["http://r1:8080", "https://r2"]\n')
+    assert load_node_settings(several, environ={}).router_urls == ["http://r1:8080", "https://r2"]
+    environ = {"LLMLB_NODE_ROUTER_URL": " http://r3:1, http://r4:2 ,http://r3:1"}
+    assert load_node_settings(one, environ=environ).router_url == ["http://r3:1", "http://r4:2"]
+    environ = {"LLMLB_NODE_ROUTER_URL": '["http://r5", "http://r6"]'}
+    assert load_node_settings(environ=environ).router_urls == ["http://r5", "http://r6"]
+    flags = load_node_settings(one, environ=environ, router_url=["http://r7", "http://r8"])
+    assert flags.router_urls == ["http://r7", "http://r8"]
+    assert NodeSettings().router_urls == ["http://127.0.0.1:8080"]
+
+
+@pytest.mark.parametrize(
+    ("value", "says"),
+    [
+        ("http://r1,ftp://r2", "'ftp://r2': expected an http:// or https:// URL, got 'http://r1,ftp://r2'"),
+        ("r1:8080", "'r1:8080': expected an http:// or https:// URL"),
+        ("http://r1:port", "'http://r1:port': Port could not be cast to integer value"),
+        ("http://", "'http://': no host"),
+        (
+            "http://r1,https://node:s3cret@r2",
+            "'https://***@r2': no credentials in a router URL (give the node's key with --api-key "
+            "or LLMLB_API_KEY), got 'http://r1,https://***@r2'",
+        ),
+        ("https://tok3n@r2/", "'https://***@r2/': no credentials in a router URL"),
+        (" , ", "expected at least one router URL"),
+        ('["http://r1",', "expected URLs, comma-separated or a JSON array"),
+    ],
+)
+def test_a_bad_router_url_is_one_line_naming_it_without_its_credentials(value: str, says: str) -> None:
+    with pytest.raises(SettingsError) as caught:
+        load_node_settings(environ={"LLMLB_NODE_ROUTER_URL": value})
+    message = str(caught.value)
+    assert message.startswith("invalid node setting router_url (env LLMLB_NODE_ROUTER_URL): ")
+    assert says in message and "\n" not in message
+    assert "s3cret" not in message and "tok3n" not in message
+
+
+def test_router_flag_repeats_and_its_variable_takes_a_list(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`llmlb node --router A --router B`, or LLMLB_NODE_ROUTER_URL=A,B: the settings the node
+    would start with (its app is not started here); a bad one is one line and exit 2."""
+    from llmlb_core.cli.main import main
+
+    started: list[NodeSettings] = []
+
+    def create_node_app(settings: NodeSettings) -> None:
+        started.append(settings)
+        raise SettingsError("not started in this test")
+
+    monkeypatch.setattr("llmlb_node.app.create_node_app", create_node_app)
+    for name in ("LLMLB_NODE_ROUTER_URL", "LLMLB_NODE_CONFIG"):
+        monkeypatch.delenv(name, raising=False)
+    base = ["node", "--api-key", "k"]
+    assert main([*base, "--router", "http://a:1", "--router", "http://b:2/"]) == 2
+    assert main([*base, "--router", "http://c:3"]) == 2
+    monkeypatch.setenv("LLMLB_NODE_ROUTER_URL", "http://d:4,http://e:5")
+    assert main(base) == 2
+    assert [s.router_url for s in started] == [
+        ["http://a:1", "http://b:2"],
+        "http://c:3",
+        ["http://d:4", "http://e:5"],
+    ]
+    capsys.readouterr()
+    assert main([*base, "--router", "http://a:1", "--router", "http://user:pw@b"]) == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert "invalid node setting router_url" in line and "'http://***@b'" in line and "pw" not in line
+    assert len(started) == 3
