@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 import redis.asyncio as aioredis
@@ -21,6 +21,17 @@ from llmlb_core.config.settings import SettingsError
 from llmlb_core.shared.link import CHANNEL, RedisLink, SharedDown, check_redis_url
 from llmlb_core.shared.slots import ROUTER_KEY, SLOTS_KEY, SharedSlots
 from tests.support.redis import RedisServer
+
+Pair = tuple[SharedSlots, SharedSlots]
+
+
+async def until(predicate: Callable[[], bool]) -> None:
+    """Poll another task's effect (up to 10 s; the assertion after it says what failed)."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        await asyncio.sleep(0.02)
 
 
 @pytest.fixture
@@ -38,7 +49,7 @@ async def routers(redis_url: str) -> AsyncIterator[tuple[SharedSlots, SharedSlot
             await link.stop()
 
 
-async def test_two_routers_never_hold_more_than_a_nodes_slots(routers: tuple[SharedSlots, SharedSlots]) -> None:
+async def test_two_routers_never_hold_more_than_a_nodes_slots(routers: Pair) -> None:
     a, b = routers
     assert await a.claim("gpu-1", 1, 2) == (True, 0)
     assert await b.claim("gpu-1", 1, 2) == (True, 1)
@@ -50,7 +61,7 @@ async def test_two_routers_never_hold_more_than_a_nodes_slots(routers: tuple[Sha
     assert await b.others("gpu-2") == 0  # another node: its own count
 
 
-async def test_a_dead_routers_slots_come_back(routers: tuple[SharedSlots, SharedSlots], redis_url: str) -> None:
+async def test_a_dead_routers_slots_come_back(routers: Pair, redis_url: str) -> None:
     a, b = routers
     assert await b.claim("gpu-1", 1, 1) == (True, 0)
     assert await a.claim("gpu-1", 1, 1) == (False, 1)
@@ -64,16 +75,14 @@ async def test_a_dead_routers_slots_come_back(routers: tuple[SharedSlots, Shared
         await client.aclose()
 
 
-async def test_a_clean_stop_frees_a_routers_slots_at_once(routers: tuple[SharedSlots, SharedSlots]) -> None:
+async def test_a_clean_stop_frees_a_routers_slots_at_once(routers: Pair) -> None:
     a, b = routers
     assert await b.claim("gpu-1", 1, 1) == (True, 0)
     await b.leave()
     assert await a.claim("gpu-1", 1, 1) == (True, 0)
 
 
-async def test_only_a_release_that_frees_a_full_node_wakes_the_others(
-    routers: tuple[SharedSlots, SharedSlots], redis_url: str
-) -> None:
+async def test_only_a_release_that_frees_a_full_node_wakes_the_others(routers: Pair, redis_url: str) -> None:
     a, b = routers
     client = aioredis.Redis.from_url(redis_url)
     pubsub = client.pubsub(ignore_subscribe_messages=True)
@@ -113,13 +122,10 @@ async def test_messages_reach_the_other_routers_not_the_sender(redis_url: str) -
     await a.start()
     await b.start()
     try:
-        deadline = time.monotonic() + 5
-        while not resyncs and time.monotonic() < deadline:  # b subscribed, then resynced
-            await asyncio.sleep(0.02)
+        await until(lambda: bool(resyncs))  # b subscribed, then resynced
         assert resyncs == ["b"]
         await a.publish("keys", why="revoked")
-        while not heard["b"] and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
+        await until(lambda: bool(heard["b"]))
         assert [m["why"] for m in heard["b"]] == ["revoked"]
         assert heard["a"] == []
     finally:
@@ -140,6 +146,7 @@ async def test_redis_down_is_one_warning_then_shared_down_at_once_then_back(
     await link.start()
     slots = SharedSlots(link)
     try:
+        await until(lambda: len(backs) == 1)  # subscribed and resynced at start
         assert await slots.claim("gpu-1", 1, 1) == (True, 0)
         redis_server.down()
         caplog.set_level(logging.INFO, logger="llmlb.shared")
@@ -152,9 +159,7 @@ async def test_redis_down_is_one_warning_then_shared_down_at_once_then_back(
         assert time.monotonic() - started < 0.1
         assert not link.up
         redis_server.up()
-        deadline = time.monotonic() + 10
-        while len(backs) < 2 and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
+        await until(lambda: len(backs) == 2)
         assert link.up and len(backs) == 2  # at start, and once back
         warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
         assert len(warnings) == 1, [r.getMessage() for r in warnings]

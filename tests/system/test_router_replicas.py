@@ -12,6 +12,7 @@ down: every router serves on alone, with one warning line, and shares again when
 from __future__ import annotations
 
 import concurrent.futures
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -54,7 +55,7 @@ class Fleet:
     def add_node(self, routers: list[Proc], name: str, slots: int = 1) -> Proc:
         node = node_proc(
             self.tmp,
-            ",".join(r.url for r in routers),
+            routers[0].url,
             self.tmp / "no-models",
             ADMIN_KEY,
             name=name,
@@ -65,6 +66,7 @@ class Fleet:
                 "--upstream-model", MODEL,
                 "--upstream-capability", "text_generation",
                 "--upstream-slots", str(slots),
+                *(arg for r in routers[1:] for arg in ("--router", r.url)),
             ],
         )  # fmt: skip
         self.procs.append(node)
@@ -175,26 +177,49 @@ def test_a_killed_router_frees_its_slots_and_nginx_clients_lose_nothing(fleet: F
     fleet.add_node([a, b], "survivor", slots=1)
     for router in (a, b):
         wait_until(lambda r=router: nodes_of(r).get("survivor", {}).get("status") == "online", 20, "online")
-    # a takes the node's one slot with a long request, then dies with it.
-    pool = concurrent.futures.ThreadPoolExecutor(1)
-    pending = pool.submit(chat, a.url, api_key, sleep=30, timeout=60)
-    wait_until(lambda: fleet.upstream.state.active == 1, 10, "a's job running")
-    killed_at = time.monotonic()
-    a.kill()
-    freed = chat(b.url, api_key, timeout=30)
-    assert freed.status_code == 200, freed.text
-    assert time.monotonic() - killed_at < 5.0 + 0.5  # TTL of a's liveness + one answer
-    with pytest.raises(httpx.HTTPError):
-        pending.result()
-    pool.shutdown()
-
-    # nginx in front of a (dead) and b: the SDK's default retries lose no request.
     with NginxBalancer([a.url.removeprefix("http://"), b.url.removeprefix("http://")]) as lb:
+        # An SDK client (default retries) sends through nginx all along.
         client = openai.OpenAI(base_url=f"{lb.url}/v1", api_key=api_key)
-        for i in range(6):
-            messages: Any = [{"role": "user", "content": str(i)}]
-            reply = client.chat.completions.create(model=MODEL, messages=messages)
-            assert reply.choices[0].message.content == f"up heard: {i}"
+        sent: list[str] = []
+        failures: list[BaseException] = []
+        stop = threading.Event()
+
+        def keep_sending() -> None:
+            while not stop.is_set():
+                text = str(len(sent))
+                try:
+                    messages: Any = [{"role": "user", "content": text}]
+                    reply = client.chat.completions.create(model=MODEL, messages=messages)
+                    assert reply.choices[0].message.content == f"up heard: {text}"
+                except BaseException as exc:
+                    failures.append(exc)
+                sent.append(text)
+
+        sender = threading.Thread(target=keep_sending)
+        sender.start()
+        try:
+            # a takes the node's one slot with a long request, then dies holding it.
+            pool = concurrent.futures.ThreadPoolExecutor(1)
+            pending = pool.submit(chat, a.url, api_key, sleep=10, timeout=60)
+            wait_until(lambda: fleet.upstream.state.active == 1, 10, "a's job running")
+            before = len(sent)
+            killed_at = time.monotonic()
+            a.signal(signal.SIGKILL)
+            freed = chat(b.url, api_key, timeout=30)
+            freed_after = time.monotonic() - killed_at
+            assert freed.status_code == 200, freed.text
+            assert freed_after < 5.0, freed_after  # a's liveness key expired, its slot came back
+            wait_until(lambda: len(sent) >= before + 10, 30, "the SDK client goes on through nginx")
+        finally:
+            stop.set()
+            sender.join(60)
+        assert failures == [], failures
+        with pytest.raises(httpx.HTTPError):
+            pending.result()
+        pool.shutdown()
+    # Nothing durable lost: b still has the key and the node.
+    assert models_status(b, {"authorization": f"Bearer {api_key}"}) == 200
+    assert nodes_of(b)["survivor"]["status"] == "online"
 
 
 def test_redis_down_each_router_serves_alone_then_shares_again(
