@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import json
-import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.support.dashboard_client import csrf_of, sign_in
 from tests.support.fake_node import FakeNode, images_answer
 from tests.support.inproc import start_router
 from tests.support.servers import ADMIN_KEY, ThreadServer, create_key, wait_until
@@ -85,23 +85,6 @@ def test_an_image_url_from_one_router_is_served_by_the_other_until_it_expires(
             assert gone.status_code == 404 and gone.json()["error"]["code"] == "image_expired"
     finally:
         node.stop()
-
-
-def sign_in(client: httpx.Client) -> str:
-    form = client.get("/dashboard/login").text
-    token = re.search(r'name="csrf_token" value="([^"]+)"', form)
-    assert token is not None
-    answer = client.post("/dashboard/login", data={"csrf_token": token.group(1), "key": ADMIN_KEY})
-    assert answer.status_code == 303, answer.text
-    session = client.cookies.get("llmlb_dashboard")
-    assert session
-    return session
-
-
-def csrf_of(page: str) -> str:
-    found = re.search(r'<meta name="csrf-token" content="([^"]+)">', page)
-    assert found is not None
-    return found.group(1)
 
 
 def test_a_dashboard_session_from_one_router_works_through_the_other(

@@ -25,6 +25,7 @@ import openai
 import pytest
 
 from bench._common import wait_until
+from tests.support.dashboard_client import COOKIE, csrf_of, sign_in
 from tests.support.nginx import NginxBalancer
 from tests.support.redis import RedisServer
 from tests.support.servers import ADMIN_KEY, Proc, admin_get, create_key, node_proc, router_proc
@@ -108,7 +109,7 @@ def fleet(postgres_url: str, redis_url: str, tmp_path: Path) -> Iterator[Fleet]:
         "LLMLB_REDIS_URL": redis_url,
         "LLMLB_SECRET_KEY": SECRET,
         "LLMLB_NODE_TIMEOUT_S": "5",
-        "LLMLB_CAPABILITIES": "text",
+        "LLMLB_CAPABILITIES": "text,images,dashboard",
     }
     with backend("up", [MODEL]) as upstream:
         fleet = Fleet([], upstream, tmp_path, env, procs)
@@ -145,6 +146,14 @@ def test_a_node_registered_through_one_router_is_served_by_all_and_drained_every
     answer = chat(b.url, api_key)
     assert answer.status_code == 200, answer.text
     assert "up heard: hi" in answer.json()["choices"][0]["message"]["content"]
+
+    # A failure seen through b makes the node suspect on a too.
+    fleet.upstream.state.broken.add(MODEL)
+    assert chat(b.url, api_key).status_code >= 500
+    fleet.upstream.state.broken.clear()
+    marked = seconds_until(lambda: nodes_of(a)["gpu-a"]["suspect"], 5, "suspect on a")
+    assert marked < 1.0
+    assert nodes_of(a)["gpu-a"]["recent_failures"][-1]["reason"] == "HTTP 500"
     assert "credential" not in b.log() and SECRET not in b.log() + a.log()
 
     node_id = nodes_of(a)["gpu-a"]["id"]
@@ -246,3 +255,41 @@ def test_redis_down_each_router_serves_alone_then_shares_again(
     fleet.add_node([a], "after")
     wait_until(lambda: nodes_of(b).get("after", {}).get("status") == "online", 5, "after on b")
     threading.Event().wait(0.1)
+
+
+def test_behind_nginx_images_by_url_and_dashboard_sessions_cross_routers(
+    fleet: Fleet, models_dir: Path
+) -> None:
+    a, b = fleet.router(0), fleet.router(1)
+    api_key = create_key(a.url, ["api"])
+    fleet.add_node([b], "text-node")
+    images = node_proc(fleet.tmp, a.url, models_dir, ADMIN_KEY, name="sd-node", extra=["--threads", "2"])
+    fleet.procs.append(images)
+    images.start().wait_healthy(60)
+    for router in (a, b):
+        for name in ("text-node", "sd-node"):
+            wait_until(lambda r=router, n=name: nodes_of(r).get(n, {}).get("status") == "online", 20, name)
+    with NginxBalancer([a.url.removeprefix("http://"), b.url.removeprefix("http://")]) as lb:
+        client = openai.OpenAI(base_url=f"{lb.url}/v1", api_key=api_key)
+        made = client.images.generate(
+            model="demo",
+            prompt="a red square",
+            size="256x256",
+            response_format="url",
+            extra_body={"steps": 1},
+        )
+        assert made.data and made.data[0].url
+        name = made.data[0].url.rpartition("/")[2]
+        served = [httpx.get(f"{r.url}/v1/images/files/{name}", timeout=10) for r in (a, b)]
+        assert [s.status_code for s in served] == [200, 200]
+        assert served[0].content == served[1].content and served[0].content.startswith(b"\x89PNG")
+        messages: Any = [{"role": "user", "content": "both"}]
+        assert client.chat.completions.create(model=MODEL, messages=messages).choices[0].message.content
+
+    with httpx.Client(base_url=a.url, timeout=10) as on_a, httpx.Client(base_url=b.url, timeout=10) as on_b:
+        on_b.cookies.set(COOKIE, sign_in(on_a))
+        page = on_b.get("/dashboard")  # signed in through a, working through b
+        assert page.status_code == 200 and csrf_of(page.text)
+        nodes = on_b.get("/dashboard/api/v0/nodes")
+        assert nodes.status_code == 200, nodes.text
+        assert {n["name"] for n in nodes.json()["data"]} == {"text-node", "sd-node"}
