@@ -14,7 +14,8 @@ used; a bounded FIFO wait queue when every capable slot is busy.
 - Several routers (``redis_url``): a slot picked here is claimed in Redis before the job is
   sent (:mod:`llmlb_core.shared.slots`), so two routers never overfill a node; a claim that a
   peer beat is given back and the pick made again, knowing the peers' count. Each release
-  writes this router's count back. Redis down: this router's own accounting alone.
+  gives the slot back there too (in the background). Redis down: this router's own
+  accounting alone, written to Redis whole when it is back.
 - No online node at all for the model: 503 ``no_capable_nodes`` at once (or when the last
   capable node goes offline while waiting).
 - A waiter that is cancelled (its client left) leaves the queue at once; a slot handed to it
@@ -32,6 +33,7 @@ import time
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from llmlb_core.router.nodes import NodeRegistry, NodeState
 from llmlb_core.server.errors import NoCapableNodes, OpenAIError, UpstreamTimeout
@@ -98,11 +100,10 @@ class Balancer:
     ) -> None:
         self._nodes = nodes
         self._shared = shared
-        # Writes to Redis one node at a time, each with the count as it is when sent; the last
-        # count written per node (a write of the same count again is skipped).
-        self._write_locks: dict[str, asyncio.Lock] = {}
-        self._written: dict[str, int] = {}
-        self._writes: set[asyncio.Task[None]] = set()
+        # The slots this router holds per node as Redis has them (claims taken, releases sent),
+        # and the background releases under way.
+        self._held: dict[str, int] = {}
+        self._writes: set[asyncio.Task[Any]] = set()
         self.queue_max = queue_max
         self.queue_timeout_s = queue_timeout_s
         # One FIFO per kind of request (model, flags, excluded nodes): only queue heads are
@@ -161,22 +162,31 @@ class Balancer:
         node = lease.node
         if not self._shared.up:
             return True
+        claim = asyncio.get_running_loop().create_task(self._shared.claim(node.id, node.slots))
         try:
-            async with self._write_lock(node.id):
-                mine = node.inflight + node.abandoned
-                ok, others = await self._shared.claim(node.id, mine, node.slots)
-                if ok:
-                    self._written[node.id] = mine
+            ok, others = await asyncio.shield(claim)
         except SharedDown:
             return True  # this router's own accounting, until Redis is back
-        except BaseException:
-            self.release(lease)  # cancelled while claiming: written back by the release
-            raise
-        node.others_busy = others
-        if not ok:
+        except asyncio.CancelledError:
+            # The client left while claiming: the slot goes back here now, and in Redis once
+            # the claim has answered (if it took one).
+            claim.add_done_callback(lambda done: self._claimed_then_left(node, done))
             lease._released = True
             node.inflight = max(0, node.inflight - 1)
-        return ok
+            self._drain()
+            raise
+        node.others_busy = others
+        if ok:
+            self._held[node.id] = self._held.get(node.id, 0) + 1
+            return True
+        lease._released = True
+        node.inflight = max(0, node.inflight - 1)
+        return False
+
+    def _claimed_then_left(self, node: NodeState, claim: asyncio.Task[tuple[bool, int]]) -> None:
+        if not claim.cancelled() and claim.exception() is None and claim.result()[0]:
+            self._held[node.id] = self._held.get(node.id, 0) + 1
+            self._give_back(node, 1)
 
     async def _acquire_here(self, model: str, flags: frozenset[str], exclude: frozenset[str]) -> Lease:
         exclude = frozenset(exclude)
@@ -260,39 +270,32 @@ class Balancer:
         lease._released = True
         lease.node.inflight = max(0, lease.node.inflight - 1)
         if abandoned:
-            lease.node.abandoned += 1
+            lease.node.abandoned += 1  # its slot stays held, in Redis too
+        elif self._shared is not None:
+            self._give_back(lease.node, 1)
         if duration_s is not None:
             lease.node.record_duration(duration_s)
-        if self._shared is not None:
-            self.write_back(lease.node)
         self._drain()
 
     # --- slots shared with other routers ----------------------------------------------------
-    def _write_lock(self, node_id: str) -> asyncio.Lock:
-        lock = self._write_locks.get(node_id)
-        if lock is None:
-            lock = self._write_locks[node_id] = asyncio.Lock()
-        return lock
-
-    def write_back(self, node: NodeState) -> None:
-        """Write this router's count on ``node`` to Redis soon (in the background)."""
-        if self._shared is None or not self._shared.up:
-            return
-        task = asyncio.get_running_loop().create_task(self._write(node))
+    def _give_back(self, node: NodeState, n: int) -> None:
+        """Give ``n`` of this router's slots on ``node`` back in Redis (in the background)."""
+        assert self._shared is not None
+        held = self._held.get(node.id, 0)
+        n = min(n, held)
+        if n <= 0 or not self._shared.up:
+            return  # never claimed there (Redis was down): the resync writes the count whole
+        self._held[node.id] = held - n
+        task = asyncio.get_running_loop().create_task(self._release_there(node, n))
         self._writes.add(task)
         task.add_done_callback(self._writes.discard)
 
-    async def _write(self, node: NodeState, *, force: bool = False) -> None:
+    async def _release_there(self, node: NodeState, n: int) -> None:
         assert self._shared is not None
-        async with self._write_lock(node.id):
-            mine = node.inflight + node.abandoned
-            if not force and self._written.get(node.id) == mine:
-                return  # a write of this count already went out
-            try:
-                node.others_busy = await self._shared.report(node.id, mine, node.slots)
-            except SharedDown:
-                return
-            self._written[node.id] = mine
+        try:
+            node.others_busy = await self._shared.release(node.id, n, node.slots)
+        except SharedDown:
+            return  # the resync writes the count whole
         self._drain()
 
     async def refresh(self, node_ids: Iterable[str]) -> None:
@@ -311,13 +314,14 @@ class Balancer:
         self._drain()
 
     async def resync(self) -> None:
-        """Redis is back (or first reached): write every count again, re-read the peers'."""
+        """Redis is back (or first reached): write every count whole, re-read the peers'."""
         if self._shared is None:
             return
-        self._written.clear()
         for node in self._nodes.all():
-            if node.inflight + node.abandoned:
-                await self._write(node, force=True)
+            count = node.inflight + node.abandoned
+            if count or self._held.get(node.id):
+                await self._shared.set(node.id, count)
+                self._held[node.id] = count
         await self.refresh([n.id for n in self._nodes.all()])
 
     def forget_peers(self) -> None:
@@ -352,8 +356,9 @@ class Balancer:
         """A node came, went or changed status: fail waiters nobody can ever serve, then drain."""
         if self._shared is not None:  # e.g. a heartbeat showed abandoned jobs ended
             for node in self._nodes.all():
-                if self._written.get(node.id, 0) != node.inflight + node.abandoned:
-                    self.write_back(node)
+                excess = self._held.get(node.id, 0) - node.inflight - node.abandoned
+                if excess > 0:
+                    self._give_back(node, excess)
         for queue in list(self._queues.values()):
             head = queue[0]
             if not any(n.id not in head.exclude for n in self._nodes.candidates(head.model, head.flags)):

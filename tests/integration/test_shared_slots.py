@@ -51,25 +51,38 @@ async def routers(redis_url: str) -> AsyncIterator[tuple[SharedSlots, SharedSlot
 
 async def test_two_routers_never_hold_more_than_a_nodes_slots(routers: Pair) -> None:
     a, b = routers
-    assert await a.claim("gpu-1", 1, 2) == (True, 0)
-    assert await b.claim("gpu-1", 1, 2) == (True, 1)
-    assert await a.claim("gpu-1", 2, 2) == (False, 1)  # b holds the other one
-    assert await b.claim("gpu-1", 2, 2) == (False, 1)
-    assert await a.report("gpu-1", 0, 2) == 1  # a's job ended
-    assert await b.claim("gpu-1", 2, 2) == (True, 0)
+    assert await a.claim("gpu-1", 2) == (True, 0)
+    assert await b.claim("gpu-1", 2) == (True, 1)
+    assert await a.claim("gpu-1", 2) == (False, 1)  # b holds the other one
+    assert await b.claim("gpu-1", 2) == (False, 1)
+    assert await a.release("gpu-1", 1, 2) == 1  # a's job ended
+    assert await b.claim("gpu-1", 2) == (True, 0)
     assert await a.others("gpu-1") == 2
     assert await b.others("gpu-2") == 0  # another node: its own count
+    assert await a.release("gpu-1", 5, 2) == 2  # never below 0
+    assert await b.others("gpu-1") == 0
+
+
+async def test_a_count_written_whole_replaces_the_increments(routers: Pair) -> None:
+    a, b = routers
+    assert await a.claim("gpu-1", 4) == (True, 0)
+    await a.set("gpu-1", 3)  # after Redis was away: what a really holds
+    assert await b.others("gpu-1") == 3
+    assert await b.claim("gpu-1", 4) == (True, 3)
+    assert await b.claim("gpu-1", 4) == (False, 3)
+    await a.set("gpu-1", 0)
+    assert await b.others("gpu-1") == 0
 
 
 async def test_a_dead_routers_slots_come_back(routers: Pair, redis_url: str) -> None:
     a, b = routers
-    assert await b.claim("gpu-1", 1, 1) == (True, 0)
-    assert await a.claim("gpu-1", 1, 1) == (False, 1)
+    assert await b.claim("gpu-1", 1) == (True, 0)
+    assert await a.claim("gpu-1", 1) == (False, 1)
     client = aioredis.Redis.from_url(redis_url)
     try:
         assert 0 < await client.pttl(ROUTER_KEY + "router-b") <= 4000  # b must refresh it
         await client.delete(ROUTER_KEY + "router-b")  # b stopped refreshing: its key expired
-        assert await a.claim("gpu-1", 1, 1) == (True, 0)
+        assert await a.claim("gpu-1", 1) == (True, 0)
         assert await client.hgetall(SLOTS_KEY + "gpu-1") == {b"router-a": b"1"}  # b's field dropped
     finally:
         await client.aclose()
@@ -77,9 +90,9 @@ async def test_a_dead_routers_slots_come_back(routers: Pair, redis_url: str) -> 
 
 async def test_a_clean_stop_frees_a_routers_slots_at_once(routers: Pair) -> None:
     a, b = routers
-    assert await b.claim("gpu-1", 1, 1) == (True, 0)
+    assert await b.claim("gpu-1", 1) == (True, 0)
     await b.leave()
-    assert await a.claim("gpu-1", 1, 1) == (True, 0)
+    assert await a.claim("gpu-1", 1) == (True, 0)
 
 
 async def test_only_a_release_that_frees_a_full_node_wakes_the_others(routers: Pair, redis_url: str) -> None:
@@ -95,12 +108,13 @@ async def test_only_a_release_that_frees_a_full_node_wakes_the_others(routers: P
         return got
 
     try:
-        assert await a.claim("gpu-1", 1, 3) == (True, 0)
-        assert await a.claim("gpu-1", 2, 3) == (True, 0)
-        assert await a.report("gpu-1", 1, 3) == 0  # 2 of 3 -> 1 of 3: it was not full
+        assert await a.claim("gpu-1", 3) == (True, 0)
+        assert await a.claim("gpu-1", 3) == (True, 0)
+        assert await a.release("gpu-1", 1, 3) == 0  # 2 of 3 -> 1 of 3: it was not full
         assert await messages() == []
-        assert await b.claim("gpu-1", 2, 3) == (True, 1)  # now 3 of 3
-        await a.report("gpu-1", 0, 3)  # full -> one free: the others are told
+        assert await a.claim("gpu-1", 3) == (True, 0)
+        assert await b.claim("gpu-1", 3) == (True, 2)  # now 3 of 3
+        await a.release("gpu-1", 2, 3)  # full -> free slots: the others are told
         (woken,) = await messages()
         assert b'"k":"slots"' in woken and b'"n":"gpu-1"' in woken and b'"o":"router-a"' in woken
     finally:
@@ -147,15 +161,15 @@ async def test_redis_down_is_one_warning_then_shared_down_at_once_then_back(
     slots = SharedSlots(link)
     try:
         await until(lambda: len(backs) == 1)  # subscribed and resynced at start
-        assert await slots.claim("gpu-1", 1, 1) == (True, 0)
+        assert await slots.claim("gpu-1", 1) == (True, 0)
         redis_server.down()
         caplog.set_level(logging.INFO, logger="llmlb.shared")
         with pytest.raises(SharedDown):
-            await slots.claim("gpu-1", 1, 1)
+            await slots.claim("gpu-1", 1)
         started = time.monotonic()
         for _ in range(20):  # while down: refused at once, no network wait
             with pytest.raises(SharedDown):
-                await slots.report("gpu-1", 0, 1)
+                await slots.release("gpu-1", 1, 1)
         assert time.monotonic() - started < 0.1
         assert not link.up
         redis_server.up()
@@ -164,7 +178,7 @@ async def test_redis_down_is_one_warning_then_shared_down_at_once_then_back(
         warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
         assert len(warnings) == 1, [r.getMessage() for r in warnings]
         assert "unreachable" in warnings[0].getMessage() and "own accounting" in warnings[0].getMessage()
-        assert await slots.claim("gpu-1", 1, 1) == (True, 0)  # an empty Redis: counts start again
+        assert await slots.claim("gpu-1", 1) == (True, 0)  # an empty Redis: counts start again
     finally:
         await link.stop()
 
