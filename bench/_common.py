@@ -64,6 +64,26 @@ def cpu_seconds(pid: int) -> float:
         return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU time of process ``pid`` and its children: the live ones (found in /proc) and the
+    exited ones it has waited for (its ``cutime`` + ``cstime``), in seconds. For a server that
+    forks a process per connection (PostgreSQL)."""
+    total = 0.0
+    for stat_path in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            stat = stat_path.read_text()
+        except OSError:
+            continue  # exited meanwhile
+        fields = stat[stat.rindex(")") + 2 :].split()
+        # Fields after the command name: ppid is field 4; utime, stime, cutime, cstime 14-17.
+        child_pid = int(stat_path.parent.name)
+        if child_pid == pid:
+            total += sum(int(f) for f in fields[11:15]) / _CLOCK_TICKS
+        elif int(fields[1]) == pid:
+            total += sum(int(f) for f in fields[11:13]) / _CLOCK_TICKS
+    return total
+
+
 def percentile(values: Sequence[float], q: float) -> float:
     """The q-th percentile (0..100) with linear interpolation between closest ranks."""
     if not values:

@@ -72,6 +72,24 @@ ADMIN_KEY = "sk-llmlb-bench-admin-key-0123456789abcdef"
 # More slots than the highest concurrency: the router must never queue in this benchmark.
 NODE_SLOTS = 256
 REQUEST_BODY = msgspec.json.encode({"model": MODEL})
+# A small chat answer the bench node also serves (``POST /v1/chat/completions``, forwarded by the
+# router's text capability): what bench.replicas measures besides the 1.5 MB image answer.
+CHAT_MODEL = "bench-chat-1"
+CHAT_REQUEST_BODY = msgspec.json.encode(
+    {"model": CHAT_MODEL, "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 16}
+)
+CHAT_ANSWER = msgspec.json.encode(
+    {
+        "id": "chatcmpl-bench",
+        "object": "chat.completion",
+        "created": 1700000000,
+        "model": CHAT_MODEL,
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": "Hello!"}, "finish_reason": "stop"}
+        ],
+        "usage": {"prompt_tokens": 9, "completion_tokens": 2, "total_tokens": 11},
+    }
+)
 
 TARGET_ADDED_P50_MS = 3.0
 TARGET_ROUTER_CPU_MS = 2.0
@@ -152,7 +170,10 @@ class BenchRuntime(Runtime):
         self.active = 0
 
     def models(self) -> list[ModelAdvert]:
-        return [ModelAdvert(id=MODEL, capabilities=[CAPABILITY], runtime=RUNTIME)]
+        return [
+            ModelAdvert(id=MODEL, capabilities=[CAPABILITY], runtime=RUNTIME),
+            ModelAdvert(id=CHAT_MODEL, capabilities=["chat_completion"], runtime=RUNTIME),
+        ]
 
     def load(self) -> RuntimeLoad:
         return RuntimeLoad(active_jobs=self.active)
@@ -165,7 +186,12 @@ class BenchRuntime(Runtime):
             decode_json_bytes(await request.body(), BenchRequest)
             return Response(content=runtime.body, media_type="application/json")
 
-        return [bench]
+        @post("/v1/chat/completions", status_code=200)
+        async def chat(request: Request[Any, Any, Any]) -> Response[bytes]:
+            await request.body()
+            return Response(content=CHAT_ANSWER, media_type="application/json")
+
+        return [bench, chat]
 
 
 class BenchRuntimePlugin:
@@ -179,8 +205,10 @@ class BenchRuntimePlugin:
 # --------------------------------------------------------------------------- server sub-modes
 
 
-def serve_router(port: int, data_dir: str) -> None:
-    _common.serve_router(port, data_dir, ADMIN_KEY, extra_plugins=[BenchCapability()])
+def serve_router(port: int, data_dir: str, **settings: Any) -> None:
+    """The router with the bench capability; ``settings`` as in ``_common.serve_router``
+    (e.g. ``database_url``, ``redis_url``)."""
+    _common.serve_router(port, data_dir, ADMIN_KEY, extra_plugins=[BenchCapability()], **settings)
 
 
 def serve_node(port: int, router_url: str, api_key: str, token_file: str) -> None:
@@ -229,6 +257,8 @@ class PathTotals:
     router_cpu_s: float = 0.0
     node_cpu_s: float = 0.0
     client_cpu_s: float = 0.0
+    # Deltas of the target's extra meters (Target.meters), summed over the batches.
+    extra: dict[str, float] = field(default_factory=dict)
 
     @property
     def requests(self) -> int:
@@ -249,6 +279,7 @@ class PathTotals:
             "router_cpu_ms_per_req": self.router_cpu_s * 1000 / n,
             "node_cpu_ms_per_req": self.node_cpu_s * 1000 / n,
             "client_cpu_ms_per_req": self.client_cpu_s * 1000 / n,
+            **{f"{name}_per_req": value / n for name, value in self.extra.items()},
         }
 
 
@@ -257,6 +288,20 @@ class Target:
     name: str
     url: str
     headers: dict[str, str]
+    body: bytes = REQUEST_BODY
+    # More URLs of the same path: requests go to ``url`` and these in turn (several routers).
+    more_urls: tuple[str, ...] = ()
+    # The processes whose CPU time is this path's router CPU (None: the Bench's router).
+    router_pids: tuple[int, ...] | None = None
+    # The node process behind this path (None: the Bench's node).
+    node_pid: int | None = None
+    # Extra cumulative counters read before and after each batch (name -> reader); their
+    # deltas per request are in the summary as ``<name>_per_req``.
+    meters: dict[str, Callable[[], float]] = field(default_factory=dict)
+
+    @property
+    def urls(self) -> tuple[str, ...]:
+        return (self.url, *self.more_urls)
 
 
 @dataclass
@@ -270,13 +315,17 @@ class Bench:
         """``n`` requests with ``concurrency`` in flight; added to ``totals`` (None: warm-up)."""
         latencies: list[float] = []
         remaining = n
+        urls = target.urls
+        router_pids = target.router_pids or (self.router_pid,)
+        node_pid = target.node_pid or self.node_pid
 
         async def worker() -> None:
             nonlocal remaining
             while remaining > 0:
                 remaining -= 1
+                url = urls[remaining % len(urls)]
                 started = time.perf_counter()
-                response = await self.client.post(target.url, content=REQUEST_BODY, headers=target.headers)
+                response = await self.client.post(url, content=target.body, headers=target.headers)
                 latencies.append(time.perf_counter() - started)
                 if response.status_code != 200 or len(response.content) != len(self.expected):
                     raise BenchError(
@@ -284,7 +333,8 @@ class Bench:
                         f"{len(response.content)} bytes: {response.content[:300]!r}"
                     )
 
-        router_cpu, node_cpu = cpu_seconds(self.router_pid), cpu_seconds(self.node_pid)
+        meters = {name: read() for name, read in target.meters.items()}
+        router_cpu, node_cpu = sum(map(cpu_seconds, router_pids)), cpu_seconds(node_pid)
         client_cpu = time.process_time()
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(min(concurrency, n))))
@@ -293,22 +343,40 @@ class Bench:
             return
         totals.latencies_s.extend(latencies)
         totals.wall_s += wall
-        totals.router_cpu_s += cpu_seconds(self.router_pid) - router_cpu
-        totals.node_cpu_s += cpu_seconds(self.node_pid) - node_cpu
+        totals.router_cpu_s += sum(map(cpu_seconds, router_pids)) - router_cpu
+        totals.node_cpu_s += cpu_seconds(node_pid) - node_cpu
         totals.client_cpu_s += time.process_time() - client_cpu
+        for name, read in target.meters.items():
+            totals.extra[name] = totals.extra.get(name, 0.0) + read() - meters[name]
 
     async def check(self, target: Target) -> None:
-        response = await self.client.post(target.url, content=REQUEST_BODY, headers=target.headers)
-        if response.status_code != 200 or response.content != self.expected:
-            raise BenchError(
-                f"{target.name}: unexpected answer HTTP {response.status_code}: {response.content[:300]!r}"
-            )
+        for url in target.urls:
+            response = await self.client.post(url, content=target.body, headers=target.headers)
+            if response.status_code != 200 or response.content != self.expected:
+                raise BenchError(
+                    f"{target.name} ({url}): unexpected answer HTTP {response.status_code}: "
+                    f"{response.content[:300]!r}"
+                )
 
 
 def split(n: int, parts: int) -> list[int]:
     """``n`` as ``parts`` near-equal positive sizes (fewer parts when n is small)."""
     parts = max(1, min(parts, n))
     return [n // parts + (1 if i < n % parts else 0) for i in range(parts)]
+
+
+async def compare(
+    bench: Bench, targets: Sequence[Target], concurrency: int, requests: int, rounds: int, warmup: int
+) -> dict[str, dict[str, float]]:
+    """Warm each path up, then ``requests`` per path in ``rounds`` batches, the paths' order
+    reversed every other round (ABBA: machine drift hits every path alike); each path's summary."""
+    for target in targets:
+        await bench.batch(target, max(warmup, 2 * concurrency), concurrency, None)
+    totals = {target.name: PathTotals() for target in targets}
+    for i, size in enumerate(split(requests, rounds)):
+        for target in targets if i % 2 == 0 else targets[::-1]:
+            await bench.batch(target, size, concurrency, totals[target.name])
+    return {name: t.summary() for name, t in totals.items()}
 
 
 async def measure(
@@ -347,14 +415,9 @@ async def measure(
                 f"in {min(rounds, requests)} alternating rounds ...",
                 flush=True,
             )
-            for target in (direct, routed):
-                await bench.batch(target, max(warmup, 2 * concurrency), concurrency, None)
-            totals = {"direct": PathTotals(), "router": PathTotals()}
-            for i, size in enumerate(split(requests, rounds)):
-                order = (direct, routed) if i % 2 == 0 else (routed, direct)  # ABBA against drift
-                for target in order:
-                    await bench.batch(target, size, concurrency, totals[target.name])
-            results[concurrency] = {name: t.summary() for name, t in totals.items()}
+            results[concurrency] = await compare(
+                bench, (direct, routed), concurrency, requests, rounds, warmup
+            )
         return len(bench.expected), results
 
 
