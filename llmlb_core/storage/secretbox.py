@@ -71,6 +71,8 @@ class Store(Protocol):
 
     def set_meta(self, key: str, value: str) -> None: ...
 
+    def add_meta(self, key: str, value: str) -> str: ...
+
 
 class SecretKeyError(SettingsError):
     """The secret key is missing, too short or not the one the database was sealed with."""
@@ -129,6 +131,11 @@ def open_box(store: Store, secret_key: str) -> SecretBox:
                 "start with that secret (if it is lost, see 'secrets' in docs/security.md)"
             )
         log.info("secret_key changed while no encrypted endpoint key is stored; the new one is adopted")
+    if check is None:  # first use (perhaps by several routers at once): all agree on one salt
+        salt = salt or store.add_meta(SALT_KEY, base64.b64encode(secrets.token_bytes(16)).decode("ascii"))
+        box = SecretBox(secret_key, base64.b64decode(salt))
+        if _opens(box, store.add_meta(CHECK_KEY, box.seal(_CHECK_TEXT))):
+            return box
     new_salt = secrets.token_bytes(16)
     box = SecretBox(secret_key, new_salt)
     store.set_meta(SALT_KEY, base64.b64encode(new_salt).decode("ascii"))

@@ -207,6 +207,15 @@ class SqlStore:
             (key, value),
         )
 
+    def add_meta(self, key: str, value: str) -> str:
+        """Store ``value`` under ``key`` unless one is there already; the value kept (several
+        routers starting at once on one database agree on the first one written)."""
+        self._meta_table()
+        insert = "INSERT INTO store_meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO NOTHING"
+        self._run(insert, (key, value))
+        kept = self.get_meta(key)
+        return value if kept is None else kept
+
     # --- copying a whole store (``llmlb db copy``): rows as stored, endpoint keys still sealed ---
     def stored_rows(self) -> dict[str, list[tuple[Any, ...]]]:
         """Every durable row, as stored, by table (endpoint records not opened)."""

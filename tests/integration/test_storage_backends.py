@@ -111,6 +111,24 @@ def test_meta(store: SqlStore) -> None:
     store.set_meta("x", "1")
     store.set_meta("x", "2")
     assert store.get_meta("x") == "2"
+    assert store.add_meta("x", "3") == "2"  # kept: the first one written wins
+    assert store.add_meta("y", "4") == "4"
+
+
+def test_routers_starting_together_agree_on_one_secret_salt(store_url: str, tmp_path: Path) -> None:
+    """Two routers opening one new database at once: whichever writes the salt first, both end
+    with boxes that open each other's seals (one sealed a node credential, the other opens it)."""
+    first, second = open_url(store_url, tmp_path), open_url(store_url, tmp_path)
+    try:
+        first.add_meta("secret_salt", second.get_meta("secret_salt") or "c2FsdC1vZi0xNi1ieXRlcw==")
+        protect_endpoint_keys(second, SECRET)  # the other router has written a salt, no check yet
+        protect_endpoint_keys(first, SECRET)
+        assert first.endpoint_box is not None and second.endpoint_box is not None
+        assert second.endpoint_box.open(first.endpoint_box.seal("node-token")) == "node-token"
+        assert first.get_meta("secret_salt") == "c2FsdC1vZi0xNi1ieXRlcw=="
+    finally:
+        first.close()
+        second.close()
 
 
 # --- PostgreSQL only: migrations, URLs ---------------------------------------------------------
