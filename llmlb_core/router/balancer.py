@@ -42,6 +42,11 @@ from llmlb_core.shared.slots import SharedSlots
 
 log = logging.getLogger("llmlb.balancer")
 
+# How long a slot given back waits for a claim to take it to Redis before it goes on its own
+# (a busy router saves a round trip per request). Not when the node was full as far as this
+# router knows: a peer may be waiting for that slot, so it goes at once.
+RELEASE_DELAY_S = 0.02
+
 
 @dataclass(eq=False)
 class Lease:
@@ -100,9 +105,12 @@ class Balancer:
     ) -> None:
         self._nodes = nodes
         self._shared = shared
-        # The slots this router holds per node as Redis has them (claims taken, releases sent),
-        # and the background releases under way.
+        # The slots this router holds per node as Redis has them (claims taken, releases sent
+        # or waiting to go), the releases waiting for a claim to take them along, and the
+        # releases sent on their own, under way.
         self._held: dict[str, int] = {}
+        self._releases: dict[str, tuple[int, int]] = {}
+        self._release_timer: asyncio.TimerHandle | None = None
         self._writes: set[asyncio.Task[Any]] = set()
         self.queue_max = queue_max
         self.queue_timeout_s = queue_timeout_s
@@ -157,20 +165,22 @@ class Balancer:
                 return lease
 
     async def _claim(self, lease: Lease) -> bool:
-        """Claim ``lease``'s slot among all routers; False (lease undone) when peers hold it."""
+        """Claim ``lease``'s slot among all routers (sending the releases waiting to go); False
+        (lease undone) when peers hold it."""
         assert self._shared is not None
         node = lease.node
         if not self._shared.up:
             return True
-        claim = asyncio.get_running_loop().create_task(self._shared.claim(node.id, node.slots))
+        releases, self._releases = self._releases, {}
         try:
-            ok, others = await asyncio.shield(claim)
+            ok, others = await self._shared.claim(
+                node.id, node.slots, releases, orphan=lambda reply: self._claimed_then_left(node, reply)
+            )
         except SharedDown:
-            return True  # this router's own accounting, until Redis is back
+            return True  # this router's own accounting, until Redis is back (then resynced)
         except asyncio.CancelledError:
             # The client left while claiming: the slot goes back here now, and in Redis once
-            # the claim has answered (if it took one).
-            claim.add_done_callback(lambda done: self._claimed_then_left(node, done))
+            # the claim has answered, if it took one (``_claimed_then_left``).
             lease._released = True
             node.inflight = max(0, node.inflight - 1)
             self._drain()
@@ -183,8 +193,8 @@ class Balancer:
         node.inflight = max(0, node.inflight - 1)
         return False
 
-    def _claimed_then_left(self, node: NodeState, claim: asyncio.Task[tuple[bool, int]]) -> None:
-        if not claim.cancelled() and claim.exception() is None and claim.result()[0]:
+    def _claimed_then_left(self, node: NodeState, reply: Any) -> None:
+        if isinstance(reply, list) and reply and reply[0] == 1:
             self._held[node.id] = self._held.get(node.id, 0) + 1
             self._give_back(node, 1)
 
@@ -279,24 +289,36 @@ class Balancer:
 
     # --- slots shared with other routers ----------------------------------------------------
     def _give_back(self, node: NodeState, n: int) -> None:
-        """Give ``n`` of this router's slots on ``node`` back in Redis (in the background)."""
+        """Give ``n`` of this router's slots on ``node`` back in Redis: with the next claim, or
+        on their own after RELEASE_DELAY_S (one round trip per request on a busy router)."""
         assert self._shared is not None
         held = self._held.get(node.id, 0)
         n = min(n, held)
         if n <= 0 or not self._shared.up:
             return  # never claimed there (Redis was down): the resync writes the count whole
         self._held[node.id] = held - n
-        task = asyncio.get_running_loop().create_task(self._release_there(node, n))
+        given, _ = self._releases.get(node.id, (0, node.slots))
+        self._releases[node.id] = (given + n, node.slots)
+        if node.free <= n:  # it was full: peers may be waiting
+            if self._release_timer is not None:
+                self._release_timer.cancel()
+            self._send_releases()
+        elif self._release_timer is None:
+            self._release_timer = asyncio.get_running_loop().call_later(RELEASE_DELAY_S, self._send_releases)
+
+    def _send_releases(self) -> None:
+        self._release_timer = None
+        if not self._releases:
+            return  # a claim took them along
+        releases, self._releases = self._releases, {}
+        task = asyncio.get_running_loop().create_task(self._release_there(releases))
         self._writes.add(task)
         task.add_done_callback(self._writes.discard)
 
-    async def _release_there(self, node: NodeState, n: int) -> None:
+    async def _release_there(self, releases: dict[str, tuple[int, int]]) -> None:
         assert self._shared is not None
-        try:
-            node.others_busy = await self._shared.release(node.id, n, node.slots)
-        except SharedDown:
-            return  # the resync writes the count whole
-        self._drain()
+        with contextlib.suppress(SharedDown):  # the resync writes the counts whole
+            await self._shared.release(releases)
 
     async def refresh(self, node_ids: Iterable[str]) -> None:
         """Re-read the peers' counts on these nodes (a peer freed a slot, or died), then hand
@@ -317,6 +339,7 @@ class Balancer:
         """Redis is back (or first reached): write every count whole, re-read the peers'."""
         if self._shared is None:
             return
+        self._releases = {}  # the whole counts below include them
         for node in self._nodes.all():
             count = node.inflight + node.abandoned
             if count or self._held.get(node.id):
@@ -331,7 +354,10 @@ class Balancer:
         self._drain()
 
     async def flush(self) -> None:
-        """Wait for the background writes (shutdown)."""
+        """Send the releases waiting to go, and wait for the background writes (shutdown)."""
+        if self._release_timer is not None:
+            self._release_timer.cancel()
+            self._send_releases()
         if self._writes:
             await asyncio.gather(*self._writes, return_exceptions=True)
 

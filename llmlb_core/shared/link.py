@@ -82,6 +82,7 @@ class RedisLink:
         self._handlers: dict[str, Handler] = {}
         self._on_back: list[Callable[[], Awaitable[None]]] = []
         self._tasks: list[asyncio.Task[None]] = []
+        self._closers: list[Callable[[], None]] = []
         self._encode = msgspec.json.Encoder().encode
         self._decode = msgspec.json.Decoder(dict[str, Any]).decode
 
@@ -94,6 +95,10 @@ class RedisLink:
         """Run ``callback`` at the first contact and whenever Redis answers after being down
         (once subscribed to the channel again)."""
         self._on_back.append(callback)
+
+    def on_stop(self, close: Callable[[], None]) -> None:
+        """Call ``close`` when the link stops (other connections to the same Redis)."""
+        self._closers.append(close)
 
     async def start(self) -> None:
         """Connect (a Redis that is down now is retried in the background: never fatal)."""
@@ -110,6 +115,10 @@ class RedisLink:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
+        self.up = False
+        self._reachable.clear()
+        for close in self._closers:
+            close()
         with contextlib.suppress(RedisError, OSError):
             await self.client.aclose()
 
@@ -123,7 +132,7 @@ class RedisLink:
         try:
             return await call
         except (RedisError, OSError) as exc:
-            self._went_down(exc)
+            self.went_down(exc)
             raise SharedDown(self.shown) from None
 
     def message(self, kind: str, **fields: Any) -> bytes:
@@ -135,7 +144,9 @@ class RedisLink:
         with contextlib.suppress(SharedDown):
             await self.run(self.client.publish(CHANNEL, self.message(kind, **fields)))
 
-    def _went_down(self, exc: BaseException) -> None:
+    def went_down(self, exc: BaseException) -> None:
+        """Redis failed a call: one warning line (the first time), then SharedDown at once for
+        every caller until the watch task reaches it again."""
         self._reachable.clear()
         self._stale = True  # the subscription may have missed messages: renew it, resync
         if self.up:
@@ -194,7 +205,7 @@ class RedisLink:
                     if message is not None:
                         self._dispatch(message.get("data"))
             except (RedisError, OSError) as exc:
-                self._went_down(exc)
+                self.went_down(exc)
             finally:
                 with contextlib.suppress(RedisError, OSError):
                     await pubsub.aclose()

@@ -55,12 +55,24 @@ async def test_two_routers_never_hold_more_than_a_nodes_slots(routers: Pair) -> 
     assert await b.claim("gpu-1", 2) == (True, 1)
     assert await a.claim("gpu-1", 2) == (False, 1)  # b holds the other one
     assert await b.claim("gpu-1", 2) == (False, 1)
-    assert await a.release("gpu-1", 1, 2) == 1  # a's job ended
+    await a.release({"gpu-1": (1, 2)})  # a's job ended
     assert await b.claim("gpu-1", 2) == (True, 0)
     assert await a.others("gpu-1") == 2
     assert await b.others("gpu-2") == 0  # another node: its own count
-    assert await a.release("gpu-1", 5, 2) == 2  # never below 0
+    await a.release({"gpu-1": (5, 2)})  # never below 0
+    assert await a.others("gpu-1") == 2
     assert await b.others("gpu-1") == 0
+
+
+async def test_releases_go_with_a_claim_in_one_round_trip(routers: Pair) -> None:
+    a, b = routers
+    assert await a.claim("gpu-1", 1) == (True, 0)
+    assert await a.claim("gpu-2", 1) == (True, 0)
+    assert await b.claim("gpu-1", 1) == (False, 1)
+    # a gives both back and takes gpu-1 again, at once: b sees gpu-2 free, gpu-1 a's.
+    assert await a.claim("gpu-1", 1, {"gpu-1": (1, 1), "gpu-2": (1, 1)}) == (True, 0)
+    assert await b.claim("gpu-2", 1) == (True, 0)
+    assert await b.claim("gpu-1", 1) == (False, 1)
 
 
 async def test_a_count_written_whole_replaces_the_increments(routers: Pair) -> None:
@@ -110,11 +122,11 @@ async def test_only_a_release_that_frees_a_full_node_wakes_the_others(routers: P
     try:
         assert await a.claim("gpu-1", 3) == (True, 0)
         assert await a.claim("gpu-1", 3) == (True, 0)
-        assert await a.release("gpu-1", 1, 3) == 0  # 2 of 3 -> 1 of 3: it was not full
+        await a.release({"gpu-1": (1, 3)})  # 2 of 3 -> 1 of 3: it was not full
         assert await messages() == []
         assert await a.claim("gpu-1", 3) == (True, 0)
         assert await b.claim("gpu-1", 3) == (True, 2)  # now 3 of 3
-        await a.release("gpu-1", 2, 3)  # full -> free slots: the others are told
+        await a.release({"gpu-1": (2, 3), "gpu-2": (0, 1)})  # full -> free slots: the others are told
         (woken,) = await messages()
         assert b'"k":"slots"' in woken and b'"n":"gpu-1"' in woken and b'"o":"router-a"' in woken
     finally:
@@ -169,7 +181,7 @@ async def test_redis_down_is_one_warning_then_shared_down_at_once_then_back(
         started = time.monotonic()
         for _ in range(20):  # while down: refused at once, no network wait
             with pytest.raises(SharedDown):
-                await slots.release("gpu-1", 1, 1)
+                await slots.release({"gpu-1": (1, 1)})
         assert time.monotonic() - started < 0.1
         assert not link.up
         redis_server.up()
@@ -196,3 +208,28 @@ def test_a_bad_redis_url_is_one_line_without_its_password(url: str) -> None:
 def test_good_redis_urls_pass() -> None:
     for url in ("redis://127.0.0.1:6379/0", "rediss://:pw@cache.internal:6380/2", " redis://h "):
         assert check_redis_url(url) == url.strip()
+
+
+def test_claims_under_uvloop_as_the_router_runs_them(redis_url: str) -> None:
+    """The router serves on uvloop (uvicorn[standard]), whose transports are not asyncio's."""
+    import uvloop
+
+    async def claims() -> list[tuple[bool, int]]:
+        link = RedisLink(redis_url, router_id="uv")
+        await link.start()
+        try:
+            slots = SharedSlots(link)
+            await slots.alive()
+            got = [
+                await slots.claim("gpu-1", 2),
+                await slots.claim("gpu-1", 2),
+                await slots.claim("gpu-1", 2),
+            ]
+            await slots.release({"gpu-1": (2, 2)})
+            got.append(await slots.claim("gpu-1", 2))
+            assert link.up
+            return got
+        finally:
+            await link.stop()
+
+    assert uvloop.run(claims()) == [(True, 0), (True, 0), (False, 0), (True, 0)]
