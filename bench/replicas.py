@@ -206,7 +206,8 @@ async def measure(
             # differ in their "created" second, not in size).
             await bench.check(targets[1])
             await replace(bench, expected=answers[1]).check(targets[2])
-            await bench.check(targets[5])
+            # sqlite-2's second router has its own node, whose answers differ in their "created"
+            # second: its batches check each answer's size, as every path's do.
             targets = [*targets[:3], targets[4], targets[5]]
             print(
                 f"  {s.name}: warm-up, then {s.requests} requests per path "

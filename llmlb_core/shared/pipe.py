@@ -24,7 +24,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any, cast
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import hiredis
 
@@ -42,6 +42,17 @@ def command(*args: Arg) -> bytes:
         data = arg if isinstance(arg, bytes) else str(arg).encode()
         out.append(b"$%d\r\n%s\r\n" % (len(data), data))
     return b"".join(out)
+
+
+def tls_context(query: str) -> ssl.SSLContext:
+    """For ``rediss://``: verified against the system's CAs, or ``ssl_ca_certs=PATH`` (a private
+    CA, as redis-py reads it from the same URL); ``ssl_cert_reqs=none`` turns verification off."""
+    options = parse_qs(query)
+    context = ssl.create_default_context(cafile=options.get("ssl_ca_certs", [None])[0])
+    if options.get("ssl_cert_reqs", [""])[0].lower() in ("none", "cert_none"):
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
 
 
 class _Connection(asyncio.Protocol):
@@ -138,7 +149,7 @@ class ScriptPipe:
     async def _open(self) -> _Connection:
         parts = urlsplit(self._link.url)
         loop = asyncio.get_running_loop()
-        context = ssl.create_default_context() if parts.scheme == "rediss" else None
+        context = tls_context(parts.query) if parts.scheme == "rediss" else None
         async with asyncio.timeout(CALL_TIMEOUT_S):
             _, conn = await loop.create_connection(
                 lambda: _Connection(self._lost),

@@ -10,17 +10,20 @@ costs one warning line, then callers get SharedDown at once until it answers aga
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
 
+from bench._common import free_port
 from llmlb_core.config.settings import SettingsError
 from llmlb_core.shared.link import CHANNEL, RedisLink, SharedDown, check_redis_url
 from llmlb_core.shared.slots import ROUTER_KEY, SLOTS_KEY, SharedSlots
-from tests.support.redis import RedisServer
+from tests.support.redis import RedisServer, require_redis_bin
 
 Pair = tuple[SharedSlots, SharedSlots]
 
@@ -233,3 +236,47 @@ def test_claims_under_uvloop_as_the_router_runs_them(redis_url: str) -> None:
             await link.stop()
 
     assert uvloop.run(claims()) == [(True, 0), (True, 0), (False, 0), (True, 0)]
+
+
+def test_rediss_with_a_private_ca(tmp_path: Path) -> None:
+    """``rediss://`` (TLS) on both connections a router opens (redis-py's and the slot pipe's),
+    verified against the CA named by ``ssl_ca_certs``; a Redis whose certificate that CA did not
+    sign is refused (the link stays down, one warning)."""
+    import trustme
+
+    ca, other_ca = trustme.CA(), trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    for name, blob in (
+        ("ca.pem", ca.cert_pem),
+        ("other.pem", other_ca.cert_pem),
+        ("key.pem", cert.private_key_pem),
+    ):
+        blob.write_to_path(str(tmp_path / name))
+    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
+    tls_port = free_port()
+    tls = [
+        "--tls-port", str(tls_port), "--tls-cert-file", str(tmp_path / "cert.pem"),
+        "--tls-key-file", str(tmp_path / "key.pem"), "--tls-auth-clients", "no",
+    ]  # fmt: skip
+    server = RedisServer(require_redis_bin(), extra=tls).start()
+
+    async def use(url: str) -> tuple[bool, list[tuple[bool, int]]]:
+        link = RedisLink(url, router_id="tls")
+        await link.start()
+        try:
+            slots = SharedSlots(link)
+            got = []
+            with contextlib.suppress(SharedDown):
+                await slots.alive()
+                got = [await slots.claim("gpu-1", 1) for _ in range(2)]
+            return link.up, got
+        finally:
+            await link.stop()
+
+    try:
+        good = f"rediss://127.0.0.1:{tls_port}/0?ssl_ca_certs={tmp_path / 'ca.pem'}"
+        assert asyncio.run(use(good)) == (True, [(True, 0), (False, 0)])
+        wrong = f"rediss://127.0.0.1:{tls_port}/0?ssl_ca_certs={tmp_path / 'other.pem'}"
+        assert asyncio.run(use(wrong)) == (False, [])
+    finally:
+        server.stop()

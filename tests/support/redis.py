@@ -22,7 +22,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO
 
@@ -74,8 +74,9 @@ class RedisServer:
     """One private ``redis-server``: :meth:`start` once, then :meth:`down` / :meth:`up` at will,
     :meth:`stop` at the end (the fixtures do it)."""
 
-    def __init__(self, binary: Path) -> None:
+    def __init__(self, binary: Path, extra: Sequence[str] = ()) -> None:
         self.binary = binary
+        self.extra = list(extra)  # more redis-server options, e.g. --tls-port
         self.root = Path(tempfile.mkdtemp(prefix="llmlb-redis-"))
         self.port = 0
         self.popen: subprocess.Popen[bytes] | None = None
@@ -108,6 +109,7 @@ class RedisServer:
             [
                 str(self.binary), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
                 "--appendonly", "no", "--dir", str(self.root), "--daemonize", "no", "--logfile", "",
+                *self.extra,
             ],
             stdout=self._log,
             stderr=subprocess.STDOUT,

@@ -12,6 +12,7 @@ down: every router serves on alone, with one warning line, and shares again when
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import signal
 import threading
 import time
@@ -23,6 +24,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+import redis
 
 from bench._common import wait_until
 from tests.support.dashboard_client import COOKIE, csrf_of, sign_in
@@ -76,6 +78,10 @@ class Fleet:
 
 def nodes_of(router: Proc) -> dict[str, dict[str, Any]]:
     return {n["name"]: n for n in admin_get(router.url, "/v0/nodes")["data"]}
+
+
+def node_id(router: Proc, name: str) -> str:
+    return str(nodes_of(router)[name]["id"])
 
 
 def models_status(router: Proc, headers: dict[str, str]) -> int:
@@ -155,9 +161,13 @@ def test_a_node_registered_through_one_router_is_served_by_all_and_drained_every
     assert marked < 1.0
     assert nodes_of(a)["gpu-a"]["recent_failures"][-1]["reason"] == "HTTP 500"
     assert "credential" not in b.log() and SECRET not in b.log() + a.log()
+    # The node's credential crosses Redis sealed with secret_key, never in clear.
+    shared = json.loads(
+        redis.Redis.from_url(fleet.env["LLMLB_REDIS_URL"]).hget("llmlb:nodes", node_id(a, "gpu-a"))
+    )
+    assert shared["sealed"] and shared["registration"]["token"].startswith("gAAAA")
 
-    node_id = nodes_of(a)["gpu-a"]["id"]
-    drain = httpx.post(f"{b.url}/v0/nodes/{node_id}/drain", headers=ADMIN, timeout=5)
+    drain = httpx.post(f"{b.url}/v0/nodes/{node_id(a, 'gpu-a')}/drain", headers=ADMIN, timeout=5)
     assert drain.status_code == 200, drain.text
     drained = seconds_until(lambda: nodes_of(a)["gpu-a"]["status"] == "draining", 5, "draining on a")
     assert drained < 1.0
