@@ -4,9 +4,10 @@ Every call into Redis goes through :meth:`RedisLink.run`. A failure (refused, re
 marks the link *down* with one warning line, and until Redis answers a ping again every caller
 gets :class:`SharedDown` at once, without a network wait: the router serves on its own
 accounting meanwhile (docs/scaling.md, "Redis down"). The watch task pings every
-``RETRY_S``; when Redis is back it logs one line and runs the ``on_back`` callbacks, which push
-this router's state again and re-read everyone else's (messages sent while it was away are
-lost: Redis pub/sub keeps nothing).
+``RETRY_S``; when Redis is back it logs one line and, once subscribed to the channel again,
+runs the ``on_back`` callbacks, which push this router's state again and re-read everyone
+else's (messages sent while it was away are lost: Redis pub/sub keeps nothing). The
+subscription is a connection of our own (:mod:`llmlb_core.shared.resp`); the rest is redis-py.
 
 Messages on :data:`CHANNEL` are small JSON objects ``{"o": origin router, "k": kind, ...}``;
 each router ignores its own.
@@ -22,11 +23,13 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+import hiredis
 import msgspec
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from llmlb_core.config.settings import SettingsError
+from llmlb_core.shared.resp import Connection, ConnectionFailed, command, connect
 from llmlb_core.storage.urls import redact_url
 
 log = logging.getLogger("llmlb.shared")
@@ -39,8 +42,6 @@ REDIS_SCHEMES = ("redis", "rediss")
 # How long a call may take before Redis counts as down (a router never waits longer on it).
 CALL_TIMEOUT_S = 1.0
 RETRY_S = 1.0
-# How often the listener looks up from the channel (to notice that it must resubscribe).
-LISTEN_POLL_S = 0.5
 
 Handler = Callable[[dict[str, Any]], None]
 
@@ -78,7 +79,7 @@ class RedisLink:
         self.up = False
         self._ever_up = False
         self._reachable = asyncio.Event()
-        self._stale = True
+        self._stale = asyncio.Event()
         self._handlers: dict[str, Handler] = {}
         self._on_back: list[Callable[[], Awaitable[None]]] = []
         self._tasks: list[asyncio.Task[None]] = []
@@ -111,9 +112,8 @@ class RedisLink:
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=CALL_TIMEOUT_S)
         self._tasks = []
         self.up = False
         self._reachable.clear()
@@ -148,7 +148,7 @@ class RedisLink:
         """Redis failed a call: one warning line (the first time), then SharedDown at once for
         every caller until the watch task reaches it again."""
         self._reachable.clear()
-        self._stale = True  # the subscription may have missed messages: renew it, resync
+        self._stale.set()  # the subscription may have missed messages: renew it, resync
         if self.up:
             self.up = False
             log.warning(
@@ -192,23 +192,27 @@ class RedisLink:
     async def _listen(self) -> None:
         """Receive the other routers' messages. After any failure (seen here or by a call), it
         waits for Redis, subscribes again, and only then resyncs: nothing sent from then on is
-        missed, and what was sent meanwhile is re-read."""
+        missed, and what was sent meanwhile is re-read. (Its own connection, not redis-py's
+        pub/sub: :mod:`llmlb_core.shared.resp` says why.)"""
         while True:
             await self._reachable.wait()
-            pubsub = self.client.pubsub(ignore_subscribe_messages=True)
             try:
-                await pubsub.subscribe(CHANNEL)
-                self._stale = False
-                await self._resync()
-                while not self._stale:
-                    message = await pubsub.get_message(timeout=LISTEN_POLL_S)
-                    if message is not None:
-                        self._dispatch(message.get("data"))
-            except (RedisError, OSError) as exc:
+                conn = await connect(
+                    self.url,
+                    lambda: Connection(self.went_down, on_push=self._dispatch),
+                    timeout_s=CALL_TIMEOUT_S,
+                    setup=[command("SUBSCRIBE", CHANNEL)],
+                )
+            except (OSError, TimeoutError, ConnectionFailed, hiredis.ReplyError) as exc:
                 self.went_down(exc)
+                await asyncio.sleep(RETRY_S / 4)
+                continue
+            self._stale.clear()
+            try:
+                await self._resync()
+                await self._stale.wait()  # a failure anywhere: subscribe again
             finally:
-                with contextlib.suppress(RedisError, OSError):
-                    await pubsub.aclose()
+                conn.close()
 
     def _dispatch(self, data: Any) -> None:
         if not isinstance(data, bytes):
