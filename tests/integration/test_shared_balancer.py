@@ -16,14 +16,12 @@ from typing import Any
 
 import pytest
 
-from llmlb_core.protocol import Heartbeat, ModelAdvert, NodeRegistration
+from llmlb_core.protocol import Heartbeat
 from llmlb_core.router.balancer import Balancer
 from llmlb_core.router.nodes import NodeRegistry
 from llmlb_core.shared.link import RedisLink
 from llmlb_core.shared.slots import SharedSlots
-from llmlb_core.storage.sqlite import Store
-
-FLAGS = frozenset({"image_generation"})
+from tests.unit.test_balancer import FLAGS, registry
 
 
 @dataclass
@@ -34,29 +32,14 @@ class Router:
     link: RedisLink
 
 
-def register(nodes: NodeRegistry, *names: str) -> None:
-    for name in names:
-        nodes.register(
-            NodeRegistration(
-                node_id=name,
-                name=name,
-                base_url=f"http://{name}",
-                token="t",
-                runtime_types=["x"],
-                models=[ModelAdvert(id="m", capabilities=["image_generation"], runtime="x")],
-                slots=1,
-            )
-        )
-
-
 @pytest.fixture
 async def pair(redis_url: str, tmp_path: Path) -> AsyncIterator[tuple[Router, Router]]:
     routers = []
     tasks: set[asyncio.Task[Any]] = set()
     for name in ("a", "b"):
         link = RedisLink(redis_url, router_id=f"router-{name}")
-        nodes = NodeRegistry(Store(tmp_path / f"{name}.sqlite3"), timeout_s=60)
-        register(nodes, "n1", "n2")
+        (tmp_path / name).mkdir()
+        nodes = registry(tmp_path / name, n1=["m"], n2=["m"])  # one slot each
         slots = SharedSlots(link)
         balancer = Balancer(nodes, queue_max=10, queue_timeout_s=5, shared=slots)
 
