@@ -7,8 +7,11 @@ processes):
 - ``sqlite``: one router with its default SQLite store (today's single-router setup);
 - ``shared``: two routers on one private PostgreSQL and one private Redis
   (``database_url`` + ``redis_url``: every request claims a node slot in Redis with one Lua
-  script, ``llmlb_core.shared.slots.CLAIM``, and writes its count back after the answer,
-  ``REPORT``, in the background);
+  script, ``llmlb_core.shared.slots.SLOTS``, which also carries the router's earlier releases;
+  a release no claim takes along goes on its own 20 ms later);
+- ``shared-1``: one of those two routers alone (its peer up and idle): the state's own cost;
+- ``sqlite-2``: two SQLite routers, each with its own stub node, nothing shared, fed like
+  ``shared``: what alternating between two router processes costs by itself here;
 - the stub node of ``bench.router_overhead`` twice, one registered with each setup: it answers
   a small chat completion (``POST /v1/chat/completions``, through the router's text capability)
   and a 1.5 MB image answer (``POST /v1/bench``, forwarded the way the images capability does).
@@ -16,14 +19,15 @@ processes):
 The two routers of ``shared`` are fed **directly and alternately** (request i to router i mod 2,
 no nginx in front): nothing but the routers themselves is counted as router CPU. Their CPU time
 is summed, per request. For each scenario - chat at concurrency 1 and 16, the image at
-concurrency 1 - the same requests go straight to the node (``direct``), through ``sqlite`` and
-through ``shared``, in alternating batches (ABBA, ``bench.router_overhead.compare``), so machine
-noise hits every path alike. It prints latency p50/p99, the latency each setup adds over
+concurrency 1 - the same requests go straight to the node (``direct``) and through every
+setup, in alternating batches (ABBA, ``bench.router_overhead.compare``), so machine noise
+hits every path alike. It prints latency p50/p99, the latency each setup adds over
 ``direct``, router CPU per request, and ``shared`` vs ``sqlite`` (difference in ms and ratio);
 then, measured over the ``shared`` batches, the Redis commands per request (``INFO
 commandstats`` before and after each batch; the bench's own ``INFO`` calls left out), Redis's
 CPU per request (``INFO cpu``) and PostgreSQL's (its postmaster and backends, from /proc). Target
-(issue 19): shared state adds at most 0.15 ms router CPU per chat request.
+(issue 19): shared state adds at most 0.15 ms router CPU per chat request, checked as
+``shared-1`` - ``sqlite`` and ``shared`` - ``sqlite-2``.
 
 PostgreSQL and Redis are started the way the tests start them, by importing
 ``tests.support.postgres`` and ``tests.support.redis`` (so this benchmark needs the ``test``
@@ -220,7 +224,7 @@ async def measure(
             n = min(s.requests, monitor_requests)
             with RedisMonitor(redis_port) as monitor:
                 await bench.batch(targets[2], n, s.concurrency, None)
-                await asyncio.sleep(0.2)  # the REPORTs go out after the answers
+                await asyncio.sleep(0.2)  # the last releases go out 20 ms after the answers
             results[s.name]["shared"]["monitored_requests"] = n
             for kind, counts in (("sent", monitor.sent), ("in_scripts", monitor.in_scripts)):
                 for name, count in counts.items():
