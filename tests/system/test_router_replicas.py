@@ -55,10 +55,12 @@ class Fleet:
         self.routers.append(router.start().wait_healthy())
         return router
 
-    def add_node(self, routers: list[Proc], name: str, slots: int = 1) -> Proc:
+    def add_node(self, routers: list[Proc] | str, name: str, slots: int = 1) -> Proc:
+        """A node told of ``routers`` (or of one URL: a load balancer in front of them)."""
+        urls = [routers] if isinstance(routers, str) else [r.url for r in routers]
         node = node_proc(
             self.tmp,
-            routers[0].url,
+            urls[0],
             self.tmp / "no-models",
             ADMIN_KEY,
             name=name,
@@ -69,7 +71,7 @@ class Fleet:
                 "--upstream-model", MODEL,
                 "--upstream-capability", "text_generation",
                 "--upstream-slots", str(slots),
-                *(arg for r in routers[1:] for arg in ("--router", r.url)),
+                *(arg for url in urls[1:] for arg in ("--router", url)),
             ],
         )  # fmt: skip
         self.procs.append(node)
@@ -78,6 +80,11 @@ class Fleet:
 
 def nodes_of(router: Proc) -> dict[str, dict[str, Any]]:
     return {n["name"]: n for n in admin_get(router.url, "/v0/nodes")["data"]}
+
+
+def status_of(router: Proc, name: str) -> str | None:
+    node = nodes_of(router).get(name)
+    return None if node is None else str(node["status"])
 
 
 def node_id(router: Proc, name: str) -> str:
@@ -272,14 +279,17 @@ def test_behind_nginx_images_by_url_and_dashboard_sessions_cross_routers(
 ) -> None:
     a, b = fleet.router(0), fleet.router(1)
     api_key = create_key(a.url, ["api"])
-    fleet.add_node([b], "text-node")
-    images = node_proc(fleet.tmp, a.url, models_dir, ADMIN_KEY, name="sd-node", extra=["--threads", "2"])
-    fleet.procs.append(images)
-    images.start().wait_healthy(60)
-    for router in (a, b):
-        for name in ("text-node", "sd-node"):
-            wait_until(lambda r=router, n=name: nodes_of(r).get(n, {}).get("status") == "online", 20, name)
     with NginxBalancer([a.url.removeprefix("http://"), b.url.removeprefix("http://")]) as lb:
+        # A node that knows only the load balancer: its heartbeats reach both routers in turn.
+        text_node = fleet.add_node(lb.url, "text-node")
+        images = node_proc(fleet.tmp, a.url, models_dir, ADMIN_KEY, name="sd-node", extra=["--threads", "2"])
+        fleet.procs.append(images)
+        images.start().wait_healthy(60)
+        for router in (a, b):
+            for name in ("text-node", "sd-node"):
+                wait_until(
+                    lambda r=router, n=name: nodes_of(r).get(n, {}).get("status") == "online", 20, name
+                )
         client = openai.OpenAI(base_url=f"{lb.url}/v1", api_key=api_key)
         made = client.images.generate(
             model="demo",
@@ -293,8 +303,13 @@ def test_behind_nginx_images_by_url_and_dashboard_sessions_cross_routers(
         served = [httpx.get(f"{r.url}/v1/images/files/{name}", timeout=10) for r in (a, b)]
         assert [s.status_code for s in served] == [200, 200]
         assert served[0].content == served[1].content and served[0].content.startswith(b"\x89PNG")
-        messages: Any = [{"role": "user", "content": "both"}]
-        assert client.chat.completions.create(model=MODEL, messages=messages).choices[0].message.content
+        for i in range(4):
+            messages: Any = [{"role": "user", "content": f"both {i}"}]
+            reply = client.chat.completions.create(model=MODEL, messages=messages)
+            assert reply.choices[0].message.content == f"up heard: both {i}"
+        # Its heartbeats went to both routers, which both knew it: it registered once.
+        assert text_node.log().count("registered with") <= 1, text_node.log()
+        assert all(nodes_of(r)["text-node"]["status"] == "online" for r in (a, b))
 
     with httpx.Client(base_url=a.url, timeout=10) as on_a, httpx.Client(base_url=b.url, timeout=10) as on_b:
         on_b.cookies.set(COOKIE, sign_in(on_a))
