@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
 from pathlib import Path
@@ -183,3 +184,16 @@ def nginx_balancer() -> Iterator[Callable[..., NginxBalancer]]:
             return stack.enter_context(balancer)
 
         yield start
+
+
+@pytest.fixture(autouse=True)
+def root_logging_restored() -> Iterator[None]:
+    """A test that runs a command in-process (``main(["node", ...])``) sets up logging on
+    stderr, which is capsys's or pytest's capture, closed after the test: the root logger's
+    handlers and level are put back, so that servers in threads of later tests do not write
+    to a closed stream ("--- Logging error ---" in the output)."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)

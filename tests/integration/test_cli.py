@@ -6,7 +6,6 @@ shown in ``--help``, options after the command's name, and one line and exit 2 f
 from __future__ import annotations
 
 import json
-import logging
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,17 +16,6 @@ from llmlb_core.cli.main import main
 from tests.support.cli_runs import run_cli
 from tests.support.inproc import start_router
 from tests.support.servers import ADMIN_KEY, ThreadServer, free_port
-
-
-@pytest.fixture(autouse=True)
-def root_logging_restored() -> Iterator[None]:
-    """``main(["node", ...])`` in-process sets up logging on stderr (capsys's, closed after the
-    test): the root logger's handlers and level are put back, for the tests that follow."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
 
 
 @pytest.fixture

@@ -146,3 +146,22 @@ def test_nginx_config_names_every_upstream_and_keeps_paths_inside(tmp_path: Path
     assert "proxy_next_upstream error timeout;" in text
     for directive in ("client_body_temp_path", "proxy_temp_path", "fastcgi_temp_path"):
         assert f"{directive} {tmp_path}/" in text
+
+
+def test_a_server_whose_free_port_was_taken_meanwhile_moves_to_another(tmp_path: Path) -> None:
+    """Two xdist workers can pick the same free port: the one that loses gets another."""
+    import socket
+
+    from tests.support.servers import router_proc
+
+    router = router_proc(tmp_path)
+    taken = int(router.url.rsplit(":", 1)[1])
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", taken))
+        squatter.listen()
+        try:
+            router.start().wait_healthy()
+            assert router.url != f"http://127.0.0.1:{taken}"
+            assert "is in use" in router.log()
+        finally:
+            router.stop()

@@ -70,16 +70,39 @@ class Proc(ServerProcess):
     """A server process (router or node) started with ``python -m llmlb_core.cli ARGS`` (the
     benchmarks' :class:`bench._common.ServerProcess`, with the test's environment ``env``)."""
 
-    def __init__(self, args: list[str], env: dict[str, str], log_path: Path, url: str) -> None:
+    def __init__(
+        self, args: list[str], env: dict[str, str], log_path: Path, url: str, *, any_port: bool = False
+    ) -> None:
         super().__init__(args[0], "llmlb_core.cli", args, log_path, url, env=env)
+        # The port was picked free here, not asked for: another may do if it is taken by the
+        # time the process binds it (another xdist worker's server can take it in between).
+        self.any_port = any_port
+        self._log_start = 0
 
     def start(self) -> Proc:
+        self._log_start = len(self.log())
         super().start()
         return self
 
     def wait_healthy(self, timeout: float = 30) -> Proc:
-        super().wait_healthy(timeout)
+        for attempt in range(3):
+            try:
+                super().wait_healthy(timeout)
+                return self
+            except RuntimeError:
+                taken = "is in use: pick another with --port" in self.log()[self._log_start :]
+                if not (self.any_port and taken) or attempt == 2:
+                    raise
+                self._move_to_another_port()
         return self
+
+    def _move_to_another_port(self) -> None:
+        index = self.args.index("--port") + 1
+        port = free_port()
+        self.args[index] = str(port)
+        self.url = f"{self.url.rsplit(':', 1)[0]}:{port}"
+        self.stop()
+        self.start()
 
     def wait_online(self, router_url: str, timeout: float = 30) -> Proc:
         """A node process: wait until ``router_url`` lists it online (by its ``--name``)."""
@@ -101,6 +124,7 @@ def base_env(**extra: str) -> dict[str, str]:
 def router_proc(
     tmp: Path, *, port: int | None = None, data_dir: Path | None = None, env: dict[str, str] | None = None
 ) -> Proc:
+    any_port = port is None
     port = port or free_port()
     data_dir = data_dir or tmp / "router-data"
     return Proc(
@@ -108,6 +132,7 @@ def router_proc(
         env=base_env(LLMLB_ADMIN_KEY=ADMIN_KEY, **(env or {})),
         log_path=tmp / f"router-{port}.log",
         url=f"http://127.0.0.1:{port}",
+        any_port=any_port,
     )
 
 
@@ -122,6 +147,7 @@ def node_proc(
     extra: list[str] | None = None,
     env: dict[str, str] | None = None,
 ) -> Proc:
+    any_port = port is None
     port = port or free_port()
     return Proc(
         args=[
@@ -145,6 +171,7 @@ def node_proc(
         env=base_env(**(env or {})),
         log_path=tmp / f"node-{port}.log",
         url=f"http://127.0.0.1:{port}",
+        any_port=any_port,
     )
 
 
