@@ -154,6 +154,7 @@ def keys(ctx: click.Context, router: str, admin_key: str | None) -> None:
 )
 @click.option("--expires-in", type=float, help="lifetime in seconds  [default: never expires]")
 @click.option("--node", metavar="NODE_ID", help="bind a node-scope key to this node id  [default: any node]")
+@click.option("--models", metavar="A,B", help="the models the key may use  [default: every model]")
 @admin_options
 @json_option
 @click.pass_context
@@ -163,6 +164,7 @@ def create(
     scope: tuple[str, ...],
     expires_in: float | None,
     node: str | None,
+    models: str | None,
     router: str,
     admin_key: str | None,
     as_json: bool,
@@ -173,6 +175,8 @@ def create(
         body["expires_in_s"] = expires_in
     if node:
         body["node_id"] = node
+    if models is not None:
+        body["models"] = _model_list(models)
     created = AdminClient(target_of(ctx, router, admin_key)).call("POST", "/v0/keys", json=body)
     if as_json:
         return show(created, True, str)
@@ -207,6 +211,41 @@ def revoke(ctx: click.Context, key_id: str, router: str, admin_key: str | None, 
     """Revoke a key by its id (see `llmlb keys list`)."""
     answer = AdminClient(target_of(ctx, router, admin_key)).call("DELETE", f"/v0/keys/{key_id}")
     return show(answer, as_json, lambda _: f"revoked key {key_id}")
+
+
+def _model_list(text: str) -> list[str]:
+    return [m.strip() for m in text.split(",") if m.strip()]
+
+
+@keys.command(context_settings=CONTEXT_SETTINGS)
+@click.argument("key_id", metavar="ID")
+@click.option("--models", metavar="A,B", help="the models the key may use from now on")
+@click.option("--all-models", is_flag=True, help="the key may use every model")
+@admin_options
+@json_option
+@click.pass_context
+def update(
+    ctx: click.Context,
+    key_id: str,
+    models: str | None,
+    all_models: bool,
+    router: str,
+    admin_key: str | None,
+    as_json: bool,
+) -> int:
+    """Change a key's limits (see `llmlb keys list` for its id)."""
+    if (models is None) == (not all_models):
+        raise click.UsageError("give --models A,B or --all-models")
+    body = {"models": None if all_models else _model_list(models or "")}
+    answer = AdminClient(target_of(ctx, router, admin_key)).call("PATCH", f"/v0/keys/{key_id}", json=body)
+    allowed = answer.get("models") if isinstance(answer, dict) else None
+    return show(
+        answer,
+        as_json,
+        lambda _: (
+            f"key {key_id} may use {cli_tables.listed(allowed) if allowed is not None else 'every model'}"
+        ),
+    )
 
 
 # --- models and nodes ----------------------------------------------------------------------

@@ -71,6 +71,7 @@ KEY_COLUMNS: list[Column] = [
     ("prefix", lambda k: k.get("prefix", "")),
     ("scopes", lambda k: listed(k.get("scopes", ()))),
     ("node", lambda k: k.get("node_id") or "-"),
+    ("models", lambda k: "all" if k.get("models") is None else listed(k.get("models", ()))),
     ("created", lambda k: timestamp(k.get("created_at"))),
     ("expires", lambda k: relative(k.get("expires_at"), never="never")),
     ("status", key_status),

@@ -6,7 +6,7 @@ import time
 from typing import Annotated, Any
 
 import msgspec
-from litestar import Request, Router, delete, get, post
+from litestar import Request, Router, delete, get, patch, post
 from litestar.params import FromPath
 
 from llmlb_core.protocol import PLAIN_TEXT_PATTERN, Description, ModelId, NodeName, Token
@@ -28,6 +28,13 @@ class CreateKeyRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True)
     expires_in_s: Annotated[float, msgspec.Meta(gt=0)] | None = None
     # A `node` key bound to this node id: it may register and act on that node only.
     node_id: NodeName | None = None
+    # The models an `api` key may use (others: 403 model_not_allowed); unset: every model.
+    models: list[str] | None = None
+
+
+class UpdateKeyRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    # The models the key may use from now on; null: every model.
+    models: list[str] | None
 
 
 class CreatedKey(msgspec.Struct, kw_only=True):
@@ -53,8 +60,15 @@ def admin_router(state: RouterState) -> Router:
             if expires_at is not None:
                 raise OpenAIError(400, "give expires_at or expires_in_s, not both", param="expires_in_s")
             expires_at = time.time() + body.expires_in_s
-        key, info = state.keys.create(body.name, body.scopes, expires_at=expires_at, node_id=body.node_id)
+        key, info = state.keys.create(
+            body.name, body.scopes, expires_at=expires_at, node_id=body.node_id, models=body.models
+        )
         return CreatedKey(key=key, info=info)
+
+    @patch("/keys/{key_id:str}", operation_class=openapi_json_body(UpdateKeyRequest))
+    async def update_key(key_id: FromPath[str], request: Request[Any, Any, Any]) -> ApiKeyInfo:
+        body = await decode_json(request, UpdateKeyRequest)
+        return state.keys.set_models(key_id, body.models)
 
     @get("/keys")
     async def list_keys() -> dict[str, Any]:
@@ -153,6 +167,7 @@ def admin_router(state: RouterState) -> Router:
         route_handlers=[
             create_key,
             list_keys,
+            update_key,
             revoke_key,
             list_nodes,
             release_node,

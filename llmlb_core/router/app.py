@@ -18,7 +18,7 @@ from llmlb_core.capability import Capability, CapabilityContext, SharedBlobs
 from llmlb_core.config.settings import RouterSettings, load_plugin_settings
 from llmlb_core.plugins import LoadedPlugins, PluginError, load_plugins
 from llmlb_core.router.admin_routes import admin_router
-from llmlb_core.router.auth import KeyManager, require_scope
+from llmlb_core.router.auth import KeyManager, check_model_access, require_scope, visible_models
 from llmlb_core.router.balancer import Balancer
 from llmlb_core.router.endpoints import EndpointManager, endpoints_router
 from llmlb_core.router.forwarding import Forwarder
@@ -53,10 +53,16 @@ def core_routes(state: RouterState) -> list[ControllerRouterHandler]:
 
     @get("/v1/models")
     async def list_models() -> dict[str, Any]:
-        return {"object": "list", "data": state.models.list(state.enabled_flags)}
+        models = state.models.list(state.enabled_flags)
+        allowed = visible_models(m.id for m in models)  # a key limited to some models sees those
+        return {
+            "object": "list",
+            "data": models if allowed is None else [m for m in models if m.id in allowed],
+        }
 
     @get("/v1/models/{model_id:path}")
     async def get_model(model_id: FromPath[str]) -> ModelObject:
+        check_model_access(model_id.lstrip("/"))
         return state.models.get(model_id.lstrip("/"), state.enabled_flags)
 
     @get("/metrics", media_type="text/plain; version=0.0.4")  # Litestar adds "; charset=utf-8"

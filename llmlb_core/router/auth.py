@@ -8,6 +8,7 @@ heartbeats), ``admin`` (implies all). A ``node`` key may be bound to one node id
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import hmac
 import logging
@@ -16,6 +17,7 @@ import secrets
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
+from contextvars import ContextVar
 from typing import Any, Literal
 
 import msgspec
@@ -34,6 +36,10 @@ SCOPES: tuple[str, ...] = ("api", "node", "admin")
 KEY_PREFIX = "sk-llmlb-"
 # Where the guard leaves the authenticated key's row in the ASGI scope state.
 KEY_STATE = "llmlb_key"
+# The key of the request being served (set by the guard): what the forwarder checks a model
+# against (capabilities call it without the request). None outside a guarded request.
+REQUEST_KEY: ContextVar[KeyRow | None] = ContextVar("llmlb_request_key", default=None)
+MAX_KEY_MODELS = 1000
 
 
 def hash_key(key: str) -> str:
@@ -55,6 +61,7 @@ class ApiKeyInfo(msgspec.Struct, kw_only=True):
     expires_at: float | None
     revoked: bool
     node_id: str | None  # a bound node key acts on this node id only
+    models: list[str] | None  # the models it may use; None: every model
 
 
 class KeyManager:
@@ -77,6 +84,7 @@ class KeyManager:
         expires_at: float | None = None,
         key: str | None = None,
         node_id: str | None = None,
+        models: list[str] | None = None,
     ) -> tuple[str, ApiKeyInfo]:
         scope_list = sorted(set(scopes))
         bad = [s for s in scope_list if s not in SCOPES]
@@ -90,6 +98,7 @@ class KeyManager:
             )
         if node_id is not None and not re.match(NODE_NAME_PATTERN, node_id):
             raise OpenAIError(400, f"node_id must match {NODE_NAME_PATTERN}", param="node_id")
+        models = checked_models(models)
         key = key or generate_key()
         row = KeyRow(
             id=uuid.uuid4().hex[:16],
@@ -100,6 +109,7 @@ class KeyManager:
             created_at=self._clock(),
             expires_at=expires_at,
             node_id=node_id,
+            models=models,
         )
         self._store.add_key(row)
         self._by_hash[row.key_hash] = row
@@ -117,6 +127,7 @@ class KeyManager:
             expires_at=row.expires_at,
             revoked=row.revoked_at is not None,
             node_id=row.node_id,
+            models=row.models,
         )
 
     def list(self) -> list[ApiKeyInfo]:
@@ -129,6 +140,16 @@ class KeyManager:
             if self.on_change is not None:
                 self.on_change()
         return ok
+
+    def set_models(self, key_id: str, models: builtins.list[str] | None) -> ApiKeyInfo:
+        """Change the models a key may use (None: every model); 404 for an unknown key."""
+        models = checked_models(models)
+        if not self._store.set_key_models(key_id, models):
+            raise OpenAIError(404, f"No API key with id '{key_id}'", param="key_id", code="key_not_found")
+        self.reload()
+        if self.on_change is not None:
+            self.on_change()
+        return next(self.info(row) for row in self._by_hash.values() if row.id == key_id)
 
     def has_hash(self, key: str) -> bool:
         return hash_key(key) in self._by_hash
@@ -173,6 +194,42 @@ class KeyManager:
         return row
 
 
+def checked_models(models: list[str] | None) -> list[str] | None:
+    """A key's model list, de-duplicated and sorted; a 400 naming ``models`` when it is not one."""
+    if models is None:
+        return None
+    if len(models) > MAX_KEY_MODELS or not all(0 < len(m) <= 256 and m.isprintable() for m in models):
+        raise OpenAIError(
+            400,
+            f"models must be a list of at most {MAX_KEY_MODELS} model ids (1-256 printable characters each)",
+            param="models",
+        )
+    return sorted(set(models))
+
+
+def check_model_access(model: str) -> None:
+    """A 403 ``model_not_allowed`` when the request's key may not use ``model``."""
+    row = REQUEST_KEY.get()
+    if row is None or row.models is None or model in row.models or "admin" in row.scopes:
+        return
+    allowed = ", ".join(row.models) if row.models else "none"
+    raise OpenAIError(
+        403,
+        f"This API key may not use model '{model}'. Models it may use: {allowed}.",
+        type="invalid_request_error",
+        param="model",
+        code="model_not_allowed",
+    )
+
+
+def visible_models(ids: Iterable[str]) -> set[str] | None:
+    """Of ``ids``, those the request's key may use; None when it may use every model."""
+    row = REQUEST_KEY.get()
+    if row is None or row.models is None or "admin" in row.scopes:
+        return None
+    return set(ids).intersection(row.models)
+
+
 def require_scope(
     scope: Scope, keys: KeyManager
 ) -> Callable[[ASGIConnection[Any, Any, Any, Any], BaseRouteHandler], Awaitable[None]]:
@@ -185,6 +242,7 @@ def require_scope(
             return  # e.g. unguessable image URLs, which clients fetch without a key
         row = keys.authenticate(key_from_headers(connection.headers), scope)
         connection.scope.setdefault("state", {})[KEY_STATE] = row  # type: ignore[typeddict-unknown-key]
+        REQUEST_KEY.set(row)
 
     guard.__name__ = f"require_{scope}_scope"
     return guard

@@ -53,6 +53,7 @@ from litestar import Response
 
 from llmlb_core.config.settings import RouterSettings
 from llmlb_core.protocol import note_node_report
+from llmlb_core.router.auth import check_model_access
 from llmlb_core.router.balancer import Balancer, Lease, job_left_running
 from llmlb_core.router.metrics import Metrics
 from llmlb_core.router.models import ModelRegistry
@@ -237,8 +238,10 @@ class Forwarder:
         (:class:`NodeFailure`), run it again on another node, ``max_retries`` times.
 
         ``attempt`` owns the lease: it releases it (at once on failure, or when its answer is
-        done). Unknown model: 404; no online node: 503 ``no_capable_nodes``.
+        done). A model the request's key may not use: 403 ``model_not_allowed``. Unknown
+        model: 404; no online node: 503 ``no_capable_nodes``.
         """
+        check_model_access(model)  # a key limited to other models: 403, before anything else
         record = current_request()
         # A model the router knows (served, or seen lately: a 503) labels the request's metrics;
         # a name it does not know (a 404) does not, so the label stays bounded.

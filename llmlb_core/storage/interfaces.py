@@ -34,6 +34,7 @@ class KeyRow(msgspec.Struct, kw_only=True):
     expires_at: float | None = None
     revoked_at: float | None = None
     node_id: str | None = None  # bound: the key may act on this node id only
+    models: list[str] | None = None  # the models the key may use; None: every model
 
 
 class NodeRow(msgspec.Struct, kw_only=True):
@@ -72,6 +73,10 @@ class KeyStore(Protocol):
 
     def revoke_key(self, key_id: str) -> bool:
         """Mark the key revoked; False when there is no unrevoked key with that id."""
+        ...
+
+    def set_key_models(self, key_id: str, models: list[str] | None) -> bool:
+        """The models the key may use (None: every model); False when there is no such key."""
         ...
 
     def count_keys(self) -> int: ...

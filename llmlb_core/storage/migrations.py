@@ -77,6 +77,8 @@ CREATE TABLE shared_blobs (
 CREATE INDEX shared_blobs_expires_at ON shared_blobs (expires_at);
 """,
     ),
+    # Version 3: the models a key may use (a JSON list; NULL: every model).
+    (3, "ALTER TABLE api_keys ADD COLUMN models TEXT;"),
 )
 LATEST = MIGRATIONS[-1][0]
 

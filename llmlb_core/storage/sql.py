@@ -26,7 +26,7 @@ log = logging.getLogger("llmlb.store")
 
 SEALED_FIELD = "api_key_sealed"
 
-KEY_COLUMNS = "id, name, key_hash, prefix, scopes, created_at, expires_at, revoked_at, node_id"
+KEY_COLUMNS = "id, name, key_hash, prefix, scopes, created_at, expires_at, revoked_at, node_id, models"
 NODE_COLUMNS = "id, record, registered_at, last_seen_at, owner_key_id, deregistered_at"
 MODEL_COLUMNS = "id, capabilities, defaults, description, created_at"
 ENDPOINT_COLUMNS = "name, record, created_at"
@@ -34,7 +34,7 @@ META_COLUMNS = "key, value"
 
 
 # --- rows <-> structs (the column orders above; the JSON fields stored as text) --------------
-_JSON = frozenset({"scopes", "record", "capabilities", "defaults"})
+_JSON = frozenset({"scopes", "record", "capabilities", "defaults", "models"})
 S = TypeVar("S", KeyRow, NodeRow, ModelRow)
 
 
@@ -53,7 +53,7 @@ def struct_of(type_: type[S], columns: str, values: Sequence[Any]) -> S:
     """A ``type_`` from a row selected as ``columns``."""
     return type_(
         **{
-            name: json.loads(v) if name in _JSON else v
+            name: json.loads(v) if name in _JSON and v is not None else v
             for name, v in zip(_names(columns), values, strict=True)
         }
     )
@@ -111,6 +111,10 @@ class SqlStore:
     def revoke_key(self, key_id: str) -> bool:
         sql = "UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL"
         return self._run(sql, (time.time(), key_id)) > 0
+
+    def set_key_models(self, key_id: str, models: list[str] | None) -> bool:
+        """The models the key may use (None: every model); False when there is no such key."""
+        return self._run("UPDATE api_keys SET models = ? WHERE id = ?", (json.dumps(models), key_id)) > 0
 
     def count_keys(self) -> int:
         return int(self._rows("SELECT COUNT(*) FROM api_keys")[0][0])

@@ -31,7 +31,8 @@ CREATE TABLE IF NOT EXISTS api_keys (
     created_at REAL NOT NULL,
     expires_at REAL,
     revoked_at REAL,
-    node_id TEXT
+    node_id TEXT,
+    models TEXT
 );
 CREATE TABLE IF NOT EXISTS nodes (
     id TEXT PRIMARY KEY,
@@ -55,6 +56,7 @@ MIGRATIONS: tuple[tuple[str, str, str], ...] = (
     ("api_keys", "node_id", "TEXT"),  # a node-scope key bound to one node id
     ("nodes", "owner_key_id", "TEXT"),  # the key that first registered the node id
     ("nodes", "deregistered_at", "REAL"),  # set: not listed, but the id stays its owner's
+    ("api_keys", "models", "TEXT"),  # JSON list of the models the key may use; NULL: all
 )
 
 

@@ -73,10 +73,10 @@ def test_admin_lists_are_readable_tables_and_json_on_request(
     listing = run_cli("keys", "list", cwd=tmp_path, env=env)
     assert listing.code == 0, listing.err
     header = listing.out.splitlines()[0].split()
-    assert header == ["ID", "NAME", "PREFIX", "SCOPES", "NODE", "CREATED", "EXPIRES", "STATUS"]
+    assert header == ["ID", "NAME", "PREFIX", "SCOPES", "NODE", "MODELS", "CREATED", "EXPIRES", "STATUS"]
     bot = _cells_of(listing.out, "ci-bot")
-    assert bot[1:4] == ["ci-bot", secret[:13], "api"] and re.fullmatch(TIME, bot[5]), bot
-    assert bot[6:] == ["in 3 days", "active"], bot
+    assert bot[1:4] == ["ci-bot", secret[:13], "api"] and bot[5] == "all" and re.fullmatch(TIME, bot[6]), bot
+    assert bot[7:] == ["in 3 days", "active"], bot
     assert _cells_of(listing.out, "gone")[-1] == "revoked"
     short = _cells_of(listing.out, "short-lived")
     assert short[3:5] == ["node", "gpu-1"] and short[-1] == "expired" and short[-2].endswith(" ago"), short
