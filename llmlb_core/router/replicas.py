@@ -168,6 +168,8 @@ class Replicas:
                     await self._read_nodes()
             except SharedDown:
                 continue
+            except Exception:  # a bug must not stop the liveness key (peers would free our slots)
+                log.exception("sharing live state through redis failed; retrying")
 
     # --- this router's changes, out ------------------------------------------------------
     def registered(self, node: NodeState) -> None:
@@ -318,12 +320,12 @@ class Replicas:
             node_id = raw_id.decode()
             try:
                 beat = msgspec.json.decode(blob, type=SharedBeat)
-            except (msgspec.DecodeError, msgspec.ValidationError):
-                continue
-            if beat.at < horizon:
-                stale.append(node_id)
-            elif node_id not in self._here:
-                self._apply_beat(beat)
+                if beat.at < horizon:
+                    stale.append(node_id)
+                elif node_id not in self._here:
+                    self._apply_beat(beat)
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                log.warning("ignoring an unreadable shared heartbeat of %r: %s", node_id, exc)
         if stale:
             pipe = self.link.client.pipeline(transaction=False)
             pipe.hdel(NODES_KEY, *stale)

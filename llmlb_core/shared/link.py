@@ -229,5 +229,8 @@ class RedisLink:
             return
         try:
             handler(message)
-        except Exception:  # one bad message must not stop the listener
+        except (msgspec.ValidationError, KeyError, TypeError, ValueError) as exc:
+            # Fields missing or of the wrong type: one line, the listener goes on.
+            log.warning("ignoring a malformed %s message on %s: %s", message.get("k"), CHANNEL, exc)
+        except Exception:  # a bug: its traceback, but one bad message must not stop the listener
             log.exception("handling a %s message from router %s failed", message.get("k"), message.get("o"))

@@ -280,3 +280,40 @@ def test_rediss_with_a_private_ca(tmp_path: Path) -> None:
         assert asyncio.run(use(wrong)) == (False, [])
     finally:
         server.stop()
+
+
+async def test_malformed_messages_are_one_line_each_and_the_listener_goes_on(
+    redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Whoever can write to Redis can send anything on the channel: raw bytes, a message of a
+    known kind with missing or mistyped fields. Each is one warning line, no traceback, and
+    the next good message is still handled."""
+    link = RedisLink(redis_url, router_id="me")
+    heard: list[str] = []
+
+    def on_node(message: dict[str, object]) -> None:
+        heard.append(str(message["id"]).upper())  # KeyError when "id" is missing
+
+    link.on("node", on_node)
+    backs: list[int] = []
+
+    async def back() -> None:
+        backs.append(1)
+
+    link.on_back(back)
+    await link.start()
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        await until(lambda: bool(backs))
+        caplog.set_level(logging.WARNING, logger="llmlb.shared")
+        bad = (b"\xff\x00 not json", b'{"o": "x", "k": "node"}', b"[1, 2]")
+        for raw in (*bad, b'{"o":"x","k":"node","id":"ok"}'):
+            await client.publish(CHANNEL, raw)
+        await until(lambda: heard == ["OK"])
+        assert heard == ["OK"]
+        warnings = [r for r in caplog.records if r.name == "llmlb.shared" and r.levelno == logging.WARNING]
+        assert len(warnings) == len(bad), [r.getMessage() for r in warnings]
+        assert all(r.exc_info is None for r in warnings)
+    finally:
+        await client.aclose()
+        await link.stop()
