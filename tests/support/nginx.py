@@ -33,10 +33,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO
 
-import pytest
-
 from bench._common import free_port
-from tests.support.ci import in_ci
+from tests.support.ci import missing
+from tests.support.daemons import halt, log_tail
 
 INSTALL = "apt-get install -y nginx (or run `make test`, which installs it)"
 SBIN_NGINX = Path("/usr/sbin/nginx")
@@ -56,9 +55,7 @@ def require_nginx_bin() -> Path:
     binary = nginx_bin()
     if binary is None or not os.access(binary, os.X_OK):
         reason = f"nginx is missing: {INSTALL}"
-        if in_ci():
-            pytest.fail(f"{reason} (CI must run the nginx tests)")
-        pytest.skip(reason)
+        missing(reason, "the nginx tests")
     return binary
 
 
@@ -199,28 +196,13 @@ class NginxBalancer:
 
     def log_tail(self, chars: int = 4000) -> str:
         """The end of what nginx logged (its error log: upstream failures among them)."""
-        if self.root is None:
-            return ""
-        try:
-            return (self.root / "nginx.log").read_text(errors="replace")[-chars:]
-        except OSError:
-            return ""
+        return log_tail(None if self.root is None else self.root / "nginx.log", chars)
 
     def _halt(self, timeout: float = 10) -> None:
         """SIGQUIT (graceful: requests in flight finish), then SIGKILL to its session (master and
         workers) after ``timeout`` seconds."""
         popen, self.popen = self.popen, None
-        if popen is not None and popen.poll() is None:
-            popen.send_signal(signal.SIGQUIT)
-            try:
-                popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(popen.pid, signal.SIGKILL)
-                popen.wait(5)
-        if popen is not None:  # a worker left behind by a master that died
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(popen.pid, signal.SIGKILL)
+        halt(popen, signal.SIGQUIT, timeout)
         if self._log is not None:
             self._log.close()
             self._log = None

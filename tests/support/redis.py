@@ -26,10 +26,9 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO
 
-import pytest
-
 from bench._common import free_port
-from tests.support.ci import in_ci
+from tests.support.ci import missing
+from tests.support.daemons import halt, log_tail
 
 INSTALL = "apt-get install -y redis-server (or run `make test`, which installs it)"
 
@@ -47,9 +46,7 @@ def require_redis_bin() -> Path:
     binary = redis_bin()
     if binary is None or not os.access(binary, os.X_OK):
         reason = f"redis-server is missing: {INSTALL}"
-        if in_ci():
-            pytest.fail(f"{reason} (CI must run the Redis tests)")
-        pytest.skip(reason)
+        missing(reason, "the Redis tests")
     return binary
 
 
@@ -149,22 +146,12 @@ class RedisServer:
             raise RuntimeError(f"FLUSHALL answered {reply!r}")
 
     def log_tail(self, chars: int = 4000) -> str:
-        try:
-            return (self.root / "redis.log").read_text(errors="replace")[-chars:]
-        except OSError:
-            return ""
+        return log_tail(self.root / "redis.log", chars)
 
     def _halt(self, timeout: float = 10) -> None:
         """SIGTERM, then SIGKILL to its session after ``timeout`` seconds."""
         popen, self.popen = self.popen, None
-        if popen is not None and popen.poll() is None:
-            popen.terminate()
-            try:
-                popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(popen.pid, signal.SIGKILL)
-                popen.wait(5)
+        halt(popen, signal.SIGTERM, timeout)
         if self._log is not None:
             self._log.close()
             self._log = None
